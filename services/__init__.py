@@ -1,0 +1,1 @@
+"""Driftline's five stream services, one Faust app each, and the `driftline` command."""

@@ -1,0 +1,108 @@
+"""The `driftline` command: run a service's worker, manage the local broker, create topics.
+
+A user mistake prints one line and exits 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from typing import Annotated
+
+import faust
+import typer
+from rich.console import Console
+
+from shared import settings as cfg
+from shared.errors import DriftlineError
+from shared.localkafka import LocalKafka
+
+app = typer.Typer(no_args_is_help=True, help="Driftline: real-time MLOps on Kafka.")
+kafka_app = typer.Typer(no_args_is_help=True, help="A local single-node Kafka for development.")
+topics_app = typer.Typer(no_args_is_help=True, help="Driftline's topics.")
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+console = Console()
+errors = Console(stderr=True)
+
+_FAUST_LOGLEVEL = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
+PortOption = Annotated[int, typer.Option(help="Port of the local broker.")]
+
+
+def _run_worker(service: str) -> None:
+    common = cfg.load(cfg.DriftlineSettings)
+    own = cfg.load(cfg.SERVICE_SETTINGS[service])
+    module = importlib.import_module(f"services.{service}.app")
+    faust_app: faust.App = module.build(common, own)
+    worker = faust.Worker(faust_app, loglevel=_FAUST_LOGLEVEL[common.log_level])
+    worker.execute_from_commandline()
+
+
+def _add_service_commands(service: str) -> None:
+    service_app = typer.Typer(no_args_is_help=True, help=f"The {service} service.")
+
+    @service_app.command("worker")
+    def worker() -> None:
+        """Run this service's Faust worker until stopped (settings from DRIFTLINE_* variables)."""
+        _run_worker(service)
+
+    app.add_typer(service_app, name=service)
+
+
+for _service in cfg.SERVICE_SETTINGS:
+    _add_service_commands(_service)
+
+
+@kafka_app.command("start")
+def kafka_start(port: PortOption = 9092) -> None:
+    """Fetch Kafka's jars if needed and start the broker; does nothing if one answers."""
+    broker = LocalKafka(port=port)
+    if broker.is_up(timeout=1.0):
+        console.print(f"Kafka already answers on {broker.bootstrap}")
+        return
+    seconds = broker.start()
+    console.print(f"Kafka {broker.bootstrap} up in {seconds:.1f}s (log: {broker.log_path})")
+
+
+@kafka_app.command("stop")
+def kafka_stop(port: PortOption = 9092) -> None:
+    """Stop the broker that `driftline kafka start` started on this port."""
+    stopped = LocalKafka(port=port).stop()
+    console.print("Kafka stopped" if stopped else "no broker started by driftline runs here")
+
+
+@kafka_app.command("status")
+def kafka_status(port: PortOption = 9092) -> None:
+    """Say whether a broker answers; exit 1 if none does."""
+    broker = LocalKafka(port=port)
+    if broker.is_up():
+        console.print(f"Kafka answers on {broker.bootstrap} (pid {broker.pid() or 'not ours'})")
+        return
+    console.print(f"no broker answers on {broker.bootstrap}")
+    raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create Driftline's topics with their partitions and cleanup policies."""
+    from shared.admin import create_topics
+
+    created = asyncio.run(create_topics(cfg.load(cfg.DriftlineSettings)))
+    console.print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
+
+
+@app.command("settings")
+def settings_list() -> None:
+    """List every environment variable Driftline reads."""
+    for name, description in cfg.env_variables().items():
+        console.print(f"[bold]{name}[/bold]  {description}", highlight=False)
+
+
+def main() -> None:
+    """Entry point: run the command; a `DriftlineError` becomes one line on stderr, exit 2."""
+    try:
+        app()
+    except DriftlineError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Feature ingestion: validates raw events into feature events keyed by entity."""

@@ -1,0 +1,1 @@
+"""Online learner: predict-then-learn on labeled predictions, publishing signed snapshots."""

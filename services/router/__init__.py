@@ -1,0 +1,1 @@
+"""Inference router: answers feature events with predictions from the deployed model variants."""

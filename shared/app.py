@@ -1,0 +1,153 @@
+"""The one Faust app factory every service uses, and the topic and dead-letter plumbing around it.
+
+Messages travel as raw bytes: each agent decodes with `shared.events.decode`, so a malformed
+message becomes a dead letter with its reason instead of an exception inside Faust's consumer.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import EventT, TopicT
+from faust.web import Request, Response, View
+
+from shared import metrics
+from shared.errors import DriftlineError
+from shared.events import DeadLetter, Event, encode
+from shared.logging import get_logger, logging_config, message_fields
+from shared.settings import DriftlineSettings, ServiceSettings
+from shared.topics import DEADLETTER, Topic
+
+log = get_logger(__name__)
+
+
+def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) -> faust.App:
+    """A Faust app for `service`: its own consumer group, table store, web port and metrics."""
+    datadir = common.data_dir / service
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{common.topic_prefix}driftline-{service}",
+        broker=common.faust_broker,
+        broker_credentials=_credentials(common),
+        store=common.store,
+        topic_partitions=common.topic_partitions,
+        topic_replication_factor=common.topic_replication_factor,
+        processing_guarantee=common.processing_guarantee,
+        datadir=str(datadir),
+        web_host=common.web_host,
+        web_bind=common.web_host,
+        web_port=own.web_port,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=5,
+        logging_config=logging_config(service, common.log_level, common.log_format),
+    )
+    setup_prometheus_sensors(app, name_prefix="faust")
+
+    @app.page("/health")
+    async def health(self: View, request: Request) -> Response:
+        """Liveness and readiness: 200 once table recovery finished, 503 while it runs."""
+        ready = app.tables.recovery.completed.is_set() if app.tables else True
+        body = {"service": service, "status": "ok" if ready else "recovering"}
+        return self.json(body, status=200 if ready else 503)
+
+    return app
+
+
+def declare_topic(app: faust.App, topic: Topic, common: DriftlineSettings) -> TopicT:
+    """The Faust topic for one of `shared.topics`, with its partitions and cleanup policy."""
+    return app.topic(
+        topic.full_name(common),
+        partitions=topic.partitions(common),
+        config=topic.config(),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+class DeadLetters:
+    """Sends what a service cannot use to ``deadletter``, with the reason, and counts it."""
+
+    def __init__(self, app: faust.App, service: str, common: DriftlineSettings) -> None:
+        self.service = service
+        self.topic = declare_topic(app, DEADLETTER, common)
+
+    async def send(self, event: EventT, reason: str) -> None:
+        """Dead-letter the message behind `event` (its original bytes, topic, partition, offset)."""
+        message = event.message
+        letter = DeadLetter(
+            reason=reason,
+            service=self.service,
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value or b"",
+        )
+        await self.topic.send(key=message.topic.encode(), value=encode(letter))
+        metrics.DEAD_LETTERS.labels(self.service, message.topic, reason.split(":", 1)[0]).inc()
+        log.warning(
+            "dead-lettered",
+            reason=reason,
+            **message_fields(message.topic, message.partition, message.offset),
+        )
+
+
+Handler = Callable[[EventT], Awaitable[Any]]
+
+
+async def consume(
+    stream: faust.Stream, service: str, dead_letters: DeadLetters, handle: Handler
+) -> None:
+    """Run `handle` on every event of `stream`; a failure dead-letters that message and goes on.
+
+    A `DriftlineError` is an expected bad input (its text is the reason); any other exception is
+    a bug or a failing model, logged with its traceback, and the message is still dead-lettered
+    so nothing is lost.
+    """
+    async for event in stream.events():
+        message = event.message
+        metrics.EVENTS_IN.labels(service, message.topic).inc()
+        started = time.perf_counter()
+        try:
+            await handle(event)
+        except DriftlineError as exc:
+            await dead_letters.send(event, str(exc))
+        except Exception as exc:
+            log.exception(
+                "handler failed", **message_fields(message.topic, message.partition, message.offset)
+            )
+            await dead_letters.send(event, f"internal error: {type(exc).__name__}: {exc}")
+        metrics.PROCESSING_SECONDS.labels(service).observe(time.perf_counter() - started)
+
+
+async def send_event(topic: TopicT, service: str, key: str, event: Event) -> None:
+    """Produce one record (JSON) with a text key, and count it."""
+    await topic.send(key=key.encode(), value=encode(event))
+    metrics.EVENTS_OUT.labels(service, topic.get_topic_name()).inc()
+
+
+def _credentials(common: DriftlineSettings) -> Any:
+    protocol = common.kafka_security_protocol
+    context = (
+        ssl.create_default_context(cafile=common.kafka_ssl_cafile)
+        if protocol in ("SSL", "SASL_SSL")
+        else None
+    )
+    if protocol.startswith("SASL"):
+        password = common.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=common.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=common.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return None

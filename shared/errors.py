@@ -1,0 +1,45 @@
+"""One root exception for Driftline; subclasses carry the data their message is built from."""
+
+from __future__ import annotations
+
+
+class DriftlineError(Exception):
+    """Root of every error Driftline raises on purpose (a user or operator can act on it)."""
+
+
+class SettingsError(DriftlineError):
+    """An environment variable holds a value Driftline cannot use."""
+
+    def __init__(self, variable: str, value: object, problem: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.problem = problem
+        shown = "<unset>" if value is None else repr(value)
+        super().__init__(f"setting {variable}={shown}: {problem}")
+
+
+class EventDecodeError(DriftlineError):
+    """A message's bytes are not a valid event of the topic's schema."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"bad event on {topic}: {reason}")
+
+
+class KafkaStartError(DriftlineError):
+    """The local broker did not come up; `reason` is taken from its own log."""
+
+    def __init__(self, reason: str, log_path: str) -> None:
+        self.reason = reason
+        self.log_path = log_path
+        super().__init__(f"Kafka did not start: {reason} (full log: {log_path})")
+
+
+class SignatureError(DriftlineError):
+    """A model snapshot is unsigned or its HMAC does not match: it is never unpickled."""
+
+    def __init__(self, model: str, problem: str) -> None:
+        self.model = model
+        self.problem = problem
+        super().__init__(f"snapshot of model {model!r} refused: {problem}")

@@ -1,0 +1,283 @@
+"""The event schemas of every public topic: JSON on the wire, one schema per topic.
+
+Each record carries `schema_version`, so any Kafka client in any language can produce events and
+read alerts without Driftline's code. Decode with :func:`decode` (a bad message raises
+`EventDecodeError` with the reason, for the dead-letter topic) and encode with :func:`encode`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+)
+
+from shared.errors import EventDecodeError
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _finite(value: float) -> float:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and infinity are not allowed")
+    return value
+
+
+def _from_base64(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64: {exc}") from None
+
+
+WireBytes = Annotated[
+    bytes,
+    BeforeValidator(_from_base64),
+    PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str, when_used="json"),
+]
+"""Raw bytes in Python, base64 text on the wire."""
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""ISO 8601 text or epoch seconds on the wire; a time without a zone is read as UTC."""
+Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+FeatureValue = Annotated[float | int | str | bool, AfterValidator(_finite)]
+"""A feature after validation: number, category or flag."""
+Label = Annotated[float | int | str | bool, AfterValidator(_finite)]
+"""Ground truth: a class label or a regression target."""
+VariantRole = Literal["champion", "canary", "rule", "shadow"]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh random identifier for records Driftline creates."""
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    """Base of every record on a topic."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+
+
+class RawEvent(Event):
+    """What producers write to ``events.raw``; `data` is checked against the stream's schema."""
+
+    event_id: Identifier
+    stream: Identifier
+    entity_id: Identifier
+    event_time: UtcDatetime
+    data: dict[str, Any]
+
+
+class FeatureEvent(Event):
+    """A validated event on ``features``, keyed by entity id."""
+
+    event_id: Identifier
+    stream: Identifier
+    entity_id: Identifier
+    event_time: UtcDatetime
+    features: dict[str, FeatureValue]
+    ingested_at: UtcDatetime = Field(default_factory=utc_now)
+
+
+class VariantOutput(BaseModel):
+    """One model variant's answer for one event."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    variant: Identifier
+    role: VariantRole
+    served: bool
+    """False for shadows: they predict, but the caller never sees their answer."""
+    model_name: Identifier
+    model_version: str
+    output: Label | None
+    probabilities: dict[str, float] | None = None
+
+
+class Prediction(Event):
+    """A variant's prediction on ``predictions``, keyed by event id (the feedback join key)."""
+
+    prediction_id: Identifier = Field(default_factory=new_id)
+    event_id: Identifier
+    entity_id: Identifier
+    stream: Identifier
+    deployment: Identifier
+    outcome: VariantOutput
+    features: dict[str, FeatureValue]
+    latency_ms: float = Field(ge=0)
+    event_time: UtcDatetime
+    predicted_at: UtcDatetime = Field(default_factory=utc_now)
+
+
+class Feedback(Event):
+    """Ground truth for one event on ``feedback``, keyed by that event id."""
+
+    event_id: Identifier
+    label: Label
+    label_time: UtcDatetime = Field(default_factory=utc_now)
+
+
+class LabeledPrediction(Event):
+    """An event's predictions joined with its label on ``predictions.labeled``."""
+
+    event_id: Identifier
+    entity_id: Identifier
+    stream: Identifier
+    deployment: Identifier
+    features: dict[str, FeatureValue]
+    outcomes: list[VariantOutput]
+    label: Label
+    event_time: UtcDatetime
+    label_time: UtcDatetime
+    feedback_delay_s: float
+
+
+class DriftAlert(Event):
+    """A detector's finding on ``alerts``, keyed by `key` (what drifted)."""
+
+    alert_id: Identifier = Field(default_factory=new_id)
+    kind: Literal["data", "concept"]
+    level: Literal["warning", "drift"]
+    key: Identifier
+    stream: str | None = None
+    feature: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    detector: Identifier
+    params: dict[str, Any] = Field(default_factory=dict)
+    position: int = Field(ge=0)
+    """How many values the detector had seen when it fired (1-based index of the firing value)."""
+    event_time: UtcDatetime
+    stats_before: dict[str, float] = Field(default_factory=dict)
+    stats_after: dict[str, float] = Field(default_factory=dict)
+    detected_at: UtcDatetime = Field(default_factory=utc_now)
+
+
+class DeadLetter(Event):
+    """A message a service could not use, with why and where it came from, on ``deadletter``."""
+
+    reason: str
+    service: Identifier
+    source_topic: str
+    partition: int
+    offset: int
+    key: WireBytes | None = None
+    value: WireBytes
+    """The original bytes, unchanged (base64 on the wire)."""
+    failed_at: UtcDatetime = Field(default_factory=utc_now)
+
+
+class ModelSnapshot(Event):
+    """An online model's state on ``model-snapshots`` (compacted, keyed by `model_id`)."""
+
+    model_id: Identifier
+    model_type: Identifier
+    sequence: int = Field(ge=0)
+    """Grows with every snapshot of one model: readers keep the highest."""
+    n_learned: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    payload: WireBytes
+    """The pickled model; read only after `signature` verifies."""
+    signature: str
+    """Hex HMAC-SHA256 of `payload` under the snapshot key."""
+
+
+class RoutingRule(BaseModel):
+    """Send events whose feature `field` compares to `value` by `op` to a variant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    field: Identifier
+    op: Literal["==", "!=", "<", "<=", ">", ">=", "in"] = "=="
+    value: Any
+
+
+class Variant(BaseModel):
+    """One model serving (or shadowing) a deployment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Identifier
+    role: VariantRole
+    model_uri: Identifier
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (MLflow registry) or
+    ``online:<model id>`` (the learner's snapshots)."""
+    weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of entities a canary serves (sticky per entity)."""
+    rule: RoutingRule | None = None
+    """For role ``rule``: which events this variant serves."""
+
+
+class OnlineModelSpec(BaseModel):
+    """An online model the learner trains for a deployment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: Identifier
+    model_type: Identifier
+    """A name from the model catalogue, e.g. ``logistic_regression``."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    task: Literal["classification", "regression"] = "classification"
+    per_entity: bool = False
+    """One model per entity key instead of one for the whole stream."""
+
+
+class Deployment(Event):
+    """A deployment on ``deployments`` (compacted, keyed by `name`); the latest one wins."""
+
+    name: Identifier
+    stream: Identifier
+    variants: list[Variant]
+    online_models: list[OnlineModelSpec] = Field(default_factory=list)
+    deleted: bool = False
+    updated_at: UtcDatetime = Field(default_factory=utc_now)
+
+
+E = TypeVar("E", bound=Event)
+
+
+def encode(event: Event) -> bytes:
+    """The event as JSON bytes for the wire."""
+    return event.model_dump_json().encode()
+
+
+def decode(schema: type[E], data: bytes | None, topic: str) -> E:
+    """Parse and validate `data`; any problem raises `EventDecodeError` naming the first one."""
+    if data is None:
+        raise EventDecodeError(topic, "empty message (no value)")
+    try:
+        return schema.model_validate_json(data)
+    except ValidationError as exc:
+        raise EventDecodeError(topic, describe_problem(exc)) from None
+
+
+def describe_problem(exc: ValidationError) -> str:
+    """The first problem pydantic found, as `field: message`."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "json_invalid":
+        return f"not valid JSON: {error['msg']}"
+    return f"{where}: {error['msg']}" if where else error["msg"]

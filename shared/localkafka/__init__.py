@@ -1,0 +1,267 @@
+"""A real single-node Apache Kafka (KRaft) for development, tests and the demo.
+
+Apache's own jars come from Maven Central (``org.apache.kafka:kafka_2.13`` with a log4j 2
+backend, see ``pom.xml`` beside this file), are cached under the Driftline home, and run with
+``java`` as a combined broker+controller on 127.0.0.1. Kafka 4.0.x is the line faust-streaming's
+live-broker checks run against and the one aiokafka >= 0.13 negotiates with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from shared.errors import DriftlineError, KafkaStartError
+
+KAFKA_VERSION = "4.0.2"
+_RESOURCES = resources.files(__package__)
+
+
+def default_home() -> Path:
+    """Where jars and broker data live: ``$DRIFTLINE_HOME`` or ``~/.driftline``."""
+    return Path(os.environ.get("DRIFTLINE_HOME", Path.home() / ".driftline"))
+
+
+@dataclass(frozen=True)
+class LocalKafka:
+    """One local broker, identified by its port; its files live in ``home/kafka-<port>``."""
+
+    port: int = 9092
+    controller_port: int | None = None
+    home: Path = field(default_factory=default_home)
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for clients."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def libs(self) -> Path:
+        """The cached jar folder."""
+        return self.home / f"kafka-jars-{KAFKA_VERSION}"
+
+    @property
+    def workdir(self) -> Path:
+        """Config, data, log and pid file of this broker."""
+        return self.home / f"kafka-{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's own log."""
+        return self.workdir / "broker.log"
+
+    @property
+    def _pid_path(self) -> Path:
+        return self.workdir / "broker.pid"
+
+    @property
+    def _config_path(self) -> Path:
+        return self.workdir / "server.properties"
+
+    def ensure_jars(self) -> Path:
+        """Fetch the broker's jars with Maven once; later calls reuse the cache."""
+        if any(self.libs.glob("kafka_2.13-*.jar")):
+            return self.libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise DriftlineError("Maven (mvn) is needed once to fetch Kafka's jars; install it")
+        self.home.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="jars-", dir=self.home))
+        with resources.as_file(_RESOURCES / "pom.xml") as pom:
+            result = subprocess.run(
+                [
+                    mvn,
+                    "-q",
+                    "-B",
+                    "-f",
+                    str(pom),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-Dkafka.version={KAFKA_VERSION}",
+                    f"-DoutputDirectory={staging}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if result.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+            raise DriftlineError("Maven could not fetch Kafka's jars: " + " | ".join(tail))
+        staging.rename(self.libs)
+        return self.libs
+
+    def is_up(self, timeout: float = 3.0) -> bool:
+        """Whether a broker answers a metadata request on this port."""
+        return asyncio.run(_broker_answers(self.bootstrap, timeout))
+
+    def pid(self) -> int | None:
+        """The pid of the broker this tool started, if that process still runs."""
+        try:
+            pid = int(self._pid_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        return pid if str(self._config_path) in cmdline else None
+
+    def start(self, timeout: float = 90.0) -> float:
+        """Start the broker unless one answers already; return the seconds it took to answer."""
+        began = time.monotonic()
+        if self.is_up(timeout=1.0):
+            return 0.0
+        libs = self.ensure_jars()
+        self._write_config()
+        if not (self.workdir / "data" / "meta.properties").exists():
+            self._format_storage(libs)
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [*self._java(libs), "kafka.Kafka", str(self._config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._pid_path.write_text(str(process.pid))
+        while time.monotonic() - began < timeout:
+            if process.poll() is not None:
+                raise KafkaStartError(self._failure_reason(), str(self.log_path))
+            if self.is_up(timeout=2.0):
+                return time.monotonic() - began
+            time.sleep(0.3)
+        self.stop()
+        raise KafkaStartError(
+            f"no answer on port {self.port} after {timeout:.0f}s; {self._failure_reason()}",
+            str(self.log_path),
+        )
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the broker this tool started (never another process); False if none ran."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            if _reaped(pid):
+                break
+            time.sleep(0.2)
+        if self.pid() is not None:
+            os.killpg(pid, signal.SIGKILL)
+        self._pid_path.unlink(missing_ok=True)
+        return True
+
+    def _java(self, libs: Path) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise DriftlineError("Java 17 or newer is needed to run the local Kafka broker")
+        with resources.as_file(_RESOURCES / "log4j2.properties") as log_config:
+            return [
+                java,
+                "-Xms256m",
+                "-Xmx1g",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={log_config}",
+                "-cp",
+                f"{libs}/*",
+            ]
+
+    def _write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        controller = self.controller_port or self.port + 1
+        self._config_path.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{controller}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={self.workdir / 'data'}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "log.retention.hours=24",
+                    "log.segment.bytes=67108864",
+                    "",
+                ]
+            )
+        )
+
+    def _format_storage(self, libs: Path) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            [
+                *self._java(libs),
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self._config_path),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            reason = (result.stdout + result.stderr).strip().splitlines()[-1:]
+            raise KafkaStartError("storage format failed: " + " ".join(reason), str(self.log_path))
+
+    def _failure_reason(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-400:]
+        except FileNotFoundError:
+            return "the broker wrote no log"
+        errors = [line for line in lines if " ERROR " in line or "Exception" in line]
+        return (errors or lines or ["the broker's log is empty"])[-1].strip()
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not Path(f"/proc/{pid}").exists()
+    return finished == pid
+
+
+async def _broker_answers(bootstrap: str, timeout: float) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a refused probe is an answer
+    client = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000)
+    )
+    try:
+        await asyncio.wait_for(client.start(), timeout)
+        await asyncio.wait_for(client.describe_cluster(), timeout)
+        return True
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await client.close()

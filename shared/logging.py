@@ -1,0 +1,85 @@
+"""structlog JSON logging for every service; Faust's and aiokafka's logs are routed through it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+_PRE_CHAIN: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def logging_config(service: str, level: str = "info", fmt: str = "json") -> dict[str, Any]:
+    """A `logging.config.dictConfig` that renders every record (ours and libraries') alike.
+
+    Faust's worker applies it itself (`logging_config` setting), so its own setup does not undo it.
+    """
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            *_PRE_CHAIN,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structlog": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    _add_service(service),
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+                "foreign_pre_chain": _PRE_CHAIN,
+            }
+        },
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "structlog"},
+        },
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {"aiokafka": {"level": "WARNING"}},
+    }
+
+
+def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
+    """Apply :func:`logging_config` now (CLI commands and tests that run no Faust worker)."""
+    import logging.config
+
+    logging.config.dictConfig(logging_config(service, level, fmt))
+
+
+def message_fields(topic: str, partition: int, offset: int) -> dict[str, Any]:
+    """The fields every log line about one message carries, so it can be found again."""
+    return {"topic": topic, "partition": partition, "offset": offset}
+
+
+def _add_service(service: str) -> Any:
+    def add(_: logging.Logger, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("service", service)
+        return event
+
+    return add
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structlog logger for a module."""
+    return structlog.get_logger(name)

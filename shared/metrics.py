@@ -1,0 +1,32 @@
+"""Prometheus metrics every service shares; served with Faust's own on the worker's ``/metrics``.
+
+Service-specific metrics are declared here too, so names and labels stay one consistent family
+(``driftline_*``) that the Grafana dashboard can rely on.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_IN = Counter(
+    "driftline_events_in_total", "Messages a service consumed.", ["service", "topic"]
+)
+EVENTS_OUT = Counter(
+    "driftline_events_out_total", "Messages a service produced.", ["service", "topic"]
+)
+DEAD_LETTERS = Counter(
+    "driftline_dead_letters_total",
+    "Messages sent to the dead-letter topic, by why.",
+    ["service", "source_topic", "reason"],
+)
+PROCESSING_SECONDS = Histogram(
+    "driftline_processing_seconds",
+    "Time a service spent on one message, from receipt to its outputs being sent.",
+    ["service"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+TABLE_ENTRIES = Gauge(
+    "driftline_table_entries",
+    "Entries in a service's table (this worker's partitions).",
+    ["service", "table"],
+)

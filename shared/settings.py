@@ -1,0 +1,197 @@
+"""Settings read from the environment, in one place so deployment files can be checked against it.
+
+`DriftlineSettings` (prefix ``DRIFTLINE_``) holds what every service shares: Kafka, topics, the
+table store, MLflow and secrets. Each service has its own frozen class with its own prefix
+(``DRIFTLINE_ROUTER_`` ...) for what only it reads. Load them with :func:`load`, which turns a bad
+value into one `SettingsError` line instead of a validation traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import SettingsError
+
+INSECURE_DEV_KEY = "driftline-dev-key-change-me"
+_BROKER_ADDRESS = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
+_TABLE_STORES = ("memory://", "rocksdb://", "rocksdict://")
+
+
+class DriftlineSettings(BaseSettings):
+    """What every Driftline service and CLI command reads (prefix ``DRIFTLINE_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLINE_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    kafka_broker: str = "kafka://127.0.0.1:9092"
+    """Bootstrap servers, comma-separated ``host:port`` (``kafka://`` prefix optional)."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    """SASL mechanism, used when the protocol is SASL_*."""
+    kafka_sasl_username: str | None = None
+    """SASL user name."""
+    kafka_sasl_password: SecretStr | None = None
+    """SASL password."""
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle that signs the brokers' certificates (SSL and SASL_SSL)."""
+    topic_prefix: str = ""
+    """Prepended to every topic and consumer-group name: many Driftlines share one cluster."""
+    topic_partitions: int = Field(default=4, ge=1, le=4096)
+    """Partitions of every keyed topic and table changelog (the unit of parallelism)."""
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
+    """Replication factor of the topics Driftline creates."""
+    store: str = "memory://"
+    """Faust table store: ``memory://`` (rebuilt from the changelog on start) or ``rocksdb://``."""
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """Faust's processing guarantee; consumers are idempotent either way."""
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    """MLflow tracking server and model registry."""
+    snapshot_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
+    """Key that signs model snapshots; a snapshot signed with another key is refused."""
+    webhook_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
+    """Key that signs webhook bodies (header ``X-Driftline-Signature``)."""
+    data_dir: Path = Path(".driftline")
+    """Where workers keep table stores and local files."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written to the log."""
+    log_format: Literal["json", "console"] = "json"
+    """``json`` for machines, ``console`` for people."""
+    web_host: str = "127.0.0.1"
+    """Address the workers' HTTP endpoints (metrics, health) bind to; 0.0.0.0 in containers."""
+
+    @field_validator("kafka_broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        addresses = [a.strip() for a in value.removeprefix("kafka://").split(",")]
+        bad = [a for a in addresses if not _BROKER_ADDRESS.match(a)]
+        if bad:
+            raise ValueError(f"expected host:port[,host:port...], got {', '.join(bad)!r}")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]*", value):
+            raise ValueError("only letters, digits, '.', '_' and '-' may appear in a topic name")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if not value.startswith(_TABLE_STORES):
+            raise ValueError(f"expected one of {', '.join(_TABLE_STORES)}")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker list as plain ``host:port,...`` for aiokafka and other clients."""
+        return self.kafka_broker.removeprefix("kafka://")
+
+    @property
+    def faust_broker(self) -> str:
+        """The broker list in Faust's URL form."""
+        return "kafka://" + self.bootstrap_servers
+
+
+class ServiceSettings(BaseSettings):
+    """Base of each service's own settings: where its HTTP endpoint listens."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
+
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+
+
+class IngestionSettings(ServiceSettings):
+    """Feature ingestion (prefix ``DRIFTLINE_INGESTION_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_INGESTION_")
+
+    web_port: int = Field(default=6061, ge=1, le=65535)
+    """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+    max_event_bytes: int = Field(default=1_000_000, ge=64)
+    """Raw events larger than this are dead-lettered unread."""
+
+
+class RouterSettings(ServiceSettings):
+    """Inference router (prefix ``DRIFTLINE_ROUTER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_ROUTER_")
+
+    web_port: int = Field(default=6062, ge=1, le=65535)
+    """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+
+
+class FeedbackSettings(ServiceSettings):
+    """Feedback joiner (prefix ``DRIFTLINE_FEEDBACK_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_FEEDBACK_")
+
+    web_port: int = Field(default=6063, ge=1, le=65535)
+    """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+
+
+class DriftSettings(ServiceSettings):
+    """Drift detection (prefix ``DRIFTLINE_DRIFT_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_DRIFT_")
+
+    web_port: int = Field(default=6064, ge=1, le=65535)
+    """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+    adwin_delta: float = Field(default=0.002, gt=0, lt=1)
+    """ADWIN's confidence for data drift on numeric features (smaller: fewer, surer alarms)."""
+
+
+class LearnerSettings(ServiceSettings):
+    """Online learner (prefix ``DRIFTLINE_LEARNER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_LEARNER_")
+
+    web_port: int = Field(default=6065, ge=1, le=65535)
+    """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+    snapshot_every: int = Field(default=100, ge=1)
+    """Publish a model snapshot after this many updates of one model."""
+
+
+SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
+    "ingestion": IngestionSettings,
+    "router": RouterSettings,
+    "feedback": FeedbackSettings,
+    "drift": DriftSettings,
+    "learner": LearnerSettings,
+}
+"""Each service's settings class, by service name."""
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets `field` of `cls`."""
+    return (cls.model_config.get("env_prefix") or "").upper() + field.upper()
+
+
+def env_variables() -> dict[str, str]:
+    """Every environment variable Driftline reads, with its one-line description."""
+    classes: list[type[BaseSettings]] = [DriftlineSettings, *SERVICE_SETTINGS.values()]
+    return {
+        env_name(cls, name): (field.description or "")
+        for cls in classes
+        for name, field in cls.model_fields.items()
+    }
+
+
+def load(cls: type[S]) -> S:
+    """Read `cls` from the environment; a bad value raises one readable `SettingsError`."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise SettingsError(env_name(cls, field), first.get("input"), first["msg"]) from None

@@ -1,0 +1,18 @@
+"""HMAC signatures for model snapshots and webhook bodies: nothing unsigned is trusted."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from pydantic import SecretStr
+
+
+def sign(payload: bytes, key: SecretStr) -> str:
+    """Hex HMAC-SHA256 of `payload`."""
+    return hmac.new(key.get_secret_value().encode(), payload, hashlib.sha256).hexdigest()
+
+
+def verify(payload: bytes, signature: str | None, key: SecretStr) -> bool:
+    """Whether `signature` is `payload`'s HMAC under `key` (constant-time comparison)."""
+    return bool(signature) and hmac.compare_digest(sign(payload, key), signature or "")
