@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs every test.
+# Each does its own set-up: the virtual environment, the packages, Kafka's jars, the check tools.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TOOLS_STAMP := .driftline/tools/.installed
+
+.PHONY: demo test unit integration lint tools kafka-start kafka-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+$(TOOLS_STAMP): scripts/install-tools.sh
+	bash scripts/install-tools.sh .driftline/tools
+	touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) $(TOOLS_STAMP) lint
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration
+
+demo: $(STAMP)
+	$(BIN)/driftline demo
+
+kafka-start: $(STAMP)
+	$(BIN)/driftline kafka start
+
+kafka-stop: $(STAMP)
+	$(BIN)/driftline kafka stop
+
+clean:
+	rm -rf $(VENV) .driftline .pytest_cache .ruff_cache

@@ -1,0 +1,33 @@
+"""Fixtures for all tiers. The integration tier starts the real broker once per run (or reuses
+one that answers on DRIFTLINE_TEST_KAFKA_PORT) and gives each test its own topic prefix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.localkafka import LocalKafka
+from tests.support.pipeline import Pipeline
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``host:port`` of a real Kafka broker for this test run."""
+    broker = LocalKafka(port=int(os.environ.get("DRIFTLINE_TEST_KAFKA_PORT", "19092")))
+    already_up = broker.is_up(timeout=1.0)
+    if not already_up:
+        broker.start()
+    yield broker.bootstrap
+    if not already_up:
+        broker.stop()
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
+    """A private Driftline on the real broker; its workers are stopped after the test."""
+    pipe = Pipeline(kafka_bootstrap, tmp_path)
+    yield pipe
+    pipe.close()

@@ -1,0 +1,155 @@
+"""The foundation on the real broker: plain clients, a Faust table across a crash, the whole chain
+of five services, and a foreign (non-Driftline) Kafka client on both ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from shared.errors import KafkaStartError
+from shared.events import Feedback, Prediction, VariantOutput, utc_now
+from shared.localkafka import LocalKafka
+from shared.topics import (
+    ALERTS,
+    DEADLETTER,
+    EVENTS_RAW,
+    FEATURES,
+    FEEDBACK,
+    MODEL_SNAPSHOTS,
+    PREDICTIONS,
+    PREDICTIONS_LABELED,
+)
+from tests.support.kafka import consume_until, count_of, produce
+from tests.support.pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+
+
+async def test_plain_aiokafka_client_round_trips(pipeline: Pipeline) -> None:
+    topic = pipeline.prefix + "roundtrip"
+    sent = [(f"k{i % 7}", f"value-{i}".encode()) for i in range(200)]
+    await produce(pipeline.bootstrap, topic, sent)
+
+    records = await consume_until(pipeline.bootstrap, [topic], count_of(topic, 200))
+
+    assert sorted(r.value for r in records) == sorted(v for _, v in sent)
+    by_key: dict[bytes, set[int]] = {}
+    for record in records:
+        by_key.setdefault(record.key, set()).add(record.partition)
+    assert all(len(partitions) == 1 for partitions in by_key.values())
+
+
+def _prediction(event_id: str) -> Prediction:
+    return Prediction(
+        event_id=event_id,
+        entity_id="e1",
+        stream="s",
+        deployment="d",
+        outcome=VariantOutput(
+            variant="v", role="champion", served=True, model_name="m", model_version="1", output=1
+        ),
+        features={"x": 1.0},
+        latency_ms=1.0,
+        event_time=utc_now(),
+    )
+
+
+async def test_faust_table_keeps_state_across_a_killed_worker(pipeline: Pipeline) -> None:
+    """Early feedback waits in a changelog-backed table; a SIGKILLed worker recovers it."""
+    worker = pipeline.start("feedback")
+    await produce(
+        pipeline.bootstrap,
+        pipeline.topic(FEEDBACK),
+        [("ev-1", Feedback(event_id="ev-1", label=True))],
+    )
+    changelog = f"{pipeline.prefix}driftline-feedback-event_to_early_feedback-changelog"
+    await consume_until(pipeline.bootstrap, [changelog], count_of(changelog, 1))
+    worker.kill()
+
+    pipeline.start("feedback")
+    await produce(pipeline.bootstrap, pipeline.topic(PREDICTIONS), [("ev-1", _prediction("ev-1"))])
+
+    labeled_topic = pipeline.topic(PREDICTIONS_LABELED)
+    records = await consume_until(pipeline.bootstrap, [labeled_topic], count_of(labeled_topic, 1))
+    assert records[0].json()["event_id"] == "ev-1"
+    assert records[0].json()["label"] is True
+
+
+def test_events_flow_through_all_five_services_with_a_foreign_client(pipeline: Pipeline) -> None:
+    """kafka-python (not Driftline's client) produces raw events and feedback and reads each
+    service's output: features, predictions, labeled predictions, snapshots, alerts, dead letters.
+    """
+    for service in ("ingestion", "router", "feedback", "learner", "drift"):
+        pipeline.start(service, DRIFTLINE_LEARNER_SNAPSHOT_EVERY="1")
+    producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap)
+    now = time.time()
+    n_events = 300
+    for i in range(n_events):
+        x = (i % 5) * 0.1 + (10.0 if i >= n_events // 2 else 0.0)
+        raw = {
+            "event_id": f"ev-{i}",
+            "stream": "payments",
+            "entity_id": f"user-{i % 10}",
+            "event_time": now + i,
+            "data": {"amount": x, "country": "NL"},
+        }
+        producer.send(
+            pipeline.topic(EVENTS_RAW),
+            key=raw["entity_id"].encode(),
+            value=json.dumps(raw).encode(),
+        )
+    producer.send(pipeline.topic(EVENTS_RAW), key=b"user-0", value=b"\xff not json")
+    for i in range(0, n_events, 10):
+        producer.send(
+            pipeline.topic(FEEDBACK),
+            key=f"ev-{i}".encode(),
+            value=json.dumps({"event_id": f"ev-{i}", "label": i % 20 == 0}).encode(),
+        )
+    producer.flush()
+
+    wanted = {
+        pipeline.topic(FEATURES): n_events,
+        pipeline.topic(PREDICTIONS): n_events,
+        pipeline.topic(PREDICTIONS_LABELED): n_events // 10,
+        pipeline.topic(MODEL_SNAPSHOTS): n_events // 10,
+        pipeline.topic(ALERTS): 1,
+        pipeline.topic(DEADLETTER): 1,
+    }
+    consumer = KafkaConsumer(
+        *wanted,
+        bootstrap_servers=pipeline.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=2000,
+    )
+    seen: dict[str, list[dict]] = {topic: [] for topic in wanted}
+    deadline = time.monotonic() + 120
+    while any(len(seen[t]) < n for t, n in wanted.items()) and time.monotonic() < deadline:
+        for message in consumer:
+            seen[message.topic].append(json.loads(message.value))
+    consumer.close()
+
+    assert {t: len(v) for t, v in seen.items()} == wanted
+    features = seen[pipeline.topic(FEATURES)]
+    assert {f["event_id"] for f in features} == {f"ev-{i}" for i in range(n_events)}
+    letter = seen[pipeline.topic(DEADLETTER)][0]
+    assert letter["source_topic"] == pipeline.topic(EVENTS_RAW)
+    assert "not valid JSON" in letter["reason"]
+    alert = seen[pipeline.topic(ALERTS)][0]
+    assert (alert["kind"], alert["feature"]) == ("data", "amount")
+    assert alert["position"] > n_events // 2
+
+
+def test_local_kafka_that_cannot_start_says_why(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """A broker whose controller port is taken fails fast with the reason from its log."""
+    taken = int(kafka_bootstrap.rsplit(":", 1)[1])
+    shared_jars = LocalKafka(port=taken).libs
+    clash = LocalKafka(port=taken + 7, controller_port=taken, home=tmp_path)
+    clash.libs.symlink_to(shared_jars, target_is_directory=True)
+
+    with pytest.raises(KafkaStartError, match="Address already in use"):
+        clash.start(timeout=60)
+    assert clash.pid() is None

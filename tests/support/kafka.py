@@ -1,0 +1,96 @@
+"""Talking to the real test broker like an outside user: plain aiokafka producers and consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from shared.events import Event, encode
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+    def json(self) -> dict:
+        """The value parsed as JSON."""
+        return orjson.loads(self.value)
+
+
+async def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | str | None, bytes | Event]]
+) -> None:
+    """Send (key, value) pairs and wait until the broker has them all."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for key, value in messages:
+            raw_key = key.encode() if isinstance(key, str) else key
+            raw_value = encode(value) if isinstance(value, Event) else value
+            futures.append(await producer.send(topic, key=raw_key, value=raw_value))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def consume_until(
+    bootstrap: str,
+    topics: list[str],
+    done: Callable[[list[Record]], bool],
+    timeout: float = 60.0,
+) -> list[Record]:
+    """Read `topics` from the beginning until `done(records)` holds; fail after `timeout`."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(records):
+            if time.monotonic() > deadline:
+                by_topic = {t: sum(r.topic == t for r in records) for t in topics}
+                raise AssertionError(f"timed out after {timeout}s; records so far: {by_topic}")
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                records.extend(
+                    Record(m.topic, m.partition, m.offset, m.key, m.value) for m in messages
+                )
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The next offset of every partition of `topic`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: offset for tp, offset in offsets.items()}
+    finally:
+        await consumer.stop()
+
+
+def count_of(topic: str, n: int) -> Callable[[list[Record]], bool]:
+    """A `done` predicate: at least `n` records from `topic`."""
+    return lambda records: sum(r.topic == topic for r in records) >= n

@@ -1,0 +1,52 @@
+"""A private Driftline per test on the shared broker: its own topic prefix, groups and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from shared.admin import create_topics
+from shared.settings import DriftlineSettings
+from shared.topics import Topic
+from tests.support.workers import Worker
+
+
+class Pipeline:
+    """Topic names, settings and worker processes for one test; `close` stops the workers."""
+
+    def __init__(self, bootstrap: str, workdir: Path, partitions: int = 2) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.prefix = f"t{uuid.uuid4().hex[:10]}."
+        self.env = {
+            "DRIFTLINE_KAFKA_BROKER": bootstrap,
+            "DRIFTLINE_TOPIC_PREFIX": self.prefix,
+            "DRIFTLINE_TOPIC_PARTITIONS": str(partitions),
+            "DRIFTLINE_DATA_DIR": str(workdir / "data"),
+            "DRIFTLINE_LOG_LEVEL": "info",
+        }
+        self.settings = DriftlineSettings(
+            kafka_broker=bootstrap, topic_prefix=self.prefix, topic_partitions=partitions
+        )
+        self.workers: list[Worker] = []
+        asyncio.run(create_topics(self.settings))
+
+    def topic(self, topic: Topic) -> str:
+        """The topic's full name in this test's Driftline."""
+        return topic.full_name(self.settings)
+
+    def start(self, service: str, **extra_env: str) -> Worker:
+        """Start `driftline <service> worker` and wait until it is healthy."""
+        worker = Worker(
+            service,
+            {**self.env, **extra_env},
+            self.workdir / f"{service}-{len(self.workers)}.log",
+        )
+        self.workers.append(worker)
+        return worker.start()
+
+    def close(self) -> None:
+        """Stop every worker this test started."""
+        for worker in self.workers:
+            worker.stop()
