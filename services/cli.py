@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import sys
 from typing import Annotated
 
@@ -17,11 +18,14 @@ from rich.console import Console
 from shared import settings as cfg
 from shared.errors import DriftlineError
 from shared.localkafka import LocalKafka
+from shared.localmlflow import LocalMlflow
 
 app = typer.Typer(no_args_is_help=True, help="Driftline: real-time MLOps on Kafka.")
 kafka_app = typer.Typer(no_args_is_help=True, help="A local single-node Kafka for development.")
 topics_app = typer.Typer(no_args_is_help=True, help="Driftline's topics.")
+mlflow_app = typer.Typer(no_args_is_help=True, help="A local MLflow server (SQLite).")
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(mlflow_app, name="mlflow")
 app.add_typer(topics_app, name="topics")
 console = Console()
 errors = Console(stderr=True)
@@ -40,7 +44,11 @@ def _run_worker(service: str) -> None:
 
 
 def _add_service_commands(service: str) -> None:
+    """`driftline <service> worker`, plus the service's own top-level commands if it has any
+    (a ``services/<service>/commands.py`` with ``register(app: typer.Typer)``)."""
     service_app = typer.Typer(no_args_is_help=True, help=f"The {service} service.")
+    if importlib.util.find_spec(f"services.{service}.commands") is not None:
+        importlib.import_module(f"services.{service}.commands").register(app)
 
     @service_app.command("worker")
     def worker() -> None:
@@ -81,6 +89,24 @@ def kafka_status(port: PortOption = 9092) -> None:
         return
     console.print(f"no broker answers on {broker.bootstrap}")
     raise typer.Exit(1)
+
+
+MlflowPortOption = Annotated[int, typer.Option(help="Port of the local MLflow server.")]
+
+
+@mlflow_app.command("start")
+def mlflow_start(port: MlflowPortOption = 5000) -> None:
+    """Start a local MLflow server (SQLite backend); does nothing if one answers."""
+    server = LocalMlflow(port=port)
+    seconds = server.start()
+    console.print(f"MLflow {server.uri} up in {seconds:.1f}s (log: {server.log_path})")
+
+
+@mlflow_app.command("stop")
+def mlflow_stop(port: MlflowPortOption = 5000) -> None:
+    """Stop the MLflow server that `driftline mlflow start` started on this port."""
+    stopped = LocalMlflow(port=port).stop()
+    console.print("MLflow stopped" if stopped else "no MLflow server of ours runs here")
 
 
 @topics_app.command("create")

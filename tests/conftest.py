@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.localkafka import LocalKafka
+from shared.localmlflow import LocalMlflow
 from tests.support.pipeline import Pipeline
 
 
@@ -23,6 +24,18 @@ def kafka_bootstrap() -> Iterator[str]:
     yield broker.bootstrap
     if not already_up:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tracking URI of a real MLflow server (SQLite) started for this test run."""
+    server = LocalMlflow(
+        port=int(os.environ.get("DRIFTLINE_TEST_MLFLOW_PORT", "15000")),
+        home=tmp_path_factory.mktemp("mlflow"),
+    )
+    server.start()
+    yield server.uri
+    server.stop()
 
 
 @pytest.fixture
