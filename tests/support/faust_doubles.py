@@ -1,0 +1,57 @@
+"""A stand-in for Faust's outbound sends, so agents run under `test_context` with no broker.
+
+`Topic.send` is replaced for the test: every record an agent would produce is captured by topic
+name instead. Pair with `agent_context` to run one agent of an app built with a memory store.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+import pytest
+from faust.topics import Topic
+
+
+@dataclass
+class SentRecords:
+    """Everything agents sent, by topic name, in order."""
+
+    by_topic: dict[str, list[tuple[bytes | None, bytes]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def values(self, topic: str) -> list[dict[str, Any]]:
+        """The JSON values sent to `topic`."""
+        return [orjson.loads(value) for _, value in self.by_topic.get(topic, [])]
+
+    def keys(self, topic: str) -> list[bytes | None]:
+        """The keys sent to `topic`."""
+        return [key for key, _ in self.by_topic.get(topic, [])]
+
+
+def capture_sends(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
+    """Replace `Topic.send` for this test; returns the record of what was sent."""
+    sent = SentRecords()
+
+    async def send(self: Topic, *, key: Any = None, value: Any = None, **_: Any) -> None:
+        sent.by_topic[self.get_topic_name()].append((key, value))
+
+    monkeypatch.setattr(Topic, "send", send)
+    return sent
+
+
+@asynccontextmanager
+async def agent_context(app: faust.App, agent_name: str) -> AsyncIterator[Any]:
+    """Run one agent of `app` in Faust's test context (memory store, no broker)."""
+    app.finalize()
+    app.conf.store = "memory://"
+    app.flow_control.resume()
+    agent = next(a for a in app.agents.values() if a.name.endswith(agent_name))
+    async with agent.test_context() as context:
+        yield context
