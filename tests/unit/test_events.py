@@ -1,0 +1,70 @@
+"""Event schemas: JSON on the wire with a schema version; decode errors say what is wrong."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from shared.errors import EventDecodeError
+from shared.events import DeadLetter, FeatureEvent, RawEvent, decode, encode
+
+
+def _raw(**overrides: object) -> bytes:
+    event = {
+        "event_id": "ev-1",
+        "stream": "payments",
+        "entity_id": "user-1",
+        "event_time": "2026-01-01T10:00:00Z",
+        "data": {"amount": 12.5},
+    }
+    event.update(overrides)
+    return orjson.dumps(event)
+
+
+def test_raw_event_round_trips_with_schema_version() -> None:
+    event = decode(RawEvent, _raw(), "events.raw")
+    wire = orjson.loads(encode(event))
+    assert wire["schema_version"] == 1
+    assert decode(RawEvent, encode(event), "events.raw") == event
+
+
+def test_times_without_zone_or_as_epoch_are_utc() -> None:
+    naive = decode(RawEvent, _raw(event_time="2026-01-01T10:00:00"), "t")
+    epoch = decode(RawEvent, _raw(event_time=1767261600), "t")
+    assert naive.event_time == epoch.event_time == datetime(2026, 1, 1, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xfe", "not valid JSON"),
+        (None, "empty message"),
+        (_raw(event_id=""), "event_id: String should have at least 1 character"),
+        (orjson.dumps({"stream": "s"}), "event_id: Field required"),
+        (_raw(event_time="yesterday"), "event_time:"),
+    ],
+)
+def test_decode_errors_name_the_problem(data: bytes | None, reason: str) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(RawEvent, data, "events.raw")
+    assert caught.value.topic == "events.raw"
+    assert reason in caught.value.reason
+
+
+def test_features_refuse_nan_and_infinity() -> None:
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="NaN and infinity"):
+            FeatureEvent(
+                event_id="e", stream="s", entity_id="x", event_time=0, features={"f": bad}
+            )
+
+
+def test_dead_letter_keeps_original_bytes_exactly() -> None:
+    original = b"\x00\xffnot utf-8\x80"
+    letter = DeadLetter(
+        reason="r", service="ingestion", source_topic="events.raw", partition=1, offset=7,
+        key=b"k", value=original,
+    )  # fmt: skip
+    assert decode(DeadLetter, encode(letter), "deadletter").value == original
