@@ -56,9 +56,7 @@ def test_decode_errors_name_the_problem(data: bytes | None, reason: str) -> None
 def test_features_refuse_nan_and_infinity() -> None:
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="NaN and infinity"):
-            FeatureEvent(
-                event_id="e", stream="s", entity_id="x", event_time=0, features={"f": bad}
-            )
+            FeatureEvent(event_id="e", stream="s", entity_id="x", event_time=0, features={"f": bad})
 
 
 def test_dead_letter_keeps_original_bytes_exactly() -> None:
