@@ -165,6 +165,8 @@ class DriftAlert(Event):
     feature: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+    deployment: str | None = None
+    """For concept drift: the deployment whose labeled predictions showed it."""
     detector: Identifier
     params: dict[str, Any] = Field(default_factory=dict)
     position: int = Field(ge=0)
@@ -172,6 +174,10 @@ class DriftAlert(Event):
     event_time: UtcDatetime
     stats_before: dict[str, float] = Field(default_factory=dict)
     stats_after: dict[str, float] = Field(default_factory=dict)
+    escalated: bool = False
+    """True when this key drifted often enough to meet the escalation rule ("N drifts within T")."""
+    recent_drifts: int = Field(default=0, ge=0)
+    """Drifts of this key within the escalation span, this one included."""
     detected_at: UtcDatetime = Field(default_factory=utc_now)
 
 
