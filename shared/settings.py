@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -145,8 +145,41 @@ class DriftSettings(ServiceSettings):
 
     web_port: int = Field(default=6064, ge=1, le=65535)
     """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
-    adwin_delta: float = Field(default=0.002, gt=0, lt=1)
-    """ADWIN's confidence for data drift on numeric features (smaller: fewer, surer alarms)."""
+    detectors: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"default": {"kind": "adwin", "delta": 0.002}}
+    )
+    """JSON: data-drift detector per ``stream:feature``, ``stream``, ``default`` (numeric) or
+    ``categorical``, e.g. ``{"default": {"kind": "adwin", "delta": 0.002}}``."""
+    concept_detectors: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"classification": {"kind": "ddm"}, "regression": {"kind": "adwin"}}
+    )
+    """JSON: concept-drift detector per ``model:version``, ``model``, ``classification`` or
+    ``regression``, e.g. ``{"fraud": {"kind": "hddm_a", "drift_confidence": 0.001}}``."""
+    cooldown_s: float = Field(default=300.0, ge=0)
+    """Event-time seconds after an alert during which repeats of its key and level are dropped."""
+    escalate_after: int = Field(default=3, ge=1)
+    """This many drifts of one key within `escalate_within_s` make an escalated alert."""
+    escalate_within_s: float = Field(default=3600.0, gt=0)
+    """Event-time span of the escalation rule."""
+    error_window_s: float = Field(default=60.0, gt=0)
+    """Size of the tumbling event-time windows of each model version's error rate."""
+    error_hop_window_s: float = Field(default=300.0, gt=0)
+    """Size of the hopping error-rate windows (they advance by `error_window_s`)."""
+    webhook_urls: list[str] = Field(default_factory=list)
+    """JSON list of HTTP(S) URLs that receive alerts of `webhook_levels` (signed JSON bodies)."""
+    webhook_levels: list[Literal["warning", "drift", "escalated"]] = Field(
+        default_factory=lambda: ["drift", "escalated"]
+    )
+    """JSON list: which alerts go to the webhooks (``escalated`` means escalated ones only)."""
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    """Deliveries tried per alert and URL before it is dead-lettered."""
+    webhook_backoff_s: float = Field(default=0.5, gt=0)
+    """Wait before the first retry; it doubles after every failed attempt (capped at 60 s)."""
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    """Timeout of one webhook request."""
+    webhook_queue_size: int = Field(default=1000, ge=1)
+    """Alerts waiting per URL; when full, new ones are dead-lettered instead of waiting."""
+
 
 
 class LearnerSettings(ServiceSettings):
