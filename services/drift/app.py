@@ -52,7 +52,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         monitor: FeatureDriftMonitor = (
             pickle.loads(stored)
             if stored is not None
-            else FeatureDriftMonitor(stream, feature, own.adwin_delta)
+            else FeatureDriftMonitor(stream, feature, own.detectors["default"]["delta"])
         )
         alert = monitor.update(value, datetime.fromtimestamp(time, UTC))
         feature_to_detector[event.message.key] = pickle.dumps(monitor)
