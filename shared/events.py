@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    model_validator,
 )
 
 from shared.errors import EventDecodeError
@@ -260,6 +261,79 @@ class Deployment(Event):
     online_models: list[OnlineModelSpec] = Field(default_factory=list)
     deleted: bool = False
     updated_at: UtcDatetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> Deployment:
+        """A deployment the router can always answer with: one champion, canaries within 100 %."""
+        if self.deleted:
+            return self
+        roles = [v.role for v in self.variants]
+        if roles.count("champion") != 1:
+            raise ValueError(f"needs exactly one champion variant, has {roles.count('champion')}")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        if sum(v.weight for v in self.variants if v.role == "canary") > 1.0:
+            raise ValueError("canary weights add up to more than 1")
+        if any(v.role == "rule" and v.rule is None for v in self.variants):
+            raise ValueError("a variant with role 'rule' needs a rule")
+        return self
+
+
+FeatureType = Literal["numeric", "categorical", "boolean"]
+
+
+class FeatureSpec(BaseModel):
+    """One declared feature of a stream: its type and what values it may take."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Identifier
+    type: FeatureType = "numeric"
+    required: bool = True
+    min: float | None = None
+    """Lowest allowed value (numeric only)."""
+    max: float | None = None
+    """Highest allowed value (numeric only)."""
+    categories: list[str] | None = None
+    """Allowed values (categorical only); None allows any text."""
+
+
+class WindowedAggregate(BaseModel):
+    """Per-entity count and mean of a numeric feature over the last `minutes` of event time.
+
+    Added to each feature event as ``<field>_count_<minutes>m`` and ``<field>_mean_<minutes>m``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    field: Identifier
+    minutes: int = Field(ge=1, le=24 * 60)
+
+
+class StreamSchema(Event):
+    """A declared stream on ``streams`` (compacted, keyed by `name`): what its events must hold.
+
+    Raw events name their stream; their `entity_id` is the entity key. Fields of `data` that are
+    not declared are not passed on as features.
+    """
+
+    name: Identifier
+    features: list[FeatureSpec]
+    aggregates: list[WindowedAggregate] = Field(default_factory=list)
+    updated_at: UtcDatetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _check_features(self) -> StreamSchema:
+        """Aggregates read declared numeric features; feature names are unique."""
+        names = [f.name for f in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {names}")
+        numeric = {f.name for f in self.features if f.type == "numeric"}
+        for aggregate in self.aggregates:
+            if aggregate.field not in numeric:
+                raise ValueError(f"aggregate field {aggregate.field!r} is not a numeric feature")
+        return self
 
 
 E = TypeVar("E", bound=Event)
