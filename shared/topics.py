@@ -51,6 +51,7 @@ ALERTS = Topic("alerts", key="what drifted: kind:stream:feature or kind:model:ve
 DEADLETTER = Topic("deadletter", key="source topic", retention_ms=30 * 24 * 3600 * 1000)
 DEPLOYMENTS = Topic("deployments", key="deployment name", cleanup_policy="compact")
 MODEL_SNAPSHOTS = Topic("model-snapshots", key="online model id", cleanup_policy="compact")
+STREAMS = Topic("streams", key="stream name", cleanup_policy="compact", single_partition=True)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     EVENTS_RAW,
@@ -62,6 +63,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     DEADLETTER,
     DEPLOYMENTS,
     MODEL_SNAPSHOTS,
+    STREAMS,
 )
 """The public topics, in pipeline order. Services' internal topics (table changelogs,
 repartitions) are made by Faust and named after the service's app id."""
