@@ -118,6 +118,12 @@ class IngestionSettings(ServiceSettings):
     """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
     max_event_bytes: int = Field(default=1_000_000, ge=64)
     """Raw events larger than this are dead-lettered unread."""
+    dedup_window_seconds: int = Field(default=600, ge=1)
+    """An event id seen again within this much event time (up to twice it) is a duplicate."""
+    aggregate_bucket_seconds: int = Field(default=60, ge=1)
+    """Granularity of windowed aggregates: a window's oldest bucket may be partly outside it."""
+    aggregate_horizon_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    """Longest aggregate window kept; a stream asking for more is refused."""
 
 
 class RouterSettings(ServiceSettings):
@@ -127,6 +133,10 @@ class RouterSettings(ServiceSettings):
 
     web_port: int = Field(default=6062, ge=1, le=65535)
     """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+    model_refresh_seconds: float = Field(default=30.0, gt=0)
+    """How often MLflow aliases are re-resolved (a moved alias reloads its model)."""
+    online_model_cache_size: int = Field(default=10_000, ge=1)
+    """Unpickled online models kept in memory; others are unpickled again when used."""
 
 
 class FeedbackSettings(ServiceSettings):
@@ -179,7 +189,6 @@ class DriftSettings(ServiceSettings):
     """Timeout of one webhook request."""
     webhook_queue_size: int = Field(default=1000, ge=1)
     """Alerts waiting per URL; when full, new ones are dead-lettered instead of waiting."""
-
 
 
 class LearnerSettings(ServiceSettings):
