@@ -30,3 +30,33 @@ TABLE_ENTRIES = Gauge(
     "Entries in a service's table (this worker's partitions).",
     ["service", "table"],
 )
+DUPLICATE_EVENTS = Counter(
+    "driftline_duplicate_events_total",
+    "Raw events dropped because their event id was already seen in their stream.",
+    ["stream"],
+)
+PREDICTIONS = Counter(
+    "driftline_predictions_total",
+    "Predictions the router produced, by deployment, variant and whether they were served.",
+    ["deployment", "variant", "served"],
+)
+MODEL_FAILURES = Counter(
+    "driftline_model_failures_total",
+    "Variants that could not answer an event, by why (unknown model, failing model, features).",
+    ["deployment", "variant", "reason"],
+)
+COLD_ONLINE_MODELS = Counter(
+    "driftline_cold_online_models_total",
+    "Events an online variant answered with no output because no snapshot of its model exists.",
+    ["model_id"],
+)
+REFUSED_SNAPSHOTS = Counter(
+    "driftline_refused_snapshots_total",
+    "Model snapshots refused (unsigned, badly signed or undecodable).",
+    ["reason"],
+)
+MODEL_LOADS = Counter(
+    "driftline_model_loads_total",
+    "Models the router loaded (again after an MLflow alias moved), by model URI.",
+    ["uri"],
+)
