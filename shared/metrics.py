@@ -60,3 +60,24 @@ MODEL_LOADS = Counter(
     "Models the router loaded (again after an MLflow alias moved), by model URI.",
     ["uri"],
 )
+ALERTS = Counter(
+    "driftline_alerts_total",
+    "Drift alerts sent to the alerts topic.",
+    ["kind", "level"],
+)
+ALERTS_SUPPRESSED = Counter(
+    "driftline_alerts_suppressed_total",
+    "Detector findings not sent as alerts, by why (cooldown).",
+    ["kind", "level", "reason"],
+)
+MODEL_ERROR_RATE = Gauge(
+    "driftline_model_error_rate",
+    "A model version's error rate (mean absolute error for regression) in its latest "
+    "event-time window.",
+    ["deployment", "model", "version", "window"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "driftline_webhook_deliveries_total",
+    "Webhook delivery attempts, by outcome (delivered, retried, failed, dropped).",
+    ["outcome"],
+)
