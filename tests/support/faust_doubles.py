@@ -16,6 +16,9 @@ import faust
 import orjson
 import pytest
 from faust.topics import Topic
+from prometheus_client import CollectorRegistry
+
+import shared.app
 
 
 @dataclass
@@ -55,3 +58,40 @@ async def agent_context(app: faust.App, agent_name: str) -> AsyncIterator[Any]:
     agent = next(a for a in app.agents.values() if a.name.endswith(agent_name))
     async with agent.test_context() as context:
         yield context
+
+
+def fill_table(app: faust.App, table_name: str, items: dict[bytes, bytes]) -> None:
+    """Put records into a table's store as if read from its changelog (e.g. a global table fed
+    by a compacted topic), without going through an agent."""
+    table = app.tables[table_name]
+    table.apply_changelog_batch([_ChangelogEvent(key, value) for key, value in items.items()])
+
+
+@dataclass(frozen=True)
+class _ChangelogMessage:
+    key: bytes
+    value: bytes | None
+    topic: str = "changelog"
+    partition: int = 0
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class _ChangelogEvent:
+    key: bytes
+    value: bytes | None
+
+    @property
+    def message(self) -> _ChangelogMessage:
+        return _ChangelogMessage(self.key, self.value)
+
+
+def isolate_prometheus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give each app built in this test its own Prometheus registry, so a test module can build
+    several apps (Faust's sensors refuse to register twice in the default one)."""
+    setup = shared.app.setup_prometheus_sensors
+
+    def setup_isolated(app: faust.App, **kwargs: Any) -> Any:
+        return setup(app, **kwargs, registry=CollectorRegistry())
+
+    monkeypatch.setattr(shared.app, "setup_prometheus_sensors", setup_isolated)
