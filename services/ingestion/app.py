@@ -1,29 +1,112 @@
-"""The ingestion worker: ``events.raw`` in, ``features`` (keyed by entity) and dead letters out."""
+"""The ingestion worker: ``events.raw`` in, ``features`` (keyed by entity) and dead letters out.
+
+Stream declarations come from the compacted ``streams`` topic into a global table (every worker
+sees every stream; a new declaration applies without a restart). Duplicate ids and windowed
+aggregates live in event-time tumbling windowed tables, partitioned like ``events.raw`` (by
+entity), so their state moves with the partitions.
+"""
 
 from __future__ import annotations
 
 import faust
 from faust.types import EventT
 
-from services.ingestion.logic import parse_raw_event, to_feature_event
+from services.ingestion.logic import (
+    EventClock,
+    add_to_bucket,
+    bucket_key,
+    bucket_times,
+    dedup_key,
+    parse_raw_event,
+    stream_schema,
+    to_feature_event,
+    validate_features,
+    window_features,
+)
+from shared import metrics
 from shared import settings as cfg
 from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.topics import EVENTS_RAW, FEATURES
+from shared.events import FeatureValue, RawEvent, StreamSchema
+from shared.topics import EVENTS_RAW, FEATURES, STREAMS
 
 SERVICE = "ingestion"
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.App:
-    """The ingestion Faust app with its agent."""
+    """The ingestion Faust app with its agent and tables."""
     app = create_app(SERVICE, common, own)
     raw_topic = declare_topic(app, EVENTS_RAW, common)
     features_topic = declare_topic(app, FEATURES, common)
+    streams_topic = declare_topic(app, STREAMS, common)
     dead_letters = DeadLetters(app, SERVICE, common)
+    stream_to_schema = app.GlobalTable(
+        "stream_to_schema",
+        key_type=bytes,
+        value_type=bytes,
+        changelog_topic=streams_topic,
+        partitions=1,
+        recovery_buffer_size=1,
+    )
+    clock = EventClock()
+    seen_event_ids = (
+        app.Table("seen_event_ids", default=bytes, value_type=bytes)
+        .tumbling(own.dedup_window_seconds, expires=2 * own.dedup_window_seconds)
+        .relative_to(clock)
+    )
+    bucket_seconds = own.aggregate_bucket_seconds
+    entity_field_buckets = (
+        app.Table("entity_field_buckets", default=bytes, value_type=bytes)
+        .tumbling(bucket_seconds, expires=own.aggregate_horizon_minutes * 60 + bucket_seconds)
+        .relative_to(clock)
+    )
+
+    def value_at(table: faust.types.tables.WindowWrapperT, key: str, timestamp: float) -> bytes:
+        clock.timestamp = timestamp
+        return table[key].value()
+
+    def seen_before(raw: RawEvent, timestamp: float) -> bool:
+        """Whether the event id was seen in this window or the one before; remembers it."""
+        key = dedup_key(raw.stream, raw.event_id)
+        window = own.dedup_window_seconds
+        if value_at(seen_event_ids, key, timestamp) or value_at(
+            seen_event_ids, key, timestamp - window
+        ):
+            return True
+        clock.timestamp = timestamp
+        seen_event_ids[key] = b"1"
+        return False
+
+    def aggregate(
+        raw: RawEvent, schema: StreamSchema, features: dict[str, FeatureValue], timestamp: float
+    ) -> dict[str, float]:
+        """Add this event to its entity's buckets, then read every declared window."""
+        clock.timestamp = timestamp
+        for field in {a.field for a in schema.aggregates if a.field in features}:
+            key = bucket_key(raw.stream, raw.entity_id, field)
+            entity_field_buckets[key].apply(add_to_bucket, features[field])
+        added: dict[str, float] = {}
+        for spec in schema.aggregates:
+            key = bucket_key(raw.stream, raw.entity_id, spec.field)
+            times = bucket_times(timestamp, spec.minutes, bucket_seconds)
+            added |= window_features(spec, (value_at(entity_field_buckets, key, t) for t in times))
+        return added
 
     async def ingest(event: EventT) -> None:
         message = event.message
         raw = parse_raw_event(message.value, message.topic, own.max_event_bytes)
-        feature_event = to_feature_event(raw, message.topic)
+        schema = stream_schema(
+            stream_to_schema.get(raw.stream.encode()),
+            raw.stream,
+            streams_topic.get_topic_name(),
+            own.aggregate_horizon_minutes,
+        )
+        features = validate_features(raw, schema)
+        timestamp = raw.event_time.timestamp()
+        if seen_before(raw, timestamp):
+            metrics.DUPLICATE_EVENTS.labels(raw.stream).inc()
+            return
+        features |= aggregate(raw, schema, features, timestamp)
+        feature_event = to_feature_event(raw, features, message.topic)
         await send_event(features_topic, SERVICE, feature_event.entity_id, feature_event)
 
     @app.agent(raw_topic, name="validate_raw_event")

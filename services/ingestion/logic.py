@@ -1,25 +1,65 @@
-"""Turning raw events into feature events, without Kafka."""
+"""Turning raw events into feature events, without Kafka.
+
+Validation checks a raw event against its stream's declaration (`StreamSchema`) and either returns
+its features or raises an error whose message is the dead-letter reason. The reason starts with
+the kind of fault (``missing field: ...``) so the dead-letter metric can be labelled by it.
+Windowed aggregates are kept in fixed event-time buckets (count and sum per bucket); a window is
+the sum of its buckets.
+"""
 
 from __future__ import annotations
 
+import math
+import struct
+from collections.abc import Iterable
+from functools import lru_cache
+
 from pydantic import ValidationError
 
-from shared.errors import EventDecodeError
-from shared.events import FeatureEvent, RawEvent, decode, describe_problem
+from shared.errors import DriftlineError, EventDecodeError
+from shared.events import (
+    FeatureEvent,
+    FeatureSpec,
+    FeatureValue,
+    RawEvent,
+    StreamSchema,
+    WindowedAggregate,
+    decode,
+    describe_problem,
+)
+
+_BUCKET = struct.Struct("<dd")
 
 
-def to_feature_event(raw: RawEvent, topic: str) -> FeatureEvent:
-    """The raw event's data as features; a value that is no number, category or flag is refused."""
-    try:
-        return FeatureEvent(
-            event_id=raw.event_id,
-            stream=raw.stream,
-            entity_id=raw.entity_id,
-            event_time=raw.event_time,
-            features=raw.data,
+class UnknownStreamError(DriftlineError):
+    """A raw event names a stream nobody declared."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(
+            f"unknown stream: {stream!r} is not declared; declare it with "
+            "`driftline streams declare --file <schema.json>`"
         )
-    except ValidationError as exc:
-        raise EventDecodeError(topic, describe_problem(exc)) from None
+
+
+class InvalidEventError(DriftlineError):
+    """A raw event breaks its stream's declaration; `kind` names the fault for metrics."""
+
+    def __init__(self, kind: str, raw: RawEvent, detail: str) -> None:
+        self.kind = kind
+        self.event_id = raw.event_id
+        self.stream = raw.stream
+        super().__init__(f"{kind}: event {raw.event_id!r} of stream {raw.stream!r}: {detail}")
+
+
+class WindowTooLongError(DriftlineError):
+    """A stream asks for an aggregate window longer than this ingestion keeps."""
+
+    def __init__(self, stream: str, minutes: int, horizon: int) -> None:
+        super().__init__(
+            f"window too long: stream {stream!r} aggregates over {minutes} minutes but ingestion "
+            f"keeps {horizon} (raise DRIFTLINE_INGESTION_AGGREGATE_HORIZON_MINUTES)"
+        )
 
 
 def parse_raw_event(value: bytes | None, topic: str, max_bytes: int) -> RawEvent:
@@ -27,3 +67,128 @@ def parse_raw_event(value: bytes | None, topic: str, max_bytes: int) -> RawEvent
     if value is not None and len(value) > max_bytes:
         raise EventDecodeError(topic, f"oversized payload: {len(value)} bytes > {max_bytes}")
     return decode(RawEvent, value, topic)
+
+
+@lru_cache(maxsize=1024)
+def decode_stream_schema(value: bytes, topic: str) -> StreamSchema:
+    """A declaration from the ``streams`` table, decoded once per distinct value."""
+    return decode(StreamSchema, value, topic)
+
+
+def stream_schema(stored: bytes | None, stream: str, topic: str, horizon: int) -> StreamSchema:
+    """The declaration of `stream` as stored in the streams table, or why there is none."""
+    if stored is None:
+        raise UnknownStreamError(stream)
+    schema = decode_stream_schema(stored, topic)
+    for aggregate in schema.aggregates:
+        if aggregate.minutes > horizon:
+            raise WindowTooLongError(stream, aggregate.minutes, horizon)
+    return schema
+
+
+def validate_features(raw: RawEvent, schema: StreamSchema) -> dict[str, FeatureValue]:
+    """The declared features of `raw`, checked; undeclared fields are left out."""
+    features: dict[str, FeatureValue] = {}
+    for spec in schema.features:
+        if spec.name not in raw.data or raw.data[spec.name] is None:
+            if spec.required:
+                raise InvalidEventError("missing field", raw, f"required {spec.name!r} is absent")
+            continue
+        features[spec.name] = _checked_value(spec, raw.data[spec.name], raw)
+    return features
+
+
+def _checked_value(spec: FeatureSpec, value: object, raw: RawEvent) -> FeatureValue:
+    shown = f"{spec.name}={value!r}"
+    if spec.type == "boolean":
+        if not isinstance(value, bool):
+            raise InvalidEventError("wrong type", raw, f"{shown} is not a boolean")
+        return value
+    if spec.type == "categorical":
+        if not isinstance(value, str):
+            raise InvalidEventError("wrong type", raw, f"{shown} is not text")
+        if spec.categories is not None and value not in spec.categories:
+            allowed = ", ".join(spec.categories)
+            raise InvalidEventError("unknown category", raw, f"{shown} is not one of {allowed}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEventError("wrong type", raw, f"{shown} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidEventError("not finite", raw, f"{shown} is NaN or infinite")
+    if (spec.min is not None and number < spec.min) or (spec.max is not None and number > spec.max):
+        raise InvalidEventError("out of range", raw, f"{shown} is outside [{spec.min}, {spec.max}]")
+    return number
+
+
+def to_feature_event(raw: RawEvent, features: dict[str, FeatureValue], topic: str) -> FeatureEvent:
+    """The feature event for `raw` with its validated (and aggregated) features."""
+    try:
+        return FeatureEvent(
+            event_id=raw.event_id,
+            stream=raw.stream,
+            entity_id=raw.entity_id,
+            event_time=raw.event_time,
+            features=features,
+        )
+    except ValidationError as exc:
+        raise EventDecodeError(topic, describe_problem(exc)) from None
+
+
+def aggregate_names(aggregate: WindowedAggregate) -> tuple[str, str]:
+    """The feature names of an aggregate's count and mean, e.g. ``amount_count_10m``."""
+    suffix = f"{aggregate.minutes}m"
+    return f"{aggregate.field}_count_{suffix}", f"{aggregate.field}_mean_{suffix}"
+
+
+def bucket_key(stream: str, entity_id: str, field: str) -> str:
+    """The windowed-table key of one entity's buckets for one field of one stream."""
+    return f"{stream}\x1f{entity_id}\x1f{field}"
+
+
+def dedup_key(stream: str, event_id: str) -> str:
+    """The dedup-table key: event ids are unique per stream."""
+    return f"{stream}\x1f{event_id}"
+
+
+def add_to_bucket(stored: bytes, value: float) -> bytes:
+    """A bucket's bytes (count, sum) after one more value; empty bytes are an empty bucket."""
+    count, total = read_bucket(stored)
+    return _BUCKET.pack(count + 1, total + value)
+
+
+def read_bucket(stored: bytes) -> tuple[float, float]:
+    """(count, sum) of a bucket."""
+    return _BUCKET.unpack(stored) if stored else (0.0, 0.0)
+
+
+def bucket_times(event_time: float, minutes: int, bucket_seconds: int) -> list[float]:
+    """One time inside each bucket a window of `minutes` ending at `event_time` touches."""
+    n_buckets = math.ceil(minutes * 60 / bucket_seconds)
+    return [event_time - i * bucket_seconds for i in range(n_buckets)]
+
+
+def window_features(aggregate: WindowedAggregate, buckets: Iterable[bytes]) -> dict[str, float]:
+    """The aggregate's count and mean over its buckets (no mean while the count is 0)."""
+    count_name, mean_name = aggregate_names(aggregate)
+    count = total = 0.0
+    for stored in buckets:
+        bucket_count, bucket_total = read_bucket(stored)
+        count += bucket_count
+        total += bucket_total
+    return {count_name: count, mean_name: total / count} if count else {count_name: 0.0}
+
+
+class EventClock:
+    """The event time the windowed tables are relative to; set before each table access.
+
+    Faust's ``relative_to_field`` needs a Faust record, but our values are raw bytes decoded by
+    pydantic, so the agent sets the parsed event time here and the tables read it.
+    """
+
+    def __init__(self) -> None:
+        self.timestamp = 0.0
+
+    def __call__(self, event: object = None) -> float:
+        """The current event time in epoch seconds (Faust's relative-time handler)."""
+        return self.timestamp

@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from services.ingestion.app import build
+from shared.events import FeatureSpec, StreamSchema, encode
 from shared.settings import DriftlineSettings, IngestionSettings
-from tests.support.faust_doubles import agent_context, capture_sends
+from tests.support.faust_doubles import agent_context, capture_sends, fill_table
 
 
 async def test_agent_dead_letters_bad_messages_and_keeps_going(
@@ -18,6 +19,8 @@ async def test_agent_dead_letters_bad_messages_and_keeps_going(
 ) -> None:
     sent = capture_sends(monkeypatch)
     app = build(DriftlineSettings(data_dir=tmp_path, topic_prefix="a."), IngestionSettings())
+    schema = StreamSchema(name="s", features=[FeatureSpec(name="x")])
+    fill_table(app, "stream_to_schema", {b"s": encode(schema)})
     good = {
         "event_id": "ev-1",
         "stream": "s",
