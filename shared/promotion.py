@@ -1,0 +1,141 @@
+"""Promotion on evidence: decide whether a challenger replaces the champion, keeps waiting, or
+is rolled back, from both variants' live errors on the same labeled traffic.
+
+The test is a one-sided two-proportion z-test. Because the decision is re-evaluated as labels
+arrive (repeated looks inflate false positives), the significance level is split evenly over the
+planned number of looks (Bonferroni), which keeps the overall false-promotion rate below `alpha`.
+A challenger must also not be worse than the champion on any tier (a segment such as
+``tier=premium``) by more than `max_tier_regression`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+Action = Literal["promote", "wait", "rollback"]
+
+
+@dataclass
+class ErrorCount:
+    """Labeled outcomes of one variant: how many, and how many were wrong."""
+
+    errors: int = 0
+    total: int = 0
+
+    def add(self, wrong: bool) -> None:
+        """Count one labeled outcome."""
+        self.errors += wrong
+        self.total += 1
+
+    @property
+    def rate(self) -> float:
+        """Error rate (NaN before any outcome)."""
+        return self.errors / self.total if self.total else math.nan
+
+
+@dataclass
+class VariantRecord:
+    """A variant's errors overall and per tier."""
+
+    overall: ErrorCount = field(default_factory=ErrorCount)
+    tiers: dict[str, ErrorCount] = field(default_factory=dict)
+
+    def add(self, wrong: bool, tier: str | None = None) -> None:
+        """Count one labeled outcome, in its tier too if it has one."""
+        self.overall.add(wrong)
+        if tier is not None:
+            self.tiers.setdefault(tier, ErrorCount()).add(wrong)
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """When a challenger may take over."""
+
+    min_samples: int = 500
+    """Labeled outcomes each variant needs before any decision."""
+    min_improvement: float = 0.01
+    """Absolute error-rate reduction the challenger must show to be promoted."""
+    alpha: float = 0.05
+    """Overall significance level across all looks."""
+    max_looks: int = 20
+    """Planned evaluations; each look tests at ``alpha / max_looks``."""
+    max_samples: int = 20_000
+    """Outcomes after which a challenger that is not clearly better is rolled back."""
+    max_tier_regression: float = 0.02
+    """How much worse than the champion the challenger may be on any tier."""
+    min_tier_samples: int = 100
+    """Outcomes a tier needs in both variants before its regression counts."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy decided, with the numbers it decided on."""
+
+    action: Action
+    reason: str
+    champion_error: float
+    challenger_error: float
+    champion_samples: int
+    challenger_samples: int
+    z: float
+    p_value: float
+    """One-sided p-value that the challenger is better (lower error)."""
+
+
+def _normal_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def z_test(champion: ErrorCount, challenger: ErrorCount) -> tuple[float, float]:
+    """z statistic (positive: challenger errs less) and its one-sided p-value."""
+    pooled = (champion.errors + challenger.errors) / (champion.total + challenger.total)
+    variance = pooled * (1 - pooled) * (1 / champion.total + 1 / challenger.total)
+    if variance == 0:
+        difference = champion.rate - challenger.rate
+        z = math.copysign(math.inf, difference) if difference else 0.0
+    else:
+        z = (champion.rate - challenger.rate) / math.sqrt(variance)
+    return z, _normal_sf(z)
+
+
+def decide(champion: VariantRecord, challenger: VariantRecord, policy: PromotionPolicy) -> Decision:
+    """Promote, wait or roll back, by `policy`, on the two variants' records so far."""
+    a, b = champion.overall, challenger.overall
+
+    def decision(action: Action, reason: str, z: float = math.nan, p: float = math.nan) -> Decision:
+        return Decision(action, reason, a.rate, b.rate, a.total, b.total, z, p)
+
+    if min(a.total, b.total) < policy.min_samples:
+        return decision("wait", f"fewer than {policy.min_samples} labeled outcomes per variant")
+    z, p_better = z_test(a, b)
+    level = policy.alpha / policy.max_looks
+    regressed = _regressed_tiers(champion, challenger, policy)
+    if regressed:
+        return decision("rollback", f"worse on tier(s) {', '.join(regressed)}", z, p_better)
+    if _normal_sf(-z) < level:
+        return decision("rollback", "challenger is significantly worse", z, p_better)
+    improvement = a.rate - b.rate
+    if p_better < level and improvement >= policy.min_improvement:
+        return decision(
+            "promote",
+            f"error {b.rate:.4f} vs {a.rate:.4f} (p={p_better:.2g} < {level:.2g})",
+            z,
+            p_better,
+        )
+    if min(a.total, b.total) >= policy.max_samples:
+        return decision("rollback", f"no clear improvement after {policy.max_samples}", z, p_better)
+    return decision("wait", "not yet significant", z, p_better)
+
+
+def _regressed_tiers(
+    champion: VariantRecord, challenger: VariantRecord, policy: PromotionPolicy
+) -> list[str]:
+    return sorted(
+        tier
+        for tier, theirs in challenger.tiers.items()
+        if (ours := champion.tiers.get(tier)) is not None
+        and min(ours.total, theirs.total) >= policy.min_tier_samples
+        and theirs.rate - ours.rate > policy.max_tier_regression
+    )
