@@ -43,3 +43,26 @@ class SignatureError(DriftlineError):
         self.model = model
         self.problem = problem
         super().__init__(f"snapshot of model {model!r} refused: {problem}")
+
+
+class ModelError(DriftlineError):
+    """A model variant could not answer; `kind` names why (the dead-letter metric's label)."""
+
+    kind = "model failed"
+
+    def __init__(self, uri: str, problem: str) -> None:
+        self.uri = uri
+        self.problem = problem
+        super().__init__(f"{self.kind}: {uri}: {problem}")
+
+
+class UnknownModelError(ModelError):
+    """A model URI names no model Driftline can load (bad scheme, no such name, version, alias)."""
+
+    kind = "unknown model"
+
+
+class WrongFeaturesError(ModelError):
+    """An event lacks features the model was trained on."""
+
+    kind = "wrong feature set"
