@@ -49,7 +49,9 @@ FEEDBACK = Topic("feedback", key="event id (the feedback join key)")
 PREDICTIONS_LABELED = Topic("predictions.labeled", key="deployment name")
 ALERTS = Topic("alerts", key="what drifted: kind:stream:feature or kind:model:version")
 DEADLETTER = Topic("deadletter", key="source topic", retention_ms=30 * 24 * 3600 * 1000)
-DEPLOYMENTS = Topic("deployments", key="deployment name", cleanup_policy="compact")
+DEPLOYMENTS = Topic(
+    "deployments", key="deployment name", cleanup_policy="compact", single_partition=True
+)
 MODEL_SNAPSHOTS = Topic("model-snapshots", key="online model id", cleanup_policy="compact")
 STREAMS = Topic("streams", key="stream name", cleanup_policy="compact", single_partition=True)
 
