@@ -6,7 +6,7 @@ IJCAI 2018. Written with numpy only, for River's classifier API.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,9 @@ class HedgeBackpropClassifier(base.MiniBatchClassifier):
 
     $$\alpha^{(l)} \leftarrow \max\left(\alpha^{(l)} \beta^{\ell^{(l)}}, \frac{s}{L}\right)$$
 
-    followed by renormalisation to a sum of one, so the weight moves to the depth that currently
-    predicts best: shallow heads early in a stream or right after a concept change, deeper ones
-    once they have learned. The parameters take one SGD step on the $\alpha$-weighted loss
+    followed by renormalisation to a sum of one, so the weight moves to the depths that currently
+    predict best (in the paper: shallow heads early in a stream, deeper ones once they have
+    learned). The parameters take one SGD step on the $\alpha$-weighted loss
     $\sum_l \alpha^{(l)} \ell^{(l)}$ with the $\alpha$ from before the Hedge update: head $l$
     gets $\alpha^{(l)}$ times its own cross-entropy gradient, and hidden layer $l$ gets the
     gradients of all heads at or above it, each weighted by its $\alpha$.
@@ -126,7 +126,7 @@ class HedgeBackpropClassifier(base.MiniBatchClassifier):
         self._params: Params = {}
 
     @classmethod
-    def _unit_test_params(cls) -> Any:
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {"n_layers": 3, "hidden_units": 8, "seed": 42}
 
     @property
@@ -177,7 +177,7 @@ class HedgeBackpropClassifier(base.MiniBatchClassifier):
         np.maximum(alphas, self.s / self.n_layers, out=alphas)
         self._alphas = alphas / alphas.sum()
 
-    def _initialise(self, features: Any) -> None:
+    def _initialise(self, features: Iterable[Hashable]) -> None:
         # Sorted so that the weight of a feature does not depend on the key order of the first
         # sample; by repr because feature names may mix types.
         self._features = sorted(features, key=repr)
@@ -286,7 +286,9 @@ class OnlineBackpropClassifier(HedgeBackpropClassifier):
 
     The same network and SGD step as `HedgeBackpropClassifier`, with all the weight on the
     deepest head from start to end, so the intermediate heads get no gradient and the model is
-    an ordinary deep network trained one sample at a time. It is the baseline of the HBP paper.
+    an ordinary deep network trained one sample at a time: the baseline of the HBP paper. The
+    unused heads are still evaluated, which keeps one code path; next to the hidden layers they
+    cost little.
 
     Parameters
     ----------
