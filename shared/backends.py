@@ -1,0 +1,323 @@
+"""Model backends behind one small interface, picked by the model URI's scheme (MLServer-style).
+
+- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: an MLflow registry model, loaded as
+  pyfunc in a worker thread; `refresh` re-resolves the alias and reloads when it moved.
+- ``online:<model id>``: a River model whose latest signed snapshot came on ``model-snapshots``;
+  an entity's own model (``<model id>/<entity id>``) wins over the shared one.
+
+`ModelCache` keeps one loaded backend per URI, however many deployments use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import re
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pandas as pd
+from pydantic import SecretStr
+
+from shared import metrics
+from shared.errors import ModelError, SignatureError, UnknownModelError, WrongFeaturesError
+from shared.events import FeatureValue, Label, ModelSnapshot, decode
+from shared.logging import get_logger
+from shared.signing import verify
+
+log = get_logger(__name__)
+
+Probabilities = dict[str, float] | None
+_MLFLOW_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+COLD_VERSION = "cold"
+"""Version of an online variant's answer before its model has any snapshot (no output)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One model's answer for one event."""
+
+    model_name: str
+    """The registered model's name, or the online model id that answered."""
+    version: str
+    output: Label | None
+    probabilities: Probabilities
+
+
+class ModelBackend(ABC):
+    """A model the router asks for predictions.
+
+    The router's `ModelCache` calls `load` once before first use and `refresh` on its timer, both
+    on the event loop (heavy work belongs in a thread); `predict` is called per event and raises
+    a `ModelError` when the model cannot answer (the event is dead-lettered, the router goes on).
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @abstractmethod
+    async def load(self) -> None:
+        """Make the model ready; raise `UnknownModelError` if there is no such model."""
+
+    @abstractmethod
+    def predict(self, features: dict[str, FeatureValue], entity_id: str) -> Answer:
+        """The model's answer for one event's features."""
+
+    async def refresh(self) -> bool:
+        """Pick up a newer version if the URI now points to one; True if it did."""
+        return False
+
+    @abstractmethod
+    async def unload(self) -> None:
+        """Let go of the model (no deployment uses it any more)."""
+
+
+class MlflowBackend(ModelBackend):
+    """An MLflow registry model (by alias or version) served as pyfunc."""
+
+    def __init__(self, uri: str, tracking_uri: str) -> None:
+        super().__init__(uri)
+        match = _MLFLOW_URI.match(uri)
+        if match is None:
+            raise UnknownModelError(uri, "expected models:/<name>@<alias> or models:/<name>/<n>")
+        self.name = match["name"]
+        self.alias: str | None = match["alias"]
+        self.pinned_version: str | None = match["version"]
+        self.tracking_uri = tracking_uri
+        self.version = ""
+        self._model: Any = None
+        self._inputs: list[str] | None = None
+        self._classifier: Any = None
+
+    async def load(self) -> None:
+        """Resolve the version and load it (both in a thread: MLflow calls block)."""
+        version = await asyncio.to_thread(self._resolve)
+        await self._load_version(version)
+
+    async def refresh(self) -> bool:
+        """Reload when the alias moved to another version."""
+        if self.alias is None:
+            return False
+        version = await asyncio.to_thread(self._resolve)
+        if version == self.version:
+            return False
+        await self._load_version(version)
+        log.info("model alias moved", uri=self.uri, version=version)
+        return True
+
+    async def unload(self) -> None:
+        """Drop the loaded model."""
+        self._model = self._classifier = None
+
+    def predict(self, features: dict[str, FeatureValue], entity_id: str) -> Answer:
+        """Predict with the pyfunc model; probabilities when the raw model is a classifier."""
+        if self._inputs is not None:
+            missing = [name for name in self._inputs if name not in features]
+            if missing:
+                raise WrongFeaturesError(self.uri, f"event lacks {', '.join(missing)}")
+            frame = pd.DataFrame([[features[name] for name in self._inputs]], columns=self._inputs)
+        else:
+            frame = pd.DataFrame([features])
+        try:
+            output = self._model.predict(frame)[0]
+            probabilities = None
+            if self._classifier is not None:
+                row = self._classifier.predict_proba(frame)[0]
+                probabilities = {
+                    str(c): float(p) for c, p in zip(self._classifier.classes_, row, strict=True)
+                }
+        except Exception as exc:
+            raise ModelError(self.uri, f"{type(exc).__name__}: {exc}") from exc
+        return Answer(self.name, self.version, _plain(output), probabilities)
+
+    def _resolve(self) -> str:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        try:
+            if self.alias is not None:
+                return str(client.get_model_version_by_alias(self.name, self.alias).version)
+            return str(client.get_model_version(self.name, self.pinned_version).version)
+        except MlflowException as exc:
+            raise UnknownModelError(self.uri, exc.message.splitlines()[0]) from None
+
+    async def _load_version(self, version: str) -> None:
+        model = await asyncio.to_thread(self._load_pyfunc, version)
+        schema = model.metadata.get_input_schema()
+        raw = _raw_model(model)
+        self._inputs = (
+            schema.input_names()
+            if schema is not None
+            else list(getattr(raw, "feature_names_in_", [])) or None
+        )
+        self._classifier = (
+            raw if hasattr(raw, "predict_proba") and hasattr(raw, "classes_") else None
+        )
+        self._model, self.version = model, version
+        metrics.MODEL_LOADS.labels(self.uri).inc()
+
+    def _load_pyfunc(self, version: str) -> Any:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return mlflow.pyfunc.load_model(f"models:/{self.name}/{version}")
+
+
+class SnapshotStore:
+    """Online models' latest verified snapshots, unpickled lazily and kept in a bounded cache.
+
+    `stored` maps model id to the snapshot bytes that `accept` let through (the router's table of
+    ``model-snapshots``); a snapshot is unpickled the first time a prediction needs it.
+    """
+
+    def __init__(self, stored: Mapping[bytes, bytes], key: SecretStr, cache_size: int) -> None:
+        self.stored = stored
+        self.key = key
+        self.cache_size = cache_size
+        self._models: OrderedDict[bytes, tuple[bytes, Any, int]] = OrderedDict()
+
+    def accept(self, value: bytes | None, topic: str) -> ModelSnapshot | None:
+        """Check a snapshot before it may replace the stored one.
+
+        Returns the snapshot if it is newer than the stored one, None if it is older (ignored);
+        raises `SignatureError` (unsigned or badly signed) or `EventDecodeError` (not a snapshot).
+        """
+        snapshot = decode(ModelSnapshot, value, topic)
+        if not verify(snapshot.payload, snapshot.signature, self.key):
+            raise SignatureError(
+                snapshot.model_id, "unsigned" if not snapshot.signature else "bad signature"
+            )
+        current = self.stored.get(snapshot.model_id.encode())
+        if current is not None and orjson.loads(current)["sequence"] > snapshot.sequence:
+            return None
+        return snapshot
+
+    def model(self, model_id: str) -> tuple[Any, int] | None:
+        """The unpickled model and its sequence number, or None if it has no snapshot."""
+        key = model_id.encode()
+        stored = self.stored.get(key)
+        if stored is None:
+            return None
+        cached = self._models.get(key)
+        if cached is not None and cached[0] is stored:
+            self._models.move_to_end(key)
+            return cached[1], cached[2]
+        snapshot = ModelSnapshot.model_validate_json(stored)
+        model = pickle.loads(snapshot.payload)
+        self._models[key] = (stored, model, snapshot.sequence)
+        if len(self._models) > self.cache_size:
+            self._models.popitem(last=False)
+        return model, snapshot.sequence
+
+
+class OnlineBackend(ModelBackend):
+    """A River model from the learner's snapshots: the entity's own if any, else the shared one."""
+
+    def __init__(self, uri: str, snapshots: SnapshotStore) -> None:
+        super().__init__(uri)
+        self.model_id = uri.removeprefix("online:")
+        if not self.model_id:
+            raise UnknownModelError(uri, "expected online:<model id>")
+        self.snapshots = snapshots
+
+    async def load(self) -> None:
+        """Nothing to load: snapshots arrive on their own topic."""
+
+    async def unload(self) -> None:
+        """Nothing to free: snapshots are shared by every online variant."""
+
+    def predict(self, features: dict[str, FeatureValue], entity_id: str) -> Answer:
+        """Ask the newest snapshot; no snapshot yet gives an empty answer, so labels can arrive
+        and the learner can start (it learns from labeled predictions)."""
+        own_id = f"{self.model_id}/{entity_id}"
+        model_id, found = own_id, self.snapshots.model(own_id)
+        if found is None:
+            model_id, found = self.model_id, self.snapshots.model(self.model_id)
+        if found is None:
+            metrics.COLD_ONLINE_MODELS.labels(self.model_id).inc()
+            return Answer(self.model_id, COLD_VERSION, None, None)
+        model, sequence = found
+        try:
+            if hasattr(model, "predict_proba_one"):
+                proba = model.predict_proba_one(features)
+                probabilities = {str(k): float(v) for k, v in proba.items()}
+                output = max(proba, key=proba.get) if proba else None
+            else:
+                probabilities, output = None, model.predict_one(features)
+        except Exception as exc:
+            raise ModelError(self.uri, f"{type(exc).__name__}: {exc}") from exc
+        return Answer(model_id, str(sequence), _plain(output), probabilities or None)
+
+
+def backend_for(uri: str, tracking_uri: str, snapshots: SnapshotStore) -> ModelBackend:
+    """The backend a model URI asks for, by its scheme."""
+    if uri.startswith("models:/"):
+        return MlflowBackend(uri, tracking_uri)
+    if uri.startswith("online:"):
+        return OnlineBackend(uri, snapshots)
+    raise UnknownModelError(uri, "unknown scheme; use models:/... (MLflow) or online:... (River)")
+
+
+class ModelCache:
+    """One loaded backend per URI; a failed load is remembered for `retry_seconds` so a missing
+    model does not cost a registry call per event."""
+
+    def __init__(self, factory: Callable[[str], ModelBackend], retry_seconds: float) -> None:
+        self.factory = factory
+        self.retry_seconds = retry_seconds
+        self._backends: dict[str, ModelBackend] = {}
+        self._failures: dict[str, tuple[float, ModelError]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    async def get(self, uri: str) -> ModelBackend:
+        """The loaded backend for `uri`, loading it on first use."""
+        backend = self._backends.get(uri)
+        if backend is not None:
+            return backend
+        async with self._locks.setdefault(uri, asyncio.Lock()):
+            if uri in self._backends:
+                return self._backends[uri]
+            failed = self._failures.get(uri)
+            if failed is not None and time.monotonic() - failed[0] < self.retry_seconds:
+                raise failed[1]
+            try:
+                backend = self.factory(uri)
+                await backend.load()
+            except ModelError as exc:
+                self._failures[uri] = (time.monotonic(), exc)
+                raise
+            self._failures.pop(uri, None)
+            self._backends[uri] = backend
+            return backend
+
+    async def refresh(self, in_use: set[str]) -> None:
+        """Unload models no deployment uses; let the others pick up moved aliases."""
+        for uri in [u for u in self._backends if u not in in_use]:
+            await self._backends.pop(uri).unload()
+        for backend in list(self._backends.values()):
+            try:
+                await backend.refresh()
+            except ModelError as exc:
+                log.warning("model refresh failed; keeping the loaded version", reason=str(exc))
+
+
+def _raw_model(model: Any) -> Any:
+    try:
+        return model.get_raw_model()
+    except NotImplementedError:
+        return None
+
+
+def _plain(value: Any) -> Label | None:
+    """A numpy scalar as the plain Python value it holds."""
+    return value.item() if hasattr(value, "item") else value
