@@ -1,0 +1,227 @@
+"""The router agent under Faust's test context, with online (River) models from signed snapshots:
+routing by rule, canary and champion, shadows, refused snapshots and dead letters, no broker."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from services.router.app import build
+from services.router.logic import entity_share
+from shared.events import (
+    Deployment,
+    FeatureEvent,
+    ModelSnapshot,
+    RoutingRule,
+    Variant,
+    encode,
+)
+from shared.settings import DriftlineSettings, RouterSettings
+from shared.signing import sign
+from tests.support.faust_doubles import (
+    SentRecords,
+    agent_context,
+    capture_sends,
+    fill_table,
+    isolate_prometheus,
+)
+
+KEY = SecretStr("agent-test-key")
+
+
+class Constant:
+    """A picklable stand-in for a River classifier that always says `label`."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def predict_proba_one(self, x: dict[str, Any]) -> dict[str, float]:
+        return {self.label: 0.9, "other": 0.1}
+
+
+def snapshot(model_id: str, label: str, sequence: int = 1, key: SecretStr = KEY) -> bytes:
+    payload = pickle.dumps(Constant(label))
+    return encode(
+        ModelSnapshot(
+            model_id=model_id,
+            model_type="constant",
+            sequence=sequence,
+            n_learned=sequence,
+            payload=payload,
+            signature=sign(payload, key),
+        )
+    )
+
+
+DEPLOYMENT = Deployment(
+    name="fraud",
+    stream="payments",
+    variants=[
+        Variant(name="champion", role="champion", model_uri="online:champ"),
+        Variant(name="canary", role="canary", model_uri="online:canary", weight=0.5),
+        Variant(
+            name="premium",
+            role="rule",
+            model_uri="online:premium",
+            rule=RoutingRule(field="tier", value="premium"),
+        ),
+        Variant(name="shadow", role="shadow", model_uri="online:shadow"),
+    ],
+)
+
+
+def feature_event(event_id: str, entity: str, stream: str = "payments", **features: Any) -> bytes:
+    return encode(
+        FeatureEvent(
+            event_id=event_id,
+            stream=stream,
+            entity_id=entity,
+            event_time=datetime(2026, 1, 1, tzinfo=UTC),
+            features={"amount": 1.0, "tier": "basic"} | features,
+        )
+    )
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
+    isolate_prometheus(monkeypatch)
+    return capture_sends(monkeypatch)
+
+
+def router_app(tmp_path: Path) -> Any:
+    app = build(
+        DriftlineSettings(data_dir=tmp_path, topic_prefix="a.", snapshot_hmac_key=KEY),
+        RouterSettings(),
+    )
+    fill_table(app, "deployments", {b"fraud": encode(DEPLOYMENT)})
+    fill_table(
+        app,
+        "model_snapshots",
+        {
+            b"champ": snapshot("champ", "champ"),
+            b"canary": snapshot("canary", "canary"),
+            b"premium": snapshot("premium", "premium"),
+            b"shadow": snapshot("shadow", "shadow"),
+        },
+    )
+    return app
+
+
+def entities_on(side: str, n: int) -> list[str]:
+    """Entity ids whose stable share puts them on the canary (< 0.5) or not."""
+    found = (f"user-{i}" for i in range(1000))
+    wanted = (e for e in found if (entity_share("fraud", e) < 0.5) == (side == "canary"))
+    return [next(wanted) for _ in range(n)]
+
+
+async def test_rule_then_canary_then_champion_serve_and_the_shadow_always_answers(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = router_app(tmp_path)
+    canary_entity, champion_entity = entities_on("canary", 1)[0], entities_on("champion", 1)[0]
+    async with agent_context(app, "route_feature_event") as agent:
+        await agent.put(feature_event("e1", champion_entity), key=champion_entity.encode())
+        await agent.put(feature_event("e2", canary_entity), key=canary_entity.encode())
+        await agent.put(
+            feature_event("e3", canary_entity, tier="premium"), key=canary_entity.encode()
+        )
+
+    predictions = sent.values("a.predictions")
+    served = {p["event_id"]: p["outcome"] for p in predictions if p["outcome"]["served"]}
+    assert {e: o["variant"] for e, o in served.items()} == {
+        "e1": "champion",
+        "e2": "canary",
+        "e3": "premium",
+    }
+    assert served["e3"]["output"] == "premium"
+    assert served["e3"]["probabilities"] == {"premium": 0.9, "other": 0.1}
+    assert served["e1"]["model_version"] == "1"
+    shadows = [p for p in predictions if not p["outcome"]["served"]]
+    assert [p["outcome"]["variant"] for p in shadows] == ["shadow"] * 3
+    assert sent.keys("a.predictions") == [b"e1", b"e1", b"e2", b"e2", b"e3", b"e3"]
+    assert sent.values("a.deadletter") == []
+
+
+async def test_an_entitys_own_model_wins_and_a_cold_model_answers_nothing(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = router_app(tmp_path)
+    entity = entities_on("champion", 1)[0]
+    own_id = f"champ/{entity}"
+    fill_table(app, "model_snapshots", {own_id.encode(): snapshot(own_id, "mine")})
+    cold = Deployment(
+        name="cold",
+        stream="clicks",
+        variants=[Variant(name="champion", role="champion", model_uri="online:nothing-yet")],
+    )
+    fill_table(app, "deployments", {b"cold": encode(cold)})
+    async with agent_context(app, "route_feature_event") as agent:
+        await agent.put(feature_event("e1", entity), key=entity.encode())
+        await agent.put(feature_event("e2", entity, stream="clicks"), key=entity.encode())
+
+    outcomes = {
+        p["event_id"]: p["outcome"] for p in sent.values("a.predictions") if p["outcome"]["served"]
+    }
+    assert (outcomes["e1"]["output"], outcomes["e1"]["model_name"]) == ("mine", own_id)
+    assert (outcomes["e2"]["output"], outcomes["e2"]["model_version"]) == (None, "cold")
+
+
+async def test_unsigned_badly_signed_and_older_snapshots_are_refused(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = router_app(tmp_path)
+    unsigned = orjson.loads(snapshot("champ", "evil", sequence=5))
+    unsigned["signature"] = ""
+    fill_table(app, "model_snapshots", {b"champ": orjson.dumps(unsigned)})
+    fill_table(
+        app,
+        "model_snapshots",
+        {b"champ": snapshot("champ", "evil", sequence=6, key=SecretStr("wrong"))},
+    )
+    fill_table(app, "model_snapshots", {b"champ": snapshot("champ", "old", sequence=0)})
+    entity = entities_on("champion", 1)[0]
+    async with agent_context(app, "route_feature_event") as agent:
+        await agent.put(feature_event("e1", entity), key=entity.encode())
+
+    champion = next(p for p in sent.values("a.predictions") if p["outcome"]["served"])
+    assert champion["outcome"]["output"] == "champ"
+    reasons = [letter["reason"] for letter in sent.values("a.deadletter")]
+    assert reasons == [
+        "snapshot of model 'champ' refused: unsigned",
+        "snapshot of model 'champ' refused: bad signature",
+    ]
+
+
+async def test_events_without_deployment_bad_events_and_unknown_models_are_dead_lettered(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = router_app(tmp_path)
+    broken = Deployment(
+        name="broken",
+        stream="payments",
+        variants=[Variant(name="champion", role="champion", model_uri="nowhere:model")],
+    )
+    fill_table(app, "deployments", {b"broken": encode(broken), b"bad": b"{not json"})
+    entity = entities_on("champion", 1)[0]
+    async with agent_context(app, "route_feature_event") as agent:
+        await agent.put(feature_event("e1", entity, stream="orphans"), key=b"k")
+        await agent.put(b"garbage", key=b"k")
+        await agent.put(feature_event("e2", entity), key=entity.encode())
+
+    reasons = [letter["reason"] for letter in sent.values("a.deadletter")]
+    assert reasons[0].startswith("bad event on ")
+    assert "not valid JSON" in reasons[0]
+    assert reasons[1] == (
+        "no deployment: stream 'orphans' has none; create one with `driftline deploy`"
+    )
+    assert reasons[2].startswith("bad event on a.features: not valid JSON")
+    assert reasons[3].startswith("unknown model: nowhere:model: unknown scheme")
+    assert "(deployment 'broken', variant 'champion')" in reasons[3]
+    served = [p["deployment"] for p in sent.values("a.predictions") if p["outcome"]["served"]]
+    assert served == ["fraud"]
