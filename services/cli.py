@@ -15,6 +15,7 @@ import faust
 import typer
 from rich.console import Console
 
+from services.demo.commands import register as register_demo
 from shared import settings as cfg
 from shared.errors import DriftlineError
 from shared.localkafka import LocalKafka
@@ -60,6 +61,7 @@ def _add_service_commands(service: str) -> None:
 
 for _service in cfg.SERVICE_SETTINGS:
     _add_service_commands(_service)
+register_demo(app)
 
 
 @kafka_app.command("start")

@@ -1,0 +1,1 @@
+"""`driftline demo`: the whole continuous-training loop on real processes, shown live."""

@@ -1,0 +1,99 @@
+"""What the demo watches: counts, rolling accuracy per variant, alerts and champion switches.
+
+Pure bookkeeping fed with decoded records, so the live view, the report and the tests read one
+set of numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from shared.events import DriftAlert, LabeledPrediction
+
+ROLLING_WINDOW = 300
+
+
+def event_index(event_id: str) -> int:
+    """The replay index encoded in a demo event id (``loan-<seed>-<index>``)."""
+    return int(event_id.rsplit("-", 1)[1])
+
+
+@dataclass
+class VariantTrack:
+    """One variant's correctness over the stream, in event order of arrival."""
+
+    window: deque[bool] = field(default_factory=lambda: deque(maxlen=ROLLING_WINDOW))
+    points: list[tuple[int, float]] = field(default_factory=list)
+    """(event index, rolling accuracy) after each labeled outcome."""
+    correct: int = 0
+    total: int = 0
+
+    def add(self, index: int, correct: bool) -> None:
+        """Count one labeled outcome."""
+        self.window.append(correct)
+        self.correct += correct
+        self.total += 1
+        self.points.append((index, self.rolling))
+
+    @property
+    def rolling(self) -> float:
+        """Accuracy over the last `ROLLING_WINDOW` labeled outcomes."""
+        return sum(self.window) / len(self.window) if self.window else float("nan")
+
+
+@dataclass
+class ChampionSwitch:
+    """The retraining job moved the champion alias."""
+
+    at_index: int
+    version: str
+    trained_on: int
+
+
+@dataclass
+class DemoObserver:
+    """Everything the live view and the final report show."""
+
+    started: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    predictions: int = 0
+    labeled: int = 0
+    dead_letters: int = 0
+    variants: dict[str, VariantTrack] = field(default_factory=dict)
+    alerts: list[DriftAlert] = field(default_factory=list)
+    alert_indices: list[int] = field(default_factory=list)
+    switches: list[ChampionSwitch] = field(default_factory=list)
+    webhook_calls: int = 0
+    retrain_status: str = "waiting for a concept-drift alert"
+    _rates: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=20))
+
+    def on_labeled(self, record: LabeledPrediction) -> None:
+        """Score every variant's output against the label."""
+        self.labeled += 1
+        index = event_index(record.event_id)
+        for outcome in record.outcomes:
+            if outcome.output is None:
+                continue
+            track = self.variants.setdefault(outcome.variant, VariantTrack())
+            track.add(index, bool(outcome.output) == bool(record.label))
+
+    def on_alert(self, alert: DriftAlert, start: datetime) -> None:
+        """Remember an alert and where in the stream it fired."""
+        self.alerts.append(alert)
+        self.alert_indices.append(int((alert.event_time - start).total_seconds()))
+
+    def rates(self) -> tuple[float, float]:
+        """Events/s sent and predictions/s written, over the last few seconds."""
+        now = time.monotonic()
+        self._rates.append((now, self.sent, self.predictions))
+        then, sent, predicted = self._rates[0]
+        elapsed = max(now - then, 1e-9)
+        return (self.sent - sent) / elapsed, (self.predictions - predicted) / elapsed
+
+    @property
+    def last_sent_index(self) -> int:
+        """Index of the newest event the replay sent."""
+        return self.sent - 1

@@ -1,0 +1,343 @@
+"""Runs the demo: brings up Kafka, MLflow and the five services as processes, replays the
+scenario like an outside producer would, watches the topics, retrains on drift, then cleans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pandas as pd
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.demo.observer import ChampionSwitch, DemoObserver
+from services.demo.scenario import STREAM, Labeled, Scenario, replay, training_rows
+from services.processes import ServiceProcess, free_port
+from shared.admin import create_topics
+from shared.events import (
+    Deployment,
+    DriftAlert,
+    LabeledPrediction,
+    OnlineModelSpec,
+    Variant,
+    decode,
+    encode,
+)
+from shared.localkafka import LocalKafka
+from shared.localmlflow import LocalMlflow
+from shared.registry import register_sklearn_model, set_alias
+from shared.settings import DriftlineSettings
+from shared.signing import verify
+from shared.topics import (
+    ALERTS,
+    DEADLETTER,
+    DEPLOYMENTS,
+    EVENTS_RAW,
+    FEEDBACK,
+    PREDICTIONS,
+    PREDICTIONS_LABELED,
+    Topic,
+)
+from shared.trainers import gradient_boosting
+
+SERVICES = ("ingestion", "router", "feedback", "learner", "drift")
+MODEL_NAME = "driftline-demo-loans"
+DEPLOYMENT = "loans"
+SIGNATURE_HEADER = "X-Driftline-Signature"
+
+
+@dataclass
+class DemoConfig:
+    """Where the demo runs and how much it replays."""
+
+    scenario: Scenario = field(default_factory=Scenario)
+    results_dir: Path = Path("results")
+    kafka_port: int = 9092
+    mlflow_port: int = 5000
+    retrain_min_rows: int = 500
+    """Labeled rows after the drift alert that the retraining job waits for."""
+    drain_timeout: float = 60.0
+    """How long to wait for the last labels to be joined after the replay ends."""
+
+
+@dataclass
+class DemoRun:
+    """One run's identity and files."""
+
+    config: DemoConfig
+    stamp: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
+
+    @property
+    def directory(self) -> Path:
+        """Results of this run: report, PNG, service logs."""
+        return self.config.results_dir / f"demo-{self.stamp}"
+
+    @property
+    def prefix(self) -> str:
+        """Topic prefix: every run has its own topics and consumer groups, so reruns start clean."""
+        return f"demo{self.stamp.replace('-', '')}."
+
+
+class Demo:
+    """The demo's moving parts; `run()` returns the observer with everything it saw."""
+
+    def __init__(self, config: DemoConfig, on_tick: Callable[[DemoObserver], None]) -> None:
+        self.config = config
+        self.run_info = DemoRun(config)
+        self.observer = DemoObserver()
+        self.on_tick = on_tick
+        self.kafka = LocalKafka(port=config.kafka_port)
+        self.mlflow = LocalMlflow(port=config.mlflow_port)
+        self.settings = DriftlineSettings(
+            kafka_broker=self.kafka.bootstrap,
+            topic_prefix=self.run_info.prefix,
+            topic_partitions=2,
+            mlflow_tracking_uri=self.mlflow.uri,
+        )
+        self.processes: list[ServiceProcess] = []
+        self.labeled_rows: deque[tuple[datetime, dict, bool]] = deque(maxlen=5000)
+        self.drift_alerts: asyncio.Queue[DriftAlert] = asyncio.Queue()
+
+    def topic(self, topic: Topic) -> str:
+        """Full topic name for this run."""
+        return topic.full_name(self.settings)
+
+    async def run(self) -> DemoObserver:
+        """Everything, in order; whatever was started is stopped, also on Ctrl-C."""
+        self.run_info.directory.mkdir(parents=True, exist_ok=True)
+        async with self._infrastructure(), self._webhook_receiver() as webhook_url:
+            await create_topics(self.settings)
+            version = await asyncio.to_thread(self._train_first_champion)
+            self.observer.retrain_status = f"champion v{version} serving; waiting for drift"
+            await self._deploy()
+            await asyncio.to_thread(self._start_services, webhook_url)
+            watchers = [
+                asyncio.create_task(self._watch()),
+                asyncio.create_task(self._retrain_on_drift()),
+                asyncio.create_task(self._tick()),
+            ]
+            try:
+                await self._replay()
+                await self._drain()
+            finally:
+                for task in watchers:
+                    task.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+        return self.observer
+
+    @contextlib.asynccontextmanager
+    async def _infrastructure(self) -> AsyncIterator[None]:
+        started_kafka = not await asyncio.to_thread(self.kafka.is_up, 1.0)
+        started_mlflow = False
+        try:
+            if started_kafka:
+                await asyncio.to_thread(self.kafka.start)
+            started_mlflow = not await asyncio.to_thread(self.mlflow.is_up, 1.0)
+            if started_mlflow:
+                await asyncio.to_thread(self.mlflow.start)
+            yield
+        finally:
+            await asyncio.to_thread(self._stop_services)
+            if started_mlflow:
+                await asyncio.to_thread(self.mlflow.stop)
+            if started_kafka:
+                await asyncio.to_thread(self.kafka.stop)
+
+    def _train_first_champion(self) -> str:
+        rows, labels = training_rows(self.config.scenario)
+        features = pd.DataFrame(rows)
+        model = gradient_boosting(features, pd.Series(labels))
+        version = register_sklearn_model(
+            self.mlflow.uri, MODEL_NAME, model, features,
+            params={"trainer": "gradient_boosting", "rows": len(rows)},
+            tags={"driftline.reason": "initial champion"},
+        )  # fmt: skip
+        set_alias(self.mlflow.uri, MODEL_NAME, "champion", version)
+        return version
+
+    async def _deploy(self) -> None:
+        deployment = Deployment(
+            name=DEPLOYMENT,
+            stream=STREAM,
+            variants=[
+                Variant(
+                    name="champion", role="champion", model_uri=f"models:/{MODEL_NAME}@champion"
+                ),
+                Variant(name="river-hat", role="shadow", model_uri="online:loans-hat"),
+                Variant(name="hbp", role="shadow", model_uri="online:loans-hbp"),
+            ],
+            online_models=[
+                OnlineModelSpec(model_id="loans-hat", model_type="hoeffding_adaptive_tree"),
+                OnlineModelSpec(
+                    model_id="loans-hbp", model_type="hedge_backprop",
+                    params={"n_layers": 4, "hidden_units": 32, "seed": 1},
+                ),
+            ],
+        )  # fmt: skip
+        await self._produce(self.topic(DEPLOYMENTS), [(DEPLOYMENT.encode(), encode(deployment))])
+
+    def _start_services(self, webhook_url: str) -> None:
+        logs = self.run_info.directory / "logs"
+        logs.mkdir(exist_ok=True)
+        env = {
+            "DRIFTLINE_KAFKA_BROKER": self.settings.bootstrap_servers,
+            "DRIFTLINE_TOPIC_PREFIX": self.settings.topic_prefix,
+            "DRIFTLINE_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "DRIFTLINE_MLFLOW_TRACKING_URI": self.mlflow.uri,
+            "DRIFTLINE_DATA_DIR": str(self.run_info.directory / "data"),
+            "DRIFTLINE_DRIFT_WEBHOOK_URLS": webhook_url,
+            "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "100",
+        }
+        for service in SERVICES:
+            process = ServiceProcess(service, env, logs / f"{service}.log")
+            self.processes.append(process)
+            process.start()
+
+    def _stop_services(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    async def _produce(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers)
+        await producer.start()
+        try:
+            for key, value in messages:
+                await producer.send(topic, key=key, value=value)
+        finally:
+            await producer.stop()
+
+    async def _replay(self) -> None:
+        """Send events at the scenario's rate and each label `label_delay` seconds later."""
+        scenario = self.config.scenario
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5)
+        await producer.start()
+        raw_topic, feedback_topic = self.topic(EVENTS_RAW), self.topic(FEEDBACK)
+        waiting: deque[tuple[float, Labeled]] = deque()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            for item in replay(scenario):
+                due = began + item.index / scenario.rate
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                await producer.send(
+                    raw_topic, key=item.event.entity_id.encode(), value=encode(item.event)
+                )
+                self.observer.sent += 1
+                waiting.append((loop.time() + scenario.label_delay, item))
+                while waiting and waiting[0][0] <= loop.time():
+                    _, labeled = waiting.popleft()
+                    await self._send_feedback(producer, feedback_topic, labeled)
+            for due, labeled in waiting:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                await self._send_feedback(producer, feedback_topic, labeled)
+        finally:
+            await producer.stop()
+
+    @staticmethod
+    async def _send_feedback(producer: AIOKafkaProducer, topic: str, item: Labeled) -> None:
+        await producer.send(topic, key=item.event.event_id.encode(), value=encode(item.feedback()))
+
+    async def _drain(self) -> None:
+        """Wait until every event's label has been joined (or the drain timeout passes)."""
+        deadline = asyncio.get_running_loop().time() + self.config.drain_timeout
+        while self.observer.labeled < self.observer.sent:
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.5)
+
+    async def _watch(self) -> None:
+        names = {
+            self.topic(PREDICTIONS): "predictions",
+            self.topic(PREDICTIONS_LABELED): "labeled",
+            self.topic(ALERTS): "alerts",
+            self.topic(DEADLETTER): "deadletter",
+        }
+        consumer = AIOKafkaConsumer(
+            *names, bootstrap_servers=self.settings.bootstrap_servers,
+            auto_offset_reset="earliest", group_id=None,
+        )  # fmt: skip
+        await consumer.start()
+        start = self.config.scenario.start
+        try:
+            async for message in consumer:
+                kind = names[message.topic]
+                if kind == "predictions":
+                    self.observer.predictions += 1
+                elif kind == "deadletter":
+                    self.observer.dead_letters += 1
+                elif kind == "labeled":
+                    record = decode(LabeledPrediction, message.value, message.topic)
+                    self.observer.on_labeled(record)
+                    self.labeled_rows.append((record.event_time, record.features, record.label))
+                else:
+                    self.observer.on_alert(decode(DriftAlert, message.value, message.topic), start)
+        finally:
+            await consumer.stop()
+
+    @contextlib.asynccontextmanager
+    async def _webhook_receiver(self) -> AsyncIterator[str]:
+        """A local HTTP endpoint standing in for CI: verifies the signature, queues drift alerts."""
+
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.read()
+            signature = request.headers.get(SIGNATURE_HEADER)
+            if not verify(body, signature, self.settings.webhook_hmac_key):
+                return web.Response(status=401, text="bad signature")
+            self.observer.webhook_calls += 1
+            alert = DriftAlert.model_validate(orjson.loads(body))
+            if alert.kind == "concept" and alert.level == "drift":
+                await self.drift_alerts.put(alert)
+            return web.Response(status=202, text="queued")
+
+        app = web.Application()
+        app.router.add_post("/retrain", receive)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield f"http://127.0.0.1:{port}/retrain"
+        finally:
+            await runner.cleanup()
+
+    async def _retrain_on_drift(self) -> None:
+        """On the first concept-drift alert: train on labels newer than it, move the champion."""
+        alert = await self.drift_alerts.get()
+        self.observer.retrain_status = "drift alert received; collecting fresh labels"
+        fresh: list[tuple[dict, bool]] = []
+        while len(fresh) < self.config.retrain_min_rows:
+            await asyncio.sleep(0.5)
+            fresh = [(f, y) for t, f, y in self.labeled_rows if t >= alert.event_time]
+            self.observer.retrain_status = (
+                f"collecting fresh labels: {len(fresh)}/{self.config.retrain_min_rows}"
+            )
+        self.observer.retrain_status = f"training on {len(fresh)} fresh labeled events"
+        version = await asyncio.to_thread(self._retrain, fresh, alert)
+        self.observer.switches.append(
+            ChampionSwitch(self.observer.last_sent_index, version, len(fresh))
+        )
+        self.observer.retrain_status = f"champion moved to v{version}"
+
+    def _retrain(self, rows: list[tuple[dict, bool]], alert: DriftAlert) -> str:
+        features = pd.DataFrame([dict(f) for f, _ in rows])
+        labels = pd.Series([bool(y) for _, y in rows])
+        model = gradient_boosting(features, labels)
+        version = register_sklearn_model(
+            self.mlflow.uri, MODEL_NAME, model, features,
+            params={"trainer": "gradient_boosting", "rows": len(rows)},
+            tags={"driftline.reason": "concept drift", "driftline.alert_id": alert.alert_id},
+        )  # fmt: skip
+        set_alias(self.mlflow.uri, MODEL_NAME, "champion", version)
+        return version
+
+    async def _tick(self) -> None:
+        while True:
+            self.on_tick(self.observer)
+            await asyncio.sleep(0.25)

@@ -1,0 +1,83 @@
+"""The demo's data: a seeded Agrawal loan stream whose labelling rule switches mid-stream.
+
+Agrawal's classification function 0 labels by age and salary; function 2 by age, salary and
+commission. A batch model trained on the first part is right about 100 % of the time before the
+switch and about half of the time after it: a clear, known concept drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from river.datasets import synth
+
+from shared.events import Feedback, RawEvent
+
+STREAM = "loans"
+FEATURES = (
+    "salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the demo replays, and how fast."""
+
+    n_events: int = 6000
+    """Events in the stream."""
+    drift_at: int = 3000
+    """Index of the first event labelled by the new rule."""
+    n_train: int = 1000
+    """Events before the replay that train the first champion."""
+    rate: float = 60.0
+    """Events per second during the replay."""
+    label_delay: float = 2.0
+    """Seconds between an event and its label."""
+    n_entities: int = 500
+    """Distinct applicants (entity ids)."""
+    seed: int = 42
+    """Seed of the stream."""
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    """Event time of the first replayed event."""
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """One replayed event with its ground truth."""
+
+    index: int
+    event: RawEvent
+    label: bool
+
+    def feedback(self) -> Feedback:
+        """The label as a feedback record, timed `delay` after the event."""
+        return Feedback(event_id=self.event.event_id, label=self.label)
+
+
+def training_rows(scenario: Scenario) -> tuple[list[dict[str, float]], list[bool]]:
+    """Pre-drift rows for the first champion (drawn from a stream seeded apart from the replay)."""
+    rows = list(
+        synth.Agrawal(classification_function=0, seed=scenario.seed + 1).take(scenario.n_train)
+    )
+    return [dict(x) for x, _ in rows], [bool(y) for _, y in rows]
+
+
+def replay(scenario: Scenario) -> Iterator[Labeled]:
+    """The replayed stream: rule 0 up to `drift_at`, rule 2 after, one event a second of time."""
+    before = synth.Agrawal(classification_function=0, seed=scenario.seed)
+    after = synth.Agrawal(classification_function=2, seed=scenario.seed + 2)
+    source = iter(before)
+    for index in range(scenario.n_events):
+        if index == scenario.drift_at:
+            source = iter(after)
+        x, y = next(source)
+        event = RawEvent(
+            event_id=f"loan-{scenario.seed}-{index}",
+            stream=STREAM,
+            entity_id=f"applicant-{index % scenario.n_entities}",
+            event_time=scenario.start + timedelta(seconds=index),
+            data={name: float(x[name]) for name in FEATURES},
+        )
+        yield Labeled(index, event, bool(y))

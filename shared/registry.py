@@ -1,0 +1,59 @@
+"""Writing to the MLflow model registry: log a trained batch model as a run, register it as a
+new version, and move aliases (``champion``, ``challenger``), which routers follow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from shared.errors import DriftlineError
+
+
+class RegistryError(DriftlineError):
+    """The MLflow server refused or could not be reached."""
+
+    def __init__(self, uri: str, action: str, problem: str) -> None:
+        self.uri = uri
+        super().__init__(f"MLflow at {uri} could not {action}: {problem}")
+
+
+def register_sklearn_model(
+    tracking_uri: str,
+    model_name: str,
+    model: Any,
+    example: pd.DataFrame,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Log `model` in a run (with params, metrics, tags) and register it; returns the version.
+
+    The signature is inferred from `example`, so the pyfunc takes a DataFrame with those columns.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(model_name)
+    try:
+        with mlflow.start_run(tags=dict(tags or {})):
+            mlflow.log_params(dict(params or {}))
+            mlflow.log_metrics(dict(metrics or {}))
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                registered_model_name=model_name,
+                input_example=example.head(5),
+            )
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(tracking_uri, f"register {model_name!r}", str(exc)) from None
+    return str(info.registered_model_version)
+
+
+def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> None:
+    """Point `alias` of `model_name` at `version`."""
+    try:
+        MlflowClient(tracking_uri).set_registered_model_alias(model_name, alias, version)
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(tracking_uri, f"set {model_name}@{alias}", str(exc)) from None
