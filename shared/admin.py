@@ -1,14 +1,18 @@
-"""Creating Driftline's topics on a cluster, as `shared.topics` declares them."""
+"""Creating Driftline's topics on a cluster, as `shared.topics` declares them, and reading and
+writing its topics of record (compacted) from command-line tools."""
 
 from __future__ import annotations
 
 import contextlib
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
 
+from shared.errors import DriftlineError
 from shared.settings import DriftlineSettings
-from shared.topics import ALL_TOPICS
+from shared.topics import ALL_TOPICS, Topic
 
 
 async def create_topics(settings: DriftlineSettings) -> list[str]:
@@ -33,3 +37,44 @@ async def create_topics(settings: DriftlineSettings) -> list[str]:
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def read_compacted(settings: DriftlineSettings, topic: Topic) -> dict[bytes, bytes]:
+    """The latest value per key of a compacted topic, read to its current end; a tombstone
+    (no value) removes its key. For CLI listings: services keep such topics in tables."""
+    name = topic.full_name(settings)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        if not partitions:
+            raise DriftlineError(f"topic {name} does not exist; run `driftline topics create`")
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        latest: dict[bytes, bytes] = {}
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    if message.value is None:
+                        latest.pop(message.key, None)
+                    else:
+                        latest[message.key] = message.value
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes) -> None:
+    """Write one record (e.g. a deployment or stream declaration) and wait until it is stored."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)
+    finally:
+        await producer.stop()
