@@ -1,0 +1,61 @@
+"""`driftline streams declare|list`: stream declarations on the compacted ``streams`` topic."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from shared import settings as cfg
+from shared.admin import publish, read_compacted
+from shared.errors import DriftlineError
+from shared.events import StreamSchema, decode, describe_problem, encode
+from shared.topics import STREAMS
+
+streams_app = typer.Typer(no_args_is_help=True, help="Declared streams (what raw events hold).")
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `driftline streams ...` to the CLI."""
+    app.add_typer(streams_app, name="streams")
+
+
+def load_schema(path: Path) -> StreamSchema:
+    """A stream declaration from a JSON file; a mistake raises one readable error."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DriftlineError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return StreamSchema.model_validate_json(text)
+    except ValidationError as exc:
+        raise DriftlineError(
+            f"{path} is not a stream declaration: {describe_problem(exc)}"
+        ) from None
+
+
+@streams_app.command("declare")
+def declare(
+    file: Annotated[Path, typer.Option("--file", "-f", help="JSON file of a StreamSchema.")],
+) -> None:
+    """Declare (or re-declare) a stream; ingestion workers apply it without a restart."""
+    schema = load_schema(file)
+    settings = cfg.load(cfg.DriftlineSettings)
+    asyncio.run(publish(settings, STREAMS, schema.name, encode(schema)))
+    console.print(f"declared stream {schema.name} ({len(schema.features)} features)")
+
+
+@streams_app.command("list")
+def list_streams() -> None:
+    """List the declared streams with their features."""
+    settings = cfg.load(cfg.DriftlineSettings)
+    topic = STREAMS.full_name(settings)
+    for value in asyncio.run(read_compacted(settings, STREAMS)).values():
+        schema = decode(StreamSchema, value, topic)
+        features = ", ".join(f"{f.name}:{f.type}" for f in schema.features)
+        console.print(f"{schema.name}  {features}", highlight=False)
