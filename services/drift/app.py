@@ -1,32 +1,67 @@
-"""The drift worker: ``features`` in, ``alerts`` out.
+"""The drift worker: ``features`` and ``predictions.labeled`` in, ``alerts`` (and webhooks) out.
 
-Feature events are keyed by entity, but one detector must see one (stream, feature)'s values in
-order, so the first agent re-keys each value by ``stream:feature`` through an internal topic and
-the second runs the detectors, whose state lives in a table partitioned the same way.
+Data drift. Feature events are keyed by entity, but one detector must see one (stream,
+feature)'s values in order, so `fan_out_feature_values` re-keys each value by ``stream:feature``
+through an internal topic and `detect_data_drift` runs the detectors, whose state lives in a
+table partitioned the same way. The cost: a (stream, feature) pair is a hot key, all its values
+go through one partition and one detector, one after another. A busy stream with few features
+spreads over only as many partitions as it has features, however many partitions exist, and
+every value of the stream crosses the broker once more (one message per feature).
+
+Concept drift. ``predictions.labeled`` is keyed by deployment, so each model version's errors
+arrive in order on one partition; `detect_concept_drift` keeps one detector per (deployment,
+model, version) in a table, and the error rate per model version in tumbling and hopping
+event-time windows (windowed tables), exposed as ``driftline_model_error_rate``: for hopping
+windows the oldest one still open, so the gauge always covers a full window's span.
+
+Each table entry remembers the last offset it counted, so a message redelivered after a crash
+does not feed its detector twice.
 """
 
 from __future__ import annotations
 
 import pickle
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import faust
+import mode
 import orjson
 from faust.types import EventT
 
-from services.drift.logic import FeatureDriftMonitor, numeric_values
+from services.drift.logic import (
+    AlertGate,
+    Finding,
+    Monitor,
+    check_settings,
+    concept_detector,
+    data_detector,
+    error_of,
+    feature_subject,
+    feature_values,
+    model_subject,
+    task_of,
+)
+from shared import metrics
 from shared import settings as cfg
 from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.events import FeatureEvent, decode
-from shared.topics import ALERTS, FEATURES
+from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
+from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
+from shared.webhooks import Delivery, WebhookSender
 
 SERVICE = "drift"
 
 
+def _add_error(total: list[float], new: list[float]) -> list[float]:
+    return [total[0] + new[0], total[1] + new[1]]
+
+
 def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
-    """The drift Faust app with its agents and detector table."""
+    """The drift Faust app with its agents, detector tables and webhook sender."""
+    check_settings(own.detectors, own.concept_detectors)
     app = create_app(SERVICE, common, own)
     features_topic = declare_topic(app, FEATURES, common)
+    labeled_topic = declare_topic(app, PREDICTIONS_LABELED, common)
     alerts_topic = declare_topic(app, ALERTS, common)
     feature_values_topic = app.topic(
         f"{app.conf.id}-feature-values",
@@ -36,28 +71,120 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         internal=True,
     )
     dead_letters = DeadLetters(app, SERVICE, common)
-    feature_to_detector = app.Table("feature_to_detector", key_type=bytes, value_type=bytes)
+    feature_to_monitor = app.Table("feature_to_monitor", key_type=bytes, value_type=bytes)
+    model_to_monitor = app.Table("model_to_monitor", key_type=bytes, value_type=bytes)
+    expires = timedelta(seconds=2 * max(own.error_window_s, own.error_hop_window_s))
+    error_windows = {
+        f"tumbling_{own.error_window_s:g}s": app.Table(
+            "model_errors_tumbling",
+            default=lambda: [0.0, 0.0],
+        ).tumbling(own.error_window_s, expires=expires),
+        f"hopping_{own.error_hop_window_s:g}s": app.Table(
+            "model_errors_hopping",
+            default=lambda: [0.0, 0.0],
+        ).hopping(own.error_hop_window_s, own.error_window_s, expires=expires),
+    }
+    alerts_name = alerts_topic.get_topic_name()
+
+    async def give_up(delivery: Delivery, reason: str) -> None:
+        letter = DeadLetter(
+            reason=reason,
+            service=SERVICE,
+            source_topic=alerts_name,
+            partition=-1,
+            offset=-1,
+            key=delivery.key.encode(),
+            value=delivery.body,
+        )
+        await send_event(dead_letters.topic, SERVICE, alerts_name, letter)
+        metrics.DEAD_LETTERS.labels(SERVICE, alerts_name, "webhook").inc()
+
+    webhooks = (
+        WebhookSender(
+            own.webhook_urls,
+            common.webhook_hmac_key,
+            give_up,
+            attempts=own.webhook_attempts,
+            backoff_s=own.webhook_backoff_s,
+            timeout_s=own.webhook_timeout_s,
+            queue_size=own.webhook_queue_size,
+        )
+        if own.webhook_urls
+        else None
+    )
+
+    def gate() -> AlertGate:
+        return AlertGate(own.cooldown_s, own.escalate_after, own.escalate_within_s)
+
+    def notifies(alert: DriftAlert) -> bool:
+        levels = own.webhook_levels
+        return alert.level in levels or (alert.escalated and "escalated" in levels)
+
+    async def report(finding: Finding) -> None:
+        alert = finding.alert
+        if not finding.sent:
+            metrics.ALERTS_SUPPRESSED.labels(alert.kind, alert.level, "cooldown").inc()
+            return
+        await send_event(alerts_topic, SERVICE, alert.key, alert)
+        metrics.ALERTS.labels(alert.kind, alert.level).inc()
+        if webhooks is not None and notifies(alert):
+            webhooks.submit(alert.key, encode(alert))
+
+    def stored(table: Any, key: bytes) -> Monitor | None:
+        data = table.get(key)
+        return pickle.loads(data) if data is not None else None
 
     async def fan_out(event: EventT) -> None:
         features = decode(FeatureEvent, event.message.value, event.message.topic)
         time = features.event_time.timestamp()
-        for name, value in numeric_values(features).items():
+        for name, value in feature_values(features).items():
+            item = {"stream": features.stream, "feature": name, "value": value, "time": time}
             key = f"{features.stream}:{name}".encode()
-            await feature_values_topic.send(key=key, value=orjson.dumps([value, time]))
+            await feature_values_topic.send(key=key, value=orjson.dumps(item))
 
-    async def detect(event: EventT) -> None:
-        stream, feature = event.message.key.decode().split(":", 1)
-        value, time = orjson.loads(event.message.value)
-        stored = feature_to_detector.get(event.message.key)
-        monitor: FeatureDriftMonitor = (
-            pickle.loads(stored)
-            if stored is not None
-            else FeatureDriftMonitor(stream, feature, own.detectors["default"]["delta"])
+    async def detect_data(event: EventT) -> None:
+        item = orjson.loads(event.message.value)
+        key = event.message.key
+        stream, feature, value = item["stream"], item["feature"], item["value"]
+        monitor = stored(feature_to_monitor, key) or Monitor(
+            data_detector(own.detectors, stream, feature, categorical=isinstance(value, str)),
+            gate(),
+            feature_subject(stream, feature),
         )
-        alert = monitor.update(value, datetime.fromtimestamp(time, UTC))
-        feature_to_detector[event.message.key] = pickle.dumps(monitor)
-        if alert is not None:
-            await send_event(alerts_topic, SERVICE, alert.key, alert)
+        if monitor.already_seen(event.message.offset):
+            return
+        finding = monitor.update(value, datetime.fromtimestamp(item["time"], UTC))
+        feature_to_monitor[key] = pickle.dumps(monitor)
+        if finding is not None:
+            await report(finding)
+
+    async def detect_concept(event: EventT) -> None:
+        labeled = decode(LabeledPrediction, event.message.value, event.message.topic)
+        task = task_of(labeled.label)
+        time = labeled.event_time.timestamp()
+        for outcome in labeled.outcomes:
+            if outcome.output is None:
+                continue
+            error = error_of(outcome, labeled.label, task)
+            name, version = outcome.model_name, outcome.model_version
+            key = orjson.dumps([labeled.deployment, name, version])
+            monitor = stored(model_to_monitor, key) or Monitor(
+                concept_detector(own.concept_detectors, name, version, task),
+                gate(),
+                model_subject(labeled.deployment, labeled.stream, outcome),
+            )
+            if monitor.already_seen(event.message.offset):
+                continue
+            finding = monitor.update(error, labeled.event_time)
+            model_to_monitor[key] = pickle.dumps(monitor)
+            for window, table in error_windows.items():
+                errors = table.relative_to(time)[key.decode()]
+                errors.apply(_add_error, [error, 1.0])
+                total, n = errors[table.table.window.earliest(time)]
+                gauge = metrics.MODEL_ERROR_RATE.labels(labeled.deployment, name, version, window)
+                gauge.set(total / n)
+            if finding is not None:
+                await report(finding)
 
     @app.agent(features_topic, name="fan_out_feature_values")
     async def fan_out_feature_values(stream: faust.Stream) -> None:
@@ -65,6 +192,22 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
 
     @app.agent(feature_values_topic, name="detect_data_drift")
     async def detect_data_drift(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, detect)
+        await consume(stream, SERVICE, dead_letters, detect_data)
+
+    @app.agent(labeled_topic, name="detect_concept_drift")
+    async def detect_concept_drift(stream: faust.Stream) -> None:
+        await consume(stream, SERVICE, dead_letters, detect_concept)
+
+    if webhooks is not None:
+
+        @app.service
+        class DeliverWebhooks(mode.Service):
+            """Runs the webhook sender's delivery tasks for as long as the worker runs."""
+
+            async def on_start(self) -> None:
+                await webhooks.start()
+
+            async def on_stop(self) -> None:
+                await webhooks.stop()
 
     return app

@@ -1,0 +1,147 @@
+"""The drift agents under Faust's test context: values in, alerts out at River's indices, concept
+drift per model version with error-rate windows, bad input dead-lettered."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import faust
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+from river.drift import ADWIN
+from river.drift.binary import DDM
+
+from services.drift.app import build
+from shared.events import LabeledPrediction, VariantOutput, encode
+from shared.settings import DriftlineSettings, DriftSettings
+from tests.support.faust_doubles import agent_context, capture_sends, isolate_prometheus
+
+T0 = 1_780_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate_prometheus(monkeypatch)
+
+
+def _app(tmp_path: Path, **own: object) -> faust.App:
+    return build(DriftlineSettings(data_dir=tmp_path, topic_prefix="a."), DriftSettings(**own))
+
+
+def _shifted_values(n: int = 600, at: int = 300, seed: int = 3) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(0.0 if i < at else 1.5, 1.0) for i in range(n)]
+
+
+def _river_indices(detector: ADWIN | DDM, values: list[float]) -> list[int]:
+    fired = []
+    for i, value in enumerate(values, start=1):
+        detector.update(value)
+        if detector.drift_detected:
+            fired.append(i)
+    return fired
+
+
+async def test_data_drift_alerts_at_the_indices_river_gives(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sent = capture_sends(monkeypatch)
+    values = _shifted_values()
+    app = _app(tmp_path, cooldown_s=0)
+
+    async with agent_context(app, "detect_data_drift") as agent:
+        for i, value in enumerate(values):
+            item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
+            await agent.put(orjson.dumps(item), key=b"pay:amount")
+
+    alerts = sent.values("a.alerts")
+    expected = _river_indices(ADWIN(delta=0.002), values)
+    assert expected, "the shift must be detectable for this test to mean anything"
+    assert [a["position"] for a in alerts] == expected
+    assert {(a["kind"], a["level"], a["key"], a["detector"]) for a in alerts} == {
+        ("data", "drift", "data:pay:amount", "ADWIN")
+    }
+    assert sent.keys("a.alerts") == [b"data:pay:amount"] * len(expected)
+    assert alerts[0]["stats_after"]["mean"] > alerts[0]["stats_before"]["mean"]
+
+
+async def test_fan_out_rekeys_each_feature_and_dead_letters_bad_events(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sent = capture_sends(monkeypatch)
+    app = _app(tmp_path)
+    event = {
+        "event_id": "e1",
+        "stream": "pay",
+        "entity_id": "u1",
+        "event_time": T0,
+        "features": {"amount": 3, "country": "NL", "new": True},
+    }
+
+    async with agent_context(app, "fan_out_feature_values") as agent:
+        await agent.put(b"{}", key=b"u1")
+        await agent.put(orjson.dumps(event), key=b"u1")
+
+    values_topic = "a.driftline-drift-feature-values"
+    assert sent.keys(values_topic) == [b"pay:amount", b"pay:country", b"pay:new"]
+    assert [v["value"] for v in sent.values(values_topic)] == [3.0, "NL", "true"]
+    assert len(sent.values("a.deadletter")) == 1
+
+
+def _labeled(i: int, output: object, label: object, version: str = "1") -> LabeledPrediction:
+    outcome = VariantOutput(
+        variant="champ",
+        role="champion",
+        served=True,
+        model_name="fraud",
+        model_version=version,
+        output=output,
+    )
+    silent = outcome.model_copy(update={"variant": "shadow", "role": "shadow", "output": None})
+    return LabeledPrediction(
+        event_id=f"ev-{i}",
+        entity_id="u",
+        stream="pay",
+        deployment="dep",
+        features={},
+        outcomes=[outcome, silent],
+        label=label,
+        event_time=T0 + i,
+        label_time=T0 + i,
+        feedback_delay_s=0.0,
+    )
+
+
+async def test_concept_drift_per_model_version_with_warning_first_and_error_windows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sent = capture_sends(monkeypatch)
+    rng = random.Random(11)
+    errors = [int(rng.random() < (0.05 if i < 400 else 0.4)) for i in range(800)]
+    app = _app(tmp_path, cooldown_s=0, error_window_s=100, error_hop_window_s=200)
+
+    async with agent_context(app, "detect_concept_drift") as agent:
+        await agent.put(b"not json", key=b"dep")
+        for i, error in enumerate(errors):
+            await agent.put(encode(_labeled(i, int(not error), 1)), key=b"dep")
+
+    alerts = sent.values("a.alerts")
+    assert [a["position"] for a in alerts if a["level"] == "drift"] == _river_indices(DDM(), errors)
+    first_drift = next(i for i, a in enumerate(alerts) if a["level"] == "drift")
+    warning, drift = alerts[first_drift - 1], alerts[first_drift]
+    assert warning["level"] == "warning"
+    assert 400 < warning["position"] < drift["position"]
+    assert {(a["key"], a["deployment"], a["detector"]) for a in alerts} == {
+        ("concept:fraud:1", "dep", "DDM")
+    }
+    assert len(sent.values("a.deadletter")) == 1
+    labels = {"deployment": "dep", "model": "fraud", "version": "1"}
+    last_window = errors[700:]
+    assert REGISTRY.get_sample_value(
+        "driftline_model_error_rate", {**labels, "window": "tumbling_100s"}
+    ) == pytest.approx(sum(last_window) / len(last_window))
+    assert REGISTRY.get_sample_value(
+        "driftline_model_error_rate", {**labels, "window": "hopping_200s"}
+    ) == pytest.approx(sum(errors[600:]) / 200)
