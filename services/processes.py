@@ -30,6 +30,9 @@ class ServiceProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    argv: list[str] | None = None
+    """Arguments after the interpreter; by default ``-m services.cli <service> worker``. The load
+    test runs its reference Faust app this way, under the same health and log handling."""
 
     def start(self, ready_timeout: float = 60.0) -> ServiceProcess:
         """Start the process and wait until `/health` says its tables are recovered."""
@@ -40,7 +43,7 @@ class ServiceProcess:
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", self.service, "worker"],
+                [sys.executable, *(self.argv or ["-m", "services.cli", self.service, "worker"])],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
