@@ -146,6 +146,16 @@ class FeedbackSettings(ServiceSettings):
 
     web_port: int = Field(default=6063, ge=1, le=65535)
     """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
+    prediction_ttl_s: float = Field(default=3600.0, gt=0)
+    """Event-time seconds a prediction waits for its feedback before it expires unlabeled."""
+    early_feedback_ttl_s: float = Field(default=600.0, gt=0)
+    """Event-time seconds feedback waits for its prediction; then it is dead-lettered as for an
+    unknown event."""
+    remember_s: float = Field(default=3600.0, ge=0)
+    """Event-time seconds a labeled or expired event is remembered after its prediction's expiry:
+    duplicate feedback is dropped and late feedback dead-lettered as past expiry meanwhile."""
+    sweep_every_s: float = Field(default=10.0, gt=0)
+    """Event-time seconds between sweeps that remove expired entries from the join table."""
 
 
 class DriftSettings(ServiceSettings):
@@ -200,6 +210,14 @@ class LearnerSettings(ServiceSettings):
     """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
     snapshot_every: int = Field(default=100, ge=1)
     """Publish a model snapshot after this many updates of one model."""
+    snapshot_every_s: float = Field(default=30.0, gt=0)
+    """Also publish a snapshot of every model updated since its last one this often."""
+    rolling_window: int = Field(default=1000, ge=1)
+    """Labeled predictions in the rolling prequential metrics."""
+    mlflow_every_s: float = Field(default=300.0, gt=0)
+    """How often shared (not per-entity) models log metrics and register a version in MLflow."""
+    mlflow_enabled: bool = True
+    """Whether the learner writes to MLflow at all."""
 
 
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
