@@ -81,3 +81,42 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts, by outcome (delivered, retried, failed, dropped).",
     ["outcome"],
 )
+EXPIRED_PREDICTIONS = Counter(
+    "driftline_expired_predictions_total",
+    "Predictions whose feedback never came within the expiry, by deployment and model.",
+    ["deployment", "model"],
+)
+DUPLICATE_FEEDBACK = Counter(
+    "driftline_duplicate_feedback_total",
+    "Feedback for an event that was already labeled: applied once, the repeat dropped.",
+)
+LABELED_PREDICTIONS = Counter(
+    "driftline_labeled_predictions_total",
+    "Labeled predictions the feedback joiner produced, by deployment.",
+    ["deployment"],
+)
+MODEL_UPDATES = Counter(
+    "driftline_model_updates_total",
+    "Labeled examples an online model learned (redelivered ones are skipped, not counted).",
+    ["model_id"],
+)
+REDELIVERED_EXAMPLES = Counter(
+    "driftline_redelivered_examples_total",
+    "Examples the learner had already learned and skipped (redelivery after a crash or rebalance).",
+    ["model_id"],
+)
+MODEL_METRIC = Gauge(
+    "driftline_model_metric",
+    "An online model's prequential metric (accuracy, log_loss, mae), cumulative or rolling.",
+    ["model_id", "metric", "window"],
+)
+ENTITY_MODELS = Gauge(
+    "driftline_entity_models",
+    "Per-entity online models this learner holds, by the model id they belong to.",
+    ["model_id"],
+)
+MLFLOW_FAILURES = Counter(
+    "driftline_mlflow_failures_total",
+    "MLflow logging or registration attempts that failed (retried on the next round).",
+    ["service"],
+)
