@@ -81,21 +81,28 @@ class DeadLetters:
     async def send(self, event: EventT, reason: str) -> None:
         """Dead-letter the message behind `event` (its original bytes, topic, partition, offset)."""
         message = event.message
-        letter = DeadLetter(
-            reason=reason,
-            service=self.service,
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value or b"",
+        await self.send_letter(
+            DeadLetter(
+                reason=reason,
+                service=self.service,
+                source_topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value or b"",
+            )
         )
-        await self.topic.send(key=message.topic.encode(), value=encode(letter))
-        metrics.DEAD_LETTERS.labels(self.service, message.topic, reason.split(":", 1)[0]).inc()
+
+    async def send_letter(self, letter: DeadLetter) -> None:
+        """Dead-letter a message kept earlier (e.g. feedback that waited for its prediction in
+        vain), with its original topic, partition and offset already in `letter`."""
+        await self.topic.send(key=letter.source_topic.encode(), value=encode(letter))
+        reason_kind = letter.reason.split(":", 1)[0]
+        metrics.DEAD_LETTERS.labels(self.service, letter.source_topic, reason_kind).inc()
         log.warning(
             "dead-lettered",
-            reason=reason,
-            **message_fields(message.topic, message.partition, message.offset),
+            reason=letter.reason,
+            **message_fields(letter.source_topic, letter.partition, letter.offset),
         )
 
 
