@@ -14,8 +14,9 @@ model, version) in a table, and the error rate per model version in tumbling and
 event-time windows (windowed tables), exposed as ``driftline_model_error_rate``: for hopping
 windows the oldest one still open, so the gauge always covers a full window's span.
 
-Each table entry remembers the last offset it counted, so a message redelivered after a crash
-does not feed its detector twice.
+Each detector remembers the last offset it counted of each source partition (``features`` or
+``predictions.labeled``), so a message redelivered after a crash does not feed it twice, even
+when `fan_out_feature_values` re-sends its values under new offsets of the internal topic.
 """
 
 from __future__ import annotations
@@ -137,8 +138,10 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
     async def fan_out(event: EventT) -> None:
         features = decode(FeatureEvent, event.message.value, event.message.topic)
         time = features.event_time.timestamp()
+        source = {"partition": event.message.partition, "offset": event.message.offset}
         for name, value in feature_values(features).items():
             item = {"stream": features.stream, "feature": name, "value": value, "time": time}
+            item.update(source)
             key = f"{features.stream}:{name}".encode()
             await feature_values_topic.send(key=key, value=orjson.dumps(item))
 
@@ -151,7 +154,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             gate(),
             feature_subject(stream, feature),
         )
-        if monitor.already_seen(event.message.offset):
+        if monitor.already_seen(item["partition"], item["offset"]):
             return
         finding = monitor.update(value, datetime.fromtimestamp(item["time"], UTC))
         feature_to_monitor[key] = pickle.dumps(monitor)
@@ -173,7 +176,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                 gate(),
                 model_subject(labeled.deployment, labeled.stream, outcome),
             )
-            if monitor.already_seen(event.message.offset):
+            if monitor.already_seen(event.message.partition, event.message.offset):
                 continue
             finding = monitor.update(error, labeled.event_time)
             model_to_monitor[key] = pickle.dumps(monitor)

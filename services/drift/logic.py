@@ -200,17 +200,17 @@ class Monitor:
         self.subject = subject
         self.recent = recent
         self.n_seen = 0
-        self.last_offset = -1
+        self.last_offsets: dict[int, int] = {}
         self._in_warning = False
         self._segment = stats.Var()
         self._latest_values: deque[float] = deque(maxlen=recent)
 
-    def already_seen(self, offset: int) -> bool:
-        """Whether the message at `offset` (of this key's partition) was counted before: a
-        redelivery after a crash must not feed the detector twice."""
-        if offset <= self.last_offset:
+    def already_seen(self, partition: int, offset: int) -> bool:
+        """Whether the source message at `partition` and `offset` was counted before: a message
+        redelivered after a crash must not feed the detector twice."""
+        if offset <= self.last_offsets.get(partition, -1):
             return True
-        self.last_offset = offset
+        self.last_offsets[partition] = offset
         return False
 
     def update(self, x: float | str, event_time: datetime) -> Finding | None:

@@ -54,7 +54,9 @@ async def test_data_drift_alerts_at_the_indices_river_gives(
     async with agent_context(app, "detect_data_drift") as agent:
         for i, value in enumerate(values):
             item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
-            await agent.put(orjson.dumps(item), key=b"pay:amount")
+            await agent.put(orjson.dumps({**item, "partition": 0, "offset": i}), key=b"pay:amount")
+        replayed = {"stream": "pay", "feature": "amount", "value": 99.0, "time": T0}
+        await agent.put(orjson.dumps({**replayed, "partition": 0, "offset": 5}), key=b"pay:amount")
 
     alerts = sent.values("a.alerts")
     expected = _river_indices(ADWIN(delta=0.002), values)

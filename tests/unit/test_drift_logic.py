@@ -99,10 +99,12 @@ def test_alert_carries_what_drifted_and_the_detector() -> None:
     assert set(alert.stats_before) == {"n", "mean", "std", "estimation"}
 
 
-def test_a_redelivered_offset_is_not_counted_twice() -> None:
+def test_a_redelivered_source_offset_is_not_counted_twice() -> None:
     monitor = _monitor(Detector("adwin"))
 
-    assert [monitor.already_seen(o) for o in (0, 1, 1, 0, 2)] == [False, False, True, True, False]
+    seen = [monitor.already_seen(p, o) for p, o in [(0, 0), (0, 1), (1, 0), (0, 1), (1, 0), (0, 2)]]
+
+    assert seen == [False, False, False, True, True, False]
 
 
 def test_cooldown_drops_repeats_of_the_same_or_lower_level_in_event_time() -> None:

@@ -1,0 +1,176 @@
+"""`driftline alerts tail` and `driftline alerts list`: read drift alerts back from their topic.
+
+Both read ``alerts`` with a plain consumer outside any consumer group, so they never move a
+service's offsets. An undecodable record is skipped with a note on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+import typer
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from shared import settings as cfg
+from shared.errors import DriftlineError, EventDecodeError
+from shared.events import DriftAlert, decode, utc_now
+from shared.topics import ALERTS
+
+alerts_app = typer.Typer(no_args_is_help=True, help="Drift alerts on the alerts topic.")
+console = Console()
+errors = Console(stderr=True)
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+Kind = Literal["data", "concept"]
+Level = Literal["warning", "drift"]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+
+
+class SinceError(DriftlineError):
+    """`--since` is neither a duration like ``2h`` nor an ISO 8601 time."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        super().__init__(f"--since {value!r}: expected a duration (30m, 2h, 7d) or an ISO time")
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """The time `value` names: a duration back from `now`, or an ISO 8601 time (UTC if no zone)."""
+    if match := _DURATION.match(value):
+        return now - timedelta(**{_UNIT[match[2]]: int(match[1])})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SinceError(value) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+
+
+async def read_alerts(
+    common: cfg.DriftlineSettings, from_beginning: bool, until_end: bool
+) -> AsyncIterator[DriftAlert]:
+    """Alerts from the topic in arrival order; stops at the end when `until_end`, else waits."""
+    topic = ALERTS.full_name(common)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=common.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            raise DriftlineError(f"topic {topic} does not exist: run `driftline topics create`")
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while not until_end or any(await consumer.position(tp) < ends[tp] for tp in partitions):
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                for message in messages:
+                    try:
+                        yield decode(DriftAlert, message.value, topic)
+                    except EventDecodeError as exc:
+                        errors.print(
+                            f"skipped {topic}[{message.partition}]@{message.offset}: {exc}"
+                        )
+    finally:
+        await consumer.stop()
+
+
+def _matches(
+    alert: DriftAlert, kind: Kind | None, level: Level | None, since: datetime | None
+) -> bool:
+    return (
+        (kind is None or alert.kind == kind)
+        and (level is None or alert.level == level)
+        and (since is None or alert.event_time >= since)
+    )
+
+
+def _subject(alert: DriftAlert) -> str:
+    if alert.kind == "data":
+        return f"{alert.stream}:{alert.feature}"
+    return f"{alert.model_name}:{alert.model_version}"
+
+
+def _row(alert: DriftAlert) -> list[str]:
+    return [
+        alert.event_time.isoformat(timespec="seconds"),
+        alert.kind,
+        alert.level,
+        _subject(alert),
+        alert.detector,
+        str(alert.position),
+        "yes" if alert.escalated else "",
+    ]
+
+
+@alerts_app.command("list")
+def list_alerts(
+    kind: Annotated[Kind | None, typer.Option(help="Only data or concept alerts.")] = None,
+    level: Annotated[Level | None, typer.Option(help="Only warnings or drifts.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only alerts from this event time: 2h, 7d or ISO 8601.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the alerts on the topic now, oldest first, and exit."""
+    common = cfg.load(cfg.DriftlineSettings)
+    start = parse_since(since, utc_now()) if since else None
+
+    async def collect() -> list[DriftAlert]:
+        return [
+            alert
+            async for alert in read_alerts(common, from_beginning=True, until_end=True)
+            if _matches(alert, kind, level, start)
+        ]
+
+    found = asyncio.run(collect())
+    if as_json:
+        for alert in found:
+            typer.echo(alert.model_dump_json())
+        return
+    table = Table("event time", "kind", "level", "what", "detector", "position", "escalated")
+    for alert in found:
+        table.add_row(*_row(alert))
+    console.print(table)
+
+
+@alerts_app.command("tail")
+def tail_alerts(
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start with the alerts already there.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print alerts as they arrive until Ctrl-C."""
+    common = cfg.load(cfg.DriftlineSettings)
+
+    async def follow() -> None:
+        async for alert in read_alerts(common, from_beginning, until_end=False):
+            if as_json:
+                typer.echo(alert.model_dump_json())
+            else:
+                console.print("  ".join(_row(alert)), highlight=False)
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        errors.print("stopped")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``driftline alerts ...`` to the CLI."""
+    app.add_typer(alerts_app, name="alerts")
