@@ -78,3 +78,20 @@ async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: by
         await producer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)
     finally:
         await producer.stop()
+
+
+async def partition_counts(settings: DriftlineSettings, *topics: Topic) -> dict[str, int]:
+    """How many partitions each topic has on the cluster (0 if it does not exist), e.g. to check
+    that joined topics are co-partitioned."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        return {
+            topic.full_name(settings): len(
+                consumer.partitions_for_topic(topic.full_name(settings)) or ()
+            )
+            for topic in topics
+        }
+    finally:
+        await consumer.stop()
