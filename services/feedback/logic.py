@@ -1,12 +1,112 @@
-"""Joining predictions and feedback, without Kafka."""
+"""Joining predictions and feedback by event id, in event time, without Kafka.
+
+Each event id has at most one `JoinState` in the worker's table. Time is the partition's
+watermark: the latest prediction event time seen on it (feedback carries no event time of its
+own, and a label producer's clock says nothing about the stream's; only before the partition's
+first prediction does a label time stand in). A state's `deadline` on that clock decides what
+happens to it next:
+
+- ``pending``: predictions waiting for feedback; at the deadline (event time + prediction TTL)
+  they expire, are counted per model, and the event becomes ``expired``.
+- ``early``: feedback waiting for its prediction; at the deadline (watermark on arrival + early
+  TTL) it is dead-lettered as feedback for an unknown event.
+- ``labeled``: joined; kept until event time + TTL + memory so that duplicate feedback is
+  dropped and a variant whose prediction comes after the label is still joined, once.
+- ``expired``: kept for the memory span so late feedback is dead-lettered as past expiry.
+
+Every (event, deployment, variant) is emitted at most once: the router writes one prediction per
+variant of every deployment of the stream, all keyed by event id, so they share a partition with
+the feedback, and any of them may come after the label. A label joins one labeled record per
+deployment (it is keyed by deployment downstream).
+"""
 
 from __future__ import annotations
 
-from shared.events import Feedback, LabeledPrediction, Prediction
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.errors import DriftlineError
+from shared.events import DeadLetter, Feedback, LabeledPrediction, Prediction, WireBytes
+
+Status = Literal["pending", "early", "labeled", "expired"]
+
+
+class FeedbackPastExpiryError(DriftlineError):
+    """Feedback came after its event's predictions had expired unlabeled."""
+
+    def __init__(self, event_id: str, deadline: float) -> None:
+        self.event_id = event_id
+        when = datetime.fromtimestamp(deadline, UTC).isoformat()
+        super().__init__(
+            f"feedback past expiry: the predictions of event {event_id!r} expired at {when}"
+            " (event time); raise DRIFTLINE_FEEDBACK_PREDICTION_TTL_S to wait longer"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JoinPolicy:
+    """How long each kind of state lives, in event-time seconds (from `FeedbackSettings`)."""
+
+    prediction_ttl_s: float
+    early_feedback_ttl_s: float
+    remember_s: float
+
+
+class Origin(BaseModel):
+    """Where a message came from, kept so it can be dead-lettered later with its original bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    key: WireBytes | None = None
+    value: WireBytes
+
+
+class JoinState(BaseModel):
+    """What the joiner knows about one event id (the table's value)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    partition: int
+    """The partition whose watermark and sweeps this entry follows."""
+    deadline: float
+    """Watermark (epoch seconds) at which the state moves on (see the module docstring)."""
+    predictions: list[Prediction] = []
+    """Pending predictions (``pending``), one per deployment variant."""
+    variants: list[str] = []
+    """`variant_id` of the predictions already labeled (``labeled``) or counted as expired
+    (``expired``)."""
+    feedback: Feedback | None = None
+    origin: Origin | None = None
+    """The early feedback's message (``early``)."""
+
+
+@dataclass
+class Outcome:
+    """What a step asks the worker to do besides storing the new state."""
+
+    labeled: list[LabeledPrediction] = field(default_factory=list)
+    expired: list[Prediction] = field(default_factory=list)
+    """Predictions that expired without feedback (counted per model)."""
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    duplicate_feedback: int = 0
+
+    def merge(self, other: Outcome) -> None:
+        """Add another step's outcome to this one."""
+        self.labeled += other.labeled
+        self.expired += other.expired
+        self.dead_letters += other.dead_letters
+        self.duplicate_feedback += other.duplicate_feedback
 
 
 def label_predictions(predictions: list[Prediction], feedback: Feedback) -> LabeledPrediction:
-    """One labeled record for an event: every variant's output beside the ground truth."""
+    """One labeled record for an event: every given variant's output beside the ground truth."""
     first = predictions[0]
     return LabeledPrediction(
         event_id=first.event_id,
@@ -20,3 +120,144 @@ def label_predictions(predictions: list[Prediction], feedback: Feedback) -> Labe
         label_time=feedback.label_time,
         feedback_delay_s=(feedback.label_time - first.event_time).total_seconds(),
     )
+
+
+def variant_id(prediction: Prediction) -> str:
+    """What is labeled at most once per event: a deployment's variant."""
+    return f"{prediction.deployment}/{prediction.outcome.variant}"
+
+
+class Joiner:
+    """The join's state machine: each step takes an event's state and the partition's watermark
+    and returns the new state (None: forget the event) and what to emit.
+
+    Parameters
+    ----------
+    policy
+        How long each kind of state lives.
+    service
+        Named in the dead letters it makes.
+    """
+
+    def __init__(self, policy: JoinPolicy, service: str) -> None:
+        self.policy = policy
+        self.service = service
+
+    def expire(self, state: JoinState | None, watermark: float) -> tuple[JoinState | None, Outcome]:
+        """Move `state` past every deadline the watermark has reached."""
+        outcome = Outcome()
+        while state is not None and state.deadline <= watermark:
+            if state.status == "pending":
+                outcome.expired += state.predictions
+                state = JoinState(
+                    status="expired",
+                    partition=state.partition,
+                    deadline=state.deadline + self.policy.remember_s,
+                    variants=[variant_id(p) for p in state.predictions],
+                )
+            elif state.status == "early":
+                assert state.feedback is not None and state.origin is not None
+                reason = (
+                    f"unknown event: no prediction for event {state.feedback.event_id!r} came"
+                    f" within {self.policy.early_feedback_ttl_s:g}s (event time) of its feedback"
+                )
+                outcome.dead_letters.append(self._letter(state.origin, reason))
+                state = None
+            else:
+                state = None
+        return state, outcome
+
+    def on_prediction(
+        self, state: JoinState | None, prediction: Prediction, partition: int, watermark: float
+    ) -> tuple[JoinState | None, Outcome]:
+        """A variant's prediction: wait for feedback, or join the feedback already here."""
+        state, outcome = self.expire(state, watermark)
+        variant = variant_id(prediction)
+        if state is None:
+            deadline = prediction.event_time.timestamp() + self.policy.prediction_ttl_s
+            state = JoinState(
+                status="pending", partition=partition, deadline=deadline, predictions=[prediction]
+            )
+            new, more = self.expire(state, watermark)
+            outcome.merge(more)
+            return new, outcome
+        if state.status == "pending":
+            if variant not in {variant_id(p) for p in state.predictions}:
+                state = state.model_copy(update={"predictions": [*state.predictions, prediction]})
+            return state, outcome
+        if state.status == "early":
+            assert state.feedback is not None
+            outcome.labeled.append(label_predictions([prediction], state.feedback))
+            return self._labeled(prediction, state.feedback, [variant], partition), outcome
+        if variant in state.variants:
+            return state, outcome
+        if state.status == "labeled":
+            assert state.feedback is not None
+            outcome.labeled.append(label_predictions([prediction], state.feedback))
+        else:
+            outcome.expired.append(prediction)
+        return state.model_copy(update={"variants": [*state.variants, variant]}), outcome
+
+    def on_feedback(
+        self, state: JoinState | None, feedback: Feedback, origin: Origin, watermark: float
+    ) -> tuple[JoinState | None, Outcome]:
+        """Ground truth: join the waiting predictions, or wait for them.
+
+        Raises `FeedbackPastExpiryError` when the predictions expired before it came.
+        """
+        state, outcome = self.expire(state, watermark)
+        if state is None:
+            deadline = watermark + self.policy.early_feedback_ttl_s
+            early = JoinState(
+                status="early",
+                partition=origin.partition,
+                deadline=deadline,
+                feedback=feedback,
+                origin=origin,
+            )
+            return early, outcome
+        if state.status == "pending":
+            by_deployment: dict[str, list[Prediction]] = {}
+            for prediction in state.predictions:
+                by_deployment.setdefault(prediction.deployment, []).append(prediction)
+            outcome.labeled += [label_predictions(ps, feedback) for ps in by_deployment.values()]
+            first = state.predictions[0]
+            variants = [variant_id(p) for p in state.predictions]
+            return self._labeled(first, feedback, variants, state.partition), outcome
+        if state.status == "expired":
+            raise FeedbackPastExpiryError(
+                feedback.event_id, state.deadline - self.policy.remember_s
+            )
+        outcome.duplicate_feedback += 1
+        return state, outcome
+
+    def _labeled(
+        self,
+        prediction: Prediction,
+        feedback: Feedback,
+        variants: list[str],
+        partition: int,
+    ) -> JoinState:
+        deadline = (
+            prediction.event_time.timestamp()
+            + self.policy.prediction_ttl_s
+            + self.policy.remember_s
+        )
+        return JoinState(
+            status="labeled",
+            partition=partition,
+            deadline=deadline,
+            variants=variants,
+            feedback=feedback,
+        )
+
+    def _letter(self, origin: Origin, reason: str) -> DeadLetter:
+        return DeadLetter(
+            reason=reason,
+            service=self.service,
+            source_topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+            key=origin.key,
+            value=origin.value,
+        )

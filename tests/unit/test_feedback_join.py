@@ -1,0 +1,132 @@
+"""The feedback join's state machine: late, early, duplicate, expired and unknown feedback, and
+variants whose predictions come after the label, with no broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.feedback.logic import (
+    FeedbackPastExpiryError,
+    Joiner,
+    JoinPolicy,
+    JoinState,
+    Origin,
+)
+from shared.events import Feedback, Prediction, VariantOutput
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+JOINER = Joiner(JoinPolicy(prediction_ttl_s=100, early_feedback_ttl_s=10, remember_s=50), "test")
+ORIGIN = Origin(topic="feedback", partition=0, offset=7, key=b"e1", value=b"{}")
+
+
+def prediction(event_id: str = "e1", variant: str = "champion", at: float = T0) -> Prediction:
+    return Prediction(
+        event_id=event_id,
+        entity_id="u1",
+        stream="payments",
+        deployment="fraud",
+        outcome=VariantOutput(
+            variant=variant,
+            role="champion" if variant == "champion" else "shadow",
+            served=variant == "champion",
+            model_name=f"model-{variant}",
+            model_version="1",
+            output=True,
+        ),
+        features={"amount": 1.0},
+        latency_ms=1.0,
+        event_time=datetime.fromtimestamp(at, UTC),
+    )
+
+
+def feedback(label: bool = True) -> Feedback:
+    return Feedback(event_id="e1", label=label, label_time=datetime.fromtimestamp(T0 + 30, UTC))
+
+
+def test_late_feedback_joins_every_waiting_variant_once() -> None:
+    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, _ = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 5)
+    state, again = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 5)
+    state, outcome = JOINER.on_feedback(state, feedback(), ORIGIN, T0 + 99)
+
+    assert again.labeled == []
+    [labeled] = outcome.labeled
+    assert [o.variant for o in labeled.outcomes] == ["champion", "shadow"]
+    assert (labeled.label, labeled.feedback_delay_s) == (True, 30.0)
+    assert state is not None and state.status == "labeled"
+
+
+def test_early_feedback_waits_and_joins_each_variant_as_it_comes() -> None:
+    state, _ = JOINER.on_feedback(None, feedback(), ORIGIN, T0)
+    assert state is not None and state.status == "early"
+    state, first = JOINER.on_prediction(state, prediction(), 0, T0 + 1)
+    state, second = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 2)
+    state, repeat = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 3)
+
+    assert [[o.variant for o in r.outcomes] for r in first.labeled + second.labeled] == [
+        ["champion"],
+        ["shadow"],
+    ]
+    assert repeat.labeled == []
+
+
+def test_duplicate_feedback_is_applied_once() -> None:
+    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, first = JOINER.on_feedback(state, feedback(True), ORIGIN, T0 + 1)
+    state, second = JOINER.on_feedback(state, feedback(False), ORIGIN, T0 + 2)
+
+    assert len(first.labeled) == 1
+    assert (second.labeled, second.duplicate_feedback) == ([], 1)
+
+
+def test_expired_predictions_are_counted_and_later_feedback_is_past_expiry() -> None:
+    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, outcome = JOINER.expire(state, T0 + 100)
+
+    assert [p.outcome.model_name for p in outcome.expired] == ["model-champion"]
+    assert state is not None and state.status == "expired"
+    with pytest.raises(FeedbackPastExpiryError, match=r"feedback past expiry.*'e1'"):
+        JOINER.on_feedback(state, feedback(), ORIGIN, T0 + 120)
+    _, late_variant = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 120)
+    assert [p.outcome.variant for p in late_variant.expired] == ["shadow"]
+    forgotten, _ = JOINER.expire(state, T0 + 150)
+    assert forgotten is None
+
+
+def test_feedback_for_an_unknown_event_is_dead_lettered_once_its_wait_is_over() -> None:
+    state, _ = JOINER.on_feedback(None, feedback(), ORIGIN, T0)
+    still, nothing = JOINER.expire(state, T0 + 9)
+    gone, outcome = JOINER.expire(still, T0 + 10)
+
+    assert nothing.dead_letters == []
+    assert gone is None
+    [letter] = outcome.dead_letters
+    assert letter.reason.startswith("unknown event: no prediction for event 'e1'")
+    assert (letter.source_topic, letter.offset, letter.value) == ("feedback", 7, b"{}")
+
+
+def test_a_labeled_event_is_forgotten_after_its_memory_span() -> None:
+    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, _ = JOINER.on_feedback(state, feedback(), ORIGIN, T0)
+    kept, _ = JOINER.expire(state, T0 + 149)
+    gone, _ = JOINER.expire(state, T0 + 150)
+
+    assert kept is state
+    assert gone is None
+
+
+def test_each_deployment_gets_its_own_labeled_record() -> None:
+    other = prediction().model_copy(update={"deployment": "fraud-v2"})
+    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, _ = JOINER.on_prediction(state, other, 0, T0)
+    _, outcome = JOINER.on_feedback(state, feedback(), ORIGIN, T0)
+
+    assert sorted(r.deployment for r in outcome.labeled) == ["fraud", "fraud-v2"]
+
+
+def test_the_state_survives_its_json_form() -> None:
+    state, _ = JOINER.on_feedback(None, feedback(), ORIGIN, T0)
+    assert state is not None
+    assert JoinState.model_validate_json(state.model_dump_json()) == state
