@@ -60,6 +60,23 @@ async def agent_context(app: faust.App, agent_name: str) -> AsyncIterator[Any]:
         yield context
 
 
+async def put_from(
+    agent: Any, topic: str, value: bytes, key: bytes | None = None, partition: int = 0
+) -> None:
+    """Like `agent.put`, but as if the message came from `topic` and `partition`: for agents
+    that read several topics and tell them apart by the message's topic (Faust's `put` names
+    only the first)."""
+    message = agent.to_message(key, value, partition=partition, offset=agent.sent_offset)
+    message.topic = topic
+    channel = agent.stream().channel
+    await channel.put(await channel.decode(message))
+    agent.sent_offset += 1
+    async with agent.new_value_processed:
+        await agent.new_value_processed.wait()
+    if agent._crash_reason:
+        raise agent._crash_reason
+
+
 def fill_table(app: faust.App, table_name: str, items: dict[bytes, bytes]) -> None:
     """Put records into a table's store as if read from its changelog (e.g. a global table fed
     by a compacted topic), without going through an agent."""
