@@ -1,63 +1,152 @@
 """The feedback worker: ``predictions`` and ``feedback`` in (co-partitioned on event id),
-``predictions.labeled`` (keyed by deployment) out."""
+``predictions.labeled`` (keyed by deployment) out.
+
+One agent reads both topics, so a partition's predictions and feedback are handled in their
+order of arrival. The join table (`event_to_join`) is keyed by event id; each partition's
+watermark is kept in it too (under a key no event id can take), written at every sweep, so a
+restarted worker resumes close to where the event time stood.
+"""
 
 from __future__ import annotations
 
 import faust
-import orjson
 from faust.types import EventT
 
-from services.feedback.logic import label_predictions
+from services.feedback.logic import Joiner, JoinPolicy, JoinState, Origin, Outcome
+from shared import metrics
 from shared import settings as cfg
+from shared.admin import partition_counts
 from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.events import Feedback, Prediction, decode, encode
+from shared.errors import DriftlineError
+from shared.events import Feedback, Prediction, decode
+from shared.logging import get_logger
 from shared.topics import FEEDBACK, PREDICTIONS, PREDICTIONS_LABELED
 
 SERVICE = "feedback"
+WATERMARK_PREFIX = b"\x00watermark:"
+"""Table keys of the partitions' watermarks (event ids cannot hold a NUL byte in practice, and
+these keys are skipped by sweeps)."""
+
+log = get_logger(__name__)
+
+
+class NotCopartitionedError(DriftlineError):
+    """``predictions`` and ``feedback`` have different partition counts: the join would miss."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        super().__init__(
+            f"topics to join are not co-partitioned: {counts}; give them the same partition"
+            " count (and key both by event id)"
+        )
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> faust.App:
-    """The feedback Faust app: one agent over both co-partitioned topics, two tables."""
+    """The feedback Faust app: one agent over both co-partitioned topics, one join table."""
     app = create_app(SERVICE, common, own)
-    predictions_name = PREDICTIONS.full_name(common)
-    joined_topics = app.topic(
-        predictions_name, FEEDBACK.full_name(common), key_type=bytes, value_type=bytes
-    )
+    predictions_name, feedback_name = PREDICTIONS.full_name(common), FEEDBACK.full_name(common)
+    joined_topics = app.topic(predictions_name, feedback_name, key_type=bytes, value_type=bytes)
     declare_topic(app, PREDICTIONS, common)
     declare_topic(app, FEEDBACK, common)
     labeled_topic = declare_topic(app, PREDICTIONS_LABELED, common)
     dead_letters = DeadLetters(app, SERVICE, common)
-    event_to_predictions = app.Table("event_to_predictions", key_type=bytes, value_type=bytes)
-    event_to_early_feedback = app.Table("event_to_early_feedback", key_type=bytes, value_type=bytes)
+    event_to_join = app.Table("event_to_join", key_type=bytes, value_type=bytes)
+    joiner = Joiner(
+        JoinPolicy(own.prediction_ttl_s, own.early_feedback_ttl_s, own.remember_s), SERVICE
+    )
+    every = own.sweep_every_s
+    watermarks: dict[int, float] = {}
+    last_sweep: dict[int, float] = {}
+
+    def watermark(partition: int) -> float | None:
+        if partition not in watermarks:
+            stored = event_to_join.get(WATERMARK_PREFIX + str(partition).encode())
+            if stored is not None:
+                watermarks[partition] = last_sweep[partition] = float(stored)
+        return watermarks.get(partition)
+
+    async def apply(outcome: Outcome) -> None:
+        for labeled in outcome.labeled:
+            await send_event(labeled_topic, SERVICE, labeled.deployment, labeled)
+            metrics.LABELED_PREDICTIONS.labels(labeled.deployment).inc()
+        for prediction in outcome.expired:
+            metrics.EXPIRED_PREDICTIONS.labels(
+                prediction.deployment, prediction.outcome.model_name
+            ).inc()
+        for letter in outcome.dead_letters:
+            await dead_letters.send_letter(letter)
+        if outcome.duplicate_feedback:
+            metrics.DUPLICATE_FEEDBACK.inc(outcome.duplicate_feedback)
+
+    def store(key: bytes, state: JoinState | None) -> None:
+        if state is not None:
+            event_to_join[key] = state.model_dump_json().encode()
+        elif key in event_to_join:
+            del event_to_join[key]
+
+    async def sweep(partition: int, now: float) -> None:
+        """Move every entry of `partition` whose deadline passed; runs inside the agent, since
+        table writes go to the changelog partition of the event being processed."""
+        due: list[tuple[bytes, JoinState]] = []
+        size = 0
+        for key, value in list(event_to_join.items()):
+            if key.startswith(WATERMARK_PREFIX):
+                continue
+            size += 1
+            state = JoinState.model_validate_json(value)
+            if state.partition == partition and state.deadline <= now:
+                due.append((key, state))
+        for key, state in due:
+            new, outcome = joiner.expire(state, now)
+            store(key, new)
+            size -= new is None
+            await apply(outcome)
+        event_to_join[WATERMARK_PREFIX + str(partition).encode()] = str(now).encode()
+        last_sweep[partition] = now
+        metrics.TABLE_ENTRIES.labels(SERVICE, "event_to_join").set(size)
 
     async def join(event: EventT) -> None:
         message = event.message
+        partition = message.partition
         if message.topic == predictions_name:
             prediction = decode(Prediction, message.value, message.topic)
+            now = max(watermark(partition) or 0.0, prediction.event_time.timestamp())
+            watermarks[partition] = now
             key = prediction.event_id.encode()
-            early = event_to_early_feedback.get(key)
-            if early is not None:
-                feedback = decode(Feedback, early, message.topic)
-                labeled = label_predictions([prediction], feedback)
-                await send_event(labeled_topic, SERVICE, labeled.deployment, labeled)
-                return
-            pending = orjson.loads(event_to_predictions.get(key, b"[]"))
-            pending.append(orjson.loads(encode(prediction)))
-            event_to_predictions[key] = orjson.dumps(pending)
-            return
-        feedback = decode(Feedback, message.value, message.topic)
-        key = feedback.event_id.encode()
-        pending_bytes = event_to_predictions.get(key)
-        if pending_bytes is None:
-            event_to_early_feedback[key] = message.value
-            return
-        predictions = [Prediction.model_validate(p) for p in orjson.loads(pending_bytes)]
-        labeled = label_predictions(predictions, feedback)
-        await send_event(labeled_topic, SERVICE, labeled.deployment, labeled)
-        del event_to_predictions[key]
+            state = _state(event_to_join.get(key))
+            new, outcome = joiner.on_prediction(state, prediction, partition, now)
+        else:
+            feedback = decode(Feedback, message.value, message.topic)
+            known = watermark(partition)
+            now = feedback.label_time.timestamp() if known is None else known
+            key = feedback.event_id.encode()
+            origin = Origin(
+                topic=message.topic,
+                partition=partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value or b"",
+            )
+            new, outcome = joiner.on_feedback(_state(event_to_join.get(key)), feedback, origin, now)
+        store(key, new)
+        await apply(outcome)
+        known = watermarks.get(partition)
+        if known is not None and known >= last_sweep.get(partition, float("-inf")) + every:
+            await sweep(partition, known)
 
     @app.agent(joined_topics, name="join_feedback_to_predictions")
     async def join_feedback_to_predictions(stream: faust.Stream) -> None:
         await consume(stream, SERVICE, dead_letters, join)
 
+    @app.task
+    async def check_copartitioned() -> None:
+        """Refuse to run when the joined topics could put one event id on two partitions."""
+        counts = await partition_counts(common, PREDICTIONS, FEEDBACK)
+        if len(set(counts.values())) != 1:
+            raise NotCopartitionedError(counts)
+        log.info("joined topics are co-partitioned", partitions=counts)
+
     return app
+
+
+def _state(value: bytes | None) -> JoinState | None:
+    return None if value is None else JoinState.model_validate_json(value)

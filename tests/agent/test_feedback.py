@@ -1,0 +1,119 @@
+"""The feedback agent under Faust's test context: predictions and feedback of one partition
+joined in order, expiry on the advancing watermark, dead letters, no broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from services.feedback.app import build
+from shared.events import Feedback, Prediction, VariantOutput, encode
+from shared.settings import DriftlineSettings, FeedbackSettings
+from tests.support.faust_doubles import (
+    SentRecords,
+    agent_context,
+    capture_sends,
+    isolate_prometheus,
+    put_from,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+PREDICTIONS, FEEDBACK = "a.predictions", "a.feedback"
+
+
+def prediction(event_id: str, at: float, variant: str = "champion") -> bytes:
+    return encode(
+        Prediction(
+            event_id=event_id,
+            entity_id="u1",
+            stream="payments",
+            deployment="fraud",
+            outcome=VariantOutput(
+                variant=variant,
+                role="champion" if variant == "champion" else "shadow",
+                served=variant == "champion",
+                model_name="fraud-model",
+                model_version="3",
+                output=True,
+            ),
+            features={"amount": 2.5},
+            latency_ms=1.0,
+            event_time=datetime.fromtimestamp(at, UTC),
+        )
+    )
+
+
+def feedback(event_id: str, label: Any = True) -> bytes:
+    return encode(Feedback(event_id=event_id, label=label))
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
+    isolate_prometheus(monkeypatch)
+    return capture_sends(monkeypatch)
+
+
+def feedback_app(tmp_path: Path) -> Any:
+    return build(
+        DriftlineSettings(data_dir=tmp_path, topic_prefix="a."),
+        FeedbackSettings(
+            prediction_ttl_s=100, early_feedback_ttl_s=20, remember_s=500, sweep_every_s=1
+        ),
+    )
+
+
+async def test_late_early_duplicate_expired_and_unknown_feedback(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = feedback_app(tmp_path)
+    expired_before = expired_count()
+    async with agent_context(app, "join_feedback_to_predictions") as agent:
+
+        async def put(topic: str, key: str, value: bytes) -> None:
+            await put_from(agent, topic, value, key=key.encode())
+
+        await put(PREDICTIONS, "late", prediction("late", T0))
+        await put(PREDICTIONS, "late", prediction("late", T0, variant="shadow"))
+        await put(FEEDBACK, "early", feedback("early"))
+        await put(PREDICTIONS, "early", prediction("early", T0 + 1))
+        await put(FEEDBACK, "late", feedback("late"))
+        await put(FEEDBACK, "late", feedback("late", label=False))
+        await put(PREDICTIONS, "gone", prediction("gone", T0 + 2))
+        await put(FEEDBACK, "nobody", feedback("nobody"))
+        await put(PREDICTIONS, "tick", prediction("tick", T0 + 200))
+        await put(FEEDBACK, "gone", feedback("gone"))
+        await put(FEEDBACK, "bad", b"{not json")
+        remembered = table_keys(app)
+        await put(PREDICTIONS, "much-later", prediction("much-later", T0 + 1000))
+
+    labeled = sent.values("a.predictions.labeled")
+    assert [(r["event_id"], [o["variant"] for o in r["outcomes"]]) for r in labeled] == [
+        ("early", ["champion"]),
+        ("late", ["champion", "shadow"]),
+    ]
+    assert sent.keys("a.predictions.labeled") == [b"fraud", b"fraud"]
+    reasons = sorted(letter["reason"].split(":")[0] for letter in sent.values("a.deadletter"))
+    assert reasons == ["bad event on a.feedback", "feedback past expiry", "unknown event"]
+    assert remembered == [b"early", b"gone", b"late", b"tick"]
+    assert table_keys(app) == [b"much-later"]
+    assert expired_count() - expired_before == 2
+    assert (
+        REGISTRY.get_sample_value(
+            "driftline_table_entries", {"service": "feedback", "table": "event_to_join"}
+        )
+        == 1
+    )
+
+
+def table_keys(app: Any) -> list[bytes]:
+    """The join table's event ids (not the watermarks)."""
+    return sorted(k for k in app.tables["event_to_join"] if not k.startswith(b"\x00"))
+
+
+def expired_count() -> float:
+    labels = {"deployment": "fraud", "model": "fraud-model"}
+    return REGISTRY.get_sample_value("driftline_expired_predictions_total", labels) or 0.0
