@@ -218,6 +218,13 @@ class LearnerSettings(ServiceSettings):
     """How often shared (not per-entity) models log metrics and register a version in MLflow."""
     mlflow_enabled: bool = True
     """Whether the learner writes to MLflow at all."""
+    batch_size: int = Field(default=200, ge=1)
+    """Examples learned per batch at most: a model's state is written to its changelog once per
+    batch, not per example (a big forest pickles to megabytes)."""
+    batch_within_s: float = Field(default=0.5, gt=0)
+    """Longest wait to fill a batch before learning what has come."""
+    model_cache_size: int = Field(default=10_000, ge=1)
+    """Unpickled models kept in memory between batches; others are read from the table again."""
 
 
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
