@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import typer
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from rich.console import Console
 from rich.table import Table
@@ -59,23 +60,25 @@ async def read_alerts(
     """Alerts from the topic in arrival order; stops at the end when `until_end`, else waits."""
     topic = ALERTS.full_name(common)
     consumer = AIOKafkaConsumer(
+        topic,
         bootstrap_servers=common.bootstrap_servers,
         enable_auto_commit=False,
         group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    await consumer.start()
     try:
-        await consumer.topics()
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise DriftlineError(
+            f"cannot read {topic} from {common.bootstrap_servers}: {exc}"
+        ) from None
+    try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not partitions:
             raise DriftlineError(f"topic {topic} does not exist: run `driftline topics create`")
-        consumer.assign(partitions)
-        if from_beginning:
-            await consumer.seek_to_beginning(*partitions)
-        else:
-            await consumer.seek_to_end(*partitions)
         ends = await consumer.end_offsets(partitions)
-        while not until_end or any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while not until_end or await _behind(consumer, ends):
             batch = await consumer.getmany(timeout_ms=500)
             for messages in batch.values():
                 for message in messages:
@@ -87,6 +90,14 @@ async def read_alerts(
                         )
     finally:
         await consumer.stop()
+
+
+async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether some partition has not been read up to `ends` yet."""
+    for partition, end in ends.items():
+        if await consumer.position(partition) < end:
+            return True
+    return False
 
 
 def _matches(
