@@ -1,0 +1,315 @@
+"""Checks shared by the Helm chart and the plain manifests: what a rendered Driftline must hold so
+that it agrees with ``shared/`` (topics, settings, web ports) and with the issue's rules (probes,
+resources, security context, a writable data directory, Secrets for secrets).
+
+Each check takes the parsed documents of one rendering and raises AssertionError naming the
+resource and what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from shared.settings import INSECURE_DEV_KEY, SERVICE_SETTINGS, env_variables
+from shared.topics import ALL_TOPICS
+
+Manifest = dict[str, Any]
+
+REQUIRED_SETTINGS = (
+    "DRIFTLINE_KAFKA_BROKER",
+    "DRIFTLINE_TOPIC_PREFIX",
+    "DRIFTLINE_TOPIC_PARTITIONS",
+    "DRIFTLINE_STORE",
+    "DRIFTLINE_MLFLOW_TRACKING_URI",
+    "DRIFTLINE_SNAPSHOT_HMAC_KEY",
+    "DRIFTLINE_WEBHOOK_HMAC_KEY",
+    "DRIFTLINE_DATA_DIR",
+    "DRIFTLINE_WEB_HOST",
+)
+"""Settings every Driftline container must be given explicitly."""
+SECRET_SETTINGS = (
+    "DRIFTLINE_SNAPSHOT_HMAC_KEY",
+    "DRIFTLINE_WEBHOOK_HMAC_KEY",
+    "DRIFTLINE_KAFKA_SASL_PASSWORD",
+)
+"""Settings that may only come from a Secret, never from a literal or a ConfigMap."""
+FOREIGN_VARIABLES = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+"""Variables read by a library rather than by shared/settings.py (MLflow's client)."""
+CUSTOM_KINDS = {
+    ("kafka.strimzi.io/v1", "KafkaTopic"),
+    ("kafka.strimzi.io/v1", "KafkaUser"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
+"""Custom resources: no Kubernetes schema covers them, so their shape is checked here."""
+
+
+def load_all(text: str) -> list[Manifest]:
+    """The non-empty documents of a multi-document YAML text."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def of_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
+    """Documents of one kind."""
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def by_name(docs: list[Manifest], kind: str) -> dict[str, Manifest]:
+    """Documents of one kind, by name."""
+    return {doc["metadata"]["name"]: doc for doc in of_kind(docs, kind)}
+
+
+def name_of(doc: Manifest) -> str:
+    """``Kind/name`` for messages."""
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable of a container and where its value comes from."""
+
+    name: str
+    value: str | None
+    source: str
+    """``literal``, ``configmap`` or ``secret``."""
+
+
+def container_env(docs: list[Manifest], container: Manifest) -> dict[str, Variable]:
+    """A container's variables, with envFrom ConfigMaps resolved from the same rendering."""
+    configmaps = by_name(docs, "ConfigMap")
+    variables: dict[str, Variable] = {}
+    for source in container.get("envFrom", []):
+        assert "configMapRef" in source, f"envFrom only takes ConfigMaps here, got {source}"
+        name = source["configMapRef"]["name"]
+        assert name in configmaps, f"container {container['name']}: no ConfigMap {name}"
+        for key, value in configmaps[name]["data"].items():
+            variables[key] = Variable(key, str(value), "configmap")
+    for entry in container.get("env", []):
+        if "value" in entry:
+            variables[entry["name"]] = Variable(entry["name"], str(entry["value"]), "literal")
+        else:
+            assert "secretKeyRef" in entry["valueFrom"], f"{entry['name']}: unexpected source"
+            variables[entry["name"]] = Variable(entry["name"], None, "secret")
+    return variables
+
+
+def workloads(docs: list[Manifest]) -> list[tuple[Manifest, Manifest]]:
+    """(Deployment or Job, its one container) for every Driftline workload."""
+    found = []
+    for doc in of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        containers = doc["spec"]["template"]["spec"]["containers"]
+        assert len(containers) == 1, f"{name_of(doc)}: expected one container"
+        found.append((doc, containers[0]))
+    return found
+
+
+def service_of(container: Manifest) -> str | None:
+    """The service a worker container runs (``args: [<service>, worker]``), else None."""
+    args = container.get("args", [])
+    if len(args) == 2 and args[1] == "worker":
+        assert args[0] in SERVICE_SETTINGS, f"unknown service in args {args}"
+        return args[0]
+    assert args == ["topics", "create"], f"a container runs neither a worker nor topics: {args}"
+    return None
+
+
+def settings_configmap(docs: list[Manifest]) -> dict[str, str]:
+    """The data of the ConfigMap that holds the common settings."""
+    found = [
+        cm["data"] for cm in of_kind(docs, "ConfigMap") if "DRIFTLINE_KAFKA_BROKER" in cm["data"]
+    ]
+    assert len(found) == 1, f"expected one settings ConfigMap, found {len(found)}"
+    return {key: str(value) for key, value in found[0].items()}
+
+
+def check_settings_names(docs: list[Manifest]) -> None:
+    """Every DRIFTLINE_* name given to a container is a setting of shared/settings.py."""
+    known = set(env_variables())
+    for workload, container in workloads(docs):
+        for name in container_env(docs, container):
+            assert name in known or name in FOREIGN_VARIABLES, (
+                f"{name_of(workload)} sets {name}, which shared/settings.py does not read"
+            )
+
+
+def check_workload(docs: list[Manifest], workload: Manifest, container: Manifest) -> None:
+    """Settings, Secrets, data directory and security of one Driftline workload."""
+    where = name_of(workload)
+    env = container_env(docs, container)
+    for name in REQUIRED_SETTINGS:
+        assert name in env, f"{where}: {name} is not set"
+    for name in SECRET_SETTINGS:
+        if name in env:
+            assert env[name].source == "secret", f"{where}: {name} must come from a Secret"
+    assert env["DRIFTLINE_WEB_HOST"].value == "0.0.0.0", f"{where}: workers must listen on all"
+    protocol = env.get("DRIFTLINE_KAFKA_SECURITY_PROTOCOL")
+    if protocol is not None and protocol.value and protocol.value.startswith("SASL_"):
+        assert "DRIFTLINE_KAFKA_SASL_USERNAME" in env, f"{where}: SASL without a user name"
+        assert "DRIFTLINE_KAFKA_SASL_PASSWORD" in env, f"{where}: SASL without a password"
+
+    pod = workload["spec"]["template"]["spec"]
+    assert pod.get("automountServiceAccountToken") is False, f"{where}: mounts an API token"
+    assert pod["securityContext"].get("runAsNonRoot") is True, f"{where}: may run as root"
+    security = container["securityContext"]
+    assert security.get("readOnlyRootFilesystem") is True, f"{where}: writable root filesystem"
+    assert security.get("allowPrivilegeEscalation") is False, f"{where}: privilege escalation"
+    assert security.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: keeps capabilities"
+    resources = container.get("resources", {})
+    for part in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources.get(part, {})), f"{where}: no {part}"
+
+    volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+    for path in (env["DRIFTLINE_DATA_DIR"].value, "/tmp"):
+        assert path in mounts, f"{where}: {path} is not on a writable volume"
+        assert "emptyDir" in volumes[mounts[path]], f"{where}: {path} should be an emptyDir"
+    cafile = env.get("DRIFTLINE_KAFKA_SSL_CAFILE")
+    if cafile is not None:
+        assert any(cafile.value.startswith(path + "/") for path in mounts), (
+            f"{where}: the CA file {cafile.value} is on no mounted volume"
+        )
+
+
+def check_worker(docs: list[Manifest], deployment: Manifest, container: Manifest) -> str:
+    """A service's Deployment: its web port, probes on /health, and its Service; returns the
+    service's name."""
+    where = name_of(deployment)
+    service = service_of(container)
+    assert service is not None, f"{where} runs no worker"
+    env = container_env(docs, container)
+    port_setting = f"DRIFTLINE_{service.upper()}_WEB_PORT"
+    assert port_setting in env, f"{where}: {port_setting} is not set"
+    port = int(env[port_setting].value or 0)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports.get("http") == port, f"{where}: containerPort http is not {port_setting}={port}"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/health", f"{where}: {probe} does not ask /health"
+        assert get["port"] in ("http", port), f"{where}: {probe} asks another port"
+
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    services = [
+        svc for svc in of_kind(docs, "Service") if svc["spec"]["selector"].items() <= labels.items()
+    ]
+    assert len(services) == 1, f"{where}: {len(services)} Services select its pods"
+    assert [p["targetPort"] for p in services[0]["spec"]["ports"]] == ["http"]
+    return service
+
+
+def check_topics(docs: list[Manifest]) -> None:
+    """One KafkaTopic per topic of shared/topics.py, with the partitions, replication and
+    cleanup policy that shared/ and the settings ConfigMap give."""
+    settings = settings_configmap(docs)
+    prefix = settings["DRIFTLINE_TOPIC_PREFIX"]
+    partitions = int(settings["DRIFTLINE_TOPIC_PARTITIONS"])
+    replicas = int(settings["DRIFTLINE_TOPIC_REPLICATION_FACTOR"])
+    kafka_topics = {doc["spec"]["topicName"]: doc for doc in of_kind(docs, "KafkaTopic")}
+    expected_names = {prefix + topic.name for topic in ALL_TOPICS}
+    assert set(kafka_topics) == expected_names, (
+        f"KafkaTopics differ from shared/topics.py: missing {expected_names - set(kafka_topics)}, "
+        f"unknown {set(kafka_topics) - expected_names} (the chart's list is driftline.topics in "
+        "helm/driftline/templates/_helpers.tpl; the plain one is k8s/base/topics.yaml)"
+    )
+    for topic in ALL_TOPICS:
+        doc = kafka_topics[prefix + topic.name]
+        where = name_of(doc)
+        assert doc["apiVersion"] == "kafka.strimzi.io/v1", f"{where}: apiVersion"
+        assert doc["metadata"]["labels"].get("strimzi.io/cluster"), f"{where}: no cluster label"
+        spec = doc["spec"]
+        assert set(spec) == {"topicName", "partitions", "replicas", "config"}, f"{where}: {spec}"
+        expected = 1 if topic.single_partition else partitions
+        assert spec["partitions"] == expected, f"{where}: partitions {spec['partitions']}"
+        assert spec["replicas"] == replicas, f"{where}: replicas {spec['replicas']}"
+        config = {key: str(value) for key, value in spec["config"].items()}
+        assert config == topic.config(), f"{where}: config {config} != {topic.config()}"
+
+
+def check_autoscalers(docs: list[Manifest]) -> None:
+    """Each HPA scales a Deployment of the rendering, within the partition count (replicas
+    above it sit idle), and a PDB covers the same pods."""
+    partitions = int(settings_configmap(docs)["DRIFTLINE_TOPIC_PARTITIONS"])
+    deployments = by_name(docs, "Deployment")
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        where = name_of(hpa)
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment" and target["name"] in deployments, where
+        assert "replicas" not in deployments[target["name"]]["spec"], (
+            f"{where}: the Deployment sets replicas too; every apply would reset the HPA"
+        )
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions, (
+            f"{where}: replicas must stay within 1..{partitions} partitions"
+        )
+
+
+def check_disruption_budgets(docs: list[Manifest]) -> None:
+    """Every PDB selects exactly one Deployment's pods and lets a drain go on."""
+    deployments = of_kind(docs, "Deployment")
+    for pdb in of_kind(docs, "PodDisruptionBudget"):
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        matched = [
+            d
+            for d in deployments
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matched) == 1, f"{name_of(pdb)} selects {len(matched)} Deployments"
+        assert "maxUnavailable" in pdb["spec"], (
+            f"{name_of(pdb)}: with one replica, minAvailable blocks drains"
+        )
+
+
+def check_network_policy(docs: list[Manifest]) -> None:
+    """The NetworkPolicy covers every workload, lets the metrics port in and lets the pods
+    reach the Kafka bootstrap port and DNS."""
+    policies = of_kind(docs, "NetworkPolicy")
+    assert len(policies) == 1, f"expected one NetworkPolicy, found {len(policies)}"
+    spec = policies[0]["spec"]
+    selector = spec["podSelector"]["matchLabels"]
+    for workload, _ in workloads(docs):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), f"the NetworkPolicy misses {name_of(workload)}"
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    assert [p["port"] for rule in spec["ingress"] for p in rule["ports"]] == ["http"]
+    egress_ports = {p["port"] for rule in spec["egress"] for p in rule.get("ports", [])}
+    broker = settings_configmap(docs)["DRIFTLINE_KAFKA_BROKER"].removeprefix("kafka://")
+    for address in broker.split(","):
+        port = int(address.rsplit(":", 1)[1])
+        assert port in egress_ports, f"the NetworkPolicy blocks Kafka at {address}"
+    assert 53 in egress_ports, "the NetworkPolicy blocks DNS"
+
+
+def check_service_monitor(docs: list[Manifest]) -> None:
+    """The ServiceMonitor scrapes /metrics on the http port of every Driftline Service."""
+    monitors = of_kind(docs, "ServiceMonitor")
+    assert len(monitors) == 1
+    spec = monitors[0]["spec"]
+    assert monitors[0]["apiVersion"] == "monitoring.coreos.com/v1"
+    selector = spec["selector"]["matchLabels"]
+    services = [
+        s for s in of_kind(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
+    ]
+    assert len(services) == len(of_kind(docs, "Deployment")), "not every Service is scraped"
+    assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
+    assert spec["endpoints"][0].get("honorLabels") is True, "the metrics' service label is lost"
+
+
+def check_no_dev_key(docs: list[Manifest]) -> None:
+    """No Secret holds the insecure development key."""
+    for secret in of_kind(docs, "Secret"):
+        values = [base64.b64decode(v).decode() for v in secret.get("data", {}).values()]
+        values += list(secret.get("stringData", {}).values())
+        assert INSECURE_DEV_KEY not in values, f"{name_of(secret)} holds the development key"
+        assert all(len(value) >= 32 for value in values), f"{name_of(secret)}: short key"
+
+
+def check_custom_kinds(docs: list[Manifest]) -> None:
+    """Only the known custom resources appear (the schemas cannot check them)."""
+    builtin_groups = ("v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2")
+    for doc in docs:
+        if doc["apiVersion"] in builtin_groups or doc["apiVersion"].startswith(
+            "networking.k8s.io/"
+        ):
+            continue
+        assert (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS, f"unchecked kind {name_of(doc)}"
