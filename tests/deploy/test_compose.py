@@ -1,0 +1,117 @@
+"""docker-compose.yml: valid per the Compose specification (`docker-compose config` checks it
+against the spec's schema and resolves it, with no engine), and in step with shared/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.settings import SERVICE_SETTINGS, env_variables
+from tests.deploy.conftest import ROOT, run, tool
+from tests.deploy.manifests import REQUIRED_SETTINGS
+
+KEYS = {"DRIFTLINE_SNAPSHOT_HMAC_KEY": "s" * 64, "DRIFTLINE_WEBHOOK_HMAC_KEY": "w" * 64}
+
+
+def compose_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    out = run(
+        [
+            tool("docker-compose"),
+            "--file",
+            ROOT / "docker-compose.yml",
+            "config",
+            "--format",
+            "json",
+        ],
+        env=compose_env(**KEYS),
+    )
+    return json.loads(out)
+
+
+def test_compose_needs_the_hmac_keys() -> None:
+    command = [tool("docker-compose"), "--file", ROOT / "docker-compose.yml", "config", "--quiet"]
+    done = subprocess.run(
+        [str(arg) for arg in command],
+        capture_output=True,
+        text=True,
+        env=compose_env(),
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "DRIFTLINE_SNAPSHOT_HMAC_KEY" in done.stderr
+
+
+def test_every_service_runs_as_its_own_worker(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for service, cls in SERVICE_SETTINGS.items():
+        spec = services[service]
+        assert spec["command"] == [service, "worker"]
+        env = spec["environment"]
+        for name in REQUIRED_SETTINGS:
+            assert name in env, f"{service}: {name} is not set"
+        port = env[f"DRIFTLINE_{service.upper()}_WEB_PORT"]
+        assert port == str(cls.model_fields["web_port"].default)
+        assert spec["read_only"] is True
+        assert any(v["target"] == env["DRIFTLINE_DATA_DIR"] for v in spec["volumes"])
+        assert spec["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_every_variable_is_a_setting(compose: dict[str, Any]) -> None:
+    known = set(env_variables())
+    for name, spec in compose["services"].items():
+        for variable in spec.get("environment", {}):
+            if variable.startswith("DRIFTLINE_"):
+                assert variable in known, f"{name} sets {variable}, unknown to shared/settings.py"
+
+
+def test_topics_are_created_once_kafka_answers(compose: dict[str, Any]) -> None:
+    topics = compose["services"]["topics"]
+    assert topics["command"] == ["topics", "create"]
+    assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert compose["services"]["kafka"]["image"].startswith("apache/kafka:4.0.")
+    assert compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_mlflow_runs_on_postgres_with_an_artifact_volume(compose: dict[str, Any]) -> None:
+    mlflow = compose["services"]["mlflow"]
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    artifacts = mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"]
+    assert any(v["type"] == "volume" and v["target"] == artifacts for v in mlflow["volumes"])
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_prometheus_scrapes_every_service_on_its_port() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert targets == {
+        f"driftline-{service}": [f"{service}:{cls.model_fields['web_port'].default}"]
+        for service, cls in SERVICE_SETTINGS.items()
+    }
+
+
+def test_grafana_is_provisioned_with_the_dashboard(compose: dict[str, Any]) -> None:
+    mounts = {
+        v["source"]: v["target"]
+        for v in compose["services"]["grafana"]["volumes"]
+        if v["type"] == "bind"
+    }
+    dashboard = str(ROOT / "deploy" / "grafana" / "driftline-dashboard.json")
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/driftline.yml").read_text()
+    )
+    assert mounts[dashboard].startswith(provider["providers"][0]["options"]["path"] + "/")
+    assert mounts[str(ROOT / "deploy" / "grafana" / "provisioning")] == "/etc/grafana/provisioning"
