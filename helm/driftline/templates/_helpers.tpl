@@ -1,0 +1,291 @@
+{{/*
+Chart name, truncated to 63 characters (DNS label).
+*/}}
+{{- define "driftline.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: the release name, with the chart name unless the release name holds it. Resource names
+append "-<service>", so keep 12 characters of room.
+*/}}
+{{- define "driftline.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "driftline.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every resource.
+*/}}
+{{- define "driftline.labels" -}}
+helm.sh/chart: {{ include "driftline.chart" . }}
+{{ include "driftline.selectorLabels" . }}
+app.kubernetes.io/part-of: driftline
+{{- with .Chart.AppVersion }}
+app.kubernetes.io/version: {{ . | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels that select the release's pods.
+*/}}
+{{- define "driftline.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "driftline.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of one service's resources; call with (dict "root" $ "service" "<name>").
+*/}}
+{{- define "driftline.serviceLabels" -}}
+{{ include "driftline.labels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end }}
+
+{{/*
+Labels that select one service's pods; call with (dict "root" $ "service" "<name>").
+*/}}
+{{- define "driftline.serviceSelectorLabels" -}}
+{{ include "driftline.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the pods run as.
+*/}}
+{{- define "driftline.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "driftline.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image, tag defaulting to the chart's appVersion.
+*/}}
+{{- define "driftline.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Every public topic, as shared/topics.py declares it (tests/deploy checks this list against it).
+Values are strings: fromYaml would turn numbers into floats.
+*/}}
+{{- define "driftline.topics" -}}
+topics:
+  - name: events.raw
+    cleanupPolicy: delete
+    retentionMs: "604800000"
+    singlePartition: false
+  - name: features
+    cleanupPolicy: delete
+    retentionMs: "604800000"
+    singlePartition: false
+  - name: predictions
+    cleanupPolicy: delete
+    retentionMs: "604800000"
+    singlePartition: false
+  - name: feedback
+    cleanupPolicy: delete
+    retentionMs: "604800000"
+    singlePartition: false
+  - name: predictions.labeled
+    cleanupPolicy: delete
+    retentionMs: "604800000"
+    singlePartition: false
+  - name: alerts
+    cleanupPolicy: delete
+    retentionMs: "604800000"
+    singlePartition: false
+  - name: deadletter
+    cleanupPolicy: delete
+    retentionMs: "2592000000"
+    singlePartition: false
+  - name: deployments
+    cleanupPolicy: compact
+    singlePartition: true
+  - name: model-snapshots
+    cleanupPolicy: compact
+    singlePartition: false
+  - name: streams
+    cleanupPolicy: compact
+    singlePartition: true
+{{- end }}
+
+{{/*
+Namespace of the Strimzi resources.
+*/}}
+{{- define "driftline.strimziNamespace" -}}
+{{- default .Release.Namespace .Values.strimzi.namespace }}
+{{- end }}
+
+{{/*
+Name of the KafkaUser (and of the Secret Strimzi makes for it).
+*/}}
+{{- define "driftline.kafkaUserName" -}}
+{{- default (include "driftline.fullname" .) .Values.strimzi.user.name }}
+{{- end }}
+
+{{/*
+"true" when clients authenticate with SASL.
+*/}}
+{{- define "driftline.sasl" -}}
+{{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when clients talk TLS to the brokers.
+*/}}
+{{- define "driftline.tls" -}}
+{{- if has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL") }}true{{ end }}
+{{- end }}
+
+{{/*
+SASL user name: the value, else the KafkaUser's name.
+*/}}
+{{- define "driftline.saslUsername" -}}
+{{- if .Values.kafka.sasl.username }}
+{{- .Values.kafka.sasl.username }}
+{{- else if .Values.strimzi.user.enabled }}
+{{- include "driftline.kafkaUserName" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret with the SASL password: the value, else the KafkaUser's Secret.
+*/}}
+{{- define "driftline.saslSecretName" -}}
+{{- if .Values.kafka.sasl.existingSecret }}
+{{- .Values.kafka.sasl.existingSecret }}
+{{- else if .Values.strimzi.user.enabled }}
+{{- include "driftline.kafkaUserName" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret with the brokers' CA certificate: the value, else the Strimzi cluster CA's Secret.
+*/}}
+{{- define "driftline.caSecretName" -}}
+{{- if .Values.kafka.tls.caSecret }}
+{{- .Values.kafka.tls.caSecret }}
+{{- else if .Values.strimzi.user.enabled }}
+{{- printf "%s-cluster-ca-cert" .Values.strimzi.clusterName }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret with the HMAC keys.
+*/}}
+{{- define "driftline.hmacSecretName" -}}
+{{- default (printf "%s-hmac" (include "driftline.fullname" .)) .Values.hmac.existingSecret }}
+{{- end }}
+
+{{/*
+Stops a rendering whose values cannot work, with the reason.
+*/}}
+{{- define "driftline.validate" -}}
+{{- if and (include "driftline.sasl" .) (not (include "driftline.saslUsername" .)) }}
+{{- fail "kafka.securityProtocol is SASL_*: set kafka.sasl.username and kafka.sasl.existingSecret, or strimzi.user.enabled" }}
+{{- end }}
+{{- if and (include "driftline.sasl" .) (not (include "driftline.saslSecretName" .)) }}
+{{- fail "kafka.securityProtocol is SASL_*: set kafka.sasl.existingSecret (the Secret with the SASL password)" }}
+{{- end }}
+{{- if and .Values.strimzi.user.enabled (not (include "driftline.sasl" .)) }}
+{{- fail "strimzi.user.enabled makes a SCRAM-SHA-512 user: set kafka.securityProtocol to SASL_PLAINTEXT or SASL_SSL" }}
+{{- end }}
+{{- if not (regexMatch "^[A-Za-z0-9._-]*$" .Values.topics.prefix) }}
+{{- fail "topics.prefix: only letters, digits, '.', '_' and '-' may appear in a topic name" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Settings, Secrets and volume mounts of a Driftline container, shared by the workers and the
+topics Job.
+*/}}
+{{- define "driftline.containerEnv" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "driftline.fullname" . }}-settings
+env:
+  - name: DRIFTLINE_SNAPSHOT_HMAC_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "driftline.hmacSecretName" . }}
+        key: {{ .Values.hmac.snapshotKey }}
+  - name: DRIFTLINE_WEBHOOK_HMAC_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "driftline.hmacSecretName" . }}
+        key: {{ .Values.hmac.webhookKey }}
+  {{- if include "driftline.sasl" . }}
+  - name: DRIFTLINE_KAFKA_SASL_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "driftline.saslSecretName" . }}
+        key: {{ .Values.kafka.sasl.passwordKey }}
+  {{- end }}
+  {{- with .Values.mlflow.existingSecret }}
+  - name: MLFLOW_TRACKING_USERNAME
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.mlflow.usernameKey }}
+  - name: MLFLOW_TRACKING_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.mlflow.passwordKey }}
+  {{- end }}
+{{- end }}
+
+{{/*
+Volume mounts of a Driftline container.
+*/}}
+{{- define "driftline.volumeMounts" -}}
+- name: data
+  mountPath: {{ .Values.dataDir.path }}
+- name: tmp
+  mountPath: /tmp
+{{- if and (include "driftline.tls" .) (include "driftline.caSecretName" .) }}
+- name: kafka-ca
+  mountPath: /etc/driftline/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Volumes of a Driftline pod.
+*/}}
+{{- define "driftline.volumes" -}}
+- name: data
+  emptyDir:
+    sizeLimit: {{ .Values.dataDir.sizeLimit }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if and (include "driftline.tls" .) (include "driftline.caSecretName" .) }}
+- name: kafka-ca
+  secret:
+    secretName: {{ include "driftline.caSecretName" . }}
+    items:
+      - key: {{ .Values.kafka.tls.caKey }}
+        path: ca.crt
+{{- end }}
+{{- end }}

@@ -1,0 +1,216 @@
+"""The Helm chart: lint, rendering of every ci/ scenario, and agreement with shared/."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.settings import SERVICE_SETTINGS, env_variables
+from shared.topics import ALL_TOPICS
+from tests.deploy import manifests as m
+from tests.deploy.conftest import CHART, KUBE_VERSION, ROOT, SCENARIOS, helm_template, run, tool
+
+Load = Callable[[Path], list[m.Manifest]]
+
+
+def test_there_are_scenarios() -> None:
+    assert "default-values.yaml" in SCENARIOS and len(SCENARIOS) >= 3
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_chart_lints(scenario: str) -> None:
+    run(
+        [
+            tool("helm"),
+            "lint",
+            "--strict",
+            "--kube-version",
+            KUBE_VERSION,
+            CHART,
+            "--values",
+            CHART / "ci" / scenario,
+        ]
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
+    scenario: str, helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings[scenario])
+    m.check_settings_names(docs)
+    m.check_custom_kinds(docs)
+    m.check_no_dev_key(docs)
+    for workload, container in m.workloads(docs):
+        m.check_workload(docs, workload, container)
+    services = [
+        m.check_worker(docs, d, c) for d, c in m.workloads(docs) if d["kind"] == "Deployment"
+    ]
+    values = yaml.safe_load((CHART / "ci" / scenario).read_text()) or {}
+    disabled = {s for s, v in values.get("services", {}).items() if v.get("enabled") is False}
+    assert sorted(services) == sorted(set(SERVICE_SETTINGS) - disabled)
+    m.check_autoscalers(docs)
+    m.check_disruption_budgets(docs)
+    if m.of_kind(docs, "NetworkPolicy"):
+        m.check_network_policy(docs)
+    if m.of_kind(docs, "ServiceMonitor"):
+        m.check_service_monitor(docs)
+    if m.of_kind(docs, "KafkaTopic"):
+        m.check_topics(docs)
+
+
+def test_defaults_make_topics_with_the_job_and_generate_hmac_keys(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["default-values.yaml"])
+    (job,) = m.of_kind(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    (secret,) = m.of_kind(docs, "Secret")
+    assert set(secret["data"]) == {"snapshot-key", "webhook-key"}
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert len(m.of_kind(docs, "Deployment")) == len(m.of_kind(docs, "HorizontalPodAutoscaler"))
+    assert m.of_kind(docs, "NetworkPolicy") and not m.of_kind(docs, "KafkaTopic")
+
+
+def test_strimzi_scenario_has_every_topic_and_a_user_with_acls(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["strimzi-sasl-values.yaml"])
+    assert len(m.of_kind(docs, "KafkaTopic")) == len(ALL_TOPICS)
+    assert not m.of_kind(docs, "Job")
+    (user,) = m.of_kind(docs, "KafkaUser")
+    assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+    settings = m.settings_configmap(docs)
+    assert settings["DRIFTLINE_KAFKA_SASL_USERNAME"] == user["metadata"]["name"]
+    acls = {
+        (a["resource"]["type"], a["resource"]["name"])
+        for a in user["spec"]["authorization"]["acls"]
+    }
+    assert ("topic", "prod.") in acls and ("group", "prod.driftline-") in acls
+    assert all(a["operations"] for a in user["spec"]["authorization"]["acls"])
+
+
+def test_a_user_without_prefix_gets_each_topic_by_name() -> None:
+    docs = m.load_all(
+        helm_template(
+            "--set", "strimzi.user.enabled=true,strimzi.topics.enabled=true",
+            "--set", "kafka.securityProtocol=SASL_PLAINTEXT,topicsJob.enabled=false",
+        )
+    )  # fmt: skip
+    m.check_topics(docs)
+    (user,) = m.of_kind(docs, "KafkaUser")
+    literal = {
+        a["resource"]["name"]
+        for a in user["spec"]["authorization"]["acls"]
+        if a["resource"].get("patternType") == "literal"
+    }
+    assert literal == {topic.name for topic in ALL_TOPICS}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("kafka.securityProtocol=SASL_SSL", "kafka.sasl.username"),
+        ("strimzi.user.enabled=true", "SASL_PLAINTEXT or SASL_SSL"),
+        ("topics.prefix=bad/prefix", "topics.prefix"),
+    ],
+)
+def test_values_that_cannot_work_stop_the_rendering(settings: str, message: str) -> None:
+    done = subprocess.run(
+        [str(tool("helm")), "template", "x", str(CHART), "--set", settings],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def test_service_settings_in_values_are_settings_of_shared() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    scenario_values = [yaml.safe_load(p.read_text()) or {} for p in (CHART / "ci").glob("*.yaml")]
+    known = set(env_variables())
+    assert set(values["services"]) == set(SERVICE_SETTINGS)
+    for service, cls in SERVICE_SETTINGS.items():
+        assert values["services"][service]["port"] == cls.model_fields["web_port"].default
+        for source in [values, *scenario_values]:
+            for key in source.get("services", {}).get(service, {}).get("settings", {}):
+                snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
+                assert f"DRIFTLINE_{service.upper()}_{snake}" in known, f"{service}: {key}"
+
+
+def test_every_value_is_documented() -> None:
+    """Every leaf of values.yaml has a ``# --`` comment on itself or on a parent key."""
+    undocumented = []
+    documented_at: list[tuple[int, bool]] = []
+    comment = False
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = True
+            continue
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while documented_at and documented_at[-1][0] >= indent:
+            documented_at.pop()
+        inherited = any(flag for _, flag in documented_at)
+        key, _, rest = stripped.partition(":")
+        if rest.strip() and not comment and not inherited:
+            undocumented.append(key)
+        documented_at.append((indent, comment or inherited))
+        comment = False
+    assert not undocumented, f"values without a `# --` comment: {undocumented}"
+
+
+def test_chart_dashboard_is_the_one_in_deploy() -> None:
+    chart_copy = CHART / "files" / "driftline-dashboard.json"
+    source = ROOT / "deploy" / "grafana" / "driftline-dashboard.json"
+    assert chart_copy.read_bytes() == source.read_bytes(), (
+        "helm/driftline/files/driftline-dashboard.json differs from deploy/grafana/: "
+        "cp deploy/grafana/driftline-dashboard.json helm/driftline/files/"
+    )
+
+
+def test_dashboard_configmap_carries_the_dashboard(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["default-values.yaml"])
+    (dashboard,) = [
+        cm for cm in m.of_kind(docs, "ConfigMap") if "grafana_dashboard" in cm["metadata"]["labels"]
+    ]
+    text = (ROOT / "deploy" / "grafana" / "driftline-dashboard.json").read_text()
+    assert dashboard["data"]["driftline-dashboard.json"] == text.rstrip("\n")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_notes_render(scenario: str, tmp_path: Path) -> None:
+    """NOTES.txt renders for every scenario (`helm template` skips it, so it is rendered as a
+    template of a copy of the chart)."""
+    chart = tmp_path / "driftline"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes.tpl").write_text('{{- define "notes" -}}' + notes + "{{- end }}")
+    (chart / "templates" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "notes" . | quote }}\n'
+    )
+    out = run(
+        [
+            tool("helm"),
+            "template",
+            "driftline",
+            chart,
+            "--kube-version",
+            KUBE_VERSION,
+            "--show-only",
+            "templates/notes.yaml",
+            "--values",
+            CHART / "ci" / scenario,
+        ]
+    )
+    text = yaml.safe_load(out)["data"]["notes"]
+    assert "Driftline" in text and "kubectl" in text
