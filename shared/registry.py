@@ -57,3 +57,39 @@ def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> N
         MlflowClient(tracking_uri).set_registered_model_alias(model_name, alias, version)
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(tracking_uri, f"set {model_name}@{alias}", str(exc)) from None
+
+
+class OnlineModelPyfunc(mlflow.pyfunc.PythonModel):
+    """An online (River) model as an MLflow pyfunc: one `predict_one` per row of the frame."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[Any]:
+        """The model's answer for each row."""
+        return [self.model.predict_one(row) for row in model_input.to_dict(orient="records")]
+
+
+def register_online_model(
+    tracking_uri: str,
+    model_name: str,
+    model: Any,
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+) -> str:
+    """Log an online model's prequential metrics in a run and register the model as a pyfunc
+    version (blocking: call it in a worker thread); returns the version."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(model_name)
+    try:
+        with mlflow.start_run(tags=dict(tags)):
+            mlflow.log_metrics(dict(metrics))
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=OnlineModelPyfunc(model),
+                registered_model_name=model_name,
+                pip_requirements=["river==0.26.1"],
+            )
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(tracking_uri, f"register {model_name!r}", str(exc)) from None
+    return str(info.registered_model_version)
