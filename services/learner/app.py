@@ -1,42 +1,228 @@
-"""The learner worker: ``predictions.labeled`` in (keyed by deployment), ``model-snapshots`` out."""
+"""The learner worker: ``predictions.labeled`` in (keyed by deployment), ``model-snapshots`` out.
+
+Two agents. `route_labeled_prediction` looks up the deployment (a global table of the compacted
+``deployments`` topic) and re-keys each labeled prediction by model, one training example per
+online model, through an internal topic: per-entity models spread over its partitions.
+`learn_from_examples` learns in batches: per model, one unpickle, predict-then-learn on each
+example, one changelog write of the pickled learner (model, metrics, applied offsets) before
+the batch's offsets are committed. A crash replays uncommitted examples, and the learner skips
+the ones it has already applied, so no example is learned twice or lost.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
+from collections import OrderedDict
+from collections.abc import Sequence
 
 import faust
 from faust.types import EventT
 
-from services.learner.logic import OnlineModel
+from services.learner.logic import (
+    OnlineLearner,
+    TrainingExample,
+    learner_for,
+    training_examples,
+)
+from shared import metrics
 from shared import settings as cfg
 from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.events import LabeledPrediction, decode
-from shared.topics import MODEL_SNAPSHOTS, PREDICTIONS_LABELED
+from shared.errors import DriftlineError
+from shared.events import Deployment, LabeledPrediction, decode
+from shared.logging import get_logger
+from shared.topics import DEPLOYMENTS, MODEL_SNAPSHOTS, PREDICTIONS_LABELED
 
 SERVICE = "learner"
+log = get_logger(__name__)
+
+
+class UnknownDeploymentError(DriftlineError):
+    """A labeled prediction names a deployment the learner has never seen."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown deployment {name!r}: publish it on the deployments topic first")
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
-    """The learner Faust app: model state per deployment in a changelog-backed table."""
+    """The learner Faust app: two agents, the model table, snapshot and MLflow timers."""
     app = create_app(SERVICE, common, own)
     labeled_topic = declare_topic(app, PREDICTIONS_LABELED, common)
     snapshots_topic = declare_topic(app, MODEL_SNAPSHOTS, common)
+    examples_topic = app.topic(
+        f"{app.conf.id}-training-examples",
+        partitions=common.topic_partitions,
+        internal=True,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     dead_letters = DeadLetters(app, SERVICE, common)
-    deployment_to_model = app.Table("deployment_to_model", key_type=bytes, value_type=bytes)
+    deployment_table = app.GlobalTable(
+        "deployments",
+        key_type=bytes,
+        value_type=bytes,
+        changelog_topic=declare_topic(app, DEPLOYMENTS, common),
+        partitions=DEPLOYMENTS.partitions(common),
+        recovery_buffer_size=1,
+    )
+    model_state = app.Table("model_state", key_type=bytes, value_type=bytes)
+    deployments: dict[bytes, tuple[bytes, Deployment | None]] = {}
+    learners: OrderedDict[bytes, tuple[bytes, OnlineLearner]] = OrderedDict()
+    to_snapshot: set[bytes] = set()
+    to_register: set[bytes] = set()
 
-    async def learn(event: EventT) -> None:
-        labeled = decode(LabeledPrediction, event.message.value, event.message.topic)
-        key = labeled.deployment.encode()
-        stored = deployment_to_model.get(key)
-        model: OnlineModel = pickle.loads(stored) if stored is not None else OnlineModel()
-        model.learn(labeled)
-        deployment_to_model[key] = pickle.dumps(model)
-        if model.n_learned % own.snapshot_every == 0:
-            snapshot = model.snapshot(labeled.deployment, model.n_learned, common.snapshot_hmac_key)
-            await send_event(snapshots_topic, SERVICE, snapshot.model_id, snapshot)
+    def deployment_named(name: str) -> Deployment | None:
+        """The deployment, decoded once per version; None if it was deleted or is invalid."""
+        key = name.encode()
+        stored = deployment_table.get(key)
+        if stored is None:
+            raise UnknownDeploymentError(name)
+        cached = deployments.get(key)
+        if cached is None or cached[0] is not stored:
+            try:
+                deployment: Deployment | None = decode(Deployment, stored, DEPLOYMENTS.name)
+            except DriftlineError as exc:
+                log.warning("deployment unreadable; its examples are not learned", reason=str(exc))
+                deployment = None
+            cached = deployments[key] = (stored, deployment)
+        deployment = cached[1]
+        return None if deployment is None or deployment.deleted else deployment
 
-    @app.agent(labeled_topic, name="learn_from_labeled_prediction")
-    async def learn_from_labeled_prediction(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, learn)
+    async def route(event: EventT) -> None:
+        message = event.message
+        labeled = decode(LabeledPrediction, message.value, message.topic)
+        deployment = deployment_named(labeled.deployment)
+        if deployment is None:
+            return
+        for example in training_examples(labeled, deployment, message.partition, message.offset):
+            await send_event(examples_topic, SERVICE, example.model_key, example)
+
+    @app.agent(labeled_topic, name="route_labeled_prediction")
+    async def route_labeled_prediction(stream: faust.Stream) -> None:
+        await consume(stream, SERVICE, dead_letters, route)
+
+    def stored_learner(key: bytes) -> OnlineLearner | None:
+        stored = model_state.get(key)
+        if stored is None:
+            return None
+        cached = learners.get(key)
+        if cached is not None and cached[0] is stored:
+            learners.move_to_end(key)
+            return cached[1]
+        return pickle.loads(stored)
+
+    def remember(key: bytes, learner: OnlineLearner) -> None:
+        """Write the learner to its changelog-backed table and keep it unpickled."""
+        value = pickle.dumps(learner)
+        model_state[key] = value
+        learners[key] = (value, learner)
+        learners.move_to_end(key)
+        if len(learners) > own.model_cache_size:
+            learners.popitem(last=False)
+
+    async def publish(key: bytes, learner: OnlineLearner) -> None:
+        snapshot = learner.snapshot(key.decode(), common.snapshot_hmac_key)
+        await send_event(snapshots_topic, SERVICE, snapshot.model_id, snapshot)
+        to_snapshot.discard(key)
+        if not learner.spec.per_entity:
+            for name, value in snapshot.metrics.items():
+                window = "rolling" if name.startswith("rolling_") else "cumulative"
+                metrics.MODEL_METRIC.labels(
+                    learner.spec.model_id, name.removeprefix("rolling_"), window
+                ).set(value)
+
+    async def learn_batch(stream: faust.Stream, batch: Sequence[EventT]) -> None:
+        by_model: dict[bytes, list[tuple[EventT, TrainingExample]]] = {}
+        for event in batch:
+            message = event.message
+            metrics.EVENTS_IN.labels(SERVICE, message.topic).inc()
+            try:
+                example = decode(TrainingExample, message.value, message.topic)
+            except DriftlineError as exc:
+                await dead_letters.send(event, str(exc))
+                continue
+            by_model.setdefault(example.model_key.encode(), []).append((event, example))
+        for key, items in by_model.items():
+            learner = stored_learner(key)
+            learned = 0
+            for event, example in items:
+                learner = learner_for(learner, example.spec, own.rolling_window)
+                try:
+                    if not learner.learn(example):
+                        metrics.REDELIVERED_EXAMPLES.labels(example.spec.model_id).inc()
+                        continue
+                except DriftlineError as exc:
+                    await dead_letters.send(event, str(exc))
+                    continue
+                except Exception as exc:
+                    log.exception("model failed to learn", model=example.model_key)
+                    await dead_letters.send(event, f"model failed: {type(exc).__name__}: {exc}")
+                    continue
+                learned += 1
+                if learner.n_learned % own.snapshot_every == 0:
+                    await publish(key, learner)
+            if learned and learner is not None:
+                # Faust writes a table key to the changelog partition of the current event; in
+                # a batch that must be an event of this model's own partition.
+                stream._set_current_event(items[-1][0])
+                remember(key, learner)
+                metrics.MODEL_UPDATES.labels(learner.spec.model_id).inc(learned)
+                if learner.n_learned % own.snapshot_every:
+                    to_snapshot.add(key)
+                if not learner.spec.per_entity:
+                    to_register.add(key)
+
+    @app.agent(examples_topic, name="learn_from_examples")
+    async def learn_from_examples(stream: faust.Stream) -> None:
+        async for batch in stream.take_events(own.batch_size, within=own.batch_within_s):
+            await learn_batch(stream, batch)
+
+    @app.timer(own.snapshot_every_s, name="publish_pending_snapshots")
+    async def publish_pending_snapshots() -> None:
+        """Snapshot every model updated since its last snapshot; count the entity models."""
+        for key in list(to_snapshot):
+            learner = stored_learner(key)
+            if learner is not None:
+                await publish(key, learner)
+        entity_models: dict[str, int] = {}
+        for key in model_state:
+            model_id, slash, _ = key.decode().partition("/")
+            if slash:
+                entity_models[model_id] = entity_models.get(model_id, 0) + 1
+        for model_id, count in entity_models.items():
+            metrics.ENTITY_MODELS.labels(model_id).set(count)
+        metrics.TABLE_ENTRIES.labels(SERVICE, "model_state").set(len(model_state))
+
+    if own.mlflow_enabled:
+
+        @app.timer(own.mlflow_every_s, name="register_models")
+        async def register_models() -> None:
+            """Log metrics and register a version of each shared model updated since the last
+            round, in a thread; a failure (MLflow down) is logged, counted and retried."""
+            from shared.registry import register_online_model
+
+            for key in list(to_register):
+                learner = stored_learner(key)
+                if learner is None:
+                    continue
+                model = pickle.loads(pickle.dumps(learner.model))
+                tags = {"driftline.n_learned": str(learner.n_learned)}
+                try:
+                    version = await asyncio.to_thread(
+                        register_online_model,
+                        common.mlflow_tracking_uri,
+                        learner.spec.model_id,
+                        model,
+                        learner.metric_values(),
+                        tags,
+                    )
+                except Exception as exc:
+                    metrics.MLFLOW_FAILURES.labels(SERVICE).inc()
+                    log.warning("MLflow registration failed; retrying later", reason=str(exc))
+                    return
+                to_register.discard(key)
+                log.info("online model registered", model=learner.spec.model_id, version=version)
 
     return app

@@ -1,52 +1,168 @@
-"""Online learning on labeled predictions, without Kafka."""
+"""Online learning on labeled predictions, without Kafka.
+
+A labeled prediction becomes one `TrainingExample` per online model its deployment asks for,
+keyed by the model (``<model id>`` or, per entity, ``<model id>/<entity id>``). Each model's
+`OnlineLearner` runs predict-then-learn (prequential evaluation) and remembers, per source
+partition, the offset of the last labeled prediction it learned, so a redelivered one is skipped:
+learning is idempotent whatever the delivery guarantee.
+"""
 
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 from pydantic import SecretStr
-from river import compose, linear_model, metrics, preprocessing
+from river import metrics, utils
 
-from shared.events import FeatureValue, LabeledPrediction, ModelSnapshot
+from shared.errors import DriftlineError
+from shared.events import (
+    Deployment,
+    Event,
+    FeatureValue,
+    Identifier,
+    Label,
+    LabeledPrediction,
+    ModelSnapshot,
+    OnlineModelSpec,
+)
+from shared.models.catalog import build_model
 from shared.signing import sign
 
 
-def numeric_features(features: dict[str, FeatureValue]) -> dict[str, float]:
-    """The features an online linear model can read: numbers and flags (as 0/1)."""
-    return {k: float(v) for k, v in features.items() if not isinstance(v, str)}
+class LabelError(DriftlineError):
+    """A label a model cannot learn from (text or a flag for a regression model)."""
+
+    def __init__(self, model_id: str, label: object) -> None:
+        super().__init__(f"bad label for regression model {model_id!r}: {label!r} is not a number")
 
 
-class OnlineModel:
-    """One deployment's online model and its prequential accuracy (test, then train)."""
+class TrainingExample(Event):
+    """One labeled prediction for one online model, on the learner's internal topic."""
 
-    model_type = "logistic_regression"
+    model_key: Identifier
+    """``<model id>``, or ``<model id>/<entity id>`` for per-entity models (the snapshot id)."""
+    spec: OnlineModelSpec
+    event_id: Identifier
+    features: dict[str, FeatureValue]
+    label: Label
+    source_partition: int
+    """Partition of ``predictions.labeled`` the example came from."""
+    source_offset: int
+    """Its offset there: what makes a redelivery recognisable."""
 
-    def __init__(self) -> None:
-        self.model: compose.Pipeline = (
-            preprocessing.StandardScaler() | linear_model.LogisticRegression()
+
+def model_key(spec: OnlineModelSpec, entity_id: str) -> str:
+    """The key (and snapshot id) of the model that learns from an entity's events."""
+    return f"{spec.model_id}/{entity_id}" if spec.per_entity else spec.model_id
+
+
+def training_examples(
+    labeled: LabeledPrediction, deployment: Deployment, partition: int, offset: int
+) -> list[TrainingExample]:
+    """One example per online model of `deployment`."""
+    examples = []
+    for spec in deployment.online_models:
+        if spec.task == "regression" and (
+            isinstance(labeled.label, str | bool) or not isinstance(labeled.label, int | float)
+        ):
+            raise LabelError(spec.model_id, labeled.label)
+        examples.append(
+            TrainingExample(
+                model_key=model_key(spec, labeled.entity_id),
+                spec=spec,
+                event_id=labeled.event_id,
+                features=labeled.features,
+                label=labeled.label,
+                source_partition=partition,
+                source_offset=offset,
+            )
         )
-        self.accuracy = metrics.Accuracy()
-        self.n_learned = 0
+    return examples
 
-    def learn(self, labeled: LabeledPrediction) -> None:
-        """Score the model on the event first, then learn from it."""
-        x = numeric_features(labeled.features)
-        y = bool(labeled.label)
-        prediction = self.model.predict_one(x)
-        if prediction is not None:
-            self.accuracy.update(y, prediction)
+
+class OnlineLearner:
+    """One online model with its prequential metrics (test, then train) and what it learned.
+
+    Parameters
+    ----------
+    spec
+        Which catalogue model to train, with its parameters and task.
+    rolling_window
+        Examples in the rolling metrics.
+    """
+
+    def __init__(self, spec: OnlineModelSpec, rolling_window: int) -> None:
+        self.spec = spec
+        self.rolling_window = rolling_window
+        self.model = build_model(spec.model_type, spec.task, spec.params)
+        self.metrics: dict[str, Any] = (
+            {
+                "accuracy": metrics.Accuracy(),
+                "log_loss": metrics.CrossEntropy(),
+                "rolling_accuracy": utils.Rolling(metrics.Accuracy, window_size=rolling_window),
+                "rolling_log_loss": utils.Rolling(metrics.CrossEntropy, window_size=rolling_window),
+            }
+            if spec.task == "classification"
+            else {
+                "mae": metrics.MAE(),
+                "rolling_mae": utils.Rolling(metrics.MAE, window_size=rolling_window),
+            }
+        )
+        self.n_learned = 0
+        self.applied: dict[int, int] = {}
+        """Per source partition, the offset of the last example learned."""
+
+    def learn(self, example: TrainingExample) -> bool:
+        """Score the model on the example, then learn from it; False (and nothing changes) if
+        this example, or a later one from its partition, was learned already."""
+        if example.source_offset <= self.applied.get(example.source_partition, -1):
+            return False
+        x, y = example.features, example.label
+        if self.spec.task == "classification":
+            proba = self.model.predict_proba_one(x)
+            if proba:
+                y_pred = max(proba, key=proba.get)
+                for name in ("accuracy", "rolling_accuracy"):
+                    self.metrics[name].update(y, y_pred)
+                for name in ("log_loss", "rolling_log_loss"):
+                    self.metrics[name].update(y, proba)
+        else:
+            y_pred = self.model.predict_one(x)
+            if y_pred is not None:
+                for name in ("mae", "rolling_mae"):
+                    self.metrics[name].update(y, y_pred)
         self.model.learn_one(x, y)
         self.n_learned += 1
+        self.applied[example.source_partition] = example.source_offset
+        return True
 
-    def snapshot(self, model_id: str, sequence: int, key: SecretStr) -> ModelSnapshot:
-        """A signed snapshot of the model for the router."""
+    def metric_values(self) -> dict[str, float]:
+        """Every prequential metric's current value."""
+        return {name: float(metric.get()) for name, metric in self.metrics.items()}
+
+    def snapshot(self, model_key: str, key: SecretStr) -> ModelSnapshot:
+        """A signed snapshot of the model for the router; its sequence is `n_learned`."""
         payload = pickle.dumps(self.model)
         return ModelSnapshot(
-            model_id=model_id,
-            model_type=self.model_type,
-            sequence=sequence,
+            model_id=model_key,
+            model_type=self.spec.model_type,
+            sequence=self.n_learned,
             n_learned=self.n_learned,
-            metrics={"accuracy": self.accuracy.get()},
+            metrics=self.metric_values(),
             payload=payload,
             signature=sign(payload, key),
         )
+
+
+def learner_for(
+    current: OnlineLearner | None, spec: OnlineModelSpec, rolling_window: int
+) -> OnlineLearner:
+    """The learner to train for `spec`: the current one, or a fresh model when the deployment
+    changed the spec (it keeps the applied offsets, so old examples are not learned again)."""
+    if current is not None and current.spec == spec:
+        return current
+    fresh = OnlineLearner(spec, rolling_window)
+    if current is not None:
+        fresh.applied = dict(current.applied)
+    return fresh

@@ -1,0 +1,130 @@
+"""The learner's pure part: training examples per online model, predict-then-learn matching plain
+River to the last digit, redelivered examples skipped, a changed spec starting a fresh model."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import SecretStr
+from river import linear_model, metrics, preprocessing
+from river.datasets import synth
+
+from services.learner.logic import (
+    LabelError,
+    OnlineLearner,
+    TrainingExample,
+    learner_for,
+    training_examples,
+)
+from shared.events import Deployment, LabeledPrediction, OnlineModelSpec, Variant
+from shared.signing import verify
+
+LR = OnlineModelSpec(model_id="fraud-lr", model_type="logistic_regression")
+PER_USER = OnlineModelSpec(model_id="fraud-user", model_type="logistic_regression", per_entity=True)
+DEPLOYMENT = Deployment(
+    name="fraud",
+    stream="payments",
+    variants=[Variant(name="champion", role="champion", model_uri="online:fraud-lr")],
+    online_models=[LR, PER_USER],
+)
+
+
+def labeled(label: object = True, entity: str = "u1") -> LabeledPrediction:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return LabeledPrediction(
+        event_id="e1",
+        entity_id=entity,
+        stream="payments",
+        deployment="fraud",
+        features={"amount": 3.0},
+        outcomes=[],
+        label=label,
+        event_time=now,
+        label_time=now,
+        feedback_delay_s=0.0,
+    )
+
+
+def examples(spec: OnlineModelSpec = LR, n: int = 500) -> list[TrainingExample]:
+    return [
+        TrainingExample(
+            model_key=spec.model_id,
+            spec=spec,
+            event_id=f"e{i}",
+            features=x,
+            label=bool(y),
+            source_partition=0,
+            source_offset=i,
+        )
+        for i, (x, y) in enumerate(synth.Agrawal(classification_function=2, seed=7).take(n))
+    ]
+
+
+def test_one_example_per_online_model_keyed_by_model_or_entity() -> None:
+    found = training_examples(labeled(entity="u9"), DEPLOYMENT, partition=1, offset=42)
+
+    assert [e.model_key for e in found] == ["fraud-lr", "fraud-user/u9"]
+    assert {(e.source_partition, e.source_offset) for e in found} == {(1, 42)}
+
+
+def test_a_regression_model_refuses_a_text_label() -> None:
+    regression = OnlineModelSpec(
+        model_id="amount", model_type="linear_regression", task="regression"
+    )
+    deployment = DEPLOYMENT.model_copy(update={"online_models": [regression]})
+    with pytest.raises(LabelError, match=r"'amount'.*'high' is not a number"):
+        training_examples(labeled(label="high"), deployment, 0, 0)
+
+
+def test_prequential_metrics_match_plain_river_to_the_last_digit() -> None:
+    learner = OnlineLearner(LR, rolling_window=100)
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    accuracy, log_loss = metrics.Accuracy(), metrics.CrossEntropy()
+    for example in examples():
+        learner.learn(example)
+        accuracy.update(example.label, model.predict_one(example.features))
+        log_loss.update(example.label, model.predict_proba_one(example.features))
+        model.learn_one(example.features, example.label)
+
+    values = learner.metric_values()
+    assert (values["accuracy"], values["log_loss"]) == (accuracy.get(), log_loss.get())
+    assert learner.model.predict_proba_one({"salary": 1.0}) == model.predict_proba_one(
+        {"salary": 1.0}
+    )
+
+
+def test_a_redelivered_example_is_not_learned_twice() -> None:
+    stream = examples(n=50)
+    once, twice = OnlineLearner(LR, 100), OnlineLearner(LR, 100)
+    for example in stream:
+        once.learn(example)
+    replayed = [twice.learn(e) for e in stream[:30] + stream[10:]]
+
+    assert replayed.count(False) == 20
+    assert (twice.n_learned, twice.metric_values()) == (50, once.metric_values())
+    assert pickle.dumps(twice.model) == pickle.dumps(once.model)
+
+
+def test_a_changed_spec_starts_a_fresh_model_but_remembers_what_it_applied() -> None:
+    learner = OnlineLearner(LR, 100)
+    for example in examples(n=10):
+        learner.learn(example)
+    tree = OnlineModelSpec(model_id="fraud-lr", model_type="hoeffding_adaptive_tree")
+
+    assert learner_for(learner, LR, 100) is learner
+    fresh = learner_for(learner, tree, 100)
+    assert (fresh.n_learned, fresh.applied) == (0, {0: 9})
+
+
+def test_a_snapshot_is_signed_and_carries_the_metrics() -> None:
+    learner = OnlineLearner(LR, 100)
+    for example in examples(n=20):
+        learner.learn(example)
+    key = SecretStr("k")
+    snapshot = learner.snapshot("fraud-lr", key)
+
+    assert verify(snapshot.payload, snapshot.signature, key)
+    assert (snapshot.sequence, snapshot.n_learned) == (20, 20)
+    assert set(snapshot.metrics) == {"accuracy", "log_loss", "rolling_accuracy", "rolling_log_loss"}
