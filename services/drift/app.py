@@ -41,12 +41,13 @@ from services.drift.logic import (
     feature_subject,
     feature_values,
     model_subject,
+    notifies,
     task_of,
 )
 from shared import metrics
 from shared import settings as cfg
 from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
+from shared.events import DeadLetter, FeatureEvent, LabeledPrediction, decode, encode
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
 from shared.webhooks import Delivery, WebhookSender
 
@@ -117,10 +118,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
     def gate() -> AlertGate:
         return AlertGate(own.cooldown_s, own.escalate_after, own.escalate_within_s)
 
-    def notifies(alert: DriftAlert) -> bool:
-        levels = own.webhook_levels
-        return alert.level in levels or (alert.escalated and "escalated" in levels)
-
     async def report(finding: Finding) -> None:
         alert = finding.alert
         if not finding.sent:
@@ -128,7 +125,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             return
         await send_event(alerts_topic, SERVICE, alert.key, alert)
         metrics.ALERTS.labels(alert.kind, alert.level).inc()
-        if webhooks is not None and notifies(alert):
+        if webhooks is not None and notifies(alert, own.webhook_levels):
             webhooks.submit(alert.key, encode(alert))
 
     def stored(table: Any, key: bytes) -> Monitor | None:

@@ -274,3 +274,9 @@ def model_subject(deployment: str, stream: str, outcome: VariantOutput) -> dict[
         "model_version": outcome.model_version,
         "deployment": deployment,
     }
+
+
+def notifies(alert: DriftAlert, levels: list[str]) -> bool:
+    """Whether `alert` goes to the webhooks configured for `levels` (``escalated``: any level
+    once the escalation rule is met)."""
+    return alert.level in levels or (alert.escalated and "escalated" in levels)

@@ -21,9 +21,10 @@ from services.drift.logic import (
     error_of,
     feature_subject,
     feature_values,
+    notifies,
     task_of,
 )
-from shared.events import FeatureEvent, VariantOutput
+from shared.events import DriftAlert, FeatureEvent, VariantOutput
 
 T0 = 1_780_000_000.0
 
@@ -205,3 +206,15 @@ def test_errors_for_classes_and_for_regression() -> None:
     assert error_of(_outcome(3.0), 2.5, "regression") == 0.5
     with pytest.raises(TaskMismatchError, match="model 'm' answered 'x'"):
         error_of(_outcome("x"), 2.5, "regression")
+
+
+def test_webhook_levels_pick_alerts_and_escalated_means_escalated_only() -> None:
+    subject = feature_subject("pay", "amount")
+    base = {**subject, "detector": "ADWIN", "position": 1, "event_time": T0}
+    warning = DriftAlert(**base, level="warning")
+    drift = DriftAlert(**base, level="drift")
+    escalated = DriftAlert(**base, level="drift", escalated=True)
+
+    assert [notifies(a, ["drift"]) for a in (warning, drift, escalated)] == [False, True, True]
+    assert [notifies(a, ["escalated"]) for a in (warning, drift, escalated)] == [False, False, True]
+    assert notifies(warning, ["warning", "drift"])
