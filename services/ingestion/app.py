@@ -1,9 +1,11 @@
 """The ingestion worker: ``events.raw`` in, ``features`` (keyed by entity) and dead letters out.
 
-Stream declarations come from the compacted ``streams`` topic into a global table (every worker
-sees every stream; a new declaration applies without a restart). Duplicate ids and windowed
-aggregates live in event-time tumbling windowed tables, partitioned like ``events.raw`` (by
-entity), so their state moves with the partitions.
+Stream declarations come from the compacted ``streams`` topic: the worker that owns its partition
+checks each one and stores it in a global table, which every worker reads through the table's
+changelog (a new declaration applies without a restart; a bad one is dead-lettered).
+
+Duplicate ids and windowed aggregates live in event-time tumbling windowed tables, partitioned
+like ``events.raw`` (by entity), so their state moves with the partitions.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from services.ingestion.logic import (
     add_to_bucket,
     bucket_key,
     bucket_times,
+    check_declaration,
     dedup_key,
     parse_raw_event,
     stream_schema,
@@ -43,8 +46,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         "stream_to_schema",
         key_type=bytes,
         value_type=bytes,
-        changelog_topic=streams_topic,
-        partitions=1,
+        partitions=STREAMS.partitions(common),
         recovery_buffer_size=1,
     )
     clock = EventClock()
@@ -108,6 +110,18 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         features |= aggregate(raw, schema, features, timestamp)
         feature_event = to_feature_event(raw, features, message.topic)
         await send_event(features_topic, SERVICE, feature_event.entity_id, feature_event)
+
+    async def store_declaration(event: EventT) -> None:
+        message = event.message
+        if message.value is None:
+            stream_to_schema.pop(message.key, None)
+            return
+        schema = check_declaration(message.key, message.value, message.topic)
+        stream_to_schema[schema.name.encode()] = message.value
+
+    @app.agent(streams_topic, name="store_stream_declaration")
+    async def store_stream_declaration(stream: faust.Stream) -> None:
+        await consume(stream, SERVICE, dead_letters, store_declaration)
 
     @app.agent(raw_topic, name="validate_raw_event")
     async def validate_raw_event(stream: faust.Stream) -> None:

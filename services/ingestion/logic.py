@@ -86,6 +86,14 @@ def stream_schema(stored: bytes | None, stream: str, topic: str, horizon: int) -
     return schema
 
 
+def check_declaration(key: bytes | None, value: bytes, topic: str) -> StreamSchema:
+    """A record of the ``streams`` topic as a declaration; it must be keyed by its stream."""
+    schema = decode(StreamSchema, value, topic)
+    if key != schema.name.encode():
+        raise EventDecodeError(topic, f"key {key!r} is not the stream name {schema.name!r}")
+    return schema
+
+
 def validate_features(raw: RawEvent, schema: StreamSchema) -> dict[str, FeatureValue]:
     """The declared features of `raw`, checked; undeclared fields are left out."""
     features: dict[str, FeatureValue] = {}

@@ -1,24 +1,25 @@
 """The router worker: ``features`` in, ``predictions`` (keyed by event id) out.
 
-Deployments and model snapshots come from compacted topics into global tables: every replica
-reads all of both, at start (before it reports healthy) and live afterwards, so a new deployment
-or snapshot applies without a restart. Each record is checked as it arrives: a bad deployment or
-an unsigned, badly signed or older snapshot is refused (and dead-lettered), never stored.
+Deployments and model snapshots come from compacted topics: the worker that owns a partition
+checks each record and stores it in a global table, which every replica reads through the table's
+changelog, at start (before it reports healthy) and live afterwards, so a new deployment or
+snapshot applies without a restart. A bad deployment or an unsigned or badly signed snapshot is
+dead-lettered, an older snapshot ignored; neither is stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
-from faust.types import EventT, TopicT
+from faust.types import EventT
 
 from services.router.logic import (
     DeploymentIndex,
     VariantsFailedError,
+    check_deployment,
     choose_variants,
     prediction_for,
 )
@@ -28,40 +29,39 @@ from shared.app import DeadLetters, consume, create_app, declare_topic, send_eve
 from shared.backends import ModelCache, SnapshotStore, backend_for
 from shared.errors import DriftlineError, ModelError
 from shared.events import FeatureEvent, decode
+from shared.logging import get_logger
 from shared.topics import DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
 
 SERVICE = "router"
+log = get_logger(__name__)
 
 
-class CheckedGlobalTable(faust.GlobalTable):
-    """A global table fed by a compacted topic that admits a record only if `admit` says so."""
+class WatchedGlobalTable(faust.GlobalTable):
+    """A global table that tells `on_change` about every key set or deleted, whether by this
+    worker's agent or read from the changelog (recovery and other workers' writes)."""
 
-    def __init__(self, *args: Any, admit: Callable[[EventT], bool], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_change: Callable[[bytes, bytes | None], None], **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.admit = admit
+        self.on_change = on_change
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
-        """Apply the admitted records of a batch read from the topic."""
-        super().apply_changelog_batch([event for event in batch if self.admit(event)])
+        """Store records read from the changelog, then report them."""
+        events = list(batch)
+        super().apply_changelog_batch(events)
+        for event in events:
+            self.on_change(event.key, event.message.value)
 
+    def on_key_set(self, key: bytes, value: bytes) -> None:
+        """Report a key this worker set."""
+        super().on_key_set(key, value)
+        self.on_change(key, value)
 
-def _checked_table(
-    app: faust.App, name: str, topic: TopicT, partitions: int, admit: Callable[[EventT], bool]
-) -> CheckedGlobalTable:
-    table = CheckedGlobalTable(
-        app,
-        name=name,
-        admit=admit,
-        beacon=app.tables.beacon,
-        key_type=bytes,
-        value_type=bytes,
-        changelog_topic=topic,
-        partitions=partitions,
-        is_global=True,
-        standby_buffer_size=1,
-        recovery_buffer_size=1,
-    )
-    return app.tables.add(table)
+    def on_key_del(self, key: bytes) -> None:
+        """Report a key this worker deleted."""
+        super().on_key_del(key)
+        self.on_change(key, None)
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
@@ -73,49 +73,60 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
     snapshots_topic = declare_topic(app, MODEL_SNAPSHOTS, common)
     dead_letters = DeadLetters(app, SERVICE, common)
     index = DeploymentIndex.empty()
-    reports: set[asyncio.Task[None]] = set()
+    deployments_name = deployments_topic.get_topic_name()
 
-    def report(event: EventT, reason: str) -> None:
-        """Dead-letter a refused table record (tables apply records synchronously)."""
-        task = asyncio.ensure_future(dead_letters.send(event, reason))
-        reports.add(task)
-        task.add_done_callback(reports.discard)
-
-    def admit_deployment(event: EventT) -> bool:
-        message = event.message
+    def index_deployment(key: bytes, value: bytes | None) -> None:
         try:
-            if message.key is None:
-                raise DriftlineError("no key: a deployment record is keyed by its name")
-            index.apply(message.key.decode(), message.value, message.topic)
+            index.apply(key.decode(), value, deployments_name)
         except DriftlineError as exc:
-            report(event, str(exc))
-            return False
+            log.warning("deployment record not indexed", reason=str(exc))
         metrics.TABLE_ENTRIES.labels(SERVICE, "deployments").set(len(index))
-        return True
 
-    def admit_snapshot(event: EventT) -> bool:
-        if event.message.value is None:
-            return True
-        try:
-            return snapshots.accept(event.message.value, event.message.topic) is not None
-        except DriftlineError as exc:
-            metrics.REFUSED_SNAPSHOTS.labels(str(exc).split(":", 1)[0]).inc()
-            report(event, str(exc))
-            return False
-
-    _checked_table(app, "deployments", deployments_topic, 1, admit_deployment)
-    snapshot_table = _checked_table(
-        app,
-        "model_snapshots",
-        snapshots_topic,
-        MODEL_SNAPSHOTS.partitions(common),
-        admit_snapshot,
+    deployment_records = app.tables.add(
+        WatchedGlobalTable(
+            app,
+            name="deployments",
+            on_change=index_deployment,
+            beacon=app.tables.beacon,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=DEPLOYMENTS.partitions(common),
+            is_global=True,
+            standby_buffer_size=1,
+            recovery_buffer_size=1,
+        )
     )
-    snapshots = SnapshotStore(snapshot_table, common.snapshot_hmac_key, own.online_model_cache_size)
+    snapshot_records = app.GlobalTable(
+        "model_snapshots",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=MODEL_SNAPSHOTS.partitions(common),
+    )
+    snapshots = SnapshotStore(
+        snapshot_records, common.snapshot_hmac_key, own.online_model_cache_size
+    )
     models = ModelCache(
         lambda uri: backend_for(uri, common.mlflow_tracking_uri, snapshots),
         retry_seconds=own.model_refresh_seconds,
     )
+
+    async def store_deployment(event: EventT) -> None:
+        message = event.message
+        deployment = check_deployment(message.key, message.value, message.topic)
+        if deployment is None or deployment.deleted:
+            deployment_records.pop(message.key, None)
+        else:
+            deployment_records[message.key] = message.value
+
+    async def store_snapshot(event: EventT) -> None:
+        message = event.message
+        try:
+            snapshot = snapshots.accept(message.value, message.topic)
+        except DriftlineError as exc:
+            metrics.REFUSED_SNAPSHOTS.labels(str(exc).split(":", 1)[0]).inc()
+            raise
+        if snapshot is not None:
+            snapshot_records[snapshot.model_id.encode()] = message.value
 
     async def route(event: EventT) -> None:
         features = decode(FeatureEvent, event.message.value, event.message.topic)
@@ -138,6 +149,14 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
                 metrics.PREDICTIONS.labels(deployment.name, variant.name, str(served)).inc()
         if failures:
             raise VariantsFailedError(failures)
+
+    @app.agent(deployments_topic, name="store_deployment_record")
+    async def store_deployment_record(stream: faust.Stream) -> None:
+        await consume(stream, SERVICE, dead_letters, store_deployment)
+
+    @app.agent(snapshots_topic, name="store_model_snapshot")
+    async def store_model_snapshot(stream: faust.Stream) -> None:
+        await consume(stream, SERVICE, dead_letters, store_snapshot)
 
     @app.agent(features_topic, name="route_feature_event")
     async def route_feature_event(stream: faust.Stream) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.backends import Answer
-from shared.errors import DriftlineError, ModelError
+from shared.errors import DriftlineError, EventDecodeError, ModelError
 from shared.events import (
     Deployment,
     FeatureEvent,
@@ -119,6 +119,19 @@ def prediction_for(
         latency_ms=latency_ms,
         event_time=event.event_time,
     )
+
+
+def check_deployment(key: bytes | None, value: bytes | None, topic: str) -> Deployment | None:
+    """A record of the ``deployments`` topic: a deployment keyed by its name, or None for a
+    tombstone (the key's deployment is removed)."""
+    if key is None:
+        raise EventDecodeError(topic, "no key: a deployment record is keyed by its name")
+    if value is None:
+        return None
+    deployment = decode(Deployment, value, topic)
+    if key != deployment.name.encode():
+        raise EventDecodeError(topic, f"key {key!r} is not the deployment name {deployment.name!r}")
+    return deployment
 
 
 @dataclass

@@ -178,24 +178,41 @@ async def test_unsigned_badly_signed_and_older_snapshots_are_refused(
     app = router_app(tmp_path)
     unsigned = orjson.loads(snapshot("champ", "evil", sequence=5))
     unsigned["signature"] = ""
-    fill_table(app, "model_snapshots", {b"champ": orjson.dumps(unsigned)})
-    fill_table(
-        app,
-        "model_snapshots",
-        {b"champ": snapshot("champ", "evil", sequence=6, key=SecretStr("wrong"))},
-    )
-    fill_table(app, "model_snapshots", {b"champ": snapshot("champ", "old", sequence=0)})
+    async with agent_context(app, "store_model_snapshot") as agent:
+        await agent.put(orjson.dumps(unsigned), key=b"champ")
+        await agent.put(snapshot("champ", "evil", 6, key=SecretStr("wrong")), key=b"champ")
+        await agent.put(snapshot("champ", "newer", sequence=3), key=b"champ")
+        await agent.put(snapshot("champ", "older", sequence=2), key=b"champ")
     entity = entities_on("champion", 1)[0]
     async with agent_context(app, "route_feature_event") as agent:
         await agent.put(feature_event("e1", entity), key=entity.encode())
 
     champion = next(p for p in sent.values("a.predictions") if p["outcome"]["served"])
-    assert champion["outcome"]["output"] == "champ"
+    assert (champion["outcome"]["output"], champion["outcome"]["model_version"]) == ("newer", "3")
     reasons = [letter["reason"] for letter in sent.values("a.deadletter")]
     assert reasons == [
         "snapshot of model 'champ' refused: unsigned",
         "snapshot of model 'champ' refused: bad signature",
     ]
+
+
+async def test_a_bad_deployment_record_is_dead_lettered_and_a_tombstone_removes_one(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = router_app(tmp_path)
+    async with agent_context(app, "store_deployment_record") as agent:
+        await agent.put(b"{not json", key=b"bad")
+        await agent.put(encode(DEPLOYMENT), key=b"misnamed")
+        await agent.put(None, key=b"fraud")
+    entity = entities_on("champion", 1)[0]
+    async with agent_context(app, "route_feature_event") as agent:
+        await agent.put(feature_event("e1", entity), key=entity.encode())
+
+    reasons = [letter["reason"] for letter in sent.values("a.deadletter")]
+    assert "not valid JSON" in reasons[0]
+    assert reasons[1].endswith("key b'misnamed' is not the deployment name 'fraud'")
+    assert reasons[2].startswith("no deployment: stream 'payments'")
+    assert sent.values("a.predictions") == []
 
 
 async def test_events_without_deployment_bad_events_and_unknown_models_are_dead_lettered(
@@ -207,7 +224,7 @@ async def test_events_without_deployment_bad_events_and_unknown_models_are_dead_
         stream="payments",
         variants=[Variant(name="champion", role="champion", model_uri="nowhere:model")],
     )
-    fill_table(app, "deployments", {b"broken": encode(broken), b"bad": b"{not json"})
+    fill_table(app, "deployments", {b"broken": encode(broken)})
     entity = entities_on("champion", 1)[0]
     async with agent_context(app, "route_feature_event") as agent:
         await agent.put(feature_event("e1", entity, stream="orphans"), key=b"k")
@@ -215,13 +232,11 @@ async def test_events_without_deployment_bad_events_and_unknown_models_are_dead_
         await agent.put(feature_event("e2", entity), key=entity.encode())
 
     reasons = [letter["reason"] for letter in sent.values("a.deadletter")]
-    assert reasons[0].startswith("bad event on ")
-    assert "not valid JSON" in reasons[0]
-    assert reasons[1] == (
+    assert reasons[0] == (
         "no deployment: stream 'orphans' has none; create one with `driftline deploy`"
     )
-    assert reasons[2].startswith("bad event on a.features: not valid JSON")
-    assert reasons[3].startswith("unknown model: nowhere:model: unknown scheme")
-    assert "(deployment 'broken', variant 'champion')" in reasons[3]
+    assert reasons[1].startswith("bad event on a.features: not valid JSON")
+    assert reasons[2].startswith("unknown model: nowhere:model: unknown scheme")
+    assert "(deployment 'broken', variant 'champion')" in reasons[2]
     served = [p["deployment"] for p in sent.values("a.predictions") if p["outcome"]["served"]]
     assert served == ["fraud"]
