@@ -126,10 +126,10 @@ class AlertGate:
     Examples
     --------
     >>> gate = AlertGate(cooldown_s=60, escalate_after=3, escalate_within_s=600)
-    >>> [gate.admit("drift", t).send for t in (0, 30, 90)]
-    [True, False, True]
-    >>> gate.admit("drift", 100)
-    Verdict(send=True, escalated=True, recent_drifts=4)
+    >>> gate.admit("drift", 0).send, gate.admit("drift", 30).send
+    (True, False)
+    >>> gate.admit("drift", 90)
+    Verdict(send=True, escalated=True, recent_drifts=3)
 
     """
 
