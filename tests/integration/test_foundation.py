@@ -142,7 +142,9 @@ def test_events_flow_through_all_five_services_with_a_foreign_client(pipeline: P
     assert "not valid JSON" in letter["reason"]
     alert = seen[pipeline.topic(ALERTS)][0]
     assert (alert["kind"], alert["feature"]) == ("data", "amount")
-    assert alert["position"] > n_events // 2
+    # Entities spread over partitions, so the detector sees `amount` values interleaved in
+    # arrival order: its position need not match the event index, but the mean went up.
+    assert alert["stats_after"]["mean"] > alert["stats_before"]["mean"]
 
 
 def test_local_kafka_that_cannot_start_says_why(tmp_path: Path, kafka_bootstrap: str) -> None:
