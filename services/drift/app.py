@@ -55,6 +55,7 @@ SERVICE = "drift"
 
 
 def _add_error(total: list[float], new: list[float]) -> list[float]:
+    """Sum (error, count) pairs; Faust applies it to every window the event falls in."""
     return [total[0] + new[0], total[1] + new[1]]
 
 
@@ -89,6 +90,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
     alerts_name = alerts_topic.get_topic_name()
 
     async def give_up(delivery: Delivery, reason: str) -> None:
+        # The alert was produced here, not consumed: there is no source partition or offset.
         letter = DeadLetter(
             reason=reason,
             service=SERVICE,
