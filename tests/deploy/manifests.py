@@ -19,10 +19,15 @@ from shared.topics import ALL_TOPICS
 
 Manifest = dict[str, Any]
 
-REQUIRED_SETTINGS = (
+TOPIC_SETTINGS = (
     "DRIFTLINE_KAFKA_BROKER",
     "DRIFTLINE_TOPIC_PREFIX",
     "DRIFTLINE_TOPIC_PARTITIONS",
+    "DRIFTLINE_TOPIC_REPLICATION_FACTOR",
+)
+"""Settings `driftline topics create` needs."""
+REQUIRED_SETTINGS = (
+    *TOPIC_SETTINGS,
     "DRIFTLINE_STORE",
     "DRIFTLINE_MLFLOW_TRACKING_URI",
     "DRIFTLINE_SNAPSHOT_HMAC_KEY",
@@ -30,7 +35,7 @@ REQUIRED_SETTINGS = (
     "DRIFTLINE_DATA_DIR",
     "DRIFTLINE_WEB_HOST",
 )
-"""Settings every Driftline container must be given explicitly."""
+"""Settings every worker must be given explicitly."""
 SECRET_SETTINGS = (
     "DRIFTLINE_SNAPSHOT_HMAC_KEY",
     "DRIFTLINE_WEBHOOK_HMAC_KEY",
@@ -139,7 +144,8 @@ def check_workload(docs: list[Manifest], workload: Manifest, container: Manifest
     """Settings, Secrets, data directory and security of one Driftline workload."""
     where = name_of(workload)
     env = container_env(docs, container)
-    for name in REQUIRED_SETTINGS:
+    worker = service_of(container) is not None
+    for name in REQUIRED_SETTINGS if worker else TOPIC_SETTINGS:
         assert name in env, f"{where}: {name} is not set"
     for name in SECRET_SETTINGS:
         if name in env:

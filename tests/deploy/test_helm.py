@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shared.settings import SERVICE_SETTINGS, env_variables
+from shared.settings import SERVICE_SETTINGS, DriftlineSettings, env_variables
 from shared.topics import ALL_TOPICS
 from tests.deploy import manifests as m
 from tests.deploy.conftest import CHART, KUBE_VERSION, ROOT, SCENARIOS, helm_template, run, tool
@@ -70,7 +72,10 @@ def test_defaults_make_topics_with_the_job_and_generate_hmac_keys(
 ) -> None:
     docs = load(helm_renderings["default-values.yaml"])
     (job,) = m.of_kind(docs, "Job")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"], "made after pre hooks"
+    env = m.container_env(docs, job["spec"]["template"]["spec"]["containers"][0])
+    assert all(variable.source != "configmap" for variable in env.values()), "made after hooks"
     (secret,) = m.of_kind(docs, "Secret")
     assert set(secret["data"]) == {"snapshot-key", "webhook-key"}
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -117,8 +122,15 @@ def test_a_user_without_prefix_gets_each_topic_by_name() -> None:
     ("settings", "message"),
     [
         ("kafka.securityProtocol=SASL_SSL", "kafka.sasl.username"),
-        ("strimzi.user.enabled=true", "SASL_PLAINTEXT or SASL_SSL"),
-        ("topics.prefix=bad/prefix", "topics.prefix"),
+        ("strimzi.user.enabled=true,topicsJob.enabled=false", "SASL_PLAINTEXT or SASL_SSL"),
+        ("topics.prefix=bad/prefix", "/topics/prefix"),
+        ("kafka.securityProtocol=TLS", "/kafka/securityProtocol"),
+        ("services.scorer.enabled=true", "'scorer' not allowed"),
+        ("topics.partitions=0", "/topics/partitions"),
+        (
+            "strimzi.user.enabled=true,kafka.securityProtocol=SASL_SSL,strimzi.topics.enabled=true",
+            "topicsJob.enabled=false",
+        ),
     ],
 )
 def test_values_that_cannot_work_stop_the_rendering(settings: str, message: str) -> None:
@@ -214,3 +226,21 @@ def test_notes_render(scenario: str, tmp_path: Path) -> None:
     )
     text = yaml.safe_load(out)["data"]["notes"]
     assert "Driftline" in text and "kubectl" in text
+
+
+def test_values_schema_follows_shared_settings() -> None:
+    """values.schema.json allows exactly the services and choices shared/settings.py has."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    assert set(schema["services"]["properties"]) == set(SERVICE_SETTINGS)
+    fields = DriftlineSettings.model_fields
+    choices = {
+        ("kafka", "securityProtocol"): "kafka_security_protocol",
+        ("settings", "processingGuarantee"): "processing_guarantee",
+        ("settings", "logLevel"): "log_level",
+        ("settings", "logFormat"): "log_format",
+    }
+    for (group, key), field in choices.items():
+        allowed = set(typing.get_args(fields[field].annotation))
+        assert set(schema[group]["properties"][key]["enum"]) == allowed, f"{group}.{key}"
+    mechanism = schema["kafka"]["properties"]["sasl"]["properties"]["mechanism"]["enum"]
+    assert set(mechanism) == set(typing.get_args(fields["kafka_sasl_mechanism"].annotation))

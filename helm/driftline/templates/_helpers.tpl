@@ -210,6 +210,9 @@ Stops a rendering whose values cannot work, with the reason.
 {{- if and .Values.strimzi.user.enabled (not (include "driftline.sasl" .)) }}
 {{- fail "strimzi.user.enabled makes a SCRAM-SHA-512 user: set kafka.securityProtocol to SASL_PLAINTEXT or SASL_SSL" }}
 {{- end }}
+{{- if and .Values.topicsJob.enabled .Values.strimzi.user.enabled }}
+{{- fail "topicsJob runs before the KafkaUser exists: with strimzi.user.enabled let Strimzi make the topics (strimzi.topics.enabled) and set topicsJob.enabled=false" }}
+{{- end }}
 {{- if not (regexMatch "^[A-Za-z0-9._-]*$" .Values.topics.prefix) }}
 {{- fail "topics.prefix: only letters, digits, '.', '_' and '-' may appear in a topic name" }}
 {{- end }}
@@ -288,4 +291,30 @@ Volumes of a Driftline pod.
       - key: {{ .Values.kafka.tls.caKey }}
         path: ca.crt
 {{- end }}
+{{- end }}
+
+{{/*
+The common settings (shared/settings.py's DriftlineSettings) as a map of variable to value: the
+ConfigMap's data, and the topics Job's environment (a hook Job runs before the ConfigMap exists).
+*/}}
+{{- define "driftline.settings" -}}
+DRIFTLINE_KAFKA_BROKER: {{ .Values.kafka.bootstrapServers | quote }}
+DRIFTLINE_KAFKA_SECURITY_PROTOCOL: {{ .Values.kafka.securityProtocol | quote }}
+{{- if include "driftline.sasl" . }}
+DRIFTLINE_KAFKA_SASL_MECHANISM: {{ .Values.kafka.sasl.mechanism | quote }}
+DRIFTLINE_KAFKA_SASL_USERNAME: {{ include "driftline.saslUsername" . | quote }}
+{{- end }}
+{{- if and (include "driftline.tls" .) (include "driftline.caSecretName" .) }}
+DRIFTLINE_KAFKA_SSL_CAFILE: /etc/driftline/kafka-ca/ca.crt
+{{- end }}
+DRIFTLINE_TOPIC_PREFIX: {{ .Values.topics.prefix | quote }}
+DRIFTLINE_TOPIC_PARTITIONS: {{ .Values.topics.partitions | quote }}
+DRIFTLINE_TOPIC_REPLICATION_FACTOR: {{ .Values.topics.replicationFactor | quote }}
+DRIFTLINE_STORE: {{ .Values.settings.store | quote }}
+DRIFTLINE_PROCESSING_GUARANTEE: {{ .Values.settings.processingGuarantee | quote }}
+DRIFTLINE_MLFLOW_TRACKING_URI: {{ .Values.mlflow.trackingUri | quote }}
+DRIFTLINE_DATA_DIR: {{ .Values.dataDir.path | quote }}
+DRIFTLINE_WEB_HOST: "0.0.0.0"
+DRIFTLINE_LOG_LEVEL: {{ .Values.settings.logLevel | quote }}
+DRIFTLINE_LOG_FORMAT: {{ .Values.settings.logFormat | quote }}
 {{- end }}
