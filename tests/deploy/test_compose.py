@@ -75,6 +75,14 @@ def test_every_variable_is_a_setting(compose: dict[str, Any]) -> None:
                 assert variable in known, f"{name} sets {variable}, unknown to shared/settings.py"
 
 
+def test_one_image_built_once_runs_every_service(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    image = services["topics"]["image"]
+    assert services["topics"]["build"]["context"] == str(ROOT)
+    for service in SERVICE_SETTINGS:
+        assert services[service]["image"] == image and "build" not in services[service]
+
+
 def test_topics_are_created_once_kafka_answers(compose: dict[str, Any]) -> None:
     topics = compose["services"]["topics"]
     assert topics["command"] == ["topics", "create"]
