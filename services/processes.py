@@ -13,6 +13,17 @@ from pathlib import Path
 
 import httpx
 
+from shared.errors import DriftlineError
+
+
+class ServiceStartError(DriftlineError):
+    """A service worker died at start or never became healthy; its log says why."""
+
+    def __init__(self, service: str, problem: str, log_path: Path) -> None:
+        self.service = service
+        self.log_path = log_path
+        super().__init__(f"{service} worker {problem}; see {log_path}")
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -34,8 +45,14 @@ class ServiceProcess:
     """Arguments after the interpreter; by default ``-m services.cli <service> worker``. The load
     test runs its reference Faust app this way, under the same health and log handling."""
 
-    def start(self, ready_timeout: float = 60.0) -> ServiceProcess:
-        """Start the process and wait until `/health` says its tables are recovered."""
+    def start(self, ready_timeout: float = 90.0) -> ServiceProcess:
+        """Spawn the process and wait until it is ready."""
+        self.spawn()
+        self.wait_ready(ready_timeout)
+        return self
+
+    def spawn(self) -> None:
+        """Start the process without waiting (start several, then `wait_ready` on each)."""
         env = {
             **os.environ,
             **self.env,
@@ -50,14 +67,18 @@ class ServiceProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + ready_timeout
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until `/health` says the worker's tables are recovered; raise if it died or hung."""
+        assert self.process is not None, "spawn() first"
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.service} worker exited: {self.tail()}")
+                raise ServiceStartError(self.service, "exited", self.log_path)
             if self.healthy():
-                return self
+                return
             time.sleep(0.3)
-        raise AssertionError(f"{self.service} worker not ready in {ready_timeout}s: {self.tail()}")
+        raise ServiceStartError(self.service, f"not ready in {timeout:.0f}s", self.log_path)
 
     def healthy(self) -> bool:
         """Whether the worker's health endpoint answers 200."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import skops.io
 from mlflow import MlflowClient
 
 from shared.errors import DriftlineError
@@ -33,7 +34,11 @@ def register_sklearn_model(
     """Log `model` in a run (with params, metrics, tags) and register it; returns the version.
 
     The signature is inferred from `example`, so the pyfunc takes a DataFrame with those columns.
+    MLflow stores sklearn models with skops, which refuses to reload types it does not know
+    (every tree model) unless they are declared trusted: `model` was trained in this process by
+    our own trainer, so its types are declared trusted here, and only here.
     """
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(model_name)
     try:
@@ -45,6 +50,7 @@ def register_sklearn_model(
                 name="model",
                 registered_model_name=model_name,
                 input_example=example.head(5),
+                skops_trusted_types=trusted,
             )
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(tracking_uri, f"register {model_name!r}", str(exc)) from None

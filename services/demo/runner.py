@@ -192,13 +192,14 @@ class Demo:
             "DRIFTLINE_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
             "DRIFTLINE_MLFLOW_TRACKING_URI": self.mlflow.uri,
             "DRIFTLINE_DATA_DIR": str(self.run_info.directory / "data"),
-            "DRIFTLINE_DRIFT_WEBHOOK_URLS": webhook_url,
+            "DRIFTLINE_DRIFT_WEBHOOK_URLS": orjson.dumps([webhook_url]).decode(),
             "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "100",
         }
-        for service in SERVICES:
-            process = ServiceProcess(service, env, logs / f"{service}.log")
-            self.processes.append(process)
-            process.start()
+        self.processes = [ServiceProcess(s, env, logs / f"{s}.log") for s in SERVICES]
+        for process in self.processes:
+            process.spawn()
+        for process in self.processes:
+            process.wait_ready(timeout=180)
 
     def _stop_services(self) -> None:
         for process in reversed(self.processes):

@@ -61,7 +61,9 @@ def training_rows(scenario: Scenario) -> tuple[list[dict[str, float]], list[bool
     rows = list(
         synth.Agrawal(classification_function=0, seed=scenario.seed + 1).take(scenario.n_train)
     )
-    return [dict(x) for x, _ in rows], [bool(y) for _, y in rows]
+    return [{name: float(x[name]) for name in FEATURES} for x, _ in rows], [
+        bool(y) for _, y in rows
+    ]
 
 
 def replay(scenario: Scenario) -> Iterator[Labeled]:

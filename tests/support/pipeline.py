@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+from services.processes import ServiceStartError
 from shared.admin import create_topics
 from shared.settings import DriftlineSettings
 from shared.topics import Topic
@@ -44,7 +45,10 @@ class Pipeline:
             self.workdir / f"{service}-{len(self.workers)}.log",
         )
         self.workers.append(worker)
-        return worker.start()
+        try:
+            return worker.start()
+        except ServiceStartError as exc:
+            raise AssertionError(f"{exc}:\n{worker.tail()}") from None
 
     def close(self) -> None:
         """Stop every worker this test started."""
