@@ -1,8 +1,9 @@
 """The learner worker: ``predictions.labeled`` in (keyed by deployment), ``model-snapshots`` out.
 
-Two agents. `route_labeled_prediction` looks up the deployment (a global table of the compacted
-``deployments`` topic) and re-keys each labeled prediction by model, one training example per
-online model, through an internal topic: per-entity models spread over its partitions.
+`store_deployment_record` copies the compacted ``deployments`` topic into a global table.
+`route_labeled_prediction` looks up a labeled prediction's deployment there and re-keys it by
+model, one training example per online model, through an internal topic: per-entity models
+spread over its partitions.
 `learn_from_examples` learns in batches: per model, one unpickle, predict-then-learn on each
 example, one changelog write of the pickled learner (model, metrics, applied offsets) before
 the batch's offsets are committed. A crash replays uncommitted examples, and the learner skips
@@ -45,7 +46,7 @@ class UnknownDeploymentError(DriftlineError):
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
-    """The learner Faust app: two agents, the model table, snapshot and MLflow timers."""
+    """The learner Faust app: its agents, the model table, snapshot and MLflow timers."""
     app = create_app(SERVICE, common, own)
     labeled_topic = declare_topic(app, PREDICTIONS_LABELED, common)
     snapshots_topic = declare_topic(app, MODEL_SNAPSHOTS, common)
@@ -59,11 +60,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
         value_serializer="raw",
     )
     dead_letters = DeadLetters(app, SERVICE, common)
+    deployments_topic = declare_topic(app, DEPLOYMENTS, common)
     deployment_table = app.GlobalTable(
         "deployments",
         key_type=bytes,
         value_type=bytes,
-        changelog_topic=declare_topic(app, DEPLOYMENTS, common),
         partitions=DEPLOYMENTS.partitions(common),
         recovery_buffer_size=1,
     )
@@ -89,6 +90,21 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
             cached = deployments[key] = (stored, deployment)
         deployment = cached[1]
         return None if deployment is None or deployment.deleted else deployment
+
+    async def store_deployment(event: EventT) -> None:
+        """Copy a deployment record into the global table (a Faust table cannot use the public
+        topic as its changelog: registration hangs), so every replica reads them all."""
+        message = event.message
+        if message.key is None:
+            raise DriftlineError("no key: a deployment record is keyed by its name")
+        if message.value is None:
+            deployment_table.pop(message.key, None)
+        else:
+            deployment_table[message.key] = message.value
+
+    @app.agent(deployments_topic, name="store_deployment_record")
+    async def store_deployment_record(stream: faust.Stream) -> None:
+        await consume(stream, SERVICE, dead_letters, store_deployment)
 
     async def route(event: EventT) -> None:
         message = event.message
