@@ -66,7 +66,7 @@ async def test_faust_table_keeps_state_across_a_killed_worker(pipeline: Pipeline
         pipeline.topic(FEEDBACK),
         [("ev-1", Feedback(event_id="ev-1", label=True))],
     )
-    changelog = f"{pipeline.prefix}driftline-feedback-event_to_early_feedback-changelog"
+    changelog = f"{pipeline.prefix}driftline-feedback-event_to_join-changelog"
     await consume_until(pipeline.bootstrap, [changelog], count_of(changelog, 1))
     worker.kill()
 
