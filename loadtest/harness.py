@@ -1,0 +1,250 @@
+"""Running one benchmark scenario: a private Driftline on the bench broker and its measured phases.
+
+Each `Run` gets its own topic prefix (so its topics and consumer groups are its own), creates the
+public topics, starts real worker processes and, on `close`, stops them and deletes every topic
+of its prefix. A phase either fills the input topic as fast as the producer allows once every
+worker is idle and ready (maximum sustained rate) or sends at a fixed rate (latency); both wait
+for the outputs with a timeout and read them back from the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from loadtest.generator import FeedbackPlan, generate
+from loadtest.measure import (
+    LagSampler,
+    ProcessUsage,
+    event_latencies_ms,
+    lag_summary,
+    latency_summary,
+    read_records,
+    sustained_rate,
+    topic_end,
+    wait_for_records,
+)
+from loadtest.workload import Record
+from services.processes import ServiceProcess
+from shared.admin import create_topics
+from shared.settings import DriftlineSettings
+from shared.topics import Topic
+
+
+@dataclass
+class Run:
+    """One scenario's Driftline: prefix, settings, workers; `close` stops and deletes it all.
+
+    Its files (worker logs, table data) go to a folder of `workdir` named after the prefix.
+    """
+
+    bootstrap: str
+    workdir: Path
+    name: str
+    partitions: int = 4
+    prefix: str = field(init=False)
+    settings: DriftlineSettings = field(init=False)
+    workers: list[ServiceProcess] = field(default_factory=list)
+    startup_s: dict[str, float] = field(default_factory=dict)
+    """Seconds from spawning each worker to its health check passing."""
+    ready_s: float | None = None
+    """Seconds from spawning the workers to their having stored the set-up records."""
+    _spawned: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.prefix = f"b{uuid.uuid4().hex[:8]}-{self.name}."
+        self.workdir = self.workdir / self.prefix.rstrip(".")
+        self.settings = DriftlineSettings(
+            kafka_broker=self.bootstrap,
+            topic_prefix=self.prefix,
+            topic_partitions=self.partitions,
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(create_topics(self.settings))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment every worker of this run gets (no MLflow server runs in a benchmark)."""
+        return {
+            "DRIFTLINE_KAFKA_BROKER": self.bootstrap,
+            "DRIFTLINE_TOPIC_PREFIX": self.prefix,
+            "DRIFTLINE_TOPIC_PARTITIONS": str(self.partitions),
+            "DRIFTLINE_DATA_DIR": str(self.workdir / "data"),
+            "DRIFTLINE_LOG_LEVEL": "info",
+            "DRIFTLINE_SNAPSHOT_HMAC_KEY": self.settings.snapshot_hmac_key.get_secret_value(),
+            "DRIFTLINE_LEARNER_MLFLOW_ENABLED": "false",
+        }
+
+    def topic(self, topic: Topic) -> str:
+        """A public topic's full name in this run."""
+        return topic.full_name(self.settings)
+
+    def group(self, service: str) -> str:
+        """The consumer group (Faust app id) of a service in this run."""
+        return f"{self.prefix}driftline-{service}"
+
+    def spawn(self, service: str, argv: list[str] | None = None, **extra_env: str) -> None:
+        """Start a worker without waiting for it (`wait_ready` waits for all)."""
+        index = sum(w.service == service for w in self.workers)
+        worker = ServiceProcess(
+            service,
+            {**self.env, **extra_env},
+            self.workdir / f"{service}-{index}.log",
+            argv=argv,
+        )
+        worker.spawn()
+        self.workers.append(worker)
+        self._spawned[f"{service}-{index}"] = time.monotonic()
+
+    def wait_ready(self) -> None:
+        """Wait until every spawned worker is healthy; record each one's start-up time."""
+        for name, worker in zip(self._names(), self.workers, strict=True):
+            if name in self._spawned:
+                worker.wait_ready(timeout=180.0)
+                self.startup_s[name] = round(time.monotonic() - self._spawned.pop(name), 2)
+
+    def _names(self) -> list[str]:
+        """``service-index`` of each worker, in start order."""
+        counts: dict[str, int] = {}
+        names = []
+        for worker in self.workers:
+            counts[worker.service] = counts.get(worker.service, -1) + 1
+            names.append(f"{worker.service}-{counts[worker.service]}")
+        return names
+
+    def wait_stored(self, service: str, table: str, expected: int, timeout: float = 180) -> None:
+        """Wait until `service`'s agents have stored `expected` records in `table` (its changelog
+        holds them) and every worker has had a moment to read them."""
+        changelog = f"{self.group(service)}-{table}-changelog"
+        held = asyncio.run(wait_for_records(self.bootstrap, changelog, expected, timeout))
+        if held < expected:
+            raise TimeoutError(f"{service} stored {held} of {expected} records in {table}")
+        time.sleep(1.0)
+
+    def usage(self) -> dict[str, ProcessUsage]:
+        """Memory and CPU time of every running worker, by ``service-index``."""
+        return {
+            name: ProcessUsage.of(worker.process.pid)
+            for name, worker in zip(self._names(), self.workers, strict=True)
+            if worker.process is not None and worker.process.poll() is None
+        }
+
+    def close(self) -> None:
+        """Stop the workers and delete every topic of this run."""
+        for worker in self.workers:
+            worker.stop(timeout=15.0)
+        asyncio.run(_delete_topics(self.bootstrap, self.prefix))
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
+async def create_plain_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create topics outside Driftline's table (the references' source and target)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def publish_all(bootstrap: str, topic: str, records: list[Record]) -> None:
+    """Write set-up records (declarations, deployments, snapshots) and wait until stored."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024
+    )
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, key=key, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def load_average() -> float:
+    """The machine's one-minute load average."""
+    return round(os.getloadavg()[0], 2)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What to send and what to wait for."""
+
+    input_topic: str
+    make: Callable[[int, float | None], Record]
+    count: int
+    output_topic: str
+    outputs_per_event: float = 1.0
+    """Output records each event yields (predictions per event, labels per event...)."""
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    """Consumer groups whose lag is sampled, with the topics they read."""
+    feedback: FeedbackPlan | None = None
+    timeout_s: float = 180.0
+
+
+def run_phase(run: Run, phase: Phase, rate: float | None, first: int = 0) -> dict[str, Any]:
+    """Send `phase.count` events (as fast as possible when `rate` is None) and wait for the
+    outputs; figures of the outputs written during this phase."""
+    return asyncio.run(_run_phase(run, phase, rate, first))
+
+
+async def _run_phase(run: Run, phase: Phase, rate: float | None, first: int) -> dict[str, Any]:
+    load = load_average()
+    before = run.usage()
+    held_before = await topic_end(run.bootstrap, phase.output_topic)
+    since_ms = time.time() * 1000
+    sampler = LagSampler(run.bootstrap, phase.groups)
+    sampling = asyncio.create_task(sampler.run(max_seconds=phase.timeout_s + 60))
+    sent = await generate(
+        run.bootstrap,
+        phase.input_topic,
+        phase.make,
+        phase.count,
+        rate=rate,
+        max_seconds=phase.timeout_s,
+        feedback=phase.feedback,
+        first=first,
+    )
+    expected = held_before + round(sent.sent * phase.outputs_per_event)
+    held = await wait_for_records(run.bootstrap, phase.output_topic, expected, phase.timeout_s)
+    sampler.stop()
+    await sampling
+    after = run.usage()
+    records = await read_records(run.bootstrap, phase.output_topic, since_ms=since_ms)
+    result: dict[str, Any] = {
+        "load_average": load,
+        "rate_target": rate,
+        "generator": sent.as_dict(),
+        "expected_outputs": expected - held_before,
+        "outputs": len(records),
+        "complete": held >= expected,
+        "rate": sustained_rate([r.timestamp_ms for r in records]),
+        "cpu_s": {k: round(after[k].cpu_s - before[k].cpu_s, 2) for k in after if k in before},
+        "rss_mb": {k: u.rss_mb for k, u in after.items()},
+        "lag": lag_summary(sampler.samples),
+    }
+    if records:
+        result["latency_ms"] = latency_summary(event_latencies_ms(records))
+    return result
