@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: demo test unit integration lint tools kafka-start kafka-stop clean
+.PHONY: demo test unit integration lint tools kafka-start kafka-stop clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ integration: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/driftline demo
+
+# Load test on its own local broker (port 39092): every scenario, < 15 minutes; writes
+# docs/benchmarks.md and docs/benchmarks.json. `make bench BENCH_QUICK=1` runs each tiny.
+bench: $(STAMP)
+	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
 kafka-start: $(STAMP)
 	$(BIN)/driftline kafka start
