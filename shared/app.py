@@ -45,6 +45,11 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        # Faust creates its changelog and repartition topics at start; when the first rebalance
+        # runs before the broker's metadata lists them, the assignor skips them and recovery
+        # waits for partitions nobody assigned. Fresh metadata (and the rejoin aiokafka does
+        # when it changes) ends that wait in seconds instead of the 5-minute default.
+        consumer_metadata_max_age_ms=5_000,
         producer_linger_ms=5,
         logging_config=logging_config(service, common.log_level, common.log_format),
     )
