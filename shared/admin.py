@@ -50,15 +50,14 @@ async def read_compacted(settings: DriftlineSettings, topic: Topic) -> dict[byte
     )
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-        if not partitions:
+        if name not in await consumer.topics():
             raise DriftlineError(f"topic {name} does not exist; run `driftline topics create`")
+        partitions = [TopicPartition(name, p) for p in range(topic.partitions(settings))]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         latest: dict[bytes, bytes] = {}
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for message in messages:
                     if message.value is None:
