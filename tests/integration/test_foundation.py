@@ -3,6 +3,7 @@ of five services, and a foreign (non-Driftline) Kafka client on both ends."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -10,18 +11,32 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from shared.admin import publish
 from shared.errors import KafkaStartError
-from shared.events import Feedback, Prediction, VariantOutput, utc_now
+from shared.events import (
+    Deployment,
+    FeatureSpec,
+    Feedback,
+    OnlineModelSpec,
+    Prediction,
+    StreamSchema,
+    Variant,
+    VariantOutput,
+    encode,
+    utc_now,
+)
 from shared.localkafka import LocalKafka
 from shared.topics import (
     ALERTS,
     DEADLETTER,
+    DEPLOYMENTS,
     EVENTS_RAW,
     FEATURES,
     FEEDBACK,
     MODEL_SNAPSHOTS,
     PREDICTIONS,
     PREDICTIONS_LABELED,
+    STREAMS,
 )
 from tests.support.kafka import consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
@@ -83,6 +98,14 @@ def test_events_flow_through_all_five_services_with_a_foreign_client(pipeline: P
     """kafka-python (not Driftline's client) produces raw events and feedback and reads each
     service's output: features, predictions, labeled predictions, snapshots, alerts, dead letters.
     """
+    stream = StreamSchema(name="payments", features=[FeatureSpec(name="amount")])
+    champion = Variant(name="champion", role="champion", model_uri="online:payments")
+    learner = OnlineModelSpec(model_id="payments", model_type="logistic_regression")
+    deployment = Deployment(
+        name="payments", stream="payments", variants=[champion], online_models=[learner]
+    )
+    asyncio.run(publish(pipeline.settings, STREAMS, "payments", encode(stream)))
+    asyncio.run(publish(pipeline.settings, DEPLOYMENTS, "payments", encode(deployment)))
     for service in ("ingestion", "router", "feedback", "learner", "drift"):
         pipeline.start(service, DRIFTLINE_LEARNER_SNAPSHOT_EVERY="1")
     producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap)
