@@ -57,18 +57,18 @@ def deployment_from_options(
     rules: list[str] | None = None,
     shadows: list[str] | None = None,
 ) -> Deployment:
-    """The deployment the `deploy` options describe."""
-    variants = [Variant(name="champion", role="champion", model_uri=champion)]
-    if canary is not None:
-        variants.append(
-            Variant(name="canary", role="canary", model_uri=canary, weight=canary_weight)
-        )
-    for i, text in enumerate(rules or [], start=1):
-        rule, uri = parse_rule(text)
-        variants.append(Variant(name=f"rule-{i}", role="rule", model_uri=uri, rule=rule))
-    for i, uri in enumerate(shadows or [], start=1):
-        variants.append(Variant(name=f"shadow-{i}", role="shadow", model_uri=uri))
+    """The deployment the `deploy` options describe; a mistake raises one readable line."""
     try:
+        variants = [Variant(name="champion", role="champion", model_uri=champion)]
+        if canary is not None:
+            variants.append(
+                Variant(name="canary", role="canary", model_uri=canary, weight=canary_weight)
+            )
+        for i, text in enumerate(rules or [], start=1):
+            rule, uri = parse_rule(text)
+            variants.append(Variant(name=f"rule-{i}", role="rule", model_uri=uri, rule=rule))
+        for i, uri in enumerate(shadows or [], start=1):
+            variants.append(Variant(name=f"shadow-{i}", role="shadow", model_uri=uri))
         return Deployment(name=name, stream=stream, variants=variants)
     except ValidationError as exc:
         raise DriftlineError(f"deployment {name!r}: {describe_problem(exc)}") from None

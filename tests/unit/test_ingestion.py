@@ -1,0 +1,131 @@
+"""Ingestion's pure logic: validation against a declared stream, declarations, window buckets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from services.ingestion.logic import (
+    EventClock,
+    InvalidEventError,
+    UnknownStreamError,
+    WindowTooLongError,
+    add_to_bucket,
+    bucket_times,
+    check_declaration,
+    parse_raw_event,
+    read_bucket,
+    stream_schema,
+    validate_features,
+    window_features,
+)
+from shared.errors import EventDecodeError
+from shared.events import FeatureSpec, RawEvent, StreamSchema, WindowedAggregate, encode
+
+SCHEMA = StreamSchema(
+    name="payments",
+    features=[
+        FeatureSpec(name="amount", min=0, max=100),
+        FeatureSpec(name="tier", type="categorical", categories=["basic", "premium"]),
+        FeatureSpec(name="note", type="categorical", required=False),
+        FeatureSpec(name="online", type="boolean", required=False),
+    ],
+    aggregates=[WindowedAggregate(field="amount", minutes=10)],
+)
+
+
+def raw(**data: Any) -> RawEvent:
+    return RawEvent(
+        event_id="e1",
+        stream="payments",
+        entity_id="u1",
+        event_time=datetime(2026, 1, 1, tzinfo=UTC),
+        data={"amount": 5, "tier": "basic"} | data,
+    )
+
+
+def test_valid_event_keeps_declared_features_as_typed_values() -> None:
+    features = validate_features(raw(online=False, extra=1, note="hi"), SCHEMA)
+
+    assert features == {"amount": 5.0, "tier": "basic", "note": "hi", "online": False}
+    assert isinstance(features["amount"], float)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"amount": None}, "missing field: event 'e1' of stream 'payments': required 'amount'"),
+        (
+            {"amount": "5"},
+            "wrong type: event 'e1' of stream 'payments': amount='5' is not a number",
+        ),
+        ({"amount": True}, "wrong type: event 'e1' of stream 'payments': amount=True"),
+        ({"tier": 3}, "wrong type: event 'e1' of stream 'payments': tier=3 is not text"),
+        ({"online": 1}, "wrong type: event 'e1' of stream 'payments': online=1 is not a boolean"),
+        ({"amount": float("nan")}, "not finite: event 'e1' of stream 'payments': amount=nan"),
+        ({"amount": float("inf")}, "not finite: event 'e1' of stream 'payments': amount=inf"),
+        ({"amount": 101}, "out of range: event 'e1' of stream 'payments': amount=101"),
+        ({"amount": -1}, "out of range: event 'e1' of stream 'payments': amount=-1"),
+        ({"tier": "gold"}, "unknown category: event 'e1' of stream 'payments': tier='gold'"),
+    ],
+)
+def test_each_fault_is_refused_with_a_reason_that_starts_with_its_kind(
+    data: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        validate_features(raw(**data), SCHEMA)
+    assert str(caught.value).startswith(reason)
+
+
+def test_optional_features_may_be_absent() -> None:
+    assert "online" not in validate_features(raw(), SCHEMA)
+
+
+def test_unknown_stream_and_too_long_windows_are_refused() -> None:
+    with pytest.raises(UnknownStreamError, match="unknown stream: 'refunds' is not declared"):
+        stream_schema(None, "refunds", "streams", horizon=60)
+    with pytest.raises(
+        WindowTooLongError, match="aggregates over 10 minutes but ingestion keeps 5"
+    ):
+        stream_schema(encode(SCHEMA), "payments", "streams", horizon=5)
+    assert stream_schema(encode(SCHEMA), "payments", "streams", horizon=60) == SCHEMA
+
+
+def test_oversized_payloads_are_refused_unread() -> None:
+    with pytest.raises(EventDecodeError, match="oversized payload: 100 bytes > 64"):
+        parse_raw_event(b"x" * 100, "events.raw", max_bytes=64)
+
+
+def test_a_declaration_must_be_keyed_by_its_stream_and_be_consistent() -> None:
+    assert check_declaration(b"payments", encode(SCHEMA), "streams") == SCHEMA
+    with pytest.raises(EventDecodeError, match="key b'other' is not the stream name"):
+        check_declaration(b"other", encode(SCHEMA), "streams")
+    with pytest.raises(ValueError, match="aggregate field 'tier' is not a numeric feature"):
+        StreamSchema(
+            name="s", features=SCHEMA.features, aggregates=[{"field": "tier", "minutes": 1}]
+        )
+
+
+def test_buckets_add_up_to_a_windows_count_and_mean() -> None:
+    bucket = add_to_bucket(add_to_bucket(b"", 10.0), 20.0)
+    assert read_bucket(bucket) == (2.0, 30.0)
+    aggregate = WindowedAggregate(field="amount", minutes=10)
+
+    assert window_features(aggregate, [bucket, b"", add_to_bucket(b"", 30.0)]) == {
+        "amount_count_10m": 3.0,
+        "amount_mean_10m": 20.0,
+    }
+    assert window_features(aggregate, [b""]) == {"amount_count_10m": 0.0}
+
+
+def test_a_window_reads_one_time_in_each_bucket_it_covers() -> None:
+    assert bucket_times(1000.0, minutes=3, bucket_seconds=60) == [1000.0, 940.0, 880.0]
+    assert len(bucket_times(1000.0, minutes=1, bucket_seconds=45)) == 2
+
+
+def test_event_clock_is_the_time_windowed_tables_read() -> None:
+    clock = EventClock()
+    clock.timestamp = 12.5
+    assert clock() == clock(object()) == 12.5

@@ -1,0 +1,253 @@
+"""The router's pure logic: stable canary shares, rules, variant choice, the deployment index,
+the `deploy` options, and the model backends' cache and snapshot checks (no Kafka, no MLflow)."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from services.router.commands import deployment_from_options, parse_rule
+from services.router.logic import (
+    DeploymentIndex,
+    NoDeploymentError,
+    check_deployment,
+    choose_variants,
+    entity_share,
+    rule_matches,
+)
+from shared.backends import (
+    Answer,
+    MlflowBackend,
+    ModelBackend,
+    ModelCache,
+    OnlineBackend,
+    SnapshotStore,
+    backend_for,
+)
+from shared.errors import (
+    DriftlineError,
+    EventDecodeError,
+    SignatureError,
+    UnknownModelError,
+)
+from shared.events import (
+    Deployment,
+    FeatureEvent,
+    ModelSnapshot,
+    RoutingRule,
+    Variant,
+    encode,
+)
+from shared.signing import sign
+
+KEY = SecretStr("unit-key")
+DEPLOYMENT = deployment_from_options(
+    "fraud",
+    "payments",
+    "models:/fraud@champion",
+    canary="models:/fraud/2",
+    canary_weight=0.1,
+    rules=["tier==premium=models:/fraud/3", "amount>1000=models:/big/1"],
+    shadows=["online:fraud"],
+)
+
+
+def event(entity: str = "u1", **features: Any) -> FeatureEvent:
+    return FeatureEvent(
+        event_id="e1",
+        stream="payments",
+        entity_id=entity,
+        event_time=datetime(2026, 1, 1, tzinfo=UTC),
+        features={"amount": 5.0, "tier": "basic"} | features,
+    )
+
+
+def test_entity_share_is_stable_and_spreads_entities_evenly() -> None:
+    shares = [entity_share("fraud", f"user-{i}") for i in range(20_000)]
+
+    assert shares[:3] == [entity_share("fraud", f"user-{i}") for i in range(3)]
+    assert all(0 <= s < 1 for s in shares)
+    assert 0.09 < sum(s < 0.1 for s in shares) / len(shares) < 0.11
+    assert entity_share("fraud", "user-1") != entity_share("other", "user-1")
+
+
+@pytest.mark.parametrize(
+    ("rule", "matches"),
+    [
+        (RoutingRule(field="tier", value="premium"), True),
+        (RoutingRule(field="tier", op="!=", value="premium"), False),
+        (RoutingRule(field="amount", op=">", value=100), True),
+        (RoutingRule(field="amount", op="<=", value=100), False),
+        (RoutingRule(field="tier", op="in", value=["gold", "premium"]), True),
+        (RoutingRule(field="amount", op=">", value="text"), False),
+        (RoutingRule(field="missing", value=1), False),
+    ],
+)
+def test_rules_compare_a_feature_and_never_raise(rule: RoutingRule, matches: bool) -> None:
+    assert rule_matches(rule, {"tier": "premium", "amount": 500.0}) is matches
+
+
+def test_first_matching_rule_wins_then_canary_by_share_then_champion_and_shadows_always() -> None:
+    canary_entity = next(f"u{i}" for i in range(1000) if entity_share("fraud", f"u{i}") < 0.1)
+    champion_entity = next(f"u{i}" for i in range(1000) if entity_share("fraud", f"u{i}") >= 0.1)
+
+    def chosen(e: FeatureEvent) -> list[tuple[str, bool]]:
+        return [(v.name, served) for v, served in choose_variants(DEPLOYMENT, e)]
+
+    assert chosen(event(champion_entity)) == [("champion", True), ("shadow-1", False)]
+    assert chosen(event(canary_entity)) == [("canary", True), ("shadow-1", False)]
+    assert chosen(event(canary_entity, tier="premium", amount=5000.0))[0] == ("rule-1", True)
+    assert chosen(event(champion_entity, amount=5000.0))[0] == ("rule-2", True)
+
+
+def test_index_follows_updates_moves_and_deletions_by_stream() -> None:
+    index = DeploymentIndex.empty()
+    index.apply("fraud", encode(DEPLOYMENT), "deployments")
+    moved = DEPLOYMENT.model_copy(update={"stream": "clicks"})
+
+    assert index.for_stream("payments") == [DEPLOYMENT]
+    index.apply("fraud", encode(moved), "deployments")
+    assert index.for_stream("clicks") == [moved]
+    with pytest.raises(NoDeploymentError, match="no deployment: stream 'payments' has none"):
+        index.for_stream("payments")
+    with pytest.raises(EventDecodeError):
+        index.apply("fraud", b"{", "deployments")
+    assert len(index) == 1
+    assert "online:fraud" in index.model_uris()
+    index.apply("fraud", None, "deployments")
+    assert len(index) == 0
+
+
+def test_deployment_records_must_be_keyed_by_name() -> None:
+    assert check_deployment(b"fraud", encode(DEPLOYMENT), "d") == DEPLOYMENT
+    assert check_deployment(b"fraud", None, "d") is None
+    with pytest.raises(EventDecodeError, match="no key"):
+        check_deployment(None, encode(DEPLOYMENT), "d")
+    with pytest.raises(EventDecodeError, match="not the deployment name 'fraud'"):
+        check_deployment(b"other", encode(DEPLOYMENT), "d")
+
+
+@pytest.mark.parametrize(
+    ("variants", "problem"),
+    [
+        ([], "exactly one champion"),
+        ([("a", "champion"), ("b", "champion")], "exactly one champion"),
+        ([("a", "champion"), ("a", "shadow")], "unique"),
+        ([("a", "champion"), ("b", "rule")], "needs a rule"),
+    ],
+)
+def test_a_deployment_must_be_answerable(variants: list[tuple[str, str]], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        Deployment(
+            name="d",
+            stream="s",
+            variants=[Variant(name=n, role=r, model_uri="online:m") for n, r in variants],
+        )
+
+
+def test_deploy_options_parse_rules_and_refuse_mistakes_in_one_line() -> None:
+    assert parse_rule('tier == "premium"=models:/fraud@premium') == (
+        RoutingRule(field="tier", op="==", value="premium"),
+        "models:/fraud@premium",
+    )
+    assert parse_rule("amount>=10.5=online:m")[0] == RoutingRule(
+        field="amount", op=">=", value=10.5
+    )
+    assert parse_rule('country in ["NL", "BE"]=online:m')[0].value == ["NL", "BE"]
+    with pytest.raises(DriftlineError, match="expected <field><op><value>=<model uri>"):
+        parse_rule("tier=premium")
+    with pytest.raises(DriftlineError, match="deployment 'd': weight: Input should be less"):
+        deployment_from_options("d", "s", "online:a", canary="online:b", canary_weight=1.5)
+
+
+def signed_snapshot(model_id: str, model: Any, sequence: int, key: SecretStr = KEY) -> bytes:
+    payload = pickle.dumps(model)
+    return encode(
+        ModelSnapshot(
+            model_id=model_id,
+            model_type="t",
+            sequence=sequence,
+            n_learned=sequence,
+            payload=payload,
+            signature=sign(payload, key),
+        )
+    )
+
+
+class Always:
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def predict_one(self, x: dict[str, Any]) -> str:
+        return self.label
+
+
+def test_snapshots_are_verified_before_stored_and_only_newer_ones_replace() -> None:
+    stored: dict[bytes, bytes] = {}
+    store = SnapshotStore(stored, KEY, cache_size=1)
+
+    with pytest.raises(SignatureError, match="bad signature"):
+        store.accept(signed_snapshot("m", Always("x"), 1, SecretStr("other")), "t")
+    stored[b"m"] = signed_snapshot("m", Always("a"), 2)
+    assert store.accept(signed_snapshot("m", Always("b"), 1), "t") is None
+    assert store.accept(signed_snapshot("m", Always("b"), 3), "t") is not None
+    assert store.model("missing") is None
+    model, sequence = store.model("m") or (None, 0)
+    assert (model.label, sequence) == ("a", 2)
+
+
+def test_online_backend_prefers_the_entitys_model_and_answers_cold_without_one() -> None:
+    stored = {
+        b"m": signed_snapshot("m", Always("shared"), 4),
+        b"m/u1": signed_snapshot("m/u1", Always("own"), 7),
+    }
+    backend = OnlineBackend("online:m", SnapshotStore(stored, KEY, cache_size=10))
+    cold = OnlineBackend("online:none", SnapshotStore(stored, KEY, cache_size=10))
+
+    assert backend.predict({}, "u1") == Answer("m/u1", "7", "own", None)
+    assert backend.predict({}, "u2") == Answer("m", "4", "shared", None)
+    assert cold.predict({}, "u1") == Answer("none", "cold", None, None)
+
+
+def test_model_uris_pick_their_backend_or_are_refused() -> None:
+    store = SnapshotStore({}, KEY, cache_size=1)
+    assert isinstance(backend_for("models:/fraud@champion", "http://x", store), MlflowBackend)
+    assert isinstance(backend_for("online:m", "http://x", store), OnlineBackend)
+    with pytest.raises(UnknownModelError, match="unknown model: s3://m: unknown scheme"):
+        backend_for("s3://m", "http://x", store)
+    with pytest.raises(UnknownModelError, match="expected models:/<name>@<alias>"):
+        backend_for("models:/a/b/c", "http://x", store)
+
+
+class Counting(ModelBackend):
+    loads = 0
+    unloads = 0
+
+    async def load(self) -> None:
+        Counting.loads += 1
+        if "missing" in self.uri:
+            raise UnknownModelError(self.uri, "no such model")
+
+    async def unload(self) -> None:
+        Counting.unloads += 1
+
+    def predict(self, features: dict[str, Any], entity_id: str) -> Answer:
+        return Answer("m", "1", 1, None)
+
+
+async def test_cache_loads_once_per_uri_remembers_failures_and_unloads_unused() -> None:
+    cache = ModelCache(Counting, retry_seconds=60)
+
+    first = await cache.get("a")
+    assert await cache.get("a") is first
+    for _ in range(2):
+        with pytest.raises(UnknownModelError):
+            await cache.get("missing")
+    assert Counting.loads == 2
+    await cache.get("b")
+    await cache.refresh({"b"})
+    assert (len(cache), Counting.unloads) == (1, 1)
