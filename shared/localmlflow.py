@@ -85,6 +85,9 @@ class LocalMlflow:
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # The server's job runner (several huey worker processes) serves MLflow's GenAI
+                # jobs; tracking and the registry do not need it.
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )  # fmt: skip
         self._pid_path.write_text(str(process.pid))
         while time.monotonic() - began < timeout:
