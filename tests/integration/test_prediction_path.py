@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,11 +31,13 @@ from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
+MODEL = f"fraud-{uuid.uuid4().hex[:8]}"
+"""A registered model name of this run's own (an MLflow server that answers is reused)."""
 EXAMPLE = pd.DataFrame({"amount": [1.0, 50.0, 200.0]})
 
 
 def register_constant(tracking_uri: str, label: int) -> str:
-    """A new version of model ``fraud`` that always answers `label` (so tests can tell versions
+    """A new version of `MODEL` that always answers `label` (so tests can tell versions
     apart); logged with a signature and fixed requirements, which keeps logging fast."""
     model = DummyClassifier(strategy="constant", constant=label).fit(EXAMPLE, [label, 0, label])
     mlflow.set_tracking_uri(tracking_uri)
@@ -42,7 +45,7 @@ def register_constant(tracking_uri: str, label: int) -> str:
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            registered_model_name="fraud",
+            registered_model_name=MODEL,
             signature=infer_signature(EXAMPLE, model.predict(EXAMPLE)),
             pip_requirements=["scikit-learn"],
         )
@@ -51,10 +54,10 @@ def register_constant(tracking_uri: str, label: int) -> str:
 
 @pytest.fixture(scope="module")
 def models(mlflow_uri: str) -> Iterator[str]:
-    """The registry with model ``fraud``: version n answers n (1, 2, 3); @champion is 1."""
+    """The registry with `MODEL`: version n answers n (1, 2, 3); @champion is 1."""
     for label in (1, 2, 3):
         assert register_constant(mlflow_uri, label) == str(label)
-    set_alias(mlflow_uri, "fraud", "champion", "1")
+    set_alias(mlflow_uri, MODEL, "champion", "1")
     yield mlflow_uri
 
 
@@ -84,18 +87,20 @@ def served_by_event(records: list[Record]) -> dict[str, dict]:
 async def test_champion_answers_a_sticky_ten_percent_canary_and_a_tier_rule(
     pipeline: Pipeline, models: str
 ) -> None:
-    set_alias(models, "fraud", "champion", "1")
+    set_alias(models, MODEL, "champion", "1")
     pipeline.start("router", DRIFTLINE_MLFLOW_TRACKING_URI=models)
     await run_cli(
         pipeline, models, "deploy", "fraud", "--stream", "payments",
-        "--champion", "models:/fraud@champion",
-        "--canary", "models:/fraud/3", "--canary-weight", "0.1",
-        "--rule", 'tier=="premium"=models:/fraud/2',
+        "--champion", f"models:/{MODEL}@champion",
+        "--canary", f"models:/{MODEL}/3", "--canary-weight", "0.1",
+        "--rule", f'tier=="premium"=models:/{MODEL}/2',
     )  # fmt: skip
-    assert "champion(champion)=models:/fraud@champion" in await run_cli(
+    assert f"champion(champion)=models:/{MODEL}@champion" in await run_cli(
         pipeline, models, "deployments", "list"
     )
-    assert "fraud  versions=1,2,3  @champion=1" in await run_cli(pipeline, models, "models", "list")
+    assert f"{MODEL}  versions=1,2,3  @champion=1" in await run_cli(
+        pipeline, models, "models", "list"
+    )
 
     n_entities = 5_000
     events = [
@@ -125,7 +130,7 @@ async def test_champion_answers_a_sticky_ten_percent_canary_and_a_tier_rule(
     assert outputs == {("champion", 1), ("canary", 3), ("rule-1", 2)}
     assert all(served[f"vip-{i}"]["outcome"]["variant"] == "rule-1" for i in range(50))
     champion = next(p["outcome"] for p in served.values() if p["outcome"]["role"] == "champion")
-    assert (champion["model_name"], champion["model_version"]) == ("fraud", "1")
+    assert (champion["model_name"], champion["model_version"]) == (MODEL, "1")
     assert champion["probabilities"] == {"0": 0.0, "1": 1.0}
     assert all(r.key == r.json()["event_id"].encode() for r in records)
 
@@ -170,14 +175,14 @@ async def test_bad_events_are_dead_lettered_good_ones_predicted_and_shadowed_and
     )
     await run_cli(
         pipeline, models, "deploy", "fraud", "--stream", "payments",
-        "--champion", "models:/fraud@champion", "--shadow", "models:/fraud/3",
+        "--champion", f"models:/{MODEL}@champion", "--shadow", f"models:/{MODEL}/3",
     )  # fmt: skip
     for name, stream, champion in (
         ("ghost", "clicks", "models:/no-such-model@champion"),
-        ("wide", "wide", "models:/fraud/1"),
+        ("wide", "wide", f"models:/{MODEL}/1"),
     ):
         await run_cli(pipeline, models, "deploy", name, "--stream", stream, "--champion", champion)
-    set_alias(models, "fraud", "champion", "1")
+    set_alias(models, MODEL, "champion", "1")
     ingestion = pipeline.start("ingestion", DRIFTLINE_INGESTION_MAX_EVENT_BYTES="1000")
     router = pipeline.start(
         "router",
@@ -237,10 +242,10 @@ async def test_bad_events_are_dead_lettered_good_ones_predicted_and_shadowed_and
     from_router = sorted(x["reason"] for x in letters if x["service"] == "router")
     assert from_router[0].startswith("no deployment: stream 'orphan'")
     assert from_router[1].startswith("unknown model: models:/no-such-model@champion")
-    assert from_router[2].startswith("wrong feature set: models:/fraud/1: event lacks amount")
+    assert from_router[2].startswith(f"wrong feature set: models:/{MODEL}/1: event lacks amount")
     assert 'driftline_duplicate_events_total{stream="payments"} 1.0' in ingestion.metrics()
 
-    set_alias(models, "fraud", "champion", "2")
+    set_alias(models, MODEL, "champion", "2")
     probe, version = 0, "1"
     deadline = time.monotonic() + 60
     while version != "2" and time.monotonic() < deadline:
@@ -256,4 +261,5 @@ async def test_bad_events_are_dead_lettered_good_ones_predicted_and_shadowed_and
     assert served_by_event(answer)[event_id]["outcome"]["output"] == 2
     assert version == "2"
     assert router.process is not None and router.process.poll() is None, "router restarted"
-    assert 'driftline_model_loads_total{uri="models:/fraud@champion"} 2.0' in router.metrics()
+    loads = f'driftline_model_loads_total{{uri="models:/{MODEL}@champion"}} 2.0'
+    assert loads in router.metrics()
