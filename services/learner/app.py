@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import faust
+from faust.streams import _current_event
 from faust.types import EventT
 
 from services.learner.logic import (
@@ -43,6 +46,22 @@ class UnknownDeploymentError(DriftlineError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown deployment {name!r}: publish it on the deployments topic first")
+
+
+@contextmanager
+def as_current_event(event: EventT) -> Iterator[None]:
+    """Make `event` the current one for table writes in this task.
+
+    Faust writes a table key to the changelog partition of the current event; after a batch that
+    must be an event of the model's own partition. Only the context variable the tables read is
+    set: the stream's own `current_event` tells `take_events` which event a buffered value
+    belongs to, and changing it would swap a waiting message for an old one.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
@@ -149,7 +168,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
                     learner.spec.model_id, name.removeprefix("rolling_"), window
                 ).set(value)
 
-    async def learn_batch(stream: faust.Stream, batch: Sequence[EventT]) -> None:
+    async def learn_batch(batch: Sequence[EventT]) -> None:
         by_model: dict[bytes, list[tuple[EventT, TrainingExample]]] = {}
         for event in batch:
             message = event.message
@@ -180,10 +199,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
                 if learner.n_learned % own.snapshot_every == 0:
                     await publish(key, learner)
             if learned and learner is not None:
-                # Faust writes a table key to the changelog partition of the current event; in
-                # a batch that must be an event of this model's own partition.
-                stream._set_current_event(items[-1][0])
-                remember(key, learner)
+                with as_current_event(items[-1][0]):
+                    remember(key, learner)
                 metrics.MODEL_UPDATES.labels(learner.spec.model_id).inc(learned)
                 if learner.n_learned % own.snapshot_every:
                     to_snapshot.add(key)
@@ -193,7 +210,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
     @app.agent(examples_topic, name="learn_from_examples")
     async def learn_from_examples(stream: faust.Stream) -> None:
         async for batch in stream.take_events(own.batch_size, within=own.batch_within_s):
-            await learn_batch(stream, batch)
+            await learn_batch(batch)
 
     @app.timer(own.snapshot_every_s, name="publish_pending_snapshots")
     async def publish_pending_snapshots() -> None:
