@@ -18,14 +18,16 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.demo.observer import ChampionSwitch, DemoObserver
-from services.demo.scenario import STREAM, Labeled, Scenario, replay, training_rows
+from services.demo.scenario import FEATURES, STREAM, Labeled, Scenario, replay, training_rows
 from services.processes import ServiceProcess, free_port
-from shared.admin import create_topics
+from shared.admin import create_topics, publish
 from shared.events import (
     Deployment,
     DriftAlert,
+    FeatureSpec,
     LabeledPrediction,
     OnlineModelSpec,
+    StreamSchema,
     Variant,
     decode,
     encode,
@@ -43,6 +45,7 @@ from shared.topics import (
     FEEDBACK,
     PREDICTIONS,
     PREDICTIONS_LABELED,
+    STREAMS,
     Topic,
 )
 from shared.trainers import gradient_boosting
@@ -181,7 +184,11 @@ class Demo:
                 ),
             ],
         )  # fmt: skip
-        await self._produce(self.topic(DEPLOYMENTS), [(DEPLOYMENT.encode(), encode(deployment))])
+        stream = StreamSchema(
+            name=STREAM, features=[FeatureSpec(name=name, min=0) for name in FEATURES]
+        )
+        await publish(self.settings, STREAMS, STREAM, encode(stream))
+        await publish(self.settings, DEPLOYMENTS, DEPLOYMENT, encode(deployment))
 
     def _start_services(self, webhook_url: str) -> None:
         logs = self.run_info.directory / "logs"
@@ -204,15 +211,6 @@ class Demo:
     def _stop_services(self) -> None:
         for process in reversed(self.processes):
             process.stop()
-
-    async def _produce(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers)
-        await producer.start()
-        try:
-            for key, value in messages:
-                await producer.send(topic, key=key, value=value)
-        finally:
-            await producer.stop()
 
     async def _replay(self) -> None:
         """Send events at the scenario's rate and each label `label_delay` seconds later."""
