@@ -42,11 +42,13 @@ from shared.topics import (
 class Sizes:
     """How much each scenario sends; `QUICK` runs every scenario tiny."""
 
-    relay_events: int = 200_000
-    forward_events: int = 40_000
-    backlog: int = 20_000
+    relay_events: int = 100_000
+    forward_events: int = 30_000
+    backlog: int = 10_000
     """Events of each maximum-rate phase."""
-    latency_seconds: float = 15.0
+    loop_events: int = 3_000
+    """Events of the full loop's maximum-rate phase (every event costs all five services)."""
+    latency_seconds: float = 10.0
     """Length of each fixed-rate (latency) phase."""
     deployments: tuple[int, ...] = (1, 100, 1_000, 10_000)
     entities: int = 10_000
@@ -58,6 +60,7 @@ QUICK = Sizes(
     relay_events=2_000,
     forward_events=500,
     backlog=300,
+    loop_events=200,
     latency_seconds=2.0,
     deployments=(1, 10),
     entities=20,
@@ -324,7 +327,7 @@ def full_loop(ctx: Context, per_entity: bool = False) -> dict[str, Any]:
         phase = Phase(
             run.topic(EVENTS_RAW),
             workload.raw_event,
-            max(ctx.sizes.backlog, 2 * entities if per_entity else 0),
+            ctx.sizes.loop_events,
             run.topic(PREDICTIONS),
             groups={
                 run.group("ingestion"): [run.topic(EVENTS_RAW)],
