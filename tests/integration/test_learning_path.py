@@ -38,7 +38,7 @@ from shared.events import (
 from shared.settings import INSECURE_DEV_KEY
 from shared.topics import DEADLETTER, DEPLOYMENTS, FEEDBACK, MODEL_SNAPSHOTS, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
-from tests.support.kafka import Record, consume_until, count_of, produce
+from tests.support.kafka import Record, consume_until, count_of, end_offsets, produce
 from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -140,6 +140,7 @@ async def test_feedback_joins_late_early_duplicate_expired_and_unknown(
         ("late", ["canary"]),
         ("late", ["champion", "shadow"]),
     ]
+    assert sum((await end_offsets(pipe.bootstrap, labeled)).values()) == 3
     assert {r.key for r in joined} == {b"fraud"}
     late = next(r.json() for r in joined if len(r.json()["outcomes"]) == 2)
     assert late["label"] is True

@@ -128,3 +128,28 @@ def test_a_snapshot_is_signed_and_carries_the_metrics() -> None:
     assert verify(snapshot.payload, snapshot.signature, key)
     assert (snapshot.sequence, snapshot.n_learned) == (20, 20)
     assert set(snapshot.metrics) == {"accuracy", "log_loss", "rolling_accuracy", "rolling_log_loss"}
+
+
+def test_a_regression_model_reports_mae_as_plain_river_does() -> None:
+    spec = OnlineModelSpec(model_id="salary", model_type="linear_regression", task="regression")
+    learner = OnlineLearner(spec, rolling_window=50)
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    mae = metrics.MAE()
+    for i, (x, _) in enumerate(synth.Agrawal(seed=3).take(300)):
+        y = x.pop("salary") / 1000
+        learner.learn(
+            TrainingExample(
+                model_key="salary",
+                spec=spec,
+                event_id=f"e{i}",
+                features=x,
+                label=y,
+                source_partition=0,
+                source_offset=i,
+            )
+        )
+        mae.update(y, model.predict_one(x))
+        model.learn_one(x, y)
+
+    assert set(learner.metric_values()) == {"mae", "rolling_mae"}
+    assert learner.metric_values()["mae"] == mae.get()
