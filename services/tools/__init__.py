@@ -1,0 +1,1 @@
+"""Operator tools over the topics: `driftline trace` and `driftline status`."""

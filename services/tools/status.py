@@ -1,0 +1,99 @@
+"""`driftline status`: are the services up, how far behind are they, what is deployed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Annotated
+
+import httpx
+import typer
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from rich.console import Console
+from rich.table import Table
+
+from shared import settings as cfg
+from shared.admin import read_compacted
+from shared.events import Deployment, decode
+from shared.topics import DEPLOYMENTS
+
+
+def service_health(host: str) -> dict[str, str]:
+    """Each service's answer on its health endpoint (ports from its settings)."""
+    states: dict[str, str] = {}
+    for service, settings_class in cfg.SERVICE_SETTINGS.items():
+        port = cfg.load(settings_class).web_port
+        try:
+            response = httpx.get(f"http://{host}:{port}/health", timeout=2)
+            states[service] = response.json().get("status", str(response.status_code))
+        except (httpx.HTTPError, ValueError):
+            states[service] = f"down (nothing answers on {host}:{port})"
+    return states
+
+
+async def consumer_lag(common: cfg.DriftlineSettings) -> dict[tuple[str, str], int]:
+    """Messages not yet processed, per (consumer group, topic), for Driftline's groups."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=common.bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=common.bootstrap_servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        prefix = f"{common.topic_prefix}driftline-"
+        groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
+        lag: dict[tuple[str, str], int] = defaultdict(int)
+        for group in groups:
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await consumer.end_offsets(list(committed))
+            for partition, offset in committed.items():
+                lag[(group, partition.topic)] += max(ends[partition] - offset.offset, 0)
+        return dict(lag)
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def deployments(common: cfg.DriftlineSettings) -> list[Deployment]:
+    """The current deployments, as routers see them."""
+    topic = DEPLOYMENTS.full_name(common)
+    records = await read_compacted(common, DEPLOYMENTS)
+    current = [decode(Deployment, value, topic) for value in records.values()]
+    return sorted((d for d in current if not d.deleted), key=lambda d: d.name)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `driftline status` to the CLI."""
+    app.command("status")(status_command)
+
+
+def status_command(
+    host: Annotated[str, typer.Option(help="Where the services' HTTP endpoints listen.")] = (
+        "127.0.0.1"
+    ),
+) -> None:
+    """Show the services' health, consumer lag per topic and the current deployments."""
+    common = cfg.load(cfg.DriftlineSettings)
+    console = Console()
+    health = Table(title="services")
+    health.add_column("service")
+    health.add_column("health")
+    for service, state in service_health(host).items():
+        health.add_row(service, state)
+    console.print(health)
+    lag = Table(title="consumer lag")
+    for column in ("consumer group", "topic", "lag"):
+        lag.add_column(column)
+    for (group, topic), behind in sorted(asyncio.run(consumer_lag(common)).items()):
+        lag.add_row(group, topic, str(behind))
+    console.print(lag)
+    current = Table(title="deployments")
+    for column in ("deployment", "stream", "variants", "online models"):
+        current.add_column(column)
+    for deployment in asyncio.run(deployments(common)):
+        variants = "\n".join(
+            f"{v.name} ({v.role}{f' {v.weight:.0%}' if v.role == 'canary' else ''}): {v.model_uri}"
+            for v in deployment.variants
+        )
+        online = ", ".join(f"{m.model_id} ({m.model_type})" for m in deployment.online_models)
+        current.add_row(deployment.name, deployment.stream, variants, online or "-")
+    console.print(current)
