@@ -4,11 +4,12 @@ writing its topics of record (compacted) from command-line tools."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.structs import TopicPartition
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from shared.errors import DriftlineError
 from shared.settings import DriftlineSettings
@@ -39,34 +40,57 @@ async def create_topics(settings: DriftlineSettings) -> list[str]:
         await admin.close()
 
 
+async def read_topic(
+    settings: DriftlineSettings, topic: str, *, from_beginning: bool = True, until_end: bool = True
+) -> AsyncIterator[ConsumerRecord]:
+    """Every record of `topic` in arrival order, outside any consumer group (no service's offsets
+    move). With `until_end` it stops at the end the topic had when reading began; else it waits.
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise DriftlineError(
+            f"cannot read {topic} from {settings.bootstrap_servers}: {exc}"
+        ) from None
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            raise DriftlineError(f"topic {topic} does not exist: run `driftline topics create`")
+        ends = await consumer.end_offsets(partitions)
+        while not until_end or await _behind(consumer, ends):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    yield message
+    finally:
+        await consumer.stop()
+
+
+async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether some partition has not been read up to `ends` yet."""
+    for partition, end in ends.items():
+        if await consumer.position(partition) < end:
+            return True
+    return False
+
+
 async def read_compacted(settings: DriftlineSettings, topic: Topic) -> dict[bytes, bytes]:
     """The latest value per key of a compacted topic, read to its current end; a tombstone
     (no value) removes its key. For CLI listings: services keep such topics in tables."""
-    name = topic.full_name(settings)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        if name not in await consumer.topics():
-            raise DriftlineError(f"topic {name} does not exist; run `driftline topics create`")
-        partitions = [TopicPartition(name, p) for p in range(topic.partitions(settings))]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        latest: dict[bytes, bytes] = {}
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for message in messages:
-                    if message.value is None:
-                        latest.pop(message.key, None)
-                    else:
-                        latest[message.key] = message.value
-        return latest
-    finally:
-        await consumer.stop()
+    latest: dict[bytes, bytes] = {}
+    async for message in read_topic(settings, topic.full_name(settings)):
+        if message.value is None:
+            latest.pop(message.key, None)
+        else:
+            latest[message.key] = message.value
+    return latest
 
 
 async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes) -> None:

@@ -13,13 +13,11 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 import typer
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-from aiokafka.structs import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from shared import settings as cfg
+from shared.admin import read_topic
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import DriftAlert, decode, utc_now
 from shared.topics import ALERTS
@@ -59,45 +57,12 @@ async def read_alerts(
 ) -> AsyncIterator[DriftAlert]:
     """Alerts from the topic in arrival order; stops at the end when `until_end`, else waits."""
     topic = ALERTS.full_name(common)
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=common.bootstrap_servers,
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise DriftlineError(
-            f"cannot read {topic} from {common.bootstrap_servers}: {exc}"
-        ) from None
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            raise DriftlineError(f"topic {topic} does not exist: run `driftline topics create`")
-        ends = await consumer.end_offsets(partitions)
-        while not until_end or await _behind(consumer, ends):
-            batch = await consumer.getmany(timeout_ms=500)
-            for messages in batch.values():
-                for message in messages:
-                    try:
-                        yield decode(DriftAlert, message.value, topic)
-                    except EventDecodeError as exc:
-                        errors.print(
-                            f"skipped {topic}[{message.partition}]@{message.offset}: {exc}"
-                        )
-    finally:
-        await consumer.stop()
-
-
-async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    """Whether some partition has not been read up to `ends` yet."""
-    for partition, end in ends.items():
-        if await consumer.position(partition) < end:
-            return True
-    return False
+    records = read_topic(common, topic, from_beginning=from_beginning, until_end=until_end)
+    async for message in records:
+        try:
+            yield decode(DriftAlert, message.value, topic)
+        except EventDecodeError as exc:
+            errors.print(f"skipped {topic}[{message.partition}]@{message.offset}: {exc}")
 
 
 def _matches(
