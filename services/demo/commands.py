@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -44,11 +46,19 @@ def demo(
         scenario=scenario, results_dir=results_dir, kafka_port=kafka_port,
         mlflow_port=mlflow_port, retrain_min_rows=retrain_min_rows,
     )  # fmt: skip
-    console = Console()
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
-        runner = Demo(config, on_tick=lambda observer: live.update(render(observer, scenario)))
-        observer = asyncio.run(runner.run())
+    console = Console(file=sys.stdout)
+    live = Live(console=console, refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)
+    runner = Demo(config, on_tick=lambda observer: live.update(render(observer, scenario)))
     directory = runner.run_info.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    # Libraries (MLflow above all) print to stdout and stderr; that goes to a file, not the view.
+    with (
+        (directory / "demo.log").open("w") as chatter,
+        contextlib.redirect_stdout(chatter),
+        contextlib.redirect_stderr(chatter),
+        live,
+    ):
+        observer = asyncio.run(runner.run())
     lines = summary(observer, scenario)
     (directory / "report.txt").write_text("\n".join(lines) + "\n")
     png = plot(observer, scenario, directory / "accuracy.png")

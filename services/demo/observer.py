@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from shared.events import DriftAlert, LabeledPrediction
 
@@ -80,10 +79,15 @@ class DemoObserver:
             track = self.variants.setdefault(outcome.variant, VariantTrack())
             track.add(index, bool(outcome.output) == bool(record.label))
 
-    def on_alert(self, alert: DriftAlert, start: datetime) -> None:
-        """Remember an alert and where in the stream it fired."""
+    def labeled_outcomes(self, variant: str) -> int:
+        """How many of `variant`'s answers have been labeled."""
+        track = self.variants.get(variant)
+        return track.total if track is not None else 0
+
+    def on_alert(self, alert: DriftAlert, index: int) -> None:
+        """Remember an alert and where in the stream (event index) it fired."""
         self.alerts.append(alert)
-        self.alert_indices.append(int((alert.event_time - start).total_seconds()))
+        self.alert_indices.append(index)
 
     def rates(self) -> tuple[float, float]:
         """Events/s sent and predictions/s written, over the last few seconds."""

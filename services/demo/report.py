@@ -10,16 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from services.demo.observer import DemoObserver
+from services.demo.runner import MODEL_NAME
 from services.demo.scenario import Scenario
 
 
 def first_concept_drift(observer: DemoObserver) -> int | None:
-    """Stream index of the first concept-drift alert at drift level."""
+    """Stream index of the first drift-level concept alert on the served (champion) model."""
     return next(
         (
             index
             for index, alert in zip(observer.alert_indices, observer.alerts, strict=True)
-            if alert.kind == "concept" and alert.level == "drift"
+            if (alert.kind, alert.level, alert.model_name) == ("concept", "drift", MODEL_NAME)
         ),
         None,
     )
@@ -66,7 +67,7 @@ def plot(observer: DemoObserver, scenario: Scenario, path: Path) -> Path:
             axes.plot(xs, ys, label=name, linewidth=1.4)
     axes.axvline(scenario.drift_at, color="black", linestyle="--", label="true drift")
     for index, alert in zip(observer.alert_indices, observer.alerts, strict=True):
-        if alert.kind == "concept":
+        if alert.kind == "concept" and alert.model_name == MODEL_NAME:
             color = "red" if alert.level == "drift" else "orange"
             axes.axvline(index, color=color, alpha=0.6, linewidth=1)
     for switch in observer.switches:

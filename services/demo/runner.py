@@ -52,6 +52,7 @@ from shared.trainers import gradient_boosting
 
 SERVICES = ("ingestion", "router", "feedback", "learner", "drift")
 MODEL_NAME = "driftline-demo-loans"
+CHAMPION = "champion"
 DEPLOYMENT = "loans"
 SIGNATURE_HEADER = "X-Driftline-Signature"
 
@@ -107,6 +108,10 @@ class Demo:
         self.processes: list[ServiceProcess] = []
         self.labeled_rows: deque[tuple[datetime, dict, bool]] = deque(maxlen=5000)
         self.drift_alerts: asyncio.Queue[DriftAlert] = asyncio.Queue()
+        self.replay_start = datetime.now(UTC)
+        """Event time of the first event; reset when the replay begins."""
+        self.retraining = False
+        """A drift alert came in and the champion has not moved yet."""
 
     def topic(self, topic: Topic) -> str:
         """Full topic name for this run."""
@@ -171,7 +176,7 @@ class Demo:
             stream=STREAM,
             variants=[
                 Variant(
-                    name="champion", role="champion", model_uri=f"models:/{MODEL_NAME}@champion"
+                    name=CHAMPION, role="champion", model_uri=f"models:/{MODEL_NAME}@champion"
                 ),
                 Variant(name="river-hat", role="shadow", model_uri="online:loans-hat"),
                 Variant(name="hbp", role="shadow", model_uri="online:loans-hbp"),
@@ -221,8 +226,11 @@ class Demo:
         waiting: deque[tuple[float, Labeled]] = deque()
         loop = asyncio.get_running_loop()
         began = loop.time()
+        self.replay_start = datetime.now(UTC)
         try:
-            for item in replay(scenario):
+            for item in replay(scenario, self.replay_start):
+                if not self._keep_replaying(item.index):
+                    break
                 due = began + item.index / scenario.rate
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 await producer.send(
@@ -239,14 +247,26 @@ class Demo:
         finally:
             await producer.stop()
 
+    def _keep_replaying(self, index: int) -> bool:
+        """Until `n_events`; then on while a retrain is under way, and for the tail after the
+        champion switch; never past twice `n_events`."""
+        scenario = self.config.scenario
+        if index < scenario.n_events:
+            return True
+        if index >= 2 * scenario.n_events:
+            return False
+        if self.observer.switches:
+            return index - self.observer.switches[-1].at_index < scenario.tail_after_switch
+        return self.retraining
+
     @staticmethod
     async def _send_feedback(producer: AIOKafkaProducer, topic: str, item: Labeled) -> None:
         await producer.send(topic, key=item.event.event_id.encode(), value=encode(item.feedback()))
 
     async def _drain(self) -> None:
-        """Wait until every event's label has been joined (or the drain timeout passes)."""
+        """Wait until the champion's answer to every event has been labeled (or time runs out)."""
         deadline = asyncio.get_running_loop().time() + self.config.drain_timeout
-        while self.observer.labeled < self.observer.sent:
+        while self.observer.labeled_outcomes(CHAMPION) < self.observer.sent:
             if asyncio.get_running_loop().time() > deadline:
                 return
             await asyncio.sleep(0.5)
@@ -263,7 +283,6 @@ class Demo:
             auto_offset_reset="earliest", group_id=None,
         )  # fmt: skip
         await consumer.start()
-        start = self.config.scenario.start
         try:
             async for message in consumer:
                 kind = names[message.topic]
@@ -276,7 +295,9 @@ class Demo:
                     self.observer.on_labeled(record)
                     self.labeled_rows.append((record.event_time, record.features, record.label))
                 else:
-                    self.observer.on_alert(decode(DriftAlert, message.value, message.topic), start)
+                    alert = decode(DriftAlert, message.value, message.topic)
+                    index = self.config.scenario.index_at(self.replay_start, alert.event_time)
+                    self.observer.on_alert(alert, index)
         finally:
             await consumer.stop()
 
@@ -291,7 +312,7 @@ class Demo:
                 return web.Response(status=401, text="bad signature")
             self.observer.webhook_calls += 1
             alert = DriftAlert.model_validate(orjson.loads(body))
-            if alert.kind == "concept" and alert.level == "drift":
+            if (alert.kind, alert.level, alert.model_name) == ("concept", "drift", MODEL_NAME):
                 await self.drift_alerts.put(alert)
             return web.Response(status=202, text="queued")
 
@@ -309,6 +330,7 @@ class Demo:
     async def _retrain_on_drift(self) -> None:
         """On the first concept-drift alert: train on labels newer than it, move the champion."""
         alert = await self.drift_alerts.get()
+        self.retraining = True
         self.observer.retrain_status = "drift alert received; collecting fresh labels"
         fresh: list[tuple[dict, bool]] = []
         while len(fresh) < self.config.retrain_min_rows:
@@ -322,6 +344,7 @@ class Demo:
         self.observer.switches.append(
             ChampionSwitch(self.observer.last_sent_index, version, len(fresh))
         )
+        self.retraining = False
         self.observer.retrain_status = f"champion moved to v{version}"
 
     def _retrain(self, rows: list[tuple[dict, bool]], alert: DriftAlert) -> str:

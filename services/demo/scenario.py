@@ -7,9 +7,10 @@ switch and about half of the time after it: a clear, known concept drift.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from river.datasets import synth
 
@@ -39,8 +40,13 @@ class Scenario:
     """Distinct applicants (entity ids)."""
     seed: int = 42
     """Seed of the stream."""
-    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
-    """Event time of the first replayed event."""
+    tail_after_switch: int = 600
+    """Events replayed after the champion switch, past `n_events` if need be, so the retrained
+    champion's recovery shows; the replay never runs past twice `n_events`."""
+
+    def index_at(self, start: datetime, event_time: datetime) -> int:
+        """Which event of a replay begun at `start` carries `event_time`."""
+        return round((event_time - start).total_seconds() * self.rate)
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,11 @@ class Labeled:
     index: int
     event: RawEvent
     label: bool
+    label_time: datetime
 
     def feedback(self) -> Feedback:
-        """The label as a feedback record, timed `delay` after the event."""
-        return Feedback(event_id=self.event.event_id, label=self.label)
+        """The label as a feedback record."""
+        return Feedback(event_id=self.event.event_id, label=self.label, label_time=self.label_time)
 
 
 def training_rows(scenario: Scenario) -> tuple[list[dict[str, float]], list[bool]]:
@@ -66,12 +73,13 @@ def training_rows(scenario: Scenario) -> tuple[list[dict[str, float]], list[bool
     ]
 
 
-def replay(scenario: Scenario) -> Iterator[Labeled]:
-    """The replayed stream: rule 0 up to `drift_at`, rule 2 after, one event a second of time."""
+def replay(scenario: Scenario, start: datetime) -> Iterator[Labeled]:
+    """The replayed stream from `start`, without end: rule 0 up to `drift_at`, rule 2 after, at
+    the scenario's rate in event time, each label `label_delay` seconds after its event."""
     before = synth.Agrawal(classification_function=0, seed=scenario.seed)
     after = synth.Agrawal(classification_function=2, seed=scenario.seed + 2)
     source = iter(before)
-    for index in range(scenario.n_events):
+    for index in itertools.count():
         if index == scenario.drift_at:
             source = iter(after)
         x, y = next(source)
@@ -79,7 +87,8 @@ def replay(scenario: Scenario) -> Iterator[Labeled]:
             event_id=f"loan-{scenario.seed}-{index}",
             stream=STREAM,
             entity_id=f"applicant-{index % scenario.n_entities}",
-            event_time=scenario.start + timedelta(seconds=index),
+            event_time=start + timedelta(seconds=index / scenario.rate),
             data={name: float(x[name]) for name in FEATURES},
         )
-        yield Labeled(index, event, bool(y))
+        label_time = event.event_time + timedelta(seconds=scenario.label_delay)
+        yield Labeled(index, event, bool(y), label_time)
