@@ -1,0 +1,58 @@
+"""A shortened `driftline demo` on the real broker and MLflow: the loop closes end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.demo.report import first_concept_drift, plot, summary
+from services.demo.runner import Demo, DemoConfig
+from services.demo.scenario import Scenario
+from services.tools.status import consumer_lag, deployments
+from services.tools.trace import trace
+from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS, PREDICTIONS_LABELED
+
+pytestmark = pytest.mark.integration
+
+
+async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
+    kafka_bootstrap: str, mlflow_uri: str, tmp_path: Path
+) -> None:
+    scenario = Scenario(
+        n_events=2000, drift_at=800, rate=60.0, label_delay=1.0, n_train=600, tail_after_switch=300
+    )
+    config = DemoConfig(
+        scenario=scenario,
+        results_dir=tmp_path,
+        kafka_port=int(kafka_bootstrap.rsplit(":", 1)[1]),
+        mlflow_port=int(mlflow_uri.rsplit(":", 1)[1]),
+        retrain_min_rows=200,
+        drain_timeout=120.0,
+    )
+    demo = Demo(config, on_tick=lambda observer: None)
+
+    observer = await demo.run()
+
+    detected = first_concept_drift(observer)
+    assert detected is not None, (summary(observer, scenario), [a.key for a in observer.alerts])
+    assert detected >= scenario.drift_at
+    assert observer.webhook_calls >= 1
+    assert len(observer.switches) == 1
+    champion = observer.variants["champion"]
+    switched_at = observer.switches[0].at_index
+    at_switch = [acc for index, acc in champion.points if index <= switched_at][-1]
+    assert champion.rolling > at_switch, "the retrained champion did not do better"
+    assert observer.labeled >= observer.sent >= scenario.n_events
+    png = plot(observer, scenario, tmp_path / "accuracy.png")
+    assert png.stat().st_size > 10_000
+    assert all(p.process is not None and p.process.poll() is not None for p in demo.processes)
+
+    journey = await trace(demo.settings, f"loan-{scenario.seed}-1500")
+    topics = [topic for topic, _ in journey]
+    assert topics[:2] == [EVENTS_RAW, FEATURES]
+    assert topics.count(PREDICTIONS) == 3  # champion and two shadows
+    assert {FEEDBACK, PREDICTIONS_LABELED} <= set(topics)
+    assert [d.name for d in await deployments(demo.settings)] == ["loans"]
+    lag = await consumer_lag(demo.settings)
+    assert lag[(f"{demo.settings.topic_prefix}driftline-router", demo.topic(FEATURES))] == 0
