@@ -50,6 +50,9 @@ class ChampionSwitch:
     at_index: int
     version: str
     trained_on: int
+    served_from: int | None = None
+    """Index of the first event whose labeled champion answer came from the new version (the
+    router picks up a moved alias on its refresh timer)."""
 
 
 @dataclass
@@ -62,6 +65,8 @@ class DemoObserver:
     labeled: int = 0
     dead_letters: int = 0
     variants: dict[str, VariantTrack] = field(default_factory=dict)
+    champion_versions: dict[str, VariantTrack] = field(default_factory=dict)
+    """The champion's labeled answers by model version."""
     alerts: list[DriftAlert] = field(default_factory=list)
     alert_indices: list[int] = field(default_factory=list)
     switches: list[ChampionSwitch] = field(default_factory=list)
@@ -76,8 +81,14 @@ class DemoObserver:
         for outcome in record.outcomes:
             if outcome.output is None:
                 continue
-            track = self.variants.setdefault(outcome.variant, VariantTrack())
-            track.add(index, bool(outcome.output) == bool(record.label))
+            correct = bool(outcome.output) == bool(record.label)
+            self.variants.setdefault(outcome.variant, VariantTrack()).add(index, correct)
+            if outcome.role == "champion":
+                versions = self.champion_versions.setdefault(outcome.model_version, VariantTrack())
+                versions.add(index, correct)
+                for switch in self.switches:
+                    if switch.version == outcome.model_version and switch.served_from is None:
+                        switch.served_from = index
 
     def labeled_outcomes(self, variant: str) -> int:
         """How many of `variant`'s answers have been labeled."""

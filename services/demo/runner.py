@@ -110,8 +110,6 @@ class Demo:
         self.drift_alerts: asyncio.Queue[DriftAlert] = asyncio.Queue()
         self.replay_start = datetime.now(UTC)
         """Event time of the first event; reset when the replay begins."""
-        self.retraining = False
-        """A drift alert came in and the champion has not moved yet."""
 
     def topic(self, topic: Topic) -> str:
         """Full topic name for this run."""
@@ -206,6 +204,7 @@ class Demo:
             "DRIFTLINE_DATA_DIR": str(self.run_info.directory / "data"),
             "DRIFTLINE_DRIFT_WEBHOOK_URLS": orjson.dumps([webhook_url]).decode(),
             "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "100",
+            "DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "2",
         }
         self.processes = [ServiceProcess(s, env, logs / f"{s}.log") for s in SERVICES]
         for process in self.processes:
@@ -248,16 +247,15 @@ class Demo:
             await producer.stop()
 
     def _keep_replaying(self, index: int) -> bool:
-        """Until `n_events`; then on while a retrain is under way, and for the tail after the
-        champion switch; never past twice `n_events`."""
+        """Until `n_events`; then on until the retrained champion has served its tail (the
+        drift service may still be catching up on the labels); never past twice `n_events`."""
         scenario = self.config.scenario
         if index < scenario.n_events:
             return True
         if index >= 2 * scenario.n_events:
             return False
-        if self.observer.switches:
-            return index - self.observer.switches[-1].at_index < scenario.tail_after_switch
-        return self.retraining
+        served_from = self.observer.switches[-1].served_from if self.observer.switches else None
+        return served_from is None or index - served_from < scenario.tail_after_switch
 
     @staticmethod
     async def _send_feedback(producer: AIOKafkaProducer, topic: str, item: Labeled) -> None:
@@ -330,7 +328,6 @@ class Demo:
     async def _retrain_on_drift(self) -> None:
         """On the first concept-drift alert: train on labels newer than it, move the champion."""
         alert = await self.drift_alerts.get()
-        self.retraining = True
         self.observer.retrain_status = "drift alert received; collecting fresh labels"
         fresh: list[tuple[dict, bool]] = []
         while len(fresh) < self.config.retrain_min_rows:
@@ -344,7 +341,6 @@ class Demo:
         self.observer.switches.append(
             ChampionSwitch(self.observer.last_sent_index, version, len(fresh))
         )
-        self.retraining = False
         self.observer.retrain_status = f"champion moved to v{version}"
 
     def _retrain(self, rows: list[tuple[dict, bool]], alert: DriftAlert) -> str:

@@ -39,10 +39,13 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
     assert detected >= scenario.drift_at
     assert observer.webhook_calls >= 1
     assert len(observer.switches) == 1
-    champion = observer.variants["champion"]
-    switched_at = observer.switches[0].at_index
-    at_switch = [acc for index, acc in champion.points if index <= switched_at][-1]
-    assert champion.rolling > at_switch, "the retrained champion did not do better"
+    switch = observer.switches[0]
+    assert switch.served_from is not None, "the router never served the retrained version"
+    versions = observer.champion_versions
+    old = [v for v in versions if v != switch.version]
+    assert len(old) == 1
+    old_after_drift = [acc for index, acc in versions[old[0]].points if index >= scenario.drift_at]
+    assert versions[switch.version].rolling > old_after_drift[-1] + 0.1
     assert observer.labeled >= observer.sent >= scenario.n_events
     png = plot(observer, scenario, tmp_path / "accuracy.png")
     assert png.stat().st_size > 10_000
