@@ -7,7 +7,6 @@ the server so clients need no shared filesystem.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import httpx
 
 from shared.errors import DriftlineError
 from shared.localkafka import default_home
+from shared.pidfile import owned_pid, stop_group
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,7 @@ class LocalMlflow:
 
     def pid(self) -> int | None:
         """The pid of the server this tool started, if it still runs."""
-        try:
-            pid = int(self._pid_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return None
-        return pid if str(self.workdir) in cmdline else None
+        return owned_pid(self._pid_path, str(self.workdir))
 
     def start(self, timeout: float = 90.0) -> float:
         """Start the server unless one answers; return the seconds it took to answer."""
@@ -104,16 +96,6 @@ class LocalMlflow:
         pid = self.pid()
         if pid is None:
             return False
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    break
-            except ChildProcessError:
-                pass
-            time.sleep(0.2)
-        if Path(f"/proc/{pid}").exists():
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(pid, timeout)
         self._pid_path.unlink(missing_ok=True)
         return True

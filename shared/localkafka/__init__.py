@@ -13,7 +13,6 @@ import base64
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from shared.errors import DriftlineError, KafkaStartError
+from shared.pidfile import owned_pid, stop_group
 
 KAFKA_VERSION = "4.0.2"
 _RESOURCES = resources.files(__package__)
@@ -108,15 +108,7 @@ class LocalKafka:
 
     def pid(self) -> int | None:
         """The pid of the broker this tool started, if that process still runs."""
-        try:
-            pid = int(self._pid_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return None
-        return pid if str(self._config_path) in cmdline else None
+        return owned_pid(self._pid_path, str(self._config_path))
 
     def start(self, timeout: float = 90.0) -> float:
         """Start the broker unless one answers already; return the seconds it took to answer."""
@@ -153,14 +145,7 @@ class LocalKafka:
         pid = self.pid()
         if pid is None:
             return False
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            if _reaped(pid):
-                break
-            time.sleep(0.2)
-        if self.pid() is not None:
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(pid, timeout)
         self._pid_path.unlink(missing_ok=True)
         return True
 
@@ -239,14 +224,6 @@ class LocalKafka:
             return "the broker wrote no log"
         errors = [line for line in lines if " ERROR " in line or "Exception" in line]
         return (errors or lines or ["the broker's log is empty"])[-1].strip()
-
-
-def _reaped(pid: int) -> bool:
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return not Path(f"/proc/{pid}").exists()
-    return finished == pid
 
 
 async def _broker_answers(bootstrap: str, timeout: float) -> bool:
