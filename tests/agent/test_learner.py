@@ -17,11 +17,8 @@ from river.datasets import synth
 from services.learner.app import build
 from services.learner.logic import OnlineLearner, TrainingExample
 from shared.events import (
-    Deployment,
     LabeledPrediction,
     ModelSnapshot,
-    OnlineModelSpec,
-    Variant,
     encode,
 )
 from shared.settings import DriftlineSettings, LearnerSettings
@@ -33,16 +30,9 @@ from tests.support.faust_doubles import (
     fill_table,
     isolate_prometheus,
 )
+from tests.support.learner_fixtures import DEPLOYMENT, LR
 
 KEY = SecretStr("agent-test-key")
-LR = OnlineModelSpec(model_id="fraud-lr", model_type="logistic_regression")
-PER_USER = OnlineModelSpec(model_id="fraud-user", model_type="logistic_regression", per_entity=True)
-DEPLOYMENT = Deployment(
-    name="fraud",
-    stream="payments",
-    variants=[Variant(name="champion", role="champion", model_uri="online:fraud-lr")],
-    online_models=[LR, PER_USER],
-)
 EXAMPLES_TOPIC = "a.driftline-learner-training-examples"
 
 

@@ -18,17 +18,9 @@ from services.learner.logic import (
     learner_for,
     training_examples,
 )
-from shared.events import Deployment, LabeledPrediction, OnlineModelSpec, Variant
+from shared.events import LabeledPrediction, OnlineModelSpec
 from shared.signing import verify
-
-LR = OnlineModelSpec(model_id="fraud-lr", model_type="logistic_regression")
-PER_USER = OnlineModelSpec(model_id="fraud-user", model_type="logistic_regression", per_entity=True)
-DEPLOYMENT = Deployment(
-    name="fraud",
-    stream="payments",
-    variants=[Variant(name="champion", role="champion", model_uri="online:fraud-lr")],
-    online_models=[LR, PER_USER],
-)
+from tests.support.learner_fixtures import DEPLOYMENT, LR
 
 
 def labeled(label: object = True, entity: str = "u1") -> LabeledPrediction:
