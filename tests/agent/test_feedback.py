@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.feedback.app import build
-from shared.events import Feedback, Prediction, VariantOutput, encode
+from shared.events import Feedback, encode
 from shared.settings import DriftlineSettings, FeedbackSettings
 from tests.support.faust_doubles import (
     SentRecords,
@@ -20,31 +20,14 @@ from tests.support.faust_doubles import (
     isolate_prometheus,
     put_from,
 )
+from tests.support.records import fraud_prediction
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 PREDICTIONS, FEEDBACK = "a.predictions", "a.feedback"
 
 
 def prediction(event_id: str, at: float, variant: str = "champion") -> bytes:
-    return encode(
-        Prediction(
-            event_id=event_id,
-            entity_id="u1",
-            stream="payments",
-            deployment="fraud",
-            outcome=VariantOutput(
-                variant=variant,
-                role="champion" if variant == "champion" else "shadow",
-                served=variant == "champion",
-                model_name="fraud-model",
-                model_version="3",
-                output=True,
-            ),
-            features={"amount": 2.5},
-            latency_ms=1.0,
-            event_time=datetime.fromtimestamp(at, UTC),
-        )
-    )
+    return encode(fraud_prediction(event_id, at, variant))
 
 
 def feedback(event_id: str, label: Any = True) -> bytes:

@@ -33,7 +33,6 @@ from shared.events import (
     OnlineModelSpec,
     Prediction,
     Variant,
-    VariantOutput,
     encode,
 )
 from shared.settings import INSECURE_DEV_KEY
@@ -41,6 +40,7 @@ from shared.topics import DEADLETTER, DEPLOYMENTS, FEEDBACK, MODEL_SNAPSHOTS, PR
 from shared.topics import PREDICTIONS_LABELED as LABELED
 from tests.support.kafka import Record, consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
+from tests.support.records import fraud_prediction
 
 pytestmark = pytest.mark.integration
 
@@ -58,23 +58,7 @@ def one_partition(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
 
 
 def prediction(event_id: str, at: float, variant: str = "champion") -> Prediction:
-    return Prediction(
-        event_id=event_id,
-        entity_id="u1",
-        stream="payments",
-        deployment="fraud",
-        outcome=VariantOutput(
-            variant=variant,
-            role="champion" if variant == "champion" else "shadow",
-            served=variant == "champion",
-            model_name="fraud-model",
-            model_version="3",
-            output=True,
-        ),
-        features={"amount": 2.5},
-        latency_ms=1.0,
-        event_time=datetime.fromtimestamp(at, UTC),
-    )
+    return fraud_prediction(event_id, at, variant)
 
 
 def feedback(event_id: str, label: Any = True) -> Feedback:
