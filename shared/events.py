@@ -155,6 +155,30 @@ class LabeledPrediction(Event):
     feedback_delay_s: float
 
 
+class DataWindow(BaseModel):
+    """Where the data that shows a drift's new behaviour starts: what a retrain should read.
+
+    The window runs from `start_time` (and, per partition, from `offsets`) to the topic's end
+    at the time it is read, so a retrain started later sees more fresh data.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    start_time: UtcDatetime
+    """Event time of the first value the detector attributes to the new behaviour."""
+    start_position: int = Field(ge=1)
+    """That value's 1-based index in the detector's stream (the alert's `position` is the end)."""
+    estimated_by: Literal["detector_window", "warning_start", "alert_position"]
+    """``detector_window``: the window the detector keeps after its cut (ADWIN);
+    ``warning_start``: where the detector entered its warning zone (DDM and kin);
+    ``alert_position``: the firing value itself, when the detector tells nothing better."""
+    offsets: dict[str, dict[int, int]]
+    """First offset to read, per topic (its full name on the cluster) and partition: exact for
+    the topic the detector reads; for other topics the earliest offset whose record timestamp
+    is at or after `start_time` (records are written after their event happens), so reading
+    from there and keeping events with ``event_time >= start_time`` misses none."""
+
+
 class DriftAlert(Event):
     """A detector's finding on ``alerts``, keyed by `key` (what drifted)."""
 
@@ -179,6 +203,8 @@ class DriftAlert(Event):
     """True when this key drifted often enough to meet the escalation rule ("N drifts within T")."""
     recent_drifts: int = Field(default=0, ge=0)
     """Drifts of this key within the escalation span, this one included."""
+    window: DataWindow | None = None
+    """Where the fresh data starts (on drift; None on warnings)."""
     detected_at: UtcDatetime = Field(default_factory=utc_now)
 
 
@@ -252,6 +278,48 @@ class OnlineModelSpec(BaseModel):
     """One model per entity key instead of one for the whole stream."""
 
 
+class RetrainSpec(BaseModel):
+    """How a deployment's batch model is retrained after a drift alert, and how the new version
+    is tried before it may serve."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trainer: str = "shared.trainers:gradient_boosting"
+    """``package.module:function`` taking (features DataFrame, labels Series), returning a fitted
+    scikit-learn-compatible model."""
+    model_name: Identifier | None = None
+    """Registered model the new version joins; None: the champion's (``models:/<name>@...``)."""
+    min_samples: int = Field(default=500, ge=1)
+    """Labeled events the window must hold before a retrain runs."""
+    deploy_as: Literal["canary", "shadow"] = "shadow"
+    """How the new version (alias ``challenger``) joins the deployment."""
+    canary_weight: float = Field(default=0.1, gt=0.0, le=1.0)
+    """Share of entities the challenger serves when deployed as a canary."""
+
+
+class PromotionPolicy(BaseModel):
+    """When a challenger may replace the champion (see `shared.promotion.decide`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_samples: int = Field(default=500, ge=1)
+    """Labeled outcomes each variant needs before any decision."""
+    min_improvement: float = Field(default=0.01, ge=0.0)
+    """Absolute error-rate reduction the challenger must show to be promoted."""
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    """Overall significance level across all looks."""
+    max_looks: int = Field(default=20, ge=1)
+    """Planned evaluations; each look tests at ``alpha / max_looks``."""
+    max_samples: int = Field(default=20_000, ge=1)
+    """Outcomes after which a challenger that is not clearly better is rolled back."""
+    max_tier_regression: float = Field(default=0.02, ge=0.0)
+    """How much worse than the champion the challenger may be on any tier."""
+    min_tier_samples: int = Field(default=100, ge=1)
+    """Outcomes a tier needs in both variants before its regression counts."""
+    tier_feature: str | None = None
+    """Feature whose value names an event's tier (e.g. ``plan``); None: no tiers."""
+
+
 class Deployment(Event):
     """A deployment on ``deployments`` (compacted, keyed by `name`); the latest one wins."""
 
@@ -259,6 +327,8 @@ class Deployment(Event):
     stream: Identifier
     variants: list[Variant]
     online_models: list[OnlineModelSpec] = Field(default_factory=list)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
     deleted: bool = False
     updated_at: UtcDatetime = Field(default_factory=utc_now)
 

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.events import PromotionPolicy
+
 Action = Literal["promote", "wait", "rollback"]
 
 
@@ -47,26 +49,6 @@ class VariantRecord:
         self.overall.add(wrong)
         if tier is not None:
             self.tiers.setdefault(tier, ErrorCount()).add(wrong)
-
-
-@dataclass(frozen=True)
-class PromotionPolicy:
-    """When a challenger may take over."""
-
-    min_samples: int = 500
-    """Labeled outcomes each variant needs before any decision."""
-    min_improvement: float = 0.01
-    """Absolute error-rate reduction the challenger must show to be promoted."""
-    alpha: float = 0.05
-    """Overall significance level across all looks."""
-    max_looks: int = 20
-    """Planned evaluations; each look tests at ``alpha / max_looks``."""
-    max_samples: int = 20_000
-    """Outcomes after which a challenger that is not clearly better is rolled back."""
-    max_tier_regression: float = 0.02
-    """How much worse than the champion the challenger may be on any tier."""
-    min_tier_samples: int = 100
-    """Outcomes a tier needs in both variants before its regression counts."""
 
 
 @dataclass(frozen=True)

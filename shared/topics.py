@@ -48,6 +48,7 @@ PREDICTIONS = Topic("predictions", key="event id (the feedback join key)")
 FEEDBACK = Topic("feedback", key="event id (the feedback join key)")
 PREDICTIONS_LABELED = Topic("predictions.labeled", key="deployment name")
 ALERTS = Topic("alerts", key="what drifted: kind:stream:feature or kind:model:version")
+DECISIONS = Topic("decisions", key="deployment name")
 DEADLETTER = Topic("deadletter", key="source topic", retention_ms=30 * 24 * 3600 * 1000)
 DEPLOYMENTS = Topic(
     "deployments", key="deployment name", cleanup_policy="compact", single_partition=True
@@ -62,6 +63,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     FEEDBACK,
     PREDICTIONS_LABELED,
     ALERTS,
+    DECISIONS,
     DEADLETTER,
     DEPLOYMENTS,
     MODEL_SNAPSHOTS,

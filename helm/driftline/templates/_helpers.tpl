@@ -114,6 +114,10 @@ topics:
     cleanupPolicy: delete
     retentionMs: "604800000"
     singlePartition: false
+  - name: decisions
+    cleanupPolicy: delete
+    retentionMs: "604800000"
+    singlePartition: false
   - name: deadletter
     cleanupPolicy: delete
     retentionMs: "2592000000"
