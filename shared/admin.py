@@ -3,6 +3,7 @@ writing its topics of record (compacted) from command-line tools."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -35,9 +36,23 @@ async def create_topics(settings: DriftlineSettings) -> list[str]:
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
+            await _until_described(admin, [t.name for t in wanted])
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def _until_described(
+    admin: AIOKafkaAdminClient, names: list[str], timeout: float = 30.0
+) -> None:
+    """Wait until the broker's metadata lists `names`: a topic is created by the controller and
+    reaches the metadata other clients read a moment later, and a reader in that moment would
+    see no partitions."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any(item["error_code"] for item in await admin.describe_topics(names)):
+        if asyncio.get_running_loop().time() > deadline:
+            raise DriftlineError(f"topics {names} were created but not listed after {timeout:g}s")
+        await asyncio.sleep(0.1)
 
 
 async def read_topic(
@@ -105,16 +120,16 @@ async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: by
 
 async def partition_counts(settings: DriftlineSettings, *topics: Topic) -> dict[str, int]:
     """How many partitions each topic has on the cluster (0 if it does not exist), e.g. to check
-    that joined topics are co-partitioned."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    await consumer.start()
+    that joined topics are co-partitioned. Asks the cluster for these topics' metadata: a plain
+    consumer's cached metadata lists no partitions for topics it has not subscribed to."""
+    names = [topic.full_name(settings) for topic in topics]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
     try:
-        await consumer.topics()
-        return {
-            topic.full_name(settings): len(
-                consumer.partitions_for_topic(topic.full_name(settings)) or ()
-            )
-            for topic in topics
-        }
+        described = await admin.describe_topics(names)
     finally:
-        await consumer.stop()
+        await admin.close()
+    found = {
+        item["topic"]: len(item["partitions"]) for item in described if item["error_code"] == 0
+    }
+    return {name: found.get(name, 0) for name in names}

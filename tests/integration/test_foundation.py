@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 
-from shared.admin import publish
+from shared.admin import create_topics, partition_counts, publish
 from shared.errors import KafkaStartError
 from shared.events import (
     Deployment,
@@ -26,6 +27,7 @@ from shared.events import (
     utc_now,
 )
 from shared.localkafka import LocalKafka
+from shared.settings import DriftlineSettings
 from shared.topics import (
     ALERTS,
     DEADLETTER,
@@ -37,6 +39,7 @@ from shared.topics import (
     PREDICTIONS,
     PREDICTIONS_LABELED,
     STREAMS,
+    Topic,
 )
 from tests.support.kafka import consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
@@ -180,3 +183,33 @@ def test_local_kafka_that_cannot_start_says_why(tmp_path: Path, kafka_bootstrap:
     with pytest.raises(KafkaStartError, match="Address already in use"):
         clash.start(timeout=60)
     assert clash.pid() is None
+
+
+def test_feedback_worker_refuses_topics_that_are_not_copartitioned(pipeline: Pipeline) -> None:
+    """`partition_counts` reads the cluster's real counts, so the feedback join's guard fires."""
+    prefix = pipeline.prefix + "skewed."
+    skewed = DriftlineSettings(
+        kafka_broker=pipeline.bootstrap, topic_prefix=prefix, topic_partitions=2
+    )
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=pipeline.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(FEEDBACK.full_name(skewed), 3, 1)])
+        finally:
+            await admin.close()
+        await create_topics(skewed)
+
+    asyncio.run(create())
+    counts = asyncio.run(partition_counts(skewed, PREDICTIONS, FEEDBACK, Topic("missing", "-")))
+    assert counts == {prefix + "predictions": 2, prefix + "feedback": 3, prefix + "missing": 0}
+    assert asyncio.run(partition_counts(pipeline.settings, PREDICTIONS, FEEDBACK)) == {
+        pipeline.topic(PREDICTIONS): 2,
+        pipeline.topic(FEEDBACK): 2,
+    }
+
+    with pytest.raises(AssertionError, match="feedback worker exited"):
+        pipeline.start("feedback", DRIFTLINE_TOPIC_PREFIX=prefix)
+    log = pipeline.workers[-1].log_path.read_text()
+    assert "topics to join are not co-partitioned" in log
