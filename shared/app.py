@@ -57,10 +57,16 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
 
     @app.page("/health")
     async def health(self: View, request: Request) -> Response:
-        """Liveness and readiness: 200 once table recovery finished, 503 while it runs."""
+        """Readiness: 200 once table recovery finished, 503 while it runs."""
         ready = app.tables.recovery.completed.is_set() if app.tables else True
         body = {"service": service, "status": "ok" if ready else "recovering"}
         return self.json(body, status=200 if ready else 503)
+
+    @app.page("/live")
+    async def live(self: View, request: Request) -> Response:
+        """Liveness: 200 whenever the event loop answers, also while tables recover after a
+        rebalance, which can take longer than any liveness timeout should allow."""
+        return self.json({"service": service, "status": "alive"})
 
     return app
 

@@ -180,8 +180,8 @@ def check_workload(docs: list[Manifest], workload: Manifest, container: Manifest
 
 
 def check_worker(docs: list[Manifest], deployment: Manifest, container: Manifest) -> str:
-    """A service's Deployment: its web port, probes on /health, and its Service; returns the
-    service's name."""
+    """A service's Deployment: its web port, start-up and readiness probes on /health, liveness on
+    /live, and its Service; returns the service's name."""
     where = name_of(deployment)
     service = service_of(container)
     assert service is not None, f"{where} runs no worker"
@@ -191,9 +191,10 @@ def check_worker(docs: list[Manifest], deployment: Manifest, container: Manifest
     port = int(env[port_setting].value or 0)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports.get("http") == port, f"{where}: containerPort http is not {port_setting}={port}"
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    paths = {"startupProbe": "/health", "readinessProbe": "/health", "livenessProbe": "/live"}
+    for probe, path in paths.items():
         get = container[probe]["httpGet"]
-        assert get["path"] == "/health", f"{where}: {probe} does not ask /health"
+        assert get["path"] == path, f"{where}: {probe} does not ask {path}"
         assert get["port"] in ("http", port), f"{where}: {probe} asks another port"
 
     labels = deployment["spec"]["template"]["metadata"]["labels"]

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
@@ -80,6 +81,7 @@ def _prediction(event_id: str) -> Prediction:
 async def test_faust_table_keeps_state_across_a_killed_worker(pipeline: Pipeline) -> None:
     """Early feedback waits in a changelog-backed table; a SIGKILLed worker recovers it."""
     worker = pipeline.start("feedback")
+    assert httpx.get(f"http://127.0.0.1:{worker.port}/live").json()["status"] == "alive"
     await produce(
         pipeline.bootstrap,
         pipeline.topic(FEEDBACK),
