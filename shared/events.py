@@ -320,6 +320,37 @@ class PromotionPolicy(BaseModel):
     """Feature whose value names an event's tier (e.g. ``plan``); None: no tiers."""
 
 
+PromotionAction = Literal["promote", "wait", "rollback"]
+
+
+class PromotionDecision(Event):
+    """A decision on a deployment's challenger on ``decisions``, keyed by `deployment`: the
+    policy's at each look (with the numbers it decided on), or an operator's override."""
+
+    decision_id: Identifier = Field(default_factory=new_id)
+    deployment: Identifier
+    model_name: Identifier
+    """Registered model both the champion and the challenger are versions of."""
+    champion_version: str | None = None
+    """None when an operator decides without live numbers."""
+    challenger_version: str
+    challenger_variant: str | None = None
+    """The challenger's variant in the deployment (None if it no longer has one)."""
+    action: PromotionAction
+    reason: str
+    decided_by: Literal["policy", "operator"] = "policy"
+    champion_error: float | None = None
+    """Error rate on the labeled outcomes counted since the challenger was deployed."""
+    challenger_error: float | None = None
+    champion_samples: int = Field(default=0, ge=0)
+    challenger_samples: int = Field(default=0, ge=0)
+    z: float | None = None
+    """Two-proportion z statistic (positive: the challenger errs less); None if undefined."""
+    p_value: float | None = None
+    """One-sided p-value that the challenger is better; None if undefined."""
+    decided_at: UtcDatetime = Field(default_factory=utc_now)
+
+
 class Deployment(Event):
     """A deployment on ``deployments`` (compacted, keyed by `name`); the latest one wins."""
 
