@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -133,3 +134,29 @@ async def partition_counts(settings: DriftlineSettings, *topics: Topic) -> dict[
         item["topic"]: len(item["partitions"]) for item in described if item["error_code"] == 0
     }
     return {name: found.get(name, 0) for name in names}
+
+
+async def offsets_at_time(
+    settings: DriftlineSettings, time: datetime, *topics: Topic
+) -> dict[str, dict[int, int]]:
+    """Where a reader of the events from `time` on starts, per topic (full name) and partition:
+    the earliest offset whose record timestamp is at or after `time`, or the partition's end
+    where no record is that late yet. Records are written after their event happens, so no
+    event at or after `time` lies before that offset."""
+    counts = await partition_counts(settings, *topics)
+    partitions = [TopicPartition(name, p) for name, n in counts.items() for p in range(n)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        # Ends first: a record written after this look-up lies at or after the end it saw.
+        ends = await consumer.end_offsets(partitions)
+        millis = int(time.timestamp() * 1000)
+        found = await consumer.offsets_for_times({partition: millis for partition in partitions})
+    finally:
+        await consumer.stop()
+    offsets: dict[str, dict[int, int]] = {name: {} for name in counts}
+    for partition, at in found.items():
+        offsets[partition.topic][partition.partition] = ends[partition] if at is None else at.offset
+    return offsets
