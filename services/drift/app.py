@@ -17,6 +17,10 @@ windows the oldest one still open, so the gauge always covers a full window's sp
 Each detector remembers the last offset it counted of each source partition (``features`` or
 ``predictions.labeled``), so a message redelivered after a crash does not feed it twice, even
 when `fan_out_feature_values` re-sends its values under new offsets of the internal topic.
+
+A drift alert's window knows the exact source partition and offset of its first value; before
+it is sent, the offsets of the other partitions and topics a retrain reads (``features``, and
+``predictions.labeled`` for data drift) are looked up by the window's start time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import faust
 import mode
 import orjson
+from aiokafka.errors import KafkaError
 from faust.types import EventT
 
 from services.drift.logic import (
@@ -43,15 +48,20 @@ from services.drift.logic import (
     model_subject,
     notifies,
     task_of,
+    with_offsets,
 )
+from services.drift.promotion import add_promotion
 from shared import metrics
 from shared import settings as cfg
+from shared.admin import offsets_at_time
 from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.events import DeadLetter, FeatureEvent, LabeledPrediction, decode, encode
+from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
+from shared.logging import get_logger
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
 from shared.webhooks import Delivery, WebhookSender
 
 SERVICE = "drift"
+log = get_logger(__name__)
 
 
 def _add_error(total: list[float], new: list[float]) -> list[float]:
@@ -74,6 +84,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         internal=True,
     )
     dead_letters = DeadLetters(app, SERVICE, common)
+    add_promotion(app, common, own, dead_letters)
     feature_to_monitor = app.Table("feature_to_monitor", key_type=bytes, value_type=bytes)
     model_to_monitor = app.Table("model_to_monitor", key_type=bytes, value_type=bytes)
     expires = timedelta(seconds=2 * max(own.error_window_s, own.error_hop_window_s))
@@ -120,11 +131,25 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
     def gate() -> AlertGate:
         return AlertGate(own.cooldown_s, own.escalate_after, own.escalate_within_s)
 
+    async def completed(alert: DriftAlert) -> DriftAlert:
+        """`alert` with the offsets its window lacks, looked up by its start time; without them
+        (broker unreachable) the window still gives the start time to read from."""
+        if alert.window is None:
+            return alert
+        topics = (FEATURES, PREDICTIONS_LABELED) if alert.kind == "data" else (FEATURES,)
+        try:
+            looked_up = await offsets_at_time(common, alert.window.start_time, *topics)
+        except KafkaError as exc:
+            log.warning("window offsets not looked up", alert_id=alert.alert_id, error=str(exc))
+            return alert
+        return with_offsets(alert, looked_up)
+
     async def report(finding: Finding) -> None:
         alert = finding.alert
         if not finding.sent:
             metrics.ALERTS_SUPPRESSED.labels(alert.kind, alert.level, "cooldown").inc()
             return
+        alert = await completed(alert)
         await send_event(alerts_topic, SERVICE, alert.key, alert)
         metrics.ALERTS.labels(alert.kind, alert.level).inc()
         if webhooks is not None and notifies(alert, own.webhook_levels):
@@ -152,10 +177,12 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             data_detector(own.detectors, stream, feature, categorical=isinstance(value, str)),
             gate(),
             feature_subject(stream, feature),
+            features_topic.get_topic_name(),
         )
         if monitor.already_seen(item["partition"], item["offset"]):
             return
-        finding = monitor.update(value, datetime.fromtimestamp(item["time"], UTC))
+        time = datetime.fromtimestamp(item["time"], UTC)
+        finding = monitor.update(value, time, item["partition"], item["offset"])
         feature_to_monitor[key] = pickle.dumps(monitor)
         if finding is not None:
             await report(finding)
@@ -174,10 +201,12 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                 concept_detector(own.concept_detectors, name, version, task),
                 gate(),
                 model_subject(labeled.deployment, labeled.stream, outcome),
+                labeled_topic.get_topic_name(),
             )
-            if monitor.already_seen(event.message.partition, event.message.offset):
+            partition, offset = event.message.partition, event.message.offset
+            if monitor.already_seen(partition, offset):
                 continue
-            finding = monitor.update(error, labeled.event_time)
+            finding = monitor.update(error, labeled.event_time, partition, offset)
             model_to_monitor[key] = pickle.dumps(monitor)
             for window, table in error_windows.items():
                 errors = table.relative_to(time)[key.decode()]

@@ -210,6 +210,19 @@ class Detector:
         """Whether the detector is in its warning zone (never for detectors without one)."""
         return bool(getattr(self.detector, "warning_detected", False))
 
+    @property
+    def window_width(self) -> int | None:
+        """How many latest values the detector holds as the new behaviour right after it fired:
+        ADWIN's window after its cut, KSWIN's recent sample, PSI's drifted block. None for
+        detectors that keep no such window (DDM and kin, Page-Hinkley)."""
+        if isinstance(self.detector, ADWIN):
+            return int(self.detector.width)
+        if isinstance(self.detector, KSWIN):
+            return len(self.detector.window)
+        if isinstance(self.detector, PSI):
+            return self.detector.window
+        return None
+
     def stats(self) -> dict[str, float]:
         """What the detector itself estimates, for the alert (ADWIN's mean, PSI's index)."""
         if isinstance(self.detector, ADWIN):

@@ -7,23 +7,29 @@ position, so the service reports drift at exactly the indices River gives in pla
 reports a warning once when the detector enters its warning zone (River's ``warning_detected``
 stays true for every value inside it). Its :class:`AlertGate` then decides which findings are
 sent: a cooldown per key and level in event time, and the escalation rule "N drifts within T".
+
+A drift alert carries its fresh-data window (:class:`~shared.events.DataWindow`): where the
+detector places the start of the new behaviour, mapped back to the event time and source
+offset of that value through the monitor's :class:`PositionHistory`.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple
 
 from river import stats
 
 from services.drift.detectors import Detector
 from shared.errors import DriftlineError
-from shared.events import DriftAlert, FeatureEvent, Label, VariantOutput
+from shared.events import DataWindow, DriftAlert, FeatureEvent, Label, VariantOutput
 
 Level = Literal["warning", "drift"]
+Estimate = Literal["detector_window", "warning_start", "alert_position"]
 Task = Literal["classification", "regression"]
 _RANK: dict[Level, int] = {"warning": 0, "drift": 1}
 DEFAULT_DATA = {"kind": "adwin"}
@@ -168,6 +174,82 @@ def _summary(var: stats.Var) -> dict[str, float]:
     return {"n": n, "mean": var.mean.get(), "std": math.sqrt(var.get()) if n > 1 else 0.0}
 
 
+class Checkpoint(NamedTuple):
+    """Where one value of a monitored stream came from."""
+
+    position: int
+    """1-based index of the value in the monitor's stream."""
+    time: float
+    """Its event time, in epoch seconds."""
+    partition: int
+    """Partition of the source topic (``features`` or ``predictions.labeled``) it came from."""
+    offset: int
+    """Its offset in that partition."""
+
+
+class PositionHistory:
+    """Where past values came from, kept for a number of positions logarithmic in the stream's
+    length, densest for the latest ones.
+
+    Level 0 holds the latest `per_level` positions. A position pushed out of level j moves up to
+    level j + 1 if its zero-based index is a multiple of 2**(j + 1), else it is forgotten: level
+    j holds positions 2**j apart, each level older than the ones below, and the first position
+    is always kept. A stream of n values keeps about ``per_level * log2(n / per_level)``
+    checkpoints (about 250 after a million values with the default 16), appended and carried in
+    O(1) amortised time, so the whole history pickles cheaply with its monitor.
+
+    Precision: `at_or_before` a position `age` values back from the latest returns a checkpoint
+    at most ``age / (per_level - 1)`` positions earlier: exact for the latest `per_level`
+    positions, and a window of any length starts at most about 7 % of that length early (never
+    late, so a reader misses none of its values).
+
+    Examples
+    --------
+    >>> history = PositionHistory(per_level=4)
+    >>> for position in range(1, 101):
+    ...     history.record(position, time=float(position), partition=0, offset=position - 1)
+    >>> history.at_or_before(98).position, history.at_or_before(60).position
+    (98, 57)
+    >>> history.at_or_before(1)
+    Checkpoint(position=1, time=1.0, partition=0, offset=0)
+
+    """
+
+    def __init__(self, per_level: int = 16) -> None:
+        if per_level < 2:
+            raise ValueError("'per_level' must be at least 2")
+        self.per_level = per_level
+        self._levels: list[list[tuple[int, float, int, int]]] = []
+
+    def __len__(self) -> int:
+        return sum(len(level) for level in self._levels)
+
+    def record(self, position: int, time: float, partition: int, offset: int) -> None:
+        """Remember value `position` (one more than the last recorded) and where it came from."""
+        entry = (position, time, partition, offset)
+        for j, level in enumerate(self._levels):
+            level.append(entry)
+            if len(level) <= self.per_level:
+                return
+            entry = level.pop(0)
+            if (entry[0] - 1) % 2 ** (j + 1):
+                return
+        self._levels.append([entry])
+
+    def at_or_before(self, position: int) -> Checkpoint:
+        """The latest checkpoint at or before `position` (the first one if none is)."""
+        if not self._levels:
+            raise LookupError("no position recorded yet")
+        for level in self._levels:
+            if level[0][0] <= position:
+                return Checkpoint(*level[bisect_right(level, position, key=_position) - 1])
+        return Checkpoint(*self._levels[-1][0])
+
+
+def _position(entry: tuple[int, float, int, int]) -> int:
+    return entry[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """What a detector found at one value: the alert, and whether the gate lets it out."""
@@ -187,21 +269,30 @@ class Monitor:
         Cooldown and escalation for this key.
     subject
         The alert fields that say what drifted (kind, key, stream, feature, model...).
+    source_topic
+        Full name of the topic the values come from, for the offsets of a drift's window.
     recent
         How many latest values the "after" statistics of an alert describe.
 
     """
 
     def __init__(
-        self, detector: Detector, gate: AlertGate, subject: dict[str, Any], recent: int = 50
+        self,
+        detector: Detector,
+        gate: AlertGate,
+        subject: dict[str, Any],
+        source_topic: str,
+        recent: int = 50,
     ) -> None:
         self.detector = detector
         self.gate = gate
         self.subject = subject
+        self.source_topic = source_topic
         self.recent = recent
         self.n_seen = 0
         self.last_offsets: dict[int, int] = {}
-        self._in_warning = False
+        self.history = PositionHistory()
+        self._warning_start: int | None = None
         self._segment = stats.Var()
         self._latest_values: deque[float] = deque(maxlen=recent)
 
@@ -213,32 +304,58 @@ class Monitor:
         self.last_offsets[partition] = offset
         return False
 
-    def update(self, x: float | str, event_time: datetime) -> Finding | None:
-        """Feed one value; a finding when the detector fires or enters its warning zone."""
+    def update(
+        self, x: float | str, event_time: datetime, partition: int, offset: int
+    ) -> Finding | None:
+        """Feed one value, read from `partition` and `offset` of the source topic; a finding
+        when the detector fires or enters its warning zone."""
         before = self._stats()
         self.detector.update(x)
         self.n_seen += 1
+        self.history.record(self.n_seen, event_time.timestamp(), partition, offset)
         if isinstance(x, float | int):
             self._segment.update(x)
             self._latest_values.append(float(x))
-        level: Level | None = None
         if self.detector.drift_detected:
-            level, self._in_warning = "drift", False
-        elif self.detector.warning_detected and not self._in_warning:
-            level, self._in_warning = "warning", True
-        elif not self.detector.warning_detected:
-            self._in_warning = False
-        if level is None:
-            return None
-        finding = self._finding(level, event_time, before)
-        if level == "drift":
-            self._segment = stats.Var()
-        return finding
+            finding = self._finding("drift", event_time, before, self._window())
+            self._warning_start, self._segment = None, stats.Var()
+            return finding
+        if not self.detector.warning_detected:
+            self._warning_start = None
+        elif self._warning_start is None:
+            self._warning_start = self.n_seen
+            return self._finding("warning", event_time, before, None)
+        return None
+
+    def _window(self) -> DataWindow:
+        """Where the new behaviour starts, by the best estimate the detector allows."""
+        width = self.detector.window_width
+        start: int
+        estimated_by: Estimate
+        if width:
+            start, estimated_by = max(1, self.n_seen - width + 1), "detector_window"
+        elif self._warning_start is not None:
+            start, estimated_by = self._warning_start, "warning_start"
+        else:
+            start, estimated_by = self.n_seen, "alert_position"
+        checkpoint = self.history.at_or_before(start)
+        return DataWindow(
+            start_time=datetime.fromtimestamp(checkpoint.time, UTC),
+            start_position=checkpoint.position,
+            estimated_by=estimated_by,
+            offsets={self.source_topic: {checkpoint.partition: checkpoint.offset}},
+        )
 
     def _stats(self) -> dict[str, float]:
         return {**_summary(self._segment), **self.detector.stats()} if self._segment.mean.n else {}
 
-    def _finding(self, level: Level, event_time: datetime, before: dict[str, float]) -> Finding:
+    def _finding(
+        self,
+        level: Level,
+        event_time: datetime,
+        before: dict[str, float],
+        window: DataWindow | None,
+    ) -> Finding:
         verdict = self.gate.admit(level, event_time.timestamp())
         latest = stats.Var()
         for value in self._latest_values:
@@ -255,6 +372,7 @@ class Monitor:
             stats_after=after,
             escalated=verdict.escalated,
             recent_drifts=verdict.recent_drifts,
+            window=window,
         )
         return Finding(alert, verdict.send)
 
@@ -274,6 +392,19 @@ def model_subject(deployment: str, stream: str, outcome: VariantOutput) -> dict[
         "model_version": outcome.model_version,
         "deployment": deployment,
     }
+
+
+def with_offsets(alert: DriftAlert, looked_up: dict[str, dict[int, int]]) -> DriftAlert:
+    """`alert` with its window's offsets completed by offsets looked up by time (per topic and
+    partition); the exact offsets the monitor knows win over looked-up ones."""
+    if alert.window is None:
+        return alert
+    exact = alert.window.offsets
+    offsets = {
+        topic: {**looked_up.get(topic, {}), **exact.get(topic, {})}
+        for topic in looked_up.keys() | exact.keys()
+    }
+    return alert.model_copy(update={"window": alert.window.model_copy(update={"offsets": offsets})})
 
 
 def notifies(alert: DriftAlert, levels: list[str]) -> bool:

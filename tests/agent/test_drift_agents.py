@@ -1,10 +1,13 @@
-"""The drift agents under Faust's test context: values in, alerts out at River's indices, concept
-drift per model version with error-rate windows, bad input dead-lettered."""
+"""The drift agents under Faust's test context: values in, alerts out at River's indices with their
+fresh-data windows, concept drift per model version with error-rate windows, bad input
+dead-lettered."""
 
 from __future__ import annotations
 
 import random
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import faust
 import orjson
@@ -13,17 +16,42 @@ from prometheus_client import REGISTRY
 from river.drift import ADWIN
 from river.drift.binary import DDM
 
+import services.drift.app
 from services.drift.app import build
 from shared.events import LabeledPrediction, VariantOutput, encode
 from shared.settings import DriftlineSettings, DriftSettings
+from shared.topics import Topic
 from tests.support.faust_doubles import agent_context, capture_sends, isolate_prometheus
 
 T0 = 1_780_000_000.0
+LOOKED_UP = {0: 42, 1: 42}
+"""What the stand-in for the broker's offsets-for-times answers for every topic."""
 
 
 @pytest.fixture(autouse=True)
 def _own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     isolate_prometheus(monkeypatch)
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[datetime, list[str]]]:
+    """Stand in for the broker's offsets-for-times (LOOKED_UP for every topic); every look-up's
+    time and topics, in order."""
+    calls: list[tuple[datetime, list[str]]] = []
+
+    async def offsets_at_time(
+        settings: DriftlineSettings, time: datetime, *topics: Topic
+    ) -> dict[str, dict[int, int]]:
+        names = [topic.full_name(settings) for topic in topics]
+        calls.append((time, names))
+        return {name: dict(LOOKED_UP) for name in names}
+
+    monkeypatch.setattr(services.drift.app, "offsets_at_time", offsets_at_time)
+    return calls
+
+
+def _start_time(window: dict[str, Any]) -> float:
+    return datetime.fromisoformat(window["start_time"]).timestamp()
 
 
 def _app(tmp_path: Path, **own: object) -> faust.App:
@@ -44,8 +72,8 @@ def _river_indices(detector: ADWIN | DDM, values: list[float]) -> list[int]:
     return fired
 
 
-async def test_data_drift_alerts_at_the_indices_river_gives(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
 ) -> None:
     sent = capture_sends(monkeypatch)
     values = _shifted_values()
@@ -67,6 +95,18 @@ async def test_data_drift_alerts_at_the_indices_river_gives(
     }
     assert sent.keys("a.alerts") == [b"data:pay:amount"] * len(expected)
     assert alerts[0]["stats_after"]["mean"] > alerts[0]["stats_before"]["mean"]
+    for alert in alerts:
+        window = alert["window"]
+        first = window["start_position"] - 1
+        assert window["estimated_by"] == "detector_window"
+        assert first < alert["position"] and _start_time(window) == T0 + first
+        assert window["offsets"] == {
+            "a.features": {**{str(p): o for p, o in LOOKED_UP.items()}, "0": first},
+            "a.predictions.labeled": {str(p): o for p, o in LOOKED_UP.items()},
+        }
+    assert [names for _, names in lookups] == [["a.features", "a.predictions.labeled"]] * len(
+        alerts
+    )
 
 
 async def test_fan_out_rekeys_each_feature_and_dead_letters_bad_events(
@@ -117,7 +157,7 @@ def _labeled(i: int, output: object, label: object, version: str = "1") -> Label
 
 
 async def test_concept_drift_per_model_version_with_warning_first_and_error_windows(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
 ) -> None:
     sent = capture_sends(monkeypatch)
     rng = random.Random(11)
@@ -135,6 +175,19 @@ async def test_concept_drift_per_model_version_with_warning_first_and_error_wind
     warning, drift = alerts[first_drift - 1], alerts[first_drift]
     assert warning["level"] == "warning"
     assert 400 < warning["position"] < drift["position"]
+    assert warning["window"] is None
+    window = drift["window"]
+    slack = (drift["position"] - warning["position"]) / 15  # the position history's precision
+    assert window["estimated_by"] == "warning_start"
+    assert warning["position"] - slack <= window["start_position"] <= warning["position"]
+    assert _start_time(window) == T0 + window["start_position"] - 1
+    assert window["offsets"] == {
+        "a.predictions.labeled": {"0": window["start_position"]},  # offset 0: the bad message
+        "a.features": {str(p): o for p, o in LOOKED_UP.items()},
+    }
+    assert [names for _, names in lookups] == [["a.features"]] * len(
+        [a for a in alerts if a["level"] == "drift"]
+    )
     assert {(a["key"], a["deployment"], a["detector"]) for a in alerts} == {
         ("concept:fraud:1", "dep", "DDM")
     }

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from river.drift import ADWIN, KSWIN, PageHinkley
 from river.drift.binary import FHDDM
 
 from services.drift.detectors import (
@@ -110,6 +113,40 @@ def test_detectors_pickle_with_their_state(kind: str) -> None:
     follow = [str(i % 2) if kind == "psi" else float(i % 3 == 0) for i in range(500)]
 
     assert _first_drift(copy, follow) == _first_drift(detector, follow)
+
+
+KSWIN_PARAMS = {"seed": 1, "alpha": 0.0001, "stat_size": 30}
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "plain", "width"),
+    [
+        ("adwin", {}, ADWIN, lambda plain: int(plain.width)),
+        ("kswin", KSWIN_PARAMS, KSWIN, lambda plain: len(plain.window)),
+        ("page_hinkley", {}, PageHinkley, lambda plain: None),
+    ],
+)
+def test_window_width_is_what_the_river_detector_keeps_right_after_it_fires(
+    kind: str, params: dict, plain: type, width: Callable[[Any], int | None]
+) -> None:
+    rng = random.Random(1)
+    values = [rng.gauss(0 if i < 500 else 3, 1) for i in range(1000)]
+    detector, river = Detector(kind, params), plain(**params)
+
+    assert _first_drift(detector, values) == _first_drift(river, values) is not None
+    assert detector.window_width == width(river)
+    assert kind != "kswin" or detector.window_width == KSWIN_PARAMS["stat_size"]
+
+
+def test_window_width_is_the_drifted_block_for_psi_and_none_for_binary_detectors() -> None:
+    psi = Detector("psi", {"window": 300})
+    rng = random.Random(3)
+    stable = [rng.choice("aab") for _ in range(300)]
+
+    assert _first_drift(psi, stable + [rng.choice("abbc") for _ in range(300)]) == 600
+    assert psi.window_width == 300
+    ddm = Detector("ddm")
+    assert _first_drift(ddm, _errors()) is not None and ddm.window_width is None
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""Drift logic without Kafka: River parity, warning onsets, cooldown, escalation, which detector
-settings pick, and how errors are computed."""
+"""Drift logic without Kafka: River parity, warning onsets, fresh-data windows and the position
+history behind them, cooldown, escalation, which detector settings pick, and how errors are
+computed."""
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime
 
@@ -13,7 +15,9 @@ from river.drift.binary import DDM
 from services.drift.detectors import Detector, DetectorConfigError
 from services.drift.logic import (
     AlertGate,
+    Finding,
     Monitor,
+    PositionHistory,
     TaskMismatchError,
     check_settings,
     concept_detector,
@@ -23,10 +27,14 @@ from services.drift.logic import (
     feature_values,
     notifies,
     task_of,
+    with_offsets,
 )
 from shared.events import DriftAlert, FeatureEvent, VariantOutput
 
 T0 = 1_780_000_000.0
+SOURCE = "p.features"
+PARTITION, FIRST_OFFSET = 3, 1000
+"""Where the test streams' values come from: value i (zero-based) at FIRST_OFFSET + i."""
 
 
 def _at(seconds: float) -> datetime:
@@ -35,7 +43,16 @@ def _at(seconds: float) -> datetime:
 
 def _monitor(detector: Detector, cooldown_s: float = 0.0, escalate_after: int = 100) -> Monitor:
     gate = AlertGate(cooldown_s, escalate_after, escalate_within_s=3600)
-    return Monitor(detector, gate, feature_subject("pay", "amount"))
+    return Monitor(detector, gate, feature_subject("pay", "amount"), SOURCE)
+
+
+def _feed(monitor: Monitor, values: list) -> list[Finding]:
+    """Feed value i at event time T0 + i from offset FIRST_OFFSET + i; the findings."""
+    return [
+        finding
+        for i, value in enumerate(values)
+        if (finding := monitor.update(value, _at(i), PARTITION, FIRST_OFFSET + i))
+    ]
 
 
 def _values(seed: int, shifts: tuple[int, ...], n: int) -> list[float]:
@@ -58,10 +75,10 @@ def test_monitor_reports_drift_at_exactly_the_indices_river_gives(kind, river, s
             expected.append(i)
     monitor = _monitor(Detector(kind, {"delta": 0.002} if kind == "adwin" else {}))
 
-    findings = [monitor.update(value, _at(i)) for i, value in enumerate(values)]
+    findings = _feed(monitor, values)
 
     assert len(expected) >= 2
-    assert [f.alert.position for f in findings if f is not None] == expected
+    assert [f.alert.position for f in findings] == expected
 
 
 def test_a_warning_is_reported_once_when_the_zone_is_entered_then_the_drift() -> None:
@@ -78,7 +95,7 @@ def test_a_warning_is_reported_once_when_the_zone_is_entered_then_the_drift() ->
         inside = plain.warning_detected
     monitor = _monitor(Detector("ddm"))
 
-    findings = [f for i, e in enumerate(errors) if (f := monitor.update(e, _at(i)))]
+    findings = _feed(monitor, errors)
 
     assert [f.alert.position for f in findings if f.alert.level == "warning"] == onsets
     assert [f.alert.position for f in findings if f.alert.level == "drift"] == drifts
@@ -88,16 +105,107 @@ def test_a_warning_is_reported_once_when_the_zone_is_entered_then_the_drift() ->
 
 def test_alert_carries_what_drifted_and_the_detector() -> None:
     monitor = _monitor(Detector("adwin", {"delta": 0.01}))
-    finding = next(
-        f for i, v in enumerate(_values(1, (300,), 800)) if (f := monitor.update(v, _at(i)))
-    )
-    alert = finding.alert
+    alert = _feed(monitor, _values(1, (300,), 800))[0].alert
 
     assert (alert.kind, alert.level, alert.key) == ("data", "drift", "data:pay:amount")
     assert (alert.stream, alert.feature, alert.detector) == ("pay", "amount", "ADWIN")
     assert alert.params == {"delta": 0.01}
     assert alert.event_time == _at(alert.position - 1)
     assert set(alert.stats_before) == {"n", "mean", "std", "estimation"}
+
+
+def _fires(detector: ADWIN, value: float) -> bool:
+    detector.update(value)
+    return detector.drift_detected
+
+
+def _assert_window_starts_at(alert: DriftAlert, estimate: int, history: PositionHistory) -> None:
+    """The window starts at the history's checkpoint for `estimate`: never later, at most the
+    history's precision earlier, and with that value's own event time and source offset."""
+    window = alert.window
+    assert window is not None
+    slack = (alert.position - estimate) / (history.per_level - 1)
+    assert estimate - slack <= window.start_position <= estimate
+    assert window.start_time == _at(window.start_position - 1)
+    assert window.offsets == {SOURCE: {PARTITION: FIRST_OFFSET + window.start_position - 1}}
+
+
+def test_an_adwin_drift_window_starts_where_adwin_keeps_its_window_after_the_cut() -> None:
+    values = _values(1, (300,), 800)
+    plain = ADWIN(delta=0.01)
+    position = next(i for i, v in enumerate(values, start=1) if _fires(plain, v))
+    monitor = _monitor(Detector("adwin", {"delta": 0.01}))
+
+    alert = _feed(monitor, values)[0].alert
+
+    assert (alert.level, alert.position) == ("drift", position)
+    assert alert.window is not None and alert.window.estimated_by == "detector_window"
+    _assert_window_starts_at(alert, position - int(plain.width) + 1, monitor.history)
+
+
+def test_a_ddm_drift_window_starts_where_ddm_entered_its_warning_zone() -> None:
+    rng = random.Random(11)
+    errors = [float(rng.random() < (0.05 if i < 400 else 0.4)) for i in range(800)]
+    plain, onset, inside = DDM(), None, False
+    for position, error in enumerate(errors, start=1):
+        plain.update(error)
+        if plain.drift_detected:
+            break
+        if plain.warning_detected and not inside:
+            onset = position
+        elif not plain.warning_detected:
+            onset = None
+        inside = plain.warning_detected
+    assert onset is not None, "DDM must warn before this drift for the test to mean anything"
+    monitor = _monitor(Detector("ddm"))
+
+    findings = _feed(monitor, errors)
+
+    drift = next(f.alert for f in findings if f.alert.level == "drift")
+    assert drift.position == position
+    assert drift.window is not None and drift.window.estimated_by == "warning_start"
+    _assert_window_starts_at(drift, onset, monitor.history)
+    assert all(f.alert.window is None for f in findings if f.alert.level == "warning")
+
+
+def test_a_detector_without_window_or_warning_zone_starts_the_window_at_the_alert() -> None:
+    monitor = _monitor(Detector("page_hinkley"))
+
+    alert = _feed(monitor, _values(2, (500,), 1000))[0].alert
+
+    assert alert.window is not None and alert.window.estimated_by == "alert_position"
+    assert alert.window.start_position == alert.position
+    _assert_window_starts_at(alert, alert.position, monitor.history)
+
+
+@pytest.mark.parametrize("per_level", [2, 4, 16])
+@pytest.mark.parametrize("n", [1, 37, 3000])
+def test_history_lookups_are_never_late_and_early_by_at_most_age_over_per_level(
+    per_level: int, n: int
+) -> None:
+    history = PositionHistory(per_level)
+    for position in range(1, n + 1):
+        history.record(position, T0 + position, position % 3, 10 * position)
+
+    for position in range(1, n + 1):
+        found = history.at_or_before(position)
+        assert position - (n - position) / (per_level - 1) <= found.position <= position
+        assert found.time == T0 + found.position
+        assert (found.partition, found.offset) == (found.position % 3, 10 * found.position)
+    assert len(history) <= per_level * (math.log2(max(n / per_level, 1)) + 2)
+
+
+def test_window_offsets_looked_up_by_time_fill_in_and_exact_ones_win() -> None:
+    monitor = _monitor(Detector("page_hinkley"))
+    alert = _feed(monitor, _values(2, (500,), 1000))[0].alert
+    exact = FIRST_OFFSET + alert.position - 1
+    labeled = "p.predictions.labeled"
+
+    completed = with_offsets(alert, {SOURCE: {0: 7, PARTITION: 5}, labeled: {0: 1, 1: 2}})
+
+    assert completed.window is not None
+    assert completed.window.offsets == {SOURCE: {0: 7, PARTITION: exact}, labeled: {0: 1, 1: 2}}
+    assert completed.window.start_time == alert.window.start_time
 
 
 def test_a_redelivered_source_offset_is_not_counted_twice() -> None:
