@@ -81,7 +81,9 @@ async def consume_until(
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The next offset of every partition of `topic`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    # Subscribed, or the consumer's metadata lists no partitions of `topic` (and a consumer
+    # stopped right after start raises CancelledError in aiokafka 0.14).
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
