@@ -227,6 +227,20 @@ class LearnerSettings(ServiceSettings):
     """Unpickled models kept in memory between batches; others are read from the table again."""
 
 
+class RetrainSettings(ServiceSettings):
+    """Webhook-triggered retraining job, ``driftline retrain serve`` (prefix
+    ``DRIFTLINE_RETRAIN_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_RETRAIN_")
+
+    web_port: int = Field(default=6067, ge=1, le=65535)
+    """Port of the job's HTTP endpoint (``POST /retrain`` for drift webhooks, ``/health``)."""
+    retry_every_s: float = Field(default=60.0, gt=0)
+    """Wait before retrying an alert whose window holds too few labels yet."""
+    retry_for_s: float = Field(default=3600.0, gt=0)
+    """How long after its webhook an alert is retried before the job gives it up."""
+
+
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
     "ingestion": IngestionSettings,
     "router": RouterSettings,
@@ -246,7 +260,11 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
 
 def env_variables() -> dict[str, str]:
     """Every environment variable Driftline reads, with its one-line description."""
-    classes: list[type[BaseSettings]] = [DriftlineSettings, *SERVICE_SETTINGS.values()]
+    classes: list[type[BaseSettings]] = [
+        DriftlineSettings,
+        *SERVICE_SETTINGS.values(),
+        RetrainSettings,
+    ]
     return {
         env_name(cls, name): (field.description or "")
         for cls in classes
