@@ -1,0 +1,155 @@
+"""The webhook-triggered retraining job behind ``driftline retrain serve``.
+
+The drift service posts each alert, signed, to ``DRIFTLINE_DRIFT_WEBHOOK_URLS``; pointed at this
+job's ``POST /retrain``, a retrainable alert is answered 202 at once and retrained in the
+background, one retrain at a time. While its window holds too few labels the alert is tried again
+every `RetrainSettings.retry_every_s` until `retry_for_s` after it arrived (each attempt is
+logged). A bad signature is answered 401, a body that is no alert 400, an alert a retrain cannot
+act on (data drift, a warning, no window or deployment) 422 with the reason. Alerts waiting in
+memory are lost if the job stops: they stay on ``alerts`` for ``driftline retrain --alert``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from shared.errors import DriftlineError, EventDecodeError
+from shared.events import DriftAlert, decode
+from shared.logging import get_logger
+from shared.retraining import NotEnoughLabelsError, NotRetrainableError, check_retrainable, retrain
+from shared.settings import DriftlineSettings, RetrainSettings
+from shared.signing import verify
+from shared.webhooks import SIGNATURE_HEADER
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Pending:
+    """An accepted alert, its deadline (event-loop time) and the attempts made so far."""
+
+    alert: DriftAlert
+    give_up_at: float
+    attempts: int = 0
+
+
+class RetrainJob:
+    """The job's HTTP endpoint and its one retraining task.
+
+    Parameters
+    ----------
+    common
+        Kafka, topics and MLflow to retrain with; its webhook key verifies the posts.
+    own
+        Where to listen and how to retry.
+
+    """
+
+    def __init__(self, common: DriftlineSettings, own: RetrainSettings) -> None:
+        self.common = common
+        self.own = own
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._accepted: set[str] = set()
+        """Alert ids queued, waiting for a retry or retraining: a repeated post is not queued."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+
+    def web_app(self) -> web.Application:
+        """``POST /retrain`` for the drift webhook and ``GET /health``."""
+        app = web.Application()
+        app.router.add_post("/retrain", self.receive)
+        app.router.add_get("/health", self.health)
+        return app
+
+    async def start(self) -> None:
+        """Listen on ``web_host:web_port`` and start the retraining task."""
+        self._runner = web.AppRunner(self.web_app())
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.common.web_host, self.own.web_port).start()
+        self._spawn(self._work())
+        log.info("retrain job listening", host=self.common.web_host, port=self.own.web_port)
+
+    async def stop(self) -> None:
+        """Stop listening and cancel the retraining task and pending retries."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def receive(self, request: web.Request) -> web.Response:
+        """Verify, check and queue one posted alert."""
+        body = await request.read()
+        if not verify(body, request.headers.get(SIGNATURE_HEADER), self.common.webhook_hmac_key):
+            return web.json_response({"error": "bad or missing signature"}, status=401)
+        try:
+            alert = decode(DriftAlert, body, "webhook body")
+            check_retrainable(alert)
+        except EventDecodeError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except NotRetrainableError as exc:
+            return web.json_response({"alert_id": exc.alert_id, "error": exc.reason}, status=422)
+        if alert.alert_id not in self._accepted:
+            self._accepted.add(alert.alert_id)
+            loop = asyncio.get_running_loop()
+            self._queue.put_nowait(Pending(alert, loop.time() + self.own.retry_for_s))
+            log.info("retrain queued", alert_id=alert.alert_id, deployment=alert.deployment)
+        return web.json_response({"alert_id": alert.alert_id, "status": "accepted"}, status=202)
+
+    async def health(self, _: web.Request) -> web.Response:
+        """Up, with how many alerts are accepted and not finished."""
+        return web.json_response({"status": "ok", "pending": len(self._accepted)})
+
+    async def _work(self) -> None:
+        while True:
+            pending = await self._queue.get()
+            await self._attempt(pending)
+
+    async def _attempt(self, pending: Pending) -> None:
+        """One retrain of a pending alert; too few labels schedules the next try, anything else
+        finishes it (a failure is logged, never raised: the job goes on with the next alert)."""
+        alert = pending.alert
+        pending.attempts += 1
+        fields = {"alert_id": alert.alert_id, "attempt": pending.attempts}
+        try:
+            result = await retrain(self.common, alert)
+        except NotEnoughLabelsError as exc:
+            if asyncio.get_running_loop().time() + self.own.retry_every_s > pending.give_up_at:
+                log.warning("retrain given up: not enough labels", **fields, reason=str(exc))
+            else:
+                log.info("not enough labels yet", **fields, have=exc.have, need=exc.need)
+                self._spawn(self._retry_later(pending))
+                return
+        except DriftlineError as exc:
+            log.error("retrain failed", **fields, reason=str(exc))
+        except Exception:
+            log.exception("retrain crashed", **fields)
+        else:
+            log.info(
+                "retrain done", **fields, version=result.version, new=result.new, rows=result.rows
+            )
+        self._accepted.discard(alert.alert_id)
+
+    async def _retry_later(self, pending: Pending) -> None:
+        await asyncio.sleep(self.own.retry_every_s)
+        self._queue.put_nowait(pending)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def serve(common: DriftlineSettings, own: RetrainSettings) -> None:
+    """Run the job until cancelled (Ctrl-C)."""
+    job = RetrainJob(common, own)
+    await job.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await job.stop()

@@ -1,0 +1,207 @@
+"""Retraining's pure parts: which alerts it acts on, which model it joins, the frame it trains on,
+the honest holdout score, the deployment it publishes, and the webhook job's answers."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from services.tools.retrain_job import RetrainJob
+from shared.errors import DriftlineError
+from shared.events import Variant, encode
+from shared.retraining import (
+    CHALLENGER,
+    HOLDOUT_SHARE,
+    EarlierRetrain,
+    NotEnoughLabelsError,
+    NotRetrainableError,
+    build_frame,
+    check_retrainable,
+    fit_and_evaluate,
+    needs_redeploy,
+    registered_model_name,
+    with_challenger,
+)
+from shared.settings import DriftlineSettings, RetrainSettings
+from shared.signing import sign
+from shared.webhooks import SIGNATURE_HEADER
+from tests.support.retraining import concept_alert, labeled, loans_deployment
+
+OFFSETS = {"predictions.labeled": {0: 5}}
+
+
+def test_a_concept_drift_alert_with_window_and_deployment_is_retrainable() -> None:
+    alert = concept_alert(OFFSETS, start=1000.0)
+    assert check_retrainable(alert) == alert.window
+
+
+@pytest.mark.parametrize(
+    ("alert", "reason"),
+    [
+        (concept_alert(OFFSETS, 1000.0, kind="data"), "only concept-drift alerts"),
+        (concept_alert(OFFSETS, 1000.0, level="warning"), "its level is 'warning'"),
+        (concept_alert(OFFSETS, 1000.0, deployment=None), "names no deployment"),
+        (concept_alert(OFFSETS, 1000.0).model_copy(update={"window": None}), "no data window"),
+    ],
+)
+def test_other_alerts_are_refused_with_the_reason(alert: object, reason: str) -> None:
+    with pytest.raises(NotRetrainableError) as caught:
+        check_retrainable(alert)  # type: ignore[arg-type]
+    assert reason in caught.value.reason
+    assert str(caught.value).startswith("alert 'alert-1' cannot be retrained on: ")
+
+
+def test_the_new_version_joins_the_named_model_or_the_champions() -> None:
+    assert registered_model_name(loans_deployment()) == "loans"
+    assert registered_model_name(loans_deployment(model_name="loans-v2")) == "loans-v2"
+    pinned = loans_deployment().model_copy(
+        update={"variants": [Variant(name="c", role="champion", model_uri="models:/credit/4")]}
+    )
+    assert registered_model_name(pinned) == "credit"
+    online = loans_deployment().model_copy(
+        update={"variants": [Variant(name="c", role="champion", model_uri="online:loans-lr")]}
+    )
+    with pytest.raises(DriftlineError, match=r"set retrain\.model_name"):
+        registered_model_name(online)
+
+
+def test_the_frame_keeps_numbers_and_flags_every_row_has_in_row_order() -> None:
+    rows = [labeled(i, x=float(i), label=i > 1, at=1000.0 + i) for i in range(4)]
+    rows[2] = rows[2].model_copy(update={"features": {**rows[2].features, "extra": 1.0}})
+    features, labels = build_frame(rows)
+    assert list(features.columns) == ["flag", "x"]
+    assert features.dtypes.tolist() == [np.float64, np.float64]
+    assert features["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert features["flag"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert labels.tolist() == [False, False, True, True]
+
+
+def _logistic(features: pd.DataFrame, labels: pd.Series) -> LogisticRegression:
+    return LogisticRegression().fit(features, labels)
+
+
+def test_the_holdout_is_the_windows_tail_so_a_late_concept_flip_shows_in_the_score() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=500)
+    split = len(x) - math.floor(len(x) * HOLDOUT_SHARE)
+    labels = pd.Series(np.where(np.arange(len(x)) < split, x > 0, x <= 0))
+    features = pd.DataFrame({"x": x})
+    model, metrics = fit_and_evaluate(_logistic, features, labels)
+    on_head = _logistic(features.iloc[:split], labels.iloc[:split])
+    expected = float(np.mean(on_head.predict(features.iloc[split:]) == labels.iloc[split:]))
+    assert metrics["holdout_rows"] == len(x) - split == 100
+    assert metrics["fit_rows"] == len(x)
+    assert metrics["holdout_accuracy"] == pytest.approx(expected)
+    assert metrics["holdout_accuracy"] < 0.1, "a head-fit model must fail on the flipped tail"
+    assert metrics["holdout_error_rate"] == pytest.approx(1 - expected)
+    assert model.n_features_in_ == 1
+
+
+def test_regressors_are_scored_by_mean_absolute_error_and_tiny_windows_not_at_all() -> None:
+    x = np.arange(20, dtype=float)
+    features, labels = pd.DataFrame({"x": x}), pd.Series(2 * x + 1)
+    _, metrics = fit_and_evaluate(lambda f, y: LinearRegression().fit(f, y), features, labels)
+    assert metrics["holdout_mae"] == pytest.approx(0.0, abs=1e-9)
+    _, tiny = fit_and_evaluate(_logistic, features.head(4), (labels.head(4) > 3))
+    assert tiny == {"fit_rows": 4.0, "holdout_rows": 0.0}
+
+
+def test_the_challenger_joins_as_configured_and_replaces_earlier_ones() -> None:
+    shadowed = with_challenger(loans_deployment(), "loans", "2")
+    assert [(v.name, v.role, v.model_uri, v.weight) for v in shadowed.variants] == [
+        ("champion", "champion", "models:/loans@champion", 0.0),
+        (CHALLENGER, "shadow", "models:/loans/2", 0.0),
+    ]
+    canary = loans_deployment(deploy_as="canary", canary_weight=0.25)
+    canary = canary.model_copy(
+        update={
+            "variants": [
+                *canary.variants,
+                Variant(name="manual", role="canary", model_uri="models:/loans/1", weight=0.1),
+                Variant(name="online", role="shadow", model_uri="online:loans-lr"),
+                Variant(name="other", role="shadow", model_uri="models:/credit@champion"),
+            ]
+        }
+    )
+    again = with_challenger(with_challenger(canary, "loans", "2"), "loans", "3")
+    assert [(v.name, v.role, v.model_uri, v.weight) for v in again.variants] == [
+        ("champion", "champion", "models:/loans@champion", 0.0),
+        ("online", "shadow", "online:loans-lr", 0.0),
+        ("other", "shadow", "models:/credit@champion", 0.0),
+        (CHALLENGER, "canary", "models:/loans/3", 0.25),
+    ]
+    assert again.updated_at >= canary.updated_at
+
+
+def test_a_challenger_canary_that_overflows_the_traffic_is_a_clear_error() -> None:
+    full = loans_deployment(deploy_as="canary", canary_weight=0.5).model_copy(
+        update={
+            "variants": [
+                *loans_deployment().variants,
+                Variant(name="canary", role="canary", model_uri="models:/credit/1", weight=0.8),
+            ]
+        }
+    )
+    with pytest.raises(DriftlineError, match=r"challenger: .*canary weights add up"):
+        with_challenger(full, "loans", "2")
+
+
+def _earlier(aliases: dict[str, str], rejected: bool = False) -> EarlierRetrain:
+    return EarlierRetrain("2", params={}, metrics={}, aliases=aliases, rejected=rejected)
+
+
+def test_an_earlier_version_is_redeployed_only_when_lost_and_still_current() -> None:
+    deployment = loans_deployment()
+    assert needs_redeploy(deployment, "loans", _earlier({"champion": "1"}))
+    assert needs_redeploy(deployment, "loans", _earlier({"champion": "1", CHALLENGER: "2"}))
+    assert not needs_redeploy(deployment, "loans", _earlier({"champion": "2"}))
+    assert not needs_redeploy(deployment, "loans", _earlier({"champion": "1", CHALLENGER: "3"}))
+    assert not needs_redeploy(deployment, "loans", _earlier({"champion": "1"}, rejected=True))
+    served = with_challenger(deployment, "loans", "2")
+    assert not needs_redeploy(served, "loans", _earlier({"champion": "1", CHALLENGER: "2"}))
+
+
+def test_not_enough_labels_says_how_many_are_there_needed_and_since_when() -> None:
+    since = datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
+    error = NotEnoughLabelsError("alert-1", "loans", have=120, need=500, since=since)
+    assert str(error) == (
+        "not enough labels to retrain 'loans' on alert 'alert-1': 120 labeled events since "
+        "2026-11-28T12:00:05+00:00, 500 needed (retrain.min_samples); retry when more labels "
+        "have arrived"
+    )
+    assert (error.have, error.need, error.since) == (120, 500, since)
+
+
+async def _post(job: RetrainJob, body: bytes, signature: str | None) -> tuple[int, dict]:
+    headers = {SIGNATURE_HEADER: signature} if signature is not None else {}
+    async with TestClient(TestServer(job.web_app())) as client:
+        response = await client.post("/retrain", data=body, headers=headers)
+        return response.status, await response.json()
+
+
+async def test_the_job_answers_401_400_422_and_202_once_per_alert() -> None:
+    common = DriftlineSettings()
+    job = RetrainJob(common, RetrainSettings())
+    good = encode(concept_alert(OFFSETS, 1000.0))
+    key = common.webhook_hmac_key
+    assert (await _post(job, good, None))[0] == 401
+    assert (await _post(job, good, sign(good + b" ", key)))[0] == 401
+    assert (await _post(job, b"{}", sign(b"{}", key)))[0] == 400
+    data = encode(concept_alert(OFFSETS, 1000.0, kind="data", alert_id="data-1"))
+    status, answer = await _post(job, data, sign(data, key))
+    assert (status, answer["alert_id"]) == (422, "data-1")
+    assert "only concept-drift alerts" in answer["error"]
+    for _ in range(2):
+        assert await _post(job, good, sign(good, key)) == (
+            202,
+            {"alert_id": "alert-1", "status": "accepted"},
+        )
+    async with TestClient(TestServer(job.web_app())) as client:
+        health = await (await client.get("/health")).json()
+    assert health == {"status": "ok", "pending": 1}, "a repeated post is not queued again"
