@@ -17,6 +17,7 @@ from rich.console import Console
 from threadpoolctl import threadpool_limits
 
 from services.demo.commands import register as register_demo
+from services.tools.retrain import register as register_retrain
 from services.tools.status import register as register_status
 from services.tools.trace import register as register_trace
 from shared import settings as cfg
@@ -71,6 +72,7 @@ for _service in cfg.SERVICE_SETTINGS:
 register_demo(app)
 register_trace(app)
 register_status(app)
+register_retrain(app)
 
 
 @kafka_app.command("start")
