@@ -17,7 +17,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ warnings.filterwarnings(
 )
 
 Probabilities = dict[str, float] | None
+Row = tuple[dict[str, FeatureValue], str]
+"""One event's features and entity id, as a model backend takes them."""
 _MLFLOW_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 COLD_VERSION = "cold"
 """Version of an online variant's answer before its model has any snapshot (no output)."""
@@ -59,8 +61,9 @@ class ModelBackend(ABC):
     """A model the router asks for predictions.
 
     The router's `ModelCache` calls `load` once before first use and `refresh` on its timer, both
-    on the event loop (heavy work belongs in a thread); `predict` is called per event and raises
-    a `ModelError` when the model cannot answer (the event is dead-lettered, the router goes on).
+    on the event loop (heavy work belongs in a thread); the router calls `predict_many` once per
+    micro-batch, and `predict` raises a `ModelError` when the model cannot answer one event (that
+    event is dead-lettered, the router goes on).
     """
 
     def __init__(self, uri: str) -> None:
@@ -73,6 +76,19 @@ class ModelBackend(ABC):
     @abstractmethod
     def predict(self, features: dict[str, FeatureValue], entity_id: str) -> Answer:
         """The model's answer for one event's features."""
+
+    def predict_many(self, rows: Sequence[Row]) -> list[Answer | ModelError]:
+        """An answer or the error for each row, in order; one row's error spares the others.
+        Backends whose model scores a whole batch in one call faster override this."""
+        return [self._predict_or_error(features, entity_id) for features, entity_id in rows]
+
+    def _predict_or_error(
+        self, features: dict[str, FeatureValue], entity_id: str
+    ) -> Answer | ModelError:
+        try:
+            return self.predict(features, entity_id)
+        except ModelError as exc:
+            return exc
 
     async def refresh(self) -> bool:
         """Pick up a newer version if the URI now points to one; True if it did."""
@@ -119,6 +135,29 @@ class MlflowBackend(ModelBackend):
     async def unload(self) -> None:
         """Drop the loaded model."""
         self._model = self._classifier = None
+
+    def predict_many(self, rows: Sequence[Row]) -> list[Answer | ModelError]:
+        """A classifier scores every row in one `predict_proba` call on one array (scikit-learn's
+        cost is mostly per call); a failing batch, or another model, goes row by row."""
+        if self._classifier is None or self._inputs is None or len(rows) == 1:
+            return super().predict_many(rows)
+        inputs = self._inputs
+        try:
+            table = np.asarray([[f[name] for name in inputs] for f, _ in rows], dtype=float)
+            scores = self._classifier.predict_proba(table)
+        except Exception:
+            return super().predict_many(rows)
+        classes = self._classifier.classes_
+        labels = [str(c) for c in classes]
+        return [
+            Answer(
+                self.name,
+                self.version,
+                _plain(classes[row.argmax()]),
+                dict(zip(labels, row.tolist(), strict=True)),
+            )
+            for row in scores
+        ]
 
     def predict(self, features: dict[str, FeatureValue], entity_id: str) -> Answer:
         """Predict with the model; probabilities when it is a classifier."""

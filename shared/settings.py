@@ -137,6 +137,10 @@ class RouterSettings(ServiceSettings):
     """How often MLflow aliases are re-resolved (a moved alias reloads its model)."""
     online_model_cache_size: int = Field(default=10_000, ge=1)
     """Unpickled online models kept in memory; others are unpickled again when used."""
+    batch_max_events: int = Field(default=500, ge=1)
+    """Most feature events routed as one micro-batch (decode, models, produce per batch)."""
+    batch_within_seconds: float = Field(default=0.01, gt=0)
+    """Longest an event waits for its micro-batch to fill: the latency paid at low rates."""
 
 
 class FeedbackSettings(ServiceSettings):
