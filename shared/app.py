@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -145,10 +145,70 @@ async def consume(
         metrics.PROCESSING_SECONDS.labels(service).observe(time.perf_counter() - started)
 
 
+BatchHandler = Callable[[Sequence[EventT]], Awaitable[Sequence[tuple[EventT, str]]]]
+"""Handles a micro-batch; returns the events it could not use, each with the reason."""
+
+
+async def consume_batches(
+    stream: faust.Stream,
+    service: str,
+    dead_letters: DeadLetters,
+    handle: BatchHandler,
+    max_events: int,
+    within_seconds: float,
+) -> None:
+    """Run `handle` on micro-batches of `stream` (up to `max_events`, or what came within
+    `within_seconds`), so per-event costs are paid once per batch; bad events are dead-lettered
+    with their reasons and the rest of the batch flows.
+
+    Faust acks a batch when the loop comes back for the next one, after `handle` has given
+    every output and dead letter to the producer, which a commit flushes first: at least once.
+    A batch whose handler raises is handled again event by event, so only the events that
+    raise are dead-lettered (outputs sent before the error may be sent twice).
+    """
+    processing = metrics.PROCESSING_SECONDS.labels(service)
+    async for events in stream.take_events(max_events, within_seconds):
+        started = time.perf_counter()
+        for event in events:
+            metrics.EVENTS_IN.labels(service, event.message.topic).inc()
+        try:
+            rejected = await handle(events)
+        except Exception:
+            rejected = [r for event in events for r in await _handle_alone(event, handle)]
+        for event, reason in rejected:
+            await dead_letters.send(event, reason)
+        processing.observe((time.perf_counter() - started) / len(events))
+
+
+async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[EventT, str]]:
+    try:
+        return await handle([event])
+    except Exception as exc:
+        message = event.message
+        log.exception(
+            "handler failed", **message_fields(message.topic, message.partition, message.offset)
+        )
+        return [(event, f"internal error: {type(exc).__name__}: {exc}")]
+
+
 async def send_event(topic: TopicT, service: str, key: str, event: Event) -> None:
     """Produce one record (JSON) with a text key, and count it."""
     await topic.send(key=key.encode(), value=encode(event))
     metrics.EVENTS_OUT.labels(service, topic.get_topic_name()).inc()
+
+
+async def send_records(topic: TopicT, service: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    """Give encoded records (key, value) to the app's producer without waiting for delivery
+    (a commit flushes the producer first), and count them; Faust's `Topic.send` machinery
+    costs more per record than the producer itself."""
+    name = topic.get_topic_name()
+    for key, value in records:
+        await _produce(topic.app, name, key, value)
+    metrics.EVENTS_OUT.labels(service, name).inc(len(records))
+
+
+async def _produce(app: faust.AppT, topic: str, key: bytes, value: bytes) -> None:
+    await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
 
 def _credentials(common: DriftlineSettings) -> Any:

@@ -21,7 +21,8 @@ DEAD_LETTERS = Counter(
 )
 PROCESSING_SECONDS = Histogram(
     "driftline_processing_seconds",
-    "Time a service spent on one message, from receipt to its outputs being sent.",
+    "Time a service spent on one message, from receipt to its outputs being sent (a "
+    "micro-batch's time divided by its size, observed once per batch).",
     ["service"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
@@ -119,4 +120,9 @@ MLFLOW_FAILURES = Counter(
     "driftline_mlflow_failures_total",
     "MLflow logging or registration attempts that failed (retried on the next round).",
     ["service"],
+)
+PROMOTION_DECISIONS = Counter(
+    "driftline_promotion_decisions_total",
+    "Looks of a deployment's promotion policy at a challenger, by what it decided.",
+    ["deployment", "action"],
 )

@@ -9,8 +9,8 @@ dead-lettered, an older snapshot ignored; neither is stored.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faust
@@ -19,16 +19,23 @@ from faust.types import EventT
 from services.router.logic import (
     DeploymentIndex,
     VariantsFailedError,
+    answer_calls,
     check_deployment,
-    choose_variants,
-    prediction_for,
+    plan_calls,
 )
 from shared import metrics
 from shared import settings as cfg
-from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.backends import ModelCache, SnapshotStore, backend_for
+from shared.app import (
+    DeadLetters,
+    consume,
+    consume_batches,
+    create_app,
+    declare_topic,
+    send_records,
+)
+from shared.backends import ModelBackend, ModelCache, SnapshotStore, backend_for
 from shared.errors import DriftlineError, ModelError
-from shared.events import FeatureEvent, decode
+from shared.events import FeatureEvent, decode, encode
 from shared.logging import get_logger
 from shared.topics import DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
 
@@ -128,27 +135,42 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
         if snapshot is not None:
             snapshot_records[snapshot.model_id.encode()] = message.value
 
-    async def route(event: EventT) -> None:
-        features = decode(FeatureEvent, event.message.value, event.message.topic)
-        failures: list[tuple[str, str, ModelError]] = []
-        for deployment in index.for_stream(features.stream):
-            for variant, served in choose_variants(deployment, features):
-                started = time.perf_counter()
-                try:
-                    backend = await models.get(variant.model_uri)
-                    answer = backend.predict(features.features, features.entity_id)
-                except ModelError as exc:
-                    metrics.MODEL_FAILURES.labels(deployment.name, variant.name, exc.kind).inc()
-                    failures.append((deployment.name, variant.name, exc))
-                    continue
-                latency_ms = (time.perf_counter() - started) * 1000
-                prediction = prediction_for(
-                    features, deployment, variant, served, answer, latency_ms
+    async def backend(uri: str) -> ModelBackend | ModelError:
+        try:
+            return await models.get(uri)
+        except ModelError as exc:
+            return exc
+
+    async def route(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+        """Decode, route, ask each model once and send the predictions of a micro-batch."""
+        reasons: dict[int, str] = {}
+        decoded: list[tuple[int, FeatureEvent]] = []
+        for position, event in enumerate(events):
+            try:
+                decoded.append(
+                    (position, decode(FeatureEvent, event.message.value, event.message.topic))
                 )
-                await send_event(predictions_topic, SERVICE, prediction.event_id, prediction)
-                metrics.PREDICTIONS.labels(deployment.name, variant.name, str(served)).inc()
-        if failures:
-            raise VariantsFailedError(failures)
+            except DriftlineError as exc:
+                reasons[position] = str(exc)
+        calls, unrouted = plan_calls(decoded, index)
+        reasons.update((position, str(exc)) for position, exc in unrouted.items())
+        backends = {uri: await backend(uri) for uri in {c.variant.model_uri for c in calls}}
+        predictions, failures = answer_calls(calls, backends)
+        await send_records(
+            predictions_topic,
+            SERVICE,
+            [(p.event_id.encode(), encode(p)) for p in predictions],
+        )
+        served = Counter(
+            (p.deployment, p.outcome.variant, str(p.outcome.served)) for p in predictions
+        )
+        for labels, count in served.items():
+            metrics.PREDICTIONS.labels(*labels).inc(count)
+        for position, failed in failures.items():
+            for deployment, variant, exc in failed:
+                metrics.MODEL_FAILURES.labels(deployment, variant, exc.kind).inc()
+            reasons[position] = str(VariantsFailedError(failed))
+        return [(events[position], reasons[position]) for position in sorted(reasons)]
 
     @app.agent(deployments_topic, name="store_deployment_record")
     async def store_deployment_record(stream: faust.Stream) -> None:
@@ -160,7 +182,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
 
     @app.agent(features_topic, name="route_feature_event")
     async def route_feature_event(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, route)
+        await consume_batches(
+            stream, SERVICE, dead_letters, route, own.batch_max_events, own.batch_within_seconds
+        )
 
     @app.timer(own.model_refresh_seconds, name="refresh_models")
     async def refresh_models() -> None:

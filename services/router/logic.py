@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.backends import Answer
+from shared.backends import Answer, ModelBackend
 from shared.errors import DriftlineError, EventDecodeError, ModelError
 from shared.events import (
     Deployment,
@@ -35,6 +36,10 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
     "in": lambda value, allowed: value in allowed,
 }
+
+
+Failure = tuple[str, str, ModelError]
+"""A variant that could not answer: deployment name, variant name, why."""
 
 
 class NoDeploymentError(DriftlineError):
@@ -175,7 +180,7 @@ class DeploymentIndex:
 class VariantsFailedError(DriftlineError):
     """Some variants could not answer an event (the others' predictions were still sent)."""
 
-    def __init__(self, failures: list[tuple[str, str, ModelError]]) -> None:
+    def __init__(self, failures: list[Failure]) -> None:
         self.failures = failures
         super().__init__(
             "; ".join(
@@ -183,3 +188,76 @@ class VariantsFailedError(DriftlineError):
                 for deployment, variant, error in failures
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One variant asked about one event of a micro-batch."""
+
+    position: int
+    """The event's position in its batch."""
+    event: FeatureEvent
+    deployment: Deployment
+    variant: Variant
+    served: bool
+
+
+def plan_calls(
+    events: Sequence[tuple[int, FeatureEvent]], index: DeploymentIndex
+) -> tuple[list[Call], dict[int, DriftlineError]]:
+    """Every variant call of a batch's decoded events (with their positions), in event order,
+    and the error of each event whose stream has no deployment."""
+    calls: list[Call] = []
+    unrouted: dict[int, DriftlineError] = {}
+    for position, event in events:
+        try:
+            deployments = index.for_stream(event.stream)
+        except NoDeploymentError as exc:
+            unrouted[position] = exc
+            continue
+        for deployment in deployments:
+            for variant, served in choose_variants(deployment, event):
+                calls.append(Call(position, event, deployment, variant, served))
+    return calls, unrouted
+
+
+def answer_calls(
+    calls: Sequence[Call], backends: Mapping[str, ModelBackend | ModelError]
+) -> tuple[list[Prediction], dict[int, list[Failure]]]:
+    """Ask each model once for all its calls of the batch; the predictions in call order, and
+    the failures by event position (an event's other variants still predict).
+
+    A prediction's `latency_ms` is its model call's time divided by the rows it scored.
+    """
+    by_uri: dict[str, list[int]] = {}
+    for i, call in enumerate(calls):
+        by_uri.setdefault(call.variant.model_uri, []).append(i)
+    answers: list[Answer | ModelError | None] = [None] * len(calls)
+    latency_ms = [0.0] * len(calls)
+    for uri, members in by_uri.items():
+        backend = backends[uri]
+        if isinstance(backend, ModelError):
+            for i in members:
+                answers[i] = backend
+            continue
+        started = time.perf_counter()
+        results = backend.predict_many(
+            [(calls[i].event.features, calls[i].event.entity_id) for i in members]
+        )
+        share = (time.perf_counter() - started) * 1000 / len(members)
+        for i, result in zip(members, results, strict=True):
+            answers[i], latency_ms[i] = result, share
+    predictions: list[Prediction] = []
+    failures: dict[int, list[Failure]] = {}
+    for call, answer, latency in zip(calls, answers, latency_ms, strict=True):
+        if isinstance(answer, Answer):
+            predictions.append(
+                prediction_for(
+                    call.event, call.deployment, call.variant, call.served, answer, latency
+                )
+            )
+        elif answer is not None:
+            failures.setdefault(call.position, []).append(
+                (call.deployment.name, call.variant.name, answer)
+            )
+    return predictions, failures

@@ -1,17 +1,26 @@
-"""`shared.app.consume` under Faust's test context: bad messages become dead letters, good ones
-flow, and the agent keeps going after either."""
+"""`shared.app.consume` and `consume_batches` under Faust's test context: bad messages become dead
+letters, good ones flow, and the agent keeps going after either."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import faust
 import orjson
 import pytest
+from faust.types import EventT
 
 from services.ingestion.app import build
+from shared.app import DeadLetters, consume_batches, create_app, send_records
 from shared.events import FeatureSpec, StreamSchema, encode
 from shared.settings import DriftlineSettings, IngestionSettings
-from tests.support.faust_doubles import agent_context, capture_sends, fill_table
+from tests.support.faust_doubles import (
+    agent_context,
+    capture_sends,
+    fill_table,
+    isolate_prometheus,
+)
 
 
 async def test_agent_dead_letters_bad_messages_and_keeps_going(
@@ -38,3 +47,34 @@ async def test_agent_dead_letters_bad_messages_and_keeps_going(
     assert letters[0]["reason"].startswith("bad event on a.events.raw: not valid JSON")
     assert sent.keys("a.features") == [b"e"]
     assert sent.values("a.features")[0]["features"] == {"x": 1.5}
+
+
+async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sent = capture_sends(monkeypatch)
+    isolate_prometheus(monkeypatch)
+    common = DriftlineSettings(data_dir=tmp_path, topic_prefix="a.")
+    app = create_app("batcher", common, IngestionSettings())
+    source, target = app.topic("a.in"), app.topic("a.out")
+    dead_letters = DeadLetters(app, "batcher", common)
+
+    async def forward(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+        if any(event.message.value == b"boom" for event in events):
+            raise RuntimeError("boom")
+        await send_records(target, "batcher", [(b"k", event.message.value) for event in events])
+        return []
+
+    @app.agent(source, name="forward_batches")
+    async def forward_batches(stream: faust.Stream) -> None:
+        await consume_batches(stream, "batcher", dead_letters, forward, 3, 30.0)
+
+    async with agent_context(app, "forward_batches") as agent:
+        for value in (b"one", b"boom", b"three"):
+            await agent.put(value, key=b"k")
+
+    assert [value for _, value in sent.by_topic["a.out"]] == [b"one", b"three"]
+    letters = sent.values("a.deadletter")
+    assert [(letter["offset"], letter["reason"]) for letter in letters] == [
+        (1, "internal error: RuntimeError: boom")
+    ]

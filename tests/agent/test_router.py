@@ -3,6 +3,7 @@ routing by rule, canary and champion, shadows, refused snapshots and dead letter
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+import shared.app
 from services.router.app import build
 from services.router.logic import entity_share
 from shared.events import (
@@ -240,3 +242,88 @@ async def test_events_without_deployment_bad_events_and_unknown_models_are_dead_
     assert "(deployment 'broken', variant 'champion')" in reasons[2]
     served = [p["deployment"] for p in sent.values("a.predictions") if p["outcome"]["served"]]
     assert served == ["fraud"]
+
+
+class RefusesNegative(Constant):
+    """Answers `label`, but fails on a negative amount (a model error for one event)."""
+
+    def predict_proba_one(self, x: dict[str, Any]) -> dict[str, float]:
+        if x["amount"] < 0:
+            raise ValueError("negative amount")
+        return super().predict_proba_one(x)
+
+
+def batched_router(tmp_path: Path, batch: int) -> Any:
+    """The router app with micro-batches of exactly `batch` events (a long `within`)."""
+    app = build(
+        DriftlineSettings(data_dir=tmp_path, topic_prefix="a.", snapshot_hmac_key=KEY),
+        RouterSettings(batch_max_events=batch, batch_within_seconds=30.0),
+    )
+    only_champion = Deployment(
+        name="fraud",
+        stream="payments",
+        variants=[Variant(name="champion", role="champion", model_uri="online:champ")],
+    )
+    payload = pickle.dumps(RefusesNegative("champ"))
+    champ = ModelSnapshot(
+        model_id="champ",
+        model_type="constant",
+        sequence=1,
+        n_learned=1,
+        payload=payload,
+        signature=sign(payload, KEY),
+    )
+    fill_table(app, "deployments", {b"fraud": encode(only_champion)})
+    fill_table(app, "model_snapshots", {b"champ": encode(champ)})
+    return app
+
+
+async def test_a_micro_batch_keeps_event_order_and_isolates_each_bad_event(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = batched_router(tmp_path, batch=6)
+    values = [
+        feature_event("e1", "u1"),
+        b"garbage",
+        feature_event("e2", "u2", amount=-1.0),
+        feature_event("e3", "u3", stream="orphans"),
+        feature_event("e4", "u4"),
+        feature_event("e5", "u1"),
+    ]
+    async with agent_context(app, "route_feature_event") as agent:
+        for value in values:
+            await agent.put(value, key=b"k")
+
+    assert sent.keys("a.predictions") == [b"e1", b"e4", b"e5"]
+    letters = sent.values("a.deadletter")
+    assert [letter["offset"] for letter in letters] == [1, 2, 3]
+    assert letters[0]["reason"].startswith("bad event on a.features: not valid JSON")
+    assert "ValueError: negative amount" in letters[1]["reason"]
+    assert "(deployment 'fraud', variant 'champion')" in letters[1]["reason"]
+    assert letters[2]["reason"].startswith("no deployment: stream 'orphans'")
+
+
+async def test_a_micro_batch_is_acked_only_after_its_predictions_went_to_the_producer(
+    sent: SentRecords, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = batched_router(tmp_path, batch=3)
+    events: list[Any] = []
+    acked_at_send: list[bool] = []
+    capture = shared.app._produce
+
+    async def produce(app: Any, topic: str, key: bytes, value: bytes) -> None:
+        acked_at_send.append(any(event.message.acked for event in events))
+        await capture(app, topic, key, value)
+
+    monkeypatch.setattr(shared.app, "_produce", produce)
+    async with agent_context(app, "route_feature_event") as agent:
+        for i in range(3):
+            events.append(await agent.put(feature_event(f"e{i}", "u1"), key=b"k"))
+        for _ in range(100):
+            if all(event.message.acked for event in events):
+                break
+            await asyncio.sleep(0.01)
+
+    assert sent.keys("a.predictions") == [b"e0", b"e1", b"e2"]
+    assert acked_at_send == [False, False, False]
+    assert all(event.message.acked for event in events)

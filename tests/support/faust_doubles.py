@@ -1,7 +1,8 @@
 """A stand-in for Faust's outbound sends, so agents run under `test_context` with no broker.
 
-`Topic.send` is replaced for the test: every record an agent would produce is captured by topic
-name instead. Pair with `agent_context` to run one agent of an app built with a memory store.
+`Topic.send` and the producer sends behind `shared.app.send_records` are replaced for the test:
+every record an agent would produce is captured by topic name instead. Pair with `agent_context`
+to run one agent of an app built with a memory store.
 """
 
 from __future__ import annotations
@@ -39,13 +40,18 @@ class SentRecords:
 
 
 def capture_sends(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
-    """Replace `Topic.send` for this test; returns the record of what was sent."""
+    """Replace `Topic.send` and the producer sends of `shared.app.send_records` for this test;
+    returns the record of what was sent."""
     sent = SentRecords()
 
     async def send(self: Topic, *, key: Any = None, value: Any = None, **_: Any) -> None:
         sent.by_topic[self.get_topic_name()].append((key, value))
 
+    async def produce(app: faust.App, topic: str, key: bytes, value: bytes) -> None:
+        sent.by_topic[topic].append((key, value))
+
     monkeypatch.setattr(Topic, "send", send)
+    monkeypatch.setattr(shared.app, "_produce", produce)
     return sent
 
 

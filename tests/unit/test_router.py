@@ -9,14 +9,17 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
+from sklearn.linear_model import LogisticRegression
 
 from services.router.commands import deployment_from_options, parse_rule
 from services.router.logic import (
     DeploymentIndex,
     NoDeploymentError,
+    answer_calls,
     check_deployment,
     choose_variants,
     entity_share,
+    plan_calls,
     rule_matches,
 )
 from shared.backends import (
@@ -31,8 +34,10 @@ from shared.backends import (
 from shared.errors import (
     DriftlineError,
     EventDecodeError,
+    ModelError,
     SignatureError,
     UnknownModelError,
+    WrongFeaturesError,
 )
 from shared.events import (
     Deployment,
@@ -251,3 +256,79 @@ async def test_cache_loads_once_per_uri_remembers_failures_and_unloads_unused() 
     await cache.get("b")
     await cache.refresh({"b"})
     assert (len(cache), Counting.unloads) == (1, 1)
+
+
+class Echo(ModelBackend):
+    """Answers each event's amount; refuses a negative one; counts its batch calls."""
+
+    calls = 0
+
+    async def load(self) -> None:
+        pass
+
+    async def unload(self) -> None:
+        pass
+
+    def predict(self, features: dict[str, Any], entity_id: str) -> Answer:
+        if features["amount"] < 0:
+            raise WrongFeaturesError(self.uri, "negative amount")
+        return Answer(self.uri, "1", features["amount"], None)
+
+    def predict_many(self, rows: Any) -> list[Answer | ModelError]:
+        Echo.calls += 1
+        return super().predict_many(rows)
+
+
+def test_a_batch_asks_each_model_once_and_keeps_event_order_and_failures_apart() -> None:
+    two = Deployment(
+        name="two",
+        stream="payments",
+        variants=[
+            Variant(name="champion", role="champion", model_uri="m:champ"),
+            Variant(name="shadow", role="shadow", model_uri="m:gone"),
+        ],
+    )
+    index = DeploymentIndex.empty()
+    index.apply("two", encode(two), "t")
+    events = [
+        (0, event("u1", amount=1.0)),
+        (2, event("u2", amount=-1.0)),
+        (3, event("u3", amount=3.0).model_copy(update={"stream": "orphans"})),
+        (4, event("u4", amount=4.0)),
+    ]
+    calls, unrouted = plan_calls(events, index)
+    assert list(unrouted) == [3]
+    assert [(c.position, c.variant.name) for c in calls] == [
+        (0, "champion"),
+        (0, "shadow"),
+        (2, "champion"),
+        (2, "shadow"),
+        (4, "champion"),
+        (4, "shadow"),
+    ]
+    gone = UnknownModelError("m:gone", "no such model")
+    Echo.calls = 0
+    predictions, failures = answer_calls(calls, {"m:champ": Echo("m:champ"), "m:gone": gone})
+
+    assert Echo.calls == 1
+    assert [(p.entity_id, p.outcome.output) for p in predictions] == [("u1", 1.0), ("u4", 4.0)]
+    assert {position: [(d, v) for d, v, _ in f] for position, f in failures.items()} == {
+        0: [("two", "shadow")],
+        2: [("two", "champion"), ("two", "shadow")],
+        4: [("two", "shadow")],
+    }
+    assert isinstance(failures[2][0][2], WrongFeaturesError)
+
+
+def test_an_mlflow_classifier_scores_a_batch_in_one_call_with_the_per_event_answers() -> None:
+    model = LogisticRegression().fit([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]], [0, 0, 1, 1])
+    backend = MlflowBackend("models:/clf/1", "http://unused")
+    backend._classifier, backend._model, backend._inputs = model, model, ["a", "b"]
+    rows = [({"a": 0.5, "b": 1.0}, "u1"), ({"a": 2.5, "b": 0.0}, "u2")]
+
+    batch = backend.predict_many(rows)
+    assert batch == [backend.predict(features, entity) for features, entity in rows]
+    assert [answer.output for answer in batch if isinstance(answer, Answer)] == [0, 1]
+    broken = backend.predict_many([*rows, ({"a": 1.0}, "u3")])
+    assert broken[:2] == batch
+    assert isinstance(broken[2], WrongFeaturesError)
