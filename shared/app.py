@@ -109,7 +109,7 @@ class DeadLetters:
         vain), with its original topic, partition and offset already in `letter`."""
         await self.topic.send(key=letter.source_topic.encode(), value=encode(letter))
         reason_kind = letter.reason.split(":", 1)[0]
-        metrics.DEAD_LETTERS.labels(self.service, letter.source_topic, reason_kind).inc()
+        metrics.child(metrics.DEAD_LETTERS, self.service, letter.source_topic, reason_kind).inc()
         log.warning(
             "dead-lettered",
             reason=letter.reason,
@@ -129,9 +129,10 @@ async def consume(
     a bug or a failing model, logged with its traceback, and the message is still dead-lettered
     so nothing is lost.
     """
+    processing = metrics.child(metrics.PROCESSING_SECONDS, service)
     async for event in stream.events():
         message = event.message
-        metrics.EVENTS_IN.labels(service, message.topic).inc()
+        metrics.child(metrics.EVENTS_IN, service, message.topic).inc()
         started = time.perf_counter()
         try:
             await handle(event)
@@ -142,7 +143,7 @@ async def consume(
                 "handler failed", **message_fields(message.topic, message.partition, message.offset)
             )
             await dead_letters.send(event, f"internal error: {type(exc).__name__}: {exc}")
-        metrics.PROCESSING_SECONDS.labels(service).observe(time.perf_counter() - started)
+        processing.observe(time.perf_counter() - started)
 
 
 BatchHandler = Callable[[Sequence[EventT]], Awaitable[Sequence[tuple[EventT, str]]]]
@@ -166,11 +167,11 @@ async def consume_batches(
     A batch whose handler raises is handled again event by event, so only the events that
     raise are dead-lettered (outputs sent before the error may be sent twice).
     """
-    processing = metrics.PROCESSING_SECONDS.labels(service)
+    processing = metrics.child(metrics.PROCESSING_SECONDS, service)
     async for events in stream.take_events(max_events, within_seconds):
         started = time.perf_counter()
         for event in events:
-            metrics.EVENTS_IN.labels(service, event.message.topic).inc()
+            metrics.child(metrics.EVENTS_IN, service, event.message.topic).inc()
         try:
             rejected = await handle(events)
         except Exception:
@@ -194,7 +195,7 @@ async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[E
 async def send_event(topic: TopicT, service: str, key: str, event: Event) -> None:
     """Produce one record (JSON) with a text key, and count it."""
     await topic.send(key=key.encode(), value=encode(event))
-    metrics.EVENTS_OUT.labels(service, topic.get_topic_name()).inc()
+    metrics.child(metrics.EVENTS_OUT, service, topic.get_topic_name()).inc()
 
 
 async def send_records(topic: TopicT, service: str, records: Sequence[tuple[bytes, bytes]]) -> None:
@@ -204,7 +205,7 @@ async def send_records(topic: TopicT, service: str, records: Sequence[tuple[byte
     name = topic.get_topic_name()
     for key, value in records:
         await _produce(topic.app, name, key, value)
-    metrics.EVENTS_OUT.labels(service, name).inc(len(records))
+    metrics.child(metrics.EVENTS_OUT, service, name).inc(len(records))
 
 
 async def _produce(app: faust.AppT, topic: str, key: bytes, value: bytes) -> None:

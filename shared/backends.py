@@ -225,14 +225,20 @@ class SnapshotStore:
     """Online models' latest verified snapshots, unpickled lazily and kept in a bounded cache.
 
     `stored` maps model id to the snapshot bytes that `accept` let through (the router's table of
-    ``model-snapshots``); a snapshot is unpickled the first time a prediction needs it.
+    ``model-snapshots``); a snapshot is unpickled the first time a prediction needs it. The cache
+    also remembers ids with no snapshot, so a hit reads no table (a Faust table read costs a
+    sensor call per event); whoever writes `stored` calls `forget` for the key it changed.
     """
 
     def __init__(self, stored: Mapping[bytes, bytes], key: SecretStr, cache_size: int) -> None:
         self.stored = stored
         self.key = key
         self.cache_size = cache_size
-        self._models: OrderedDict[bytes, tuple[bytes, Any, int]] = OrderedDict()
+        self._models: OrderedDict[bytes, tuple[Any, int] | None] = OrderedDict()
+
+    def forget(self, model_id: bytes) -> None:
+        """Drop what the cache holds for `model_id` (its stored snapshot changed)."""
+        self._models.pop(model_id, None)
 
     def accept(self, value: bytes | None, topic: str) -> ModelSnapshot | None:
         """Check a snapshot before it may replace the stored one.
@@ -253,19 +259,18 @@ class SnapshotStore:
     def model(self, model_id: str) -> tuple[Any, int] | None:
         """The unpickled model and its sequence number, or None if it has no snapshot."""
         key = model_id.encode()
-        stored = self.stored.get(key)
-        if stored is None:
-            return None
-        cached = self._models.get(key)
-        if cached is not None and cached[0] is stored:
+        if key in self._models:
             self._models.move_to_end(key)
-            return cached[1], cached[2]
-        snapshot = ModelSnapshot.model_validate_json(stored)
-        model = pickle.loads(snapshot.payload)
-        self._models[key] = (stored, model, snapshot.sequence)
+            return self._models[key]
+        stored = self.stored.get(key)
+        found = None
+        if stored is not None:
+            snapshot = ModelSnapshot.model_validate_json(stored)
+            found = pickle.loads(snapshot.payload), snapshot.sequence
+        self._models[key] = found
         if len(self._models) > self.cache_size:
             self._models.popitem(last=False)
-        return model, snapshot.sequence
+        return found
 
 
 class OnlineBackend(ModelBackend):
@@ -292,7 +297,7 @@ class OnlineBackend(ModelBackend):
         if found is None:
             model_id, found = self.model_id, self.snapshots.model(self.model_id)
         if found is None:
-            metrics.COLD_ONLINE_MODELS.labels(self.model_id).inc()
+            metrics.child(metrics.COLD_ONLINE_MODELS, self.model_id).inc()
             return Answer(self.model_id, COLD_VERSION, None, None)
         model, sequence = found
         try:

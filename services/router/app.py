@@ -103,11 +103,19 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
             recovery_buffer_size=1,
         )
     )
-    snapshot_records = app.GlobalTable(
-        "model_snapshots",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=MODEL_SNAPSHOTS.partitions(common),
+    snapshot_records = app.tables.add(
+        WatchedGlobalTable(
+            app,
+            name="model_snapshots",
+            on_change=lambda key, _: snapshots.forget(key),
+            beacon=app.tables.beacon,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=MODEL_SNAPSHOTS.partitions(common),
+            is_global=True,
+            standby_buffer_size=1,
+            recovery_buffer_size=1,
+        )
     )
     snapshots = SnapshotStore(
         snapshot_records, common.snapshot_hmac_key, own.online_model_cache_size
@@ -165,10 +173,10 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
             (p.deployment, p.outcome.variant, str(p.outcome.served)) for p in predictions
         )
         for labels, count in served.items():
-            metrics.PREDICTIONS.labels(*labels).inc(count)
+            metrics.child(metrics.PREDICTIONS, *labels).inc(count)
         for position, failed in failures.items():
             for deployment, variant, exc in failed:
-                metrics.MODEL_FAILURES.labels(deployment, variant, exc.kind).inc()
+                metrics.child(metrics.MODEL_FAILURES, deployment, variant, exc.kind).inc()
             reasons[position] = str(VariantsFailedError(failed))
         return [(events[position], reasons[position]) for position in sorted(reasons)]
 

@@ -332,3 +332,31 @@ def test_an_mlflow_classifier_scores_a_batch_in_one_call_with_the_per_event_answ
     broken = backend.predict_many([*rows, ({"a": 1.0}, "u3")])
     assert broken[:2] == batch
     assert isinstance(broken[2], WrongFeaturesError)
+
+
+class CountingReads(dict[bytes, bytes]):
+    """A snapshot table that counts reads."""
+
+    reads = 0
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        self.reads += 1
+        return super().get(key, default)
+
+
+def test_snapshot_cache_reads_the_table_once_per_model_until_told_it_changed() -> None:
+    stored = CountingReads({b"m": signed_snapshot("m", Always("a"), 1)})
+    store = SnapshotStore(stored, KEY, cache_size=10)
+
+    for _ in range(3):
+        assert store.model("m") is not None
+        assert store.model("m/u1") is None
+    assert stored.reads == 2
+    stored[b"m"] = signed_snapshot("m", Always("b"), 2)
+    stored[b"m/u1"] = signed_snapshot("m/u1", Always("own"), 1)
+    store.forget(b"m")
+    store.forget(b"m/u1")
+    model, sequence = store.model("m") or (None, 0)
+    assert (model.label, sequence) == ("b", 2)
+    assert store.model("m/u1") is not None
+    assert stored.reads == 4
