@@ -12,6 +12,7 @@ memory are lost if the job stops: they stay on ``alerts`` for ``driftline retrai
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,11 @@ class RetrainJob:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
 
+    @property
+    def pending(self) -> int:
+        """Alerts accepted and not finished (queued, waiting to retry or retraining)."""
+        return len(self._accepted)
+
     def web_app(self) -> web.Application:
         """``POST /retrain`` for the drift webhook and ``GET /health``."""
         app = web.Application()
@@ -103,7 +109,7 @@ class RetrainJob:
 
     async def health(self, _: web.Request) -> web.Response:
         """Up, with how many alerts are accepted and not finished."""
-        return web.json_response({"status": "ok", "pending": len(self._accepted)})
+        return web.json_response({"status": "ok", "pending": self.pending})
 
     async def _work(self) -> None:
         while True:
@@ -146,10 +152,13 @@ class RetrainJob:
 
 
 async def serve(common: DriftlineSettings, own: RetrainSettings) -> None:
-    """Run the job until cancelled (Ctrl-C)."""
+    """Run the job until SIGTERM (as a container is stopped) or Ctrl-C, then stop it cleanly."""
     job = RetrainJob(common, own)
     await job.start()
+    terminated = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
     try:
-        await asyncio.Event().wait()
+        await terminated.wait()
     finally:
         await job.stop()
+        log.info("retrain job stopped", unfinished=job.pending)
