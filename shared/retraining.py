@@ -56,6 +56,8 @@ CHALLENGER = "challenger"
 """The alias of a retrained version and the name of its variant in the deployment."""
 HOLDOUT_SHARE = 0.2
 """Share of the window, its latest events, that scores the model before it is fit on all."""
+READ_STALL_S = 60.0
+"""A window read that gets no record for this long (broker gone) fails instead of hanging."""
 ALERT_TAG = "driftline.alert_id"
 DEPLOYMENT_TAG = "driftline.deployment"
 REJECTED_TAG = "driftline.rejected"
@@ -327,8 +329,15 @@ async def _read_ranges(
     for tp in remaining:
         consumer.seek(tp, first[tp])
     found: list[tuple[int, int, LabeledPrediction]] = []
+    loop = asyncio.get_running_loop()
+    stalled_at = loop.time() + READ_STALL_S
     while remaining:
         batch = await consumer.getmany(*remaining, timeout_ms=500)
+        if batch:
+            stalled_at = loop.time() + READ_STALL_S
+        elif loop.time() > stalled_at:
+            where = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(remaining))
+            raise DriftlineError(f"reading {where} got nothing for {READ_STALL_S:g}s")
         for tp, messages in batch.items():
             for message in messages:
                 if message.offset >= ends[tp]:
