@@ -30,17 +30,28 @@ class Record:
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | str | None, bytes | Event]]
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | str | None, bytes | Event]],
+    timestamps: Iterable[float] | None = None,
 ) -> None:
-    """Send (key, value) pairs and wait until the broker has them all."""
+    """Send (key, value) pairs and wait until the broker has them all. `timestamps` (epoch
+    seconds, one per message) stamp the records, e.g. with their events' times, as a producer
+    writing each event the moment it happens would; else the producer's clock does. A stamp
+    older than the topic's retention gets its record deleted at the broker's next retention
+    check, before a slow consumer may have read it."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
         futures = []
+        stamps = iter(timestamps) if timestamps is not None else None
         for key, value in messages:
             raw_key = key.encode() if isinstance(key, str) else key
             raw_value = encode(value) if isinstance(value, Event) else value
-            futures.append(await producer.send(topic, key=raw_key, value=raw_value))
+            stamp = int(next(stamps) * 1000) if stamps is not None else None
+            futures.append(
+                await producer.send(topic, key=raw_key, value=raw_value, timestamp_ms=stamp)
+            )
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
