@@ -1,8 +1,12 @@
-"""Hedge Backpropagation: the Hedge step by hand, a gradient check, River's contract, learning."""
+"""Hedge Backpropagation: the Hedge step by hand, a gradient check, River's contract, learning.
+
+The reference is Algorithm 1 of Sahoo et al. (IJCAI 2018) and, where the paper leaves a detail
+implicit, the authors' code (github.com/LIBOL/ODL).
+"""
 
 from __future__ import annotations
 
-import itertools
+import doctest
 import math
 import pickle
 from collections.abc import Callable, Iterable
@@ -13,7 +17,7 @@ import pandas as pd
 import pytest
 from river import base, checks, datasets, metrics, preprocessing
 
-from shared.models import HedgeBackpropClassifier, OnlineBackpropClassifier
+from shared.models import HedgeBackpropClassifier, OnlineBackpropClassifier, hbp
 
 CLASSIFIERS = (HedgeBackpropClassifier, OnlineBackpropClassifier)
 
@@ -29,14 +33,35 @@ def _head_losses(model: HedgeBackpropClassifier, x: dict[str, float], y: str) ->
     return (-log_probas[:, 0, model._class_index[y]]).tolist()
 
 
-def test_hedge_step_discounts_floors_and_renormalises() -> None:
-    model = HedgeBackpropClassifier(n_layers=2, hidden_units=2, beta=0.5, s=0.2, seed=0)
+def test_hedge_step_rescales_discounts_floors_and_renormalises() -> None:
+    model = HedgeBackpropClassifier(n_layers=2, hidden_units=2, beta=0.5, s=0.4, seed=0)
+    assert model.alphas == pytest.approx([1 / 3] * 3)  # L + 1 heads, uniform at the start
 
-    model._hedge(np.array([0.1, 3.0]))
+    model._hedge(np.array([0.1, 3.0, 1.55]))
 
-    # 0.5 * 0.5**0.1 = 0.466516; 0.5 * 0.5**3 = 0.0625 lies under the floor s / L = 0.1, so it
-    # becomes 0.1; dividing by the sum 0.566516 gives 0.823483 and 0.176517.
-    assert model.alphas == pytest.approx([0.823483, 0.176517], abs=1e-6)
+    # The paper's Hedge takes losses in [0, 1]: rescaled over the heads they are 0, 1 and 0.5.
+    # Discounted: 1/3 * 0.5**0 = 0.333333, 1/3 * 0.5**1 = 0.166667 (under the floor
+    # s / L = 0.2, so 0.2) and 1/3 * 0.5**0.5 = 0.235702; their sum is 0.769036.
+    assert model.alphas == pytest.approx([0.433443, 0.260066, 0.306491], abs=1e-6)
+
+
+def test_hedge_step_depends_on_the_ranking_of_the_losses_not_their_scale() -> None:
+    scaled, shifted = (HedgeBackpropClassifier(n_layers=3, beta=0.9, seed=0) for _ in range(2))
+    losses = np.array([0.2, 0.9, 0.4, 2.5])
+
+    scaled._hedge(losses)
+    shifted._hedge(10.0 * losses + 3.0)
+
+    np.testing.assert_allclose(scaled.alphas, shifted.alphas, rtol=1e-12)
+    assert scaled.alphas.argmax() == 0
+
+
+def test_hedge_step_leaves_tied_heads_alone() -> None:
+    model = HedgeBackpropClassifier(n_layers=3, beta=0.5, seed=0)
+
+    model._hedge(np.full(4, 0.7))
+
+    assert model.alphas == pytest.approx([0.25] * 4)
 
 
 def test_learn_one_moves_alphas_by_the_hedge_rule_on_the_head_losses() -> None:
@@ -50,11 +75,26 @@ def test_learn_one_moves_alphas_by_the_hedge_rule_on_the_head_losses() -> None:
 
     model.learn_one(x, y)
 
+    rescaled = [(loss - min(losses)) / (max(losses) - min(losses)) for loss in losses]
     floor = 0.6 / 2
-    discounted = [max(a * 0.5**loss, floor) for a, loss in zip(before, losses, strict=True)]
+    discounted = [max(a * 0.5**loss, floor) for a, loss in zip(before, rescaled, strict=True)]
     expected = [d / sum(discounted) for d in discounted]
     assert model.alphas == pytest.approx(expected, rel=1e-12)
     assert math.isclose(model.alphas.sum(), 1.0)
+
+
+def test_depth_zero_head_reads_the_input_itself() -> None:
+    model = HedgeBackpropClassifier(n_layers=3, hidden_units=8, seed=4)
+    for x, y in datasets.Phishing().take(30):
+        model.learn_one(x, y)
+    row = np.array([[x.get(f, 0.0) for f in model._features]])
+    _, before = model._forward(row)
+
+    model._params["input_weights"] *= -1.0  # every hidden layer now sees other features
+
+    _, after = model._forward(row)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert not np.isclose(after[1:], before[1:]).all(axis=(1, 2)).any()
 
 
 def test_alphas_is_a_copy() -> None:
@@ -62,7 +102,7 @@ def test_alphas_is_a_copy() -> None:
 
     model.alphas[:] = 0.0
 
-    assert model.alphas == pytest.approx([0.25] * 4)
+    assert model.alphas == pytest.approx([0.2] * 5)
 
 
 def test_gradient_matches_central_differences_and_drives_the_sgd_step() -> None:
@@ -96,6 +136,7 @@ def test_gradient_matches_central_differences_and_drives_the_sgd_step() -> None:
             numeric[index] = (upper - lower) / (2 * eps)
         np.testing.assert_allclose(analytic[name], numeric, rtol=1e-5, atol=1e-8, err_msg=name)
     assert np.abs(analytic["input_weights"]).max() > 1e-3  # some units were active
+    assert np.abs(analytic["input_head_weights"]).max() > 1e-3
 
     before = {name: param.copy() for name, param in model._params.items()}
     model.learn_one({f"x{i}": float(v) for i, v in enumerate(x)}, label)
@@ -175,6 +216,7 @@ def test_new_labels_grow_the_heads() -> None:
 
     assert set(proba) == {"red", "green", "blue"}
     assert model._params["head_weights"].shape == (3, 8, 3)
+    assert model._params["input_head_weights"].shape == (1, 3)
 
 
 def test_mini_batches_match_single_rows() -> None:
@@ -201,12 +243,14 @@ def test_plain_backprop_keeps_all_weight_on_the_last_head() -> None:
     model.learn_one({"a": 0.5, "b": 1.0}, True)
     model.learn_one({"a": -0.5, "b": 0.0}, False)
     lower_heads = model._params["head_weights"][:2].copy()
+    input_head = model._params["input_head_weights"].copy()
 
     for x, y in datasets.Phishing().take(50):
         model.learn_one(x, y)
 
-    np.testing.assert_array_equal(model.alphas, [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(model.alphas, [0.0, 0.0, 0.0, 1.0])
     np.testing.assert_array_equal(model._params["head_weights"][:2], lower_heads)
+    np.testing.assert_array_equal(model._params["input_head_weights"], input_head)
 
 
 @pytest.mark.parametrize(
@@ -250,10 +294,24 @@ def test_learns_binary_phishing() -> None:
     assert accuracy > 0.85  # the majority class is about 0.56
 
 
-def test_deep_network_moves_weight_to_shallow_heads_early_on() -> None:
-    model = preprocessing.StandardScaler() | HedgeBackpropClassifier(n_layers=8, seed=42)
+def test_weight_goes_to_the_heads_that_predict_best() -> None:
+    scaler, model = preprocessing.StandardScaler(), HedgeBackpropClassifier(n_layers=8, seed=42)
+    recent_losses = []
+    for i, (x, y) in enumerate(datasets.Phishing()):
+        scaler.learn_one(x)
+        x = scaler.transform_one(x)
+        if i >= 1000:
+            recent_losses.append(_head_losses(model, x, y))
+        model.learn_one(x, y)
 
-    _prequential_accuracy(model, itertools.islice(datasets.Phishing(), 300))
+    mean_losses = np.mean(recent_losses, axis=0)
+    alphas = model.alphas
+    assert mean_losses[alphas.argmax()] < mean_losses[alphas.argmin()]
+    assert alphas.max() > 2 * alphas.min()
 
-    alphas = model["HedgeBackpropClassifier"].alphas
-    assert alphas[:4].sum() > alphas[4:].sum()
+
+def test_docstring_examples_run() -> None:
+    results = doctest.testmod(hbp, optionflags=doctest.NORMALIZE_WHITESPACE)
+
+    assert results.attempted > 0
+    assert results.failed == 0
