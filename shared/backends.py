@@ -42,6 +42,23 @@ Probabilities = dict[str, float] | None
 Row = tuple[dict[str, FeatureValue], str]
 """One event's features and entity id, as a model backend takes them."""
 _MLFLOW_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryUri:
+    """A ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` URI, taken apart."""
+
+    name: str
+    alias: str | None
+    version: str | None
+
+    @classmethod
+    def parse(cls, uri: str) -> RegistryUri | None:
+        """The parts of an MLflow registry URI; None for any other URI (e.g. ``online:``)."""
+        match = _MLFLOW_URI.match(uri)
+        return None if match is None else cls(match["name"], match["alias"], match["version"])
+
+
 COLD_VERSION = "cold"
 """Version of an online variant's answer before its model has any snapshot (no output)."""
 
@@ -104,12 +121,12 @@ class MlflowBackend(ModelBackend):
 
     def __init__(self, uri: str, tracking_uri: str) -> None:
         super().__init__(uri)
-        match = _MLFLOW_URI.match(uri)
-        if match is None:
+        parsed = RegistryUri.parse(uri)
+        if parsed is None:
             raise UnknownModelError(uri, "expected models:/<name>@<alias> or models:/<name>/<n>")
-        self.name = match["name"]
-        self.alias: str | None = match["alias"]
-        self.pinned_version: str | None = match["version"]
+        self.name = parsed.name
+        self.alias = parsed.alias
+        self.pinned_version = parsed.version
         self.tracking_uri = tracking_uri
         self.version = ""
         self._model: Any = None

@@ -99,3 +99,52 @@ def register_online_model(
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(tracking_uri, f"register {model_name!r}", str(exc)) from None
     return str(info.registered_model_version)
+
+
+class MlflowRegistry:
+    """The registry steps of a promotion or rollback (`shared.rollout.Registry`): aliases and
+    version tags of registered models. Calls block: async callers run them in a thread."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self._client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+    def aliases(self, model_name: str) -> dict[str, str]:
+        """Every alias of `model_name` and the version it names."""
+        try:
+            model = self._client.get_registered_model(model_name)
+        except mlflow.exceptions.MlflowException as exc:
+            raise RegistryError(self.tracking_uri, f"read {model_name!r}", str(exc)) from None
+        return {alias: str(version) for alias, version in model.aliases.items()}
+
+    def has_version(self, model_name: str, version: str) -> bool:
+        """Whether `model_name` has version `version`."""
+        try:
+            self._client.get_model_version(model_name, version)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return True
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point `alias` of `model_name` at `version`."""
+        set_alias(self.tracking_uri, model_name, alias, version)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        """Remove `alias` of `model_name`; nothing happens if it is not set."""
+        if alias not in self.aliases(model_name):
+            return
+        try:
+            self._client.delete_registered_model_alias(model_name, alias)
+        except mlflow.exceptions.MlflowException as exc:
+            raise RegistryError(
+                self.tracking_uri, f"delete {model_name}@{alias}", str(exc)
+            ) from None
+
+    def tag_version(self, model_name: str, version: str, key: str, value: str) -> None:
+        """Set a tag on one version of `model_name`."""
+        try:
+            self._client.set_model_version_tag(model_name, version, key, value)
+        except mlflow.exceptions.MlflowException as exc:
+            raise RegistryError(
+                self.tracking_uri, f"tag {model_name} version {version}", str(exc)
+            ) from None

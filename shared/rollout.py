@@ -1,0 +1,236 @@
+"""Promoting or rolling back a deployment's challenger, in an order that survives a crash.
+
+A challenger is a canary or shadow variant serving another version of the champion's registered
+model (pinned ``models:/<name>/<version>``, or by the ``challenger`` alias). Both actions are
+lists of steps, each idempotent, so running an action again after a crash at any step completes
+it, and every prefix of the steps leaves a champion serving:
+
+- promote: (1) move the ``champion`` alias to the challenger's version: variants that follow the
+  alias serve it from the routers' next refresh; (2) publish the deployment without the
+  challenger, its champion re-pointed if it was pinned to a version; (3) delete the
+  ``challenger`` alias (only while it still names this version).
+- rollback: (1) tag the version rejected; (2) publish the deployment without the challenger; (3)
+  delete the ``challenger`` alias. The champion is never touched. The alias goes last, so a
+  re-run after a crash still finds the challenger by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.backends import RegistryUri
+from shared.errors import DriftlineError
+from shared.events import Deployment, Variant, utc_now
+from shared.logging import get_logger
+
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+REJECTED_TAG = "driftline.rejected"
+"""Version tag a rollback sets; its value is the reason."""
+
+log = get_logger(__name__)
+Publish = Callable[[Deployment], Awaitable[None]]
+"""Writes a deployment to ``deployments`` and returns once the broker has it."""
+
+
+class Registry(Protocol):
+    """The model registry calls a rollout makes (blocking; `shared.registry.MlflowRegistry`)."""
+
+    def aliases(self, model_name: str) -> dict[str, str]:
+        """Every alias of the model and the version it names."""
+
+    def has_version(self, model_name: str, version: str) -> bool:
+        """Whether the model has that version."""
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point an alias at a version."""
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        """Remove an alias; nothing happens if it is not set."""
+
+    def tag_version(self, model_name: str, version: str, key: str, value: str) -> None:
+        """Set a tag on a version."""
+
+
+class NoChallengerError(DriftlineError):
+    """A promotion or rollback was asked for a deployment with no challenger to act on."""
+
+    def __init__(self, deployment: str, problem: str) -> None:
+        self.deployment = deployment
+        self.problem = problem
+        super().__init__(f"deployment {deployment!r}: {problem}")
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """The version a deployment tries against its champion."""
+
+    model_name: str
+    version: str
+    variant: str | None
+    """Its variant in the deployment; None once the deployment no longer has one."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One idempotent step of an action."""
+
+    what: str
+    run: Callable[[], Awaitable[None]]
+
+
+def champion_model(deployment: Deployment) -> RegistryUri | None:
+    """The champion's registry URI; None if it is not a registry model (e.g. an online one)."""
+    champion = next(v for v in deployment.variants if v.role == "champion")
+    return RegistryUri.parse(champion.model_uri)
+
+
+def challenger_variants(deployment: Deployment) -> list[tuple[Variant, RegistryUri]]:
+    """The canary and shadow variants that serve the champion's registered model by another URI
+    than the champion's, with their parsed URIs."""
+    champion = champion_model(deployment)
+    if champion is None:
+        return []
+    found = []
+    for variant in deployment.variants:
+        uri = RegistryUri.parse(variant.model_uri)
+        if (
+            variant.role in ("canary", "shadow")
+            and uri is not None
+            and uri.name == champion.name
+            and uri != champion
+        ):
+            found.append((variant, uri))
+    return found
+
+
+def find_challenger(
+    deployment: Deployment, registry: Registry, version: str | None = None
+) -> Challenger:
+    """The challenger to act on: `version` if given, else the one version a challenger variant
+    serves, else the one the ``challenger`` alias names (an action that stopped half way)."""
+    champion = champion_model(deployment)
+    if champion is None:
+        raise NoChallengerError(deployment.name, "its champion is not an MLflow registry model")
+    aliases = registry.aliases(champion.name)
+    candidates: dict[str, str | None] = {}
+    for variant, uri in challenger_variants(deployment):
+        served = uri.version or aliases.get(uri.alias or "")
+        if served is not None and served != aliases.get(CHAMPION_ALIAS):
+            candidates[served] = variant.name
+    if not candidates and CHALLENGER_ALIAS in aliases:
+        candidates[aliases[CHALLENGER_ALIAS]] = None
+    if version is not None:
+        if not registry.has_version(champion.name, version):
+            raise NoChallengerError(
+                deployment.name, f"model {champion.name!r} has no version {version!r}"
+            )
+        return Challenger(champion.name, version, candidates.get(version))
+    if not candidates:
+        raise NoChallengerError(
+            deployment.name, f"no canary or shadow of {champion.name!r} and no challenger alias"
+        )
+    if len(candidates) > 1:
+        versions = ", ".join(sorted(candidates))
+        raise NoChallengerError(
+            deployment.name, f"several challengers (versions {versions}): pick one with --version"
+        )
+    [(found, variant)] = candidates.items()
+    return Challenger(champion.name, found, variant)
+
+
+def without_challenger(
+    deployment: Deployment, challenger: Challenger, aliases: dict[str, str], promoted: bool
+) -> Deployment:
+    """`deployment` without the canary and shadow variants serving the challenger's version;
+    when `promoted`, a champion pinned to a version is re-pointed to the challenger's."""
+    variants = []
+    for variant in deployment.variants:
+        uri = RegistryUri.parse(variant.model_uri)
+        if uri is None or uri.name != challenger.model_name:
+            variants.append(variant)
+            continue
+        version = uri.version or aliases.get(uri.alias or "")
+        if variant.role in ("canary", "shadow") and version == challenger.version:
+            continue
+        if promoted and variant.role == "champion" and uri.version:
+            pinned = f"models:/{challenger.model_name}/{challenger.version}"
+            variant = variant.model_copy(update={"model_uri": pinned})
+        variants.append(variant)
+    if variants == deployment.variants:
+        return deployment
+    return Deployment.model_validate(
+        {**deployment.model_dump(), "variants": variants, "updated_at": utc_now()}
+    )
+
+
+def promotion_steps(
+    registry: Registry, publish: Publish, deployment: Deployment, challenger: Challenger
+) -> list[Step]:
+    """The steps that make `challenger` the champion (see the module's docstring)."""
+    model, version = challenger.model_name, challenger.version
+
+    async def move_champion() -> None:
+        await asyncio.to_thread(registry.set_alias, model, CHAMPION_ALIAS, version)
+
+    async def publish_deployment() -> None:
+        aliases = await asyncio.to_thread(registry.aliases, model)
+        updated = without_challenger(deployment, challenger, aliases, promoted=True)
+        if updated is not deployment:
+            await publish(updated)
+
+    return [
+        Step(f"move {model}@{CHAMPION_ALIAS} to version {version}", move_champion),
+        Step(f"publish {deployment.name} without the challenger", publish_deployment),
+        Step(f"delete {model}@{CHALLENGER_ALIAS}", _delete_challenger_alias(registry, challenger)),
+    ]
+
+
+def rollback_steps(
+    registry: Registry,
+    publish: Publish,
+    deployment: Deployment,
+    challenger: Challenger,
+    reason: str,
+) -> list[Step]:
+    """The steps that remove `challenger` and keep the champion (see the module's docstring)."""
+    model, version = challenger.model_name, challenger.version
+
+    async def tag_rejected() -> None:
+        aliases = await asyncio.to_thread(registry.aliases, model)
+        if aliases.get(CHAMPION_ALIAS) == version:
+            raise NoChallengerError(deployment.name, f"version {version} is the champion")
+        await asyncio.to_thread(registry.tag_version, model, version, REJECTED_TAG, reason)
+
+    async def publish_deployment() -> None:
+        aliases = await asyncio.to_thread(registry.aliases, model)
+        updated = without_challenger(deployment, challenger, aliases, promoted=False)
+        if updated is not deployment:
+            await publish(updated)
+
+    return [
+        Step(f"tag {model} version {version} rejected", tag_rejected),
+        Step(f"publish {deployment.name} without the challenger", publish_deployment),
+        Step(f"delete {model}@{CHALLENGER_ALIAS}", _delete_challenger_alias(registry, challenger)),
+    ]
+
+
+def _delete_challenger_alias(
+    registry: Registry, challenger: Challenger
+) -> Callable[[], Awaitable[None]]:
+    async def delete() -> None:
+        aliases = await asyncio.to_thread(registry.aliases, challenger.model_name)
+        if aliases.get(CHALLENGER_ALIAS) == challenger.version:
+            await asyncio.to_thread(registry.delete_alias, challenger.model_name, CHALLENGER_ALIAS)
+
+    return delete
+
+
+async def execute(steps: list[Step]) -> None:
+    """Run the steps in order; a failure stops there (running them all again completes it)."""
+    for step in steps:
+        await step.run()
+        log.info("rollout step done", step=step.what)
