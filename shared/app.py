@@ -6,6 +6,7 @@ message becomes a dead letter with its reason instead of an exception inside Fau
 
 from __future__ import annotations
 
+import functools
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Any
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT, TopicT
 from faust.web import Request, Response, View
 
@@ -24,6 +26,29 @@ from shared.settings import DriftlineSettings, ServiceSettings
 from shared.topics import DEADLETTER, Topic
 
 log = get_logger(__name__)
+
+FETCH_MAX_WAIT_MS = 50
+"""Longest a consumer's fetch waits at the broker for new records; faust-streaming writes in
+1,500 ms. aiokafka keeps one fetch in flight per broker and leaves out of it every partition
+whose fetched records have waited more than 100 ms for the worker; that fetch then asks only
+the quiet partitions (tables' changelogs, deployments, snapshots) and waits the whole time at
+the broker while new events queue behind it. A worker that once fell 100 ms behind repeated
+that wait on every fetch: the standing 1.5 s latency of the benchmarks (issue 10)."""
+
+
+def _with_short_fetch_wait(create: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(create)
+    def create_worker_consumer(thread: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = create(thread, transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        return consumer
+
+    return create_worker_consumer
+
+
+AIOKafkaConsumerThread._create_worker_consumer = _with_short_fetch_wait(  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._create_worker_consumer
+)
 
 
 def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) -> faust.App:
