@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
-from shared.events import PromotionPolicy
+from shared.events import PromotionAction, PromotionPolicy
 
-Action = Literal["promote", "wait", "rollback"]
+Action = PromotionAction
 
 
 @dataclass

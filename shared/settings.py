@@ -203,6 +203,9 @@ class DriftSettings(ServiceSettings):
     """Timeout of one webhook request."""
     webhook_queue_size: int = Field(default=1000, ge=1)
     """Alerts waiting per URL; when full, new ones are dead-lettered instead of waiting."""
+    promotion_every: int = Field(default=100, ge=1)
+    """Labeled challenger outcomes between two looks of a deployment's promotion policy (keep
+    `max_samples / promotion_every` near the policy's `max_looks`)."""
 
 
 class LearnerSettings(ServiceSettings):

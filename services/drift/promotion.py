@@ -1,0 +1,126 @@
+"""Promotion on evidence in the drift worker: challengers' trials on ``predictions.labeled``.
+
+`weigh_challengers` reads labeled predictions (keyed by deployment, so one deployment's events
+arrive in order on one partition) and, for each challenger of the event's deployment (a canary
+or shadow of another version of the champion's registered model, see `shared.rollout`), counts
+both variants' outcomes in a `Trial` kept per (deployment, model, challenger version) in the
+``promotion_trials`` table. Every `promotion_every` challenger outcomes it evaluates the
+deployment's promotion policy and publishes the decision on ``decisions``. A promote or rollback is
+remembered in the trial before it runs and marked done after, so a redelivered message never
+decides or runs it twice, and one that stopped half way (MLflow down, crash) is run again,
+idempotently, on the trial's next event.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+
+import faust
+import orjson
+from faust.types import EventT
+
+from services.drift.trials import Trial
+from shared import metrics
+from shared import settings as cfg
+from shared.app import DeadLetters, consume, declare_topic, send_event
+from shared.errors import DriftlineError
+from shared.events import Deployment, LabeledPrediction, decode, encode
+from shared.global_tables import deployment_table
+from shared.logging import get_logger
+from shared.promotion import decide
+from shared.registry import MlflowRegistry
+from shared.rollout import (
+    Challenger,
+    challenger_variants,
+    execute,
+    promotion_steps,
+    rollback_steps,
+)
+from shared.topics import DECISIONS, DEPLOYMENTS, PREDICTIONS_LABELED
+
+log = get_logger(__name__)
+
+
+def add_promotion(
+    app: faust.App,
+    common: cfg.DriftlineSettings,
+    own: cfg.DriftSettings,
+    dead_letters: DeadLetters,
+) -> None:
+    """Add the deployments table, the trials table and `weigh_challengers` to the drift app."""
+    service = dead_letters.service
+    labeled_topic = declare_topic(app, PREDICTIONS_LABELED, common)
+    decisions_topic = declare_topic(app, DECISIONS, common)
+    deployments_topic = declare_topic(app, DEPLOYMENTS, common)
+    deployments: Mapping[str, Deployment] = deployment_table(app, common, dead_letters)
+    trials = app.Table("promotion_trials", key_type=bytes, value_type=bytes)
+    registry = MlflowRegistry(common.mlflow_tracking_uri)
+
+    async def publish(deployment: Deployment) -> None:
+        delivered = await deployments_topic.send(
+            key=deployment.name.encode(), value=encode(deployment)
+        )
+        await delivered
+
+    async def run(trial: Trial, deployment: Deployment) -> None:
+        """Run the trial's decided action; a failure is logged and retried on its next event."""
+        challenger = Challenger(trial.model_name, trial.version, trial.variant)
+        steps = (
+            promotion_steps(registry, publish, deployment, challenger)
+            if trial.decided == "promote"
+            else rollback_steps(registry, publish, deployment, challenger, trial.reason)
+        )
+        try:
+            await execute(steps)
+        except DriftlineError as exc:
+            metrics.MLFLOW_FAILURES.labels(service).inc()
+            log.warning(
+                "promotion action stopped; retried on the next event",
+                deployment=trial.deployment,
+                action=trial.decided,
+                reason=str(exc),
+            )
+            return
+        trial.executed = True
+
+    async def weigh(event: EventT) -> None:
+        message = event.message
+        labeled = decode(LabeledPrediction, message.value, message.topic)
+        deployment = deployments.get(labeled.deployment)
+        if deployment is None:
+            return
+        for variant, uri in challenger_variants(deployment):
+            version = uri.version or next(
+                (o.model_version for o in labeled.outcomes if o.variant == variant.name), None
+            )
+            if version is None:
+                continue
+            key = orjson.dumps([deployment.name, uri.name, version])
+            stored = trials.get(key)
+            trial: Trial = (
+                pickle.loads(stored)
+                if stored is not None
+                else Trial(deployment.name, uri.name, variant.name, version)
+            )
+            if trial.decided is not None:
+                if not trial.executed:
+                    await run(trial, deployment)
+                    trials[key] = pickle.dumps(trial)
+                continue
+            if trial.already_seen(message.partition, message.offset):
+                continue
+            counted = trial.count(labeled, deployment.promotion.tier_feature)
+            if counted and trial.challenger.overall.total % own.promotion_every == 0:
+                decision = decide(trial.champion, trial.challenger, deployment.promotion)
+                record = trial.decision_event(decision)
+                await send_event(decisions_topic, service, deployment.name, record)
+                metrics.PROMOTION_DECISIONS.labels(deployment.name, decision.action).inc()
+                if trial.settle(decision):
+                    trials[key] = pickle.dumps(trial)
+                    await run(trial, deployment)
+            trials[key] = pickle.dumps(trial)
+
+    @app.agent(labeled_topic, name="weigh_challengers")
+    async def weigh_challengers(stream: faust.Stream) -> None:
+        await consume(stream, service, dead_letters, weigh)
