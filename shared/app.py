@@ -9,11 +9,14 @@ from __future__ import annotations
 import functools
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT, TopicT
 from faust.web import Request, Response, View
@@ -204,6 +207,23 @@ async def consume_batches(
         for event, reason in rejected:
             await dead_letters.send(event, reason)
         processing.observe((time.perf_counter() - started) / len(events))
+
+
+@contextmanager
+def as_current_event(event: EventT) -> Iterator[None]:
+    """Make `event` the current one for table reads and writes in this task.
+
+    Faust writes a table key to the changelog partition of the current event; after a
+    micro-batch (`take_events`) that must be an event of the key's own partition. Only the
+    context variable the tables read is set: the stream's own `current_event` tells
+    `take_events` which event a buffered value belongs to, and changing it would swap a waiting
+    message for an old one.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[EventT, str]]:

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import faust
-from faust.streams import _current_event
 from faust.types import EventT
 
 from services.learner.logic import (
@@ -31,7 +28,14 @@ from services.learner.logic import (
 )
 from shared import metrics
 from shared import settings as cfg
-from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
+from shared.app import (
+    DeadLetters,
+    as_current_event,
+    consume,
+    create_app,
+    declare_topic,
+    send_event,
+)
 from shared.errors import DriftlineError
 from shared.events import Deployment, LabeledPrediction, decode
 from shared.logging import get_logger
@@ -46,22 +50,6 @@ class UnknownDeploymentError(DriftlineError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown deployment {name!r}: publish it on the deployments topic first")
-
-
-@contextmanager
-def as_current_event(event: EventT) -> Iterator[None]:
-    """Make `event` the current one for table writes in this task.
-
-    Faust writes a table key to the changelog partition of the current event; after a batch that
-    must be an event of the model's own partition. Only the context variable the tables read is
-    set: the stream's own `current_event` tells `take_events` which event a buffered value
-    belongs to, and changing it would swap a waiting message for an old one.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
