@@ -6,7 +6,9 @@ its own signed River model: StandardScaler | LogisticRegression over 4 features)
 events for random deployments go through the real routing agent under Faust's test context
 (outbound sends are captured, so Kafka is not measured). Memory is the process's resident set
 after every model was used once, minus the same app with no deployment; latency is the wall time
-of one `put` (decode, route, predict, encode), p50 and p99, and the CPU time per event.
+of one `put` (decode, route, predict, encode), p50 and p99, and the CPU time per event. The
+router runs with micro-batches of one event here, so that a `put` returns once the previous
+event is routed (with larger batches it returns as soon as the event is buffered).
 
     .venv/bin/python -m loadtest.bench_router --events 3000
 """
@@ -32,6 +34,7 @@ import typer
 from faust.topics import Topic
 from river import linear_model, preprocessing
 
+import shared.app
 from services.router.app import build
 from shared.events import Deployment, FeatureEvent, ModelSnapshot, Variant, encode
 from shared.settings import DriftlineSettings, RouterSettings
@@ -78,9 +81,13 @@ async def measure(n_deployments: int, n_events: int, seed: int) -> dict[str, flo
     async def captured(self: Topic, **_: Any) -> None:
         return None
 
+    async def produced(*_: Any) -> None:
+        return None
+
     Topic.send = captured  # type: ignore[method-assign]
+    shared.app._produce = produced  # type: ignore[assignment]
     settings = DriftlineSettings(data_dir=Path(tempfile.mkdtemp()), topic_prefix="b.")
-    app = build(settings, RouterSettings())
+    app = build(settings, RouterSettings(batch_max_events=1))
     deployments, snapshots = {}, {}
     for i in range(n_deployments):
         variants = [
