@@ -203,6 +203,11 @@ class DriftSettings(ServiceSettings):
     """Timeout of one webhook request."""
     webhook_queue_size: int = Field(default=1000, ge=1)
     """Alerts waiting per URL; when full, new ones are dead-lettered instead of waiting."""
+    batch_max_events: int = Field(default=500, ge=1)
+    """Most values a detector agent takes as one micro-batch: each touched detector is pickled
+    into its table once per batch instead of once per value."""
+    batch_within_s: float = Field(default=0.05, gt=0)
+    """Longest a value waits for its micro-batch to fill: the latency paid at low rates."""
     promotion_every: int = Field(default=100, ge=1)
     """Labeled challenger outcomes between two looks of a deployment's promotion policy (keep
     `max_samples / promotion_every` near the policy's `max_looks`)."""

@@ -14,9 +14,12 @@ model, version) in a table, and the error rate per model version in tumbling and
 event-time windows (windowed tables), exposed as ``driftline_model_error_rate``: for hopping
 windows the oldest one still open, so the gauge always covers a full window's span.
 
-Each detector remembers the last offset it counted of each source partition (``features`` or
-``predictions.labeled``), so a message redelivered after a crash does not feed it twice, even
-when `fan_out_feature_values` re-sends its values under new offsets of the internal topic.
+Both detector agents take micro-batches: a batch reads each detector it touches from its table
+once, feeds it every value of the batch in order, and writes it back once (a pickle per batch,
+not per value), before its alerts are sent and its offsets acked. Each detector remembers the
+last offset it counted of each source partition (``features`` or ``predictions.labeled``), so a
+message redelivered after a crash does not feed it twice, even when `fan_out_feature_values`
+re-sends its values under new offsets of the internal topic.
 
 A drift alert's window knows the exact source partition and offset of its first value; before
 it is sent, the offsets of the other partitions and topics a retrain reads (``features``, and
@@ -26,6 +29,7 @@ it is sent, the offsets of the other partitions and topics a retrain reads (``fe
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,7 +58,17 @@ from services.drift.promotion import add_promotion
 from shared import metrics
 from shared import settings as cfg
 from shared.admin import offsets_at_time
-from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
+from shared.app import (
+    BatchHandler,
+    DeadLetters,
+    as_current_event,
+    consume,
+    consume_batches,
+    create_app,
+    declare_topic,
+    send_event,
+)
+from shared.errors import DriftlineError
 from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
 from shared.logging import get_logger
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
@@ -67,6 +81,36 @@ log = get_logger(__name__)
 def _add_error(total: list[float], new: list[float]) -> list[float]:
     """Sum (error, count) pairs; Faust applies it to every window the event falls in."""
     return [total[0] + new[0], total[1] + new[1]]
+
+
+class MonitorBatch:
+    """The detectors one micro-batch touches: each read from its table at most once and written
+    back once, under an event of its own partition (the one its changelog record belongs to)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._touched: dict[bytes, tuple[Monitor, EventT]] = {}
+
+    def get(self, key: bytes) -> Monitor | None:
+        """The batch's monitor for `key`, else the stored one, else None."""
+        if key in self._touched:
+            return self._touched[key][0]
+        data = self.table.get(key)
+        return pickle.loads(data) if data is not None else None
+
+    def updated(self, key: bytes, monitor: Monitor, event: EventT) -> None:
+        """Mark `monitor` to be written back, in the partition of `event`."""
+        self._touched[key] = (monitor, event)
+
+    def write(self) -> None:
+        """Write every updated monitor to its table."""
+        for key, (monitor, event) in self._touched.items():
+            with as_current_event(event):
+                self.table[key] = pickle.dumps(monitor)
+
+
+Detect = Callable[[EventT, MonitorBatch], Iterable[Finding]]
+"""Feeds one event's values to the batch's monitors; the findings."""
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
@@ -155,9 +199,26 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         if webhooks is not None and notifies(alert, own.webhook_levels):
             webhooks.submit(alert.key, encode(alert))
 
-    def stored(table: Any, key: bytes) -> Monitor | None:
-        data = table.get(key)
-        return pickle.loads(data) if data is not None else None
+    def in_batches(table: Any, detect: Detect) -> BatchHandler:
+        """A micro-batch handler: `detect` on each event (a `DriftlineError` rejects that event
+        only), the touched monitors written once, then the findings reported."""
+
+        async def handle(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+            monitors = MonitorBatch(table)
+            findings: list[Finding] = []
+            rejected: list[tuple[EventT, str]] = []
+            for event in events:
+                try:
+                    with as_current_event(event):
+                        findings.extend(detect(event, monitors))
+                except DriftlineError as exc:
+                    rejected.append((event, str(exc)))
+            monitors.write()
+            for finding in findings:
+                await report(finding)
+            return rejected
+
+        return handle
 
     async def fan_out(event: EventT) -> None:
         features = decode(FeatureEvent, event.message.value, event.message.topic)
@@ -169,35 +230,35 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             key = f"{features.stream}:{name}".encode()
             await feature_values_topic.send(key=key, value=orjson.dumps(item))
 
-    async def detect_data(event: EventT) -> None:
+    def detect_data(event: EventT, monitors: MonitorBatch) -> Iterable[Finding]:
         item = orjson.loads(event.message.value)
         key = event.message.key
         stream, feature, value = item["stream"], item["feature"], item["value"]
-        monitor = stored(feature_to_monitor, key) or Monitor(
+        monitor = monitors.get(key) or Monitor(
             data_detector(own.detectors, stream, feature, categorical=isinstance(value, str)),
             gate(),
             feature_subject(stream, feature),
             features_topic.get_topic_name(),
         )
         if monitor.already_seen(item["partition"], item["offset"]):
-            return
+            return []
         time = datetime.fromtimestamp(item["time"], UTC)
         finding = monitor.update(value, time, item["partition"], item["offset"])
-        feature_to_monitor[key] = pickle.dumps(monitor)
-        if finding is not None:
-            await report(finding)
+        monitors.updated(key, monitor, event)
+        return [finding] if finding is not None else []
 
-    async def detect_concept(event: EventT) -> None:
+    def detect_concept(event: EventT, monitors: MonitorBatch) -> Iterable[Finding]:
         labeled = decode(LabeledPrediction, event.message.value, event.message.topic)
         task = task_of(labeled.label)
         time = labeled.event_time.timestamp()
+        findings = []
         for outcome in labeled.outcomes:
             if outcome.output is None:
                 continue
             error = error_of(outcome, labeled.label, task)
             name, version = outcome.model_name, outcome.model_version
             key = orjson.dumps([labeled.deployment, name, version])
-            monitor = stored(model_to_monitor, key) or Monitor(
+            monitor = monitors.get(key) or Monitor(
                 concept_detector(own.concept_detectors, name, version, task),
                 gate(),
                 model_subject(labeled.deployment, labeled.stream, outcome),
@@ -207,7 +268,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             if monitor.already_seen(partition, offset):
                 continue
             finding = monitor.update(error, labeled.event_time, partition, offset)
-            model_to_monitor[key] = pickle.dumps(monitor)
+            monitors.updated(key, monitor, event)
             for window, table in error_windows.items():
                 errors = table.relative_to(time)[key.decode()]
                 errors.apply(_add_error, [error, 1.0])
@@ -215,7 +276,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                 gauge = metrics.MODEL_ERROR_RATE.labels(labeled.deployment, name, version, window)
                 gauge.set(total / n)
             if finding is not None:
-                await report(finding)
+                findings.append(finding)
+        return findings
 
     @app.agent(features_topic, name="fan_out_feature_values")
     async def fan_out_feature_values(stream: faust.Stream) -> None:
@@ -223,11 +285,25 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
 
     @app.agent(feature_values_topic, name="detect_data_drift")
     async def detect_data_drift(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, detect_data)
+        await consume_batches(
+            stream,
+            SERVICE,
+            dead_letters,
+            in_batches(feature_to_monitor, detect_data),
+            own.batch_max_events,
+            own.batch_within_s,
+        )
 
     @app.agent(labeled_topic, name="detect_concept_drift")
     async def detect_concept_drift(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, detect_concept)
+        await consume_batches(
+            stream,
+            SERVICE,
+            dead_letters,
+            in_batches(model_to_monitor, detect_concept),
+            own.batch_max_events,
+            own.batch_within_s,
+        )
 
     if webhooks is not None:
 

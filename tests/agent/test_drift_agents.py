@@ -1,9 +1,11 @@
 """The drift agents under Faust's test context: values in, alerts out at River's indices with their
-fresh-data windows, concept drift per model version with error-rate windows, bad input
-dead-lettered."""
+fresh-data windows, concept drift per model version with error-rate windows, micro-batches that
+write each detector once, bad input dead-lettered."""
 
 from __future__ import annotations
 
+import asyncio
+import pickle
 import random
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import faust
 import orjson
 import pytest
+from faust.tables.base import Collection
 from prometheus_client import REGISTRY
 from river.drift import ADWIN
 from river.drift.binary import DDM
@@ -200,3 +203,53 @@ async def test_concept_drift_per_model_version_with_warning_first_and_error_wind
     assert REGISTRY.get_sample_value(
         "driftline_model_error_rate", {**labels, "window": "hopping_200s"}
     ) == pytest.approx(sum(errors[600:]) / 200)
+
+
+async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_its_partition(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sent = capture_sends(monkeypatch)
+    written: list[tuple[int | None, bytes]] = []
+    send_changelog = Collection.send_changelog
+
+    def spy(self: Collection, partition: int | None, key: Any, value: Any, *a: Any, **k: Any):
+        if self.name == "feature_to_monitor":
+            written.append((partition, key))
+        return send_changelog(self, partition, key, value, *a, **k)
+
+    monkeypatch.setattr(Collection, "send_changelog", spy)
+    app = _app(tmp_path, batch_max_events=8, batch_within_s=30.0)
+    batch = [  # (feature, partition of its key, value, source offset)
+        ("amount", 0, 1.0, 10),
+        ("amount", 0, 2.0, 11),
+        ("fee", 1, 3.0, 20),
+        ("amount", 0, "NL", 12),  # a category where ADWIN takes numbers: dead-lettered alone
+        ("fee", 1, 4.0, 21),
+        ("amount", 0, 9.0, 10),  # redelivered: counted already
+        ("amount", 0, 5.0, 13),
+        ("fee", 1, 6.0, 22),
+    ]
+
+    async with agent_context(app, "detect_data_drift") as agent:
+        for feature, partition, value, offset in batch:
+            item = {"stream": "pay", "feature": feature, "value": value, "time": T0 + offset}
+            await agent.put(
+                orjson.dumps({**item, "partition": 7, "offset": offset}),
+                key=f"pay:{feature}".encode(),
+                partition=partition,
+            )
+        for _ in range(500):  # the batch is handled once full, after the last put returned
+            if sent.values("a.deadletter"):
+                break
+            await asyncio.sleep(0.01)
+        table = app.tables["feature_to_monitor"]
+        monitors = {key: pickle.loads(table[key]) for key in (b"pay:amount", b"pay:fee")}
+
+    assert written == [(0, b"pay:amount"), (1, b"pay:fee")]
+    assert [m.n_seen for m in monitors.values()] == [3, 3]
+    assert [m.last_offsets for m in monitors.values()] == [{7: 13}, {7: 22}]
+    assert [m.detector.detector.estimation for m in monitors.values()] == [8 / 3, 13 / 3]
+    letters = sent.values("a.deadletter")
+    assert [(x["offset"], x["reason"]) for x in letters] == [
+        (3, "detector adwin takes numbers, got 'NL'")
+    ]

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import random
 import signal
 import sys
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -104,6 +106,18 @@ def _fired(detector: ADWIN | DDM | PSI, values: list) -> list[int]:
         if detector.drift_detected:
             positions.append(i)
     return positions
+
+
+def stored_detectors_saw(changelog: str, n: int) -> Callable[[list[Record]], bool]:
+    """A `done` predicate: the latest stored state of both of ``pay``'s detectors (``amount``,
+    ``country``) has counted `n` values. The worker writes a detector once per micro-batch."""
+
+    def done(records: list[Record]) -> bool:
+        latest = {r.key: r.value for r in records if r.topic == changelog}
+        seen = [pickle.loads(latest[key]).n_seen for key in latest]
+        return len(seen) == 2 and all(count == n for count in seen)
+
+    return done
 
 
 def _alerts(records: list[Record], topic: str) -> list[dict]:
@@ -218,11 +232,13 @@ async def test_a_restarted_detector_keeps_its_state_and_cooldown_drops_repeats(
 
     first = pipeline.start("drift", **env)
     await produce(pipeline.bootstrap, features_topic, [("u1", e) for e in features[:200]])
-    await consume_until(pipeline.bootstrap, [changelog], count_of(changelog, 2 * 200))
+    await consume_until(pipeline.bootstrap, [changelog], stored_detectors_saw(changelog, 200))
     first.stop()
     second = pipeline.start("drift", **env)
     await produce(pipeline.bootstrap, features_topic, [("u1", e) for e in features[200:]])
-    await consume_until(pipeline.bootstrap, [changelog], count_of(changelog, 2 * 1000), timeout=120)
+    await consume_until(
+        pipeline.bootstrap, [changelog], stored_detectors_saw(changelog, 1000), timeout=120
+    )
     records = await consume_until(pipeline.bootstrap, [alerts_topic], count_of(alerts_topic, 1))
 
     alerts = _alerts(records, alerts_topic)
