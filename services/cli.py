@@ -17,6 +17,7 @@ from rich.console import Console
 from threadpoolctl import threadpool_limits
 
 from services.demo.commands import register as register_demo
+from services.tools.promotion import register as register_promotion
 from services.tools.retrain import register as register_retrain
 from services.tools.status import register as register_status
 from services.tools.trace import register as register_trace
@@ -72,6 +73,7 @@ for _service in cfg.SERVICE_SETTINGS:
 register_demo(app)
 register_trace(app)
 register_status(app)
+register_promotion(app)
 register_retrain(app)
 
 

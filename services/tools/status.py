@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shared import settings as cfg
-from shared.admin import read_compacted
-from shared.events import Deployment, decode
-from shared.topics import DEPLOYMENTS
+from shared.admin import read_compacted, read_topic
+from shared.errors import EventDecodeError
+from shared.events import Deployment, PromotionDecision, decode
+from shared.topics import DECISIONS, DEPLOYMENTS
 
 
 def service_health(host: str) -> dict[str, str]:
@@ -61,6 +62,33 @@ async def deployments(common: cfg.DriftlineSettings) -> list[Deployment]:
     return sorted((d for d in current if not d.deleted), key=lambda d: d.name)
 
 
+async def latest_decisions(common: cfg.DriftlineSettings) -> list[PromotionDecision]:
+    """The latest promotion decision per deployment (a record that does not decode is skipped:
+    status reports, it does not fail on one bad record)."""
+    topic = DECISIONS.full_name(common)
+    latest: dict[str, PromotionDecision] = {}
+    async for message in read_topic(common, topic):
+        try:
+            decision = decode(PromotionDecision, message.value, topic)
+        except EventDecodeError:
+            continue
+        previous = latest.get(decision.deployment)
+        if previous is None or decision.decided_at >= previous.decided_at:
+            latest[decision.deployment] = decision
+    return sorted(latest.values(), key=lambda d: d.deployment)
+
+
+def decision_numbers(decision: PromotionDecision) -> str:
+    """Error rates, samples and p-value of a decision, as far as it has them."""
+    if decision.champion_error is None or decision.challenger_error is None:
+        return "-"
+    p_value = "-" if decision.p_value is None else f"{decision.p_value:.2g}"
+    return (
+        f"error {decision.challenger_error:.4f} vs {decision.champion_error:.4f}, "
+        f"n={decision.challenger_samples}/{decision.champion_samples}, p={p_value}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add `driftline status` to the CLI."""
     app.command("status")(status_command)
@@ -71,7 +99,8 @@ def status_command(
         "127.0.0.1"
     ),
 ) -> None:
-    """Show the services' health, consumer lag per topic and the current deployments."""
+    """Show the services' health, consumer lag per topic, the current deployments and the latest
+    promotion decision on each."""
     common = cfg.load(cfg.DriftlineSettings)
     console = Console()
     health = Table(title="services")
@@ -97,3 +126,16 @@ def status_command(
         online = ", ".join(f"{m.model_id} ({m.model_type})" for m in deployment.online_models)
         current.add_row(deployment.name, deployment.stream, variants, online or "-")
     console.print(current)
+    decisions = Table(title="promotion decisions (latest per deployment)")
+    for column in ("deployment", "decision", "challenger", "numbers", "reason"):
+        decisions.add_column(column)
+    for decision in asyncio.run(latest_decisions(common)):
+        decisions.add_row(
+            decision.deployment,
+            f"{decision.action} ({decision.decided_by}, {decision.decided_at:%Y-%m-%d %H:%M:%S})",
+            f"{decision.model_name} v{decision.challenger_version} "
+            f"vs v{decision.champion_version or '?'}",
+            decision_numbers(decision),
+            decision.reason,
+        )
+    console.print(decisions)

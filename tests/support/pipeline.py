@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -49,6 +52,18 @@ class Pipeline:
             return worker.start()
         except ServiceStartError as exc:
             raise AssertionError(f"{exc}:\n{worker.tail()}") from None
+
+    def driftline(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        """Run the `driftline` command (its real entry point: errors are one line on stderr and
+        exit 2) against this test's Driftline."""
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env, "COLUMNS": "200", **extra_env},
+            timeout=120,
+            check=False,
+        )
 
     def close(self) -> None:
         """Stop every worker this test started."""
