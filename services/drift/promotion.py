@@ -25,7 +25,7 @@ from shared import metrics
 from shared import settings as cfg
 from shared.app import DeadLetters, consume, declare_topic, send_event
 from shared.errors import DriftlineError
-from shared.events import Deployment, LabeledPrediction, decode, encode
+from shared.events import Deployment, LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
 from shared.promotion import decide
@@ -58,10 +58,9 @@ def add_promotion(
     registry = MlflowRegistry(common.mlflow_tracking_uri)
 
     async def publish(deployment: Deployment) -> None:
-        delivered = await deployments_topic.send(
-            key=deployment.name.encode(), value=encode(deployment)
-        )
-        await delivered
+        # Given to the app's producer, which a commit flushes first: a crash before that
+        # replays the message, and the action (idempotent) runs again.
+        await send_event(deployments_topic, service, deployment.name, deployment)
 
     async def run(trial: Trial, deployment: Deployment) -> None:
         """Run the trial's decided action; a failure is logged and retried on its next event."""
