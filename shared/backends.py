@@ -242,20 +242,23 @@ class SnapshotStore:
     """Online models' latest verified snapshots, unpickled lazily and kept in a bounded cache.
 
     `stored` maps model id to the snapshot bytes that `accept` let through (the router's table of
-    ``model-snapshots``); a snapshot is unpickled the first time a prediction needs it. The cache
-    also remembers ids with no snapshot, so a hit reads no table (a Faust table read costs a
-    sensor call per event); whoever writes `stored` calls `forget` for the key it changed.
+    ``model-snapshots``); a snapshot is unpickled the first time a prediction needs it. Ids with
+    no snapshot (most entities have no model of their own) are remembered apart, so they never
+    push a model out of its cache; together a hit reads no table (a Faust table read costs a
+    sensor call per event). Whoever writes `stored` calls `forget` for the key it changed.
     """
 
     def __init__(self, stored: Mapping[bytes, bytes], key: SecretStr, cache_size: int) -> None:
         self.stored = stored
         self.key = key
         self.cache_size = cache_size
-        self._models: OrderedDict[bytes, tuple[Any, int] | None] = OrderedDict()
+        self._models: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
+        self._absent: OrderedDict[bytes, None] = OrderedDict()
 
     def forget(self, model_id: bytes) -> None:
         """Drop what the cache holds for `model_id` (its stored snapshot changed)."""
         self._models.pop(model_id, None)
+        self._absent.pop(model_id, None)
 
     def accept(self, value: bytes | None, topic: str) -> ModelSnapshot | None:
         """Check a snapshot before it may replace the stored one.
@@ -276,18 +279,27 @@ class SnapshotStore:
     def model(self, model_id: str) -> tuple[Any, int] | None:
         """The unpickled model and its sequence number, or None if it has no snapshot."""
         key = model_id.encode()
-        if key in self._models:
+        found = self._models.get(key)
+        if found is not None:
             self._models.move_to_end(key)
-            return self._models[key]
+            return found
+        if key in self._absent:
+            self._absent.move_to_end(key)
+            return None
         stored = self.stored.get(key)
-        found = None
-        if stored is not None:
-            snapshot = ModelSnapshot.model_validate_json(stored)
-            found = pickle.loads(snapshot.payload), snapshot.sequence
-        self._models[key] = found
-        if len(self._models) > self.cache_size:
-            self._models.popitem(last=False)
+        if stored is None:
+            _remember(self._absent, key, None, self.cache_size)
+            return None
+        snapshot = ModelSnapshot.model_validate_json(stored)
+        found = pickle.loads(snapshot.payload), snapshot.sequence
+        _remember(self._models, key, found, self.cache_size)
         return found
+
+
+def _remember(cache: OrderedDict[bytes, Any], key: bytes, value: Any, size: int) -> None:
+    cache[key] = value
+    if len(cache) > size:
+        cache.popitem(last=False)
 
 
 class OnlineBackend(ModelBackend):

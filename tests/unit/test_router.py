@@ -360,3 +360,13 @@ def test_snapshot_cache_reads_the_table_once_per_model_until_told_it_changed() -
     assert (model.label, sequence) == ("b", 2)
     assert store.model("m/u1") is not None
     assert stored.reads == 4
+
+
+def test_ids_without_a_snapshot_never_push_a_model_out_of_the_cache() -> None:
+    stored = CountingReads({b"m": signed_snapshot("m", Always("a"), 1)})
+    store = SnapshotStore(stored, KEY, cache_size=1)
+
+    for entity in range(5):
+        assert store.model("m") is not None
+        assert store.model(f"m/u{entity}") is None
+    assert stored.reads == 6
