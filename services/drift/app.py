@@ -29,7 +29,7 @@ it is sent, the offsets of the other partitions and topics a retrain reads (``fe
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,12 +84,18 @@ def _add_error(total: list[float], new: list[float]) -> list[float]:
 
 
 class MonitorBatch:
-    """The detectors one micro-batch touches: each read from its table at most once and written
-    back once, under an event of its own partition (the one its changelog record belongs to)."""
+    """What one micro-batch changes, written back once at its end: the detectors it touches
+    (each read from its table at most once and pickled back once) and, for concept drift, each
+    model version's errors summed per event-time window (one write per window, not per
+    outcome). Each write runs under an event of its key's partition, where its changelog record
+    belongs."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, error_windows: dict[str, Any] | None = None) -> None:
         self.table = table
+        self.error_windows = error_windows or {}
         self._touched: dict[bytes, tuple[Monitor, EventT]] = {}
+        self._errors: dict[tuple[str, bytes, tuple[Any, ...]], list[Any]] = {}
+        self._latest: dict[bytes, float] = {}
 
     def get(self, key: bytes) -> Monitor | None:
         """The batch's monitor for `key`, else the stored one, else None."""
@@ -102,11 +108,34 @@ class MonitorBatch:
         """Mark `monitor` to be written back, in the partition of `event`."""
         self._touched[key] = (monitor, event)
 
+    def add_error(self, key: bytes, time: float, error: float, event: EventT) -> None:
+        """Count one outcome's `error` at event time `time` in each error-rate table."""
+        for name, table in self.error_windows.items():
+            ranges = tuple(table.table.window.ranges(time))
+            tally = self._errors.setdefault((name, key, ranges), [0.0, 0.0, time, event])
+            tally[0] += error
+            tally[1] += 1.0
+            tally[2:] = [time, event]
+        self._latest[key] = time
+
     def write(self) -> None:
-        """Write every updated monitor to its table."""
+        """Write every updated monitor and every window's summed errors to their tables."""
         for key, (monitor, event) in self._touched.items():
             with as_current_event(event):
                 self.table[key] = pickle.dumps(monitor)
+        for (name, key, _), (total, n, time, event) in self._errors.items():
+            with as_current_event(event):
+                self.error_windows[name].relative_to(time)[key.decode()].apply(
+                    _add_error, [total, n]
+                )
+
+    def error_rates(self) -> Iterator[tuple[bytes, str, float]]:
+        """(key, table name, error rate) of each model version the batch counted: in the oldest
+        window still open at its latest outcome, so the rate always covers a full window."""
+        for key, time in self._latest.items():
+            for name, table in self.error_windows.items():
+                total, n = table.relative_to(time)[key.decode()][table.table.window.earliest(time)]
+                yield key, name, total / n
 
 
 Detect = Callable[[EventT, MonitorBatch], Iterable[Finding]]
@@ -199,12 +228,14 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         if webhooks is not None and notifies(alert, own.webhook_levels):
             webhooks.submit(alert.key, encode(alert))
 
-    def in_batches(table: Any, detect: Detect) -> BatchHandler:
+    def in_batches(
+        table: Any, detect: Detect, windows: dict[str, Any] | None = None
+    ) -> BatchHandler:
         """A micro-batch handler: `detect` on each event (a `DriftlineError` rejects that event
-        only), the touched monitors written once, then the findings reported."""
+        only), what the batch changed written once, then the findings reported."""
 
         async def handle(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
-            monitors = MonitorBatch(table)
+            monitors = MonitorBatch(table, windows)
             findings: list[Finding] = []
             rejected: list[tuple[EventT, str]] = []
             for event in events:
@@ -214,6 +245,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                 except DriftlineError as exc:
                     rejected.append((event, str(exc)))
             monitors.write()
+            for key, window, rate in monitors.error_rates():
+                metrics.MODEL_ERROR_RATE.labels(*orjson.loads(key), window).set(rate)
             for finding in findings:
                 await report(finding)
             return rejected
@@ -269,12 +302,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                 continue
             finding = monitor.update(error, labeled.event_time, partition, offset)
             monitors.updated(key, monitor, event)
-            for window, table in error_windows.items():
-                errors = table.relative_to(time)[key.decode()]
-                errors.apply(_add_error, [error, 1.0])
-                total, n = errors[table.table.window.earliest(time)]
-                gauge = metrics.MODEL_ERROR_RATE.labels(labeled.deployment, name, version, window)
-                gauge.set(total / n)
+            monitors.add_error(key, time, error, event)
             if finding is not None:
                 findings.append(finding)
         return findings
@@ -300,7 +328,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             stream,
             SERVICE,
             dead_letters,
-            in_batches(model_to_monitor, detect_concept),
+            in_batches(model_to_monitor, detect_concept, error_windows),
             own.batch_max_events,
             own.batch_within_s,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[datetime, list[str]]]
 
 def _start_time(window: dict[str, Any]) -> float:
     return datetime.fromisoformat(window["start_time"]).timestamp()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a batch handled after the last `put` returned (puts only fill the buffer)."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not done after {timeout}s")
 
 
 def _app(tmp_path: Path, **own: object) -> faust.App:
@@ -159,18 +169,27 @@ def _labeled(i: int, output: object, label: object, version: str = "1") -> Label
     )
 
 
+@pytest.mark.parametrize("batch", [1, 801], ids=["event_by_event", "one_batch"])
 async def test_concept_drift_per_model_version_with_warning_first_and_error_windows(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list, batch: int
 ) -> None:
     sent = capture_sends(monkeypatch)
     rng = random.Random(11)
     errors = [int(rng.random() < (0.05 if i < 400 else 0.4)) for i in range(800)]
-    app = _app(tmp_path, cooldown_s=0, error_window_s=100, error_hop_window_s=200)
+    app = _app(
+        tmp_path,
+        cooldown_s=0,
+        error_window_s=100,
+        error_hop_window_s=200,
+        batch_max_events=batch,
+        batch_within_s=30.0,
+    )
 
     async with agent_context(app, "detect_concept_drift") as agent:
         await agent.put(b"not json", key=b"dep")
         for i, error in enumerate(errors):
             await agent.put(encode(_labeled(i, int(not error), 1)), key=b"dep")
+        await _until(lambda: len(sent.values("a.deadletter")) == 1)  # sent after its batch
 
     alerts = sent.values("a.alerts")
     assert [a["position"] for a in alerts if a["level"] == "drift"] == _river_indices(DDM(), errors)
@@ -238,10 +257,7 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
                 key=f"pay:{feature}".encode(),
                 partition=partition,
             )
-        for _ in range(500):  # the batch is handled once full, after the last put returned
-            if sent.values("a.deadletter"):
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(sent.values("a.deadletter")) == 1)  # sent after its batch
         table = app.tables["feature_to_monitor"]
         monitors = {key: pickle.loads(table[key]) for key in (b"pay:amount", b"pay:fee")}
 
