@@ -230,3 +230,66 @@ async def test_the_webhook_job_retrains_once_enough_labels_have_come(
         assert int(run.data.params["window.rows"]) >= 300
     finally:
         await job.stop()
+
+
+async def test_a_real_concept_drift_alert_reaches_the_job_which_retrains_on_its_window(
+    pipeline: Pipeline, mlflow_uri: str, champion: str
+) -> None:
+    """The drift worker's own alert, posted by its webhook: the loop from detection to a
+    registered challenger, on exactly the records from the alert's window to the end."""
+    settings = settings_of(pipeline, mlflow_uri)
+    own = RetrainSettings(web_port=free_port(), retry_every_s=1.0, retry_for_s=120)
+    job = RetrainJob(settings, own)
+    await job.start()
+    try:
+        deployment = loans_deployment(champion, min_samples=200)
+        await publish(settings, DEPLOYMENTS, deployment.name, encode(deployment))
+        pipeline.start(
+            "drift",
+            DRIFTLINE_DRIFT_COOLDOWN_S="0",
+            DRIFTLINE_DRIFT_WEBHOOK_URLS=f'["http://127.0.0.1:{own.web_port}/retrain"]',
+        )
+        rng = np.random.default_rng(5)
+        start = time.time() - 3600
+        stream = []
+        for i in range(1500):
+            x, noise = float(rng.normal()), bool(rng.random() < 0.05)
+            stream.append(labeled(i, x, (x > 0) ^ (i >= 600) ^ noise, start + i))
+        topic = pipeline.topic(PREDICTIONS_LABELED)
+        await produce(pipeline.bootstrap, topic, [("loans", r) for r in stream])
+
+        client = MlflowClient(tracking_uri=mlflow_uri)
+        deadline = time.monotonic() + 180
+        while CHALLENGER not in client.get_registered_model(champion).aliases:
+            assert time.monotonic() < deadline, "no challenger from the drift worker's alert"
+            await asyncio.sleep(1.0)
+        run = client.get_run(client.get_model_version(champion, "2").run_id)
+        alert_id = run.data.tags[ALERT_TAG]
+        records = await consume_until(
+            pipeline.bootstrap,
+            [pipeline.topic(ALERTS), topic],
+            lambda rs: (
+                any(r.json().get("alert_id") == alert_id for r in rs)
+                and sum(r.topic == topic for r in rs) == len(stream)
+            ),
+        )
+    finally:
+        await job.stop()
+    alert = next(
+        DriftAlert.model_validate_json(r.value)
+        for r in records
+        if r.topic != topic and r.json()["alert_id"] == alert_id
+    )
+    assert (alert.kind, alert.level, alert.deployment) == ("concept", "drift", "loans")
+    assert alert.window is not None
+    starts = alert.window.offsets[topic]
+    ends = {int(p): o for p, o in orjson.loads(run.data.params["window.end_offsets"]).items()}
+    in_window = [
+        r
+        for r in records
+        if r.topic == topic and starts[r.partition] <= r.offset < ends[r.partition]
+    ]
+    assert run.data.params["window.rows"] == str(len(in_window))
+    assert run.data.params["window.start_time"] == alert.window.start_time.isoformat()
+    first = min(int(r.json()["event_id"].removeprefix("ev-")) for r in in_window)
+    assert 550 <= first <= 700, f"the window starts near the switch at 600, not at {first}"
