@@ -31,8 +31,8 @@ from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from shared.admin import partition_counts, publish, read_compacted, read_topic
-from shared.backends import MlflowBackend
-from shared.errors import DriftlineError, EventDecodeError, UnknownModelError
+from shared.backends import RegistryUri
+from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
     DataWindow,
     Deployment,
@@ -46,22 +46,21 @@ from shared.events import (
 )
 from shared.logging import get_logger, message_fields
 from shared.registry import register_sklearn_model, set_alias
+from shared.rollout import CHALLENGER_ALIAS, CHAMPION_ALIAS, REJECTED_TAG, champion_model
 from shared.settings import DriftlineSettings
 from shared.topics import ALERTS, DEPLOYMENTS, PREDICTIONS_LABELED
 from shared.trainers import Trainer, load_trainer
 
 log = get_logger(__name__)
 
-CHALLENGER = "challenger"
-"""The alias of a retrained version and the name of its variant in the deployment."""
+CHALLENGER = CHALLENGER_ALIAS
+"""A retrained version's alias, and the name of its variant in the deployment."""
 HOLDOUT_SHARE = 0.2
 """Share of the window, its latest events, that scores the model before it is fit on all."""
 READ_STALL_S = 60.0
 """A window read that gets no record for this long (broker gone) fails instead of hanging."""
 ALERT_TAG = "driftline.alert_id"
 DEPLOYMENT_TAG = "driftline.deployment"
-REJECTED_TAG = "driftline.rejected"
-"""The version tag a rollback sets (`shared.rollout`): such a version is not deployed again."""
 
 
 class UnknownAlertError(DriftlineError):
@@ -159,28 +158,23 @@ def check_retrainable(alert: DriftAlert) -> DataWindow:
     return alert.window
 
 
-def _registry_model(uri: str) -> str | None:
-    """The registered model an MLflow registry URI names, by the router's own URI rules; None
-    for other URIs (``online:``)."""
-    try:
-        return MlflowBackend(uri, tracking_uri="").name
-    except UnknownModelError:
-        return None
-
-
 def registered_model_name(deployment: Deployment) -> str:
     """The registered model a retrained version joins: `retrain.model_name`, else the
     champion's."""
     if deployment.retrain.model_name is not None:
         return deployment.retrain.model_name
-    champion = next(v for v in deployment.variants if v.role == "champion")
-    name = _registry_model(champion.model_uri)
-    if name is None:
+    champion = champion_model(deployment)
+    if champion is None:
         raise DriftlineError(
-            f"deployment {deployment.name!r}: its champion {champion.model_uri!r} is no MLflow "
-            "registry model, so set retrain.model_name to name the model to register"
+            f"deployment {deployment.name!r}: its champion is no MLflow registry model, so set "
+            "retrain.model_name to name the model to register"
         )
-    return name
+    return champion.name
+
+
+def _names_model(uri: str, model_name: str) -> bool:
+    parsed = RegistryUri.parse(uri)
+    return parsed is not None and parsed.name == model_name
 
 
 def with_challenger(deployment: Deployment, model_name: str, version: str) -> Deployment:
@@ -199,7 +193,7 @@ def with_challenger(deployment: Deployment, model_name: str, version: str) -> De
         v
         for v in deployment.variants
         if v.name != CHALLENGER
-        and not (v.role in ("canary", "shadow") and _registry_model(v.model_uri) == model_name)
+        and not (v.role in ("canary", "shadow") and _names_model(v.model_uri, model_name))
     ]
     try:
         return Deployment.model_validate(
@@ -410,7 +404,7 @@ def needs_redeploy(deployment: Deployment, model_name: str, earlier: EarlierRetr
     served = any(v.model_uri == pinned_uri(model_name, version) for v in deployment.variants)
     challenger = earlier.aliases.get(CHALLENGER)
     superseded = challenger is not None and int(challenger) > int(version)
-    champion = earlier.aliases.get("champion") == version
+    champion = earlier.aliases.get(CHAMPION_ALIAS) == version
     return not (served or superseded or champion or earlier.rejected)
 
 
