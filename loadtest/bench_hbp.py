@@ -7,7 +7,11 @@ does not count against a model (wall time is in the JSON too). Neural models and
 regression sit behind a `StandardScaler`; the tree does not need one. Results go to a JSON file
 and to the generated block of a markdown page, whose hand-written text around the block is kept.
 
-    .venv/bin/python loadtest/bench_hbp.py --rows 10000 --seed 42
+Three sections: every model on every stream (`--rows` per synthetic stream); the networks on
+long synthetic streams (`--long-rows`, 0 to skip), where the paper's claim about depth is meant
+to show; and 20-layer HBP with other Hedge settings (β, s) on every stream (`--sweep/--no-sweep`).
+
+    nice .venv/bin/python loadtest/bench_hbp.py --rows 10000 --long-rows 100000 --seed 42
 """
 
 from __future__ import annotations
@@ -116,13 +120,16 @@ def _logistic_regression(seed: int, is_multiclass: bool) -> base.Classifier:
     return preprocessing.StandardScaler() | model
 
 
+def _hbp(depth: int, **hedge: float) -> Callable[[int, bool], base.Classifier]:
+    def build(seed: int, _: bool) -> base.Classifier:
+        network = HedgeBackpropClassifier(n_layers=depth, seed=seed, **hedge)
+        return preprocessing.StandardScaler() | network
+
+    return build
+
+
 MODELS: dict[str, Callable[[int, bool], base.Classifier]] = {
-    **{
-        f"HBP L={depth}": lambda seed, _, depth=depth: (
-            preprocessing.StandardScaler() | HedgeBackpropClassifier(n_layers=depth, seed=seed)
-        )
-        for depth in DEPTHS
-    },
+    **{f"HBP L={depth}": _hbp(depth) for depth in DEPTHS},
     **{
         f"BP L={depth}": lambda seed, _, depth=depth: (
             preprocessing.StandardScaler() | OnlineBackpropClassifier(n_layers=depth, seed=seed)
@@ -133,6 +140,28 @@ MODELS: dict[str, Callable[[int, bool], base.Classifier]] = {
     "HoeffdingAdaptiveTree": lambda seed, _: tree.HoeffdingAdaptiveTreeClassifier(seed=seed),
 }
 
+DEEPEST = f"HBP L={max(DEPTHS)}"
+SWEEP: dict[str, Callable[[int, bool], base.Classifier]] = {
+    f"{DEEPEST} β={beta} s={s}": _hbp(max(DEPTHS), beta=beta, s=s)
+    for beta, s in ((0.9, 0.2), (0.8, 0.2), (0.99, 0.05), (0.99, 0.5))
+}
+"""The deepest HBP with other Hedge settings; the paper's are β = 0.99, s = 0.2."""
+
+LONG_STREAMS = ("RandomRBF", "CD1", "CD2")
+LONG_MODELS = (DEEPEST, *(f"BP L={depth}" for depth in DEPTHS))
+"""On long streams: the deepest HBP against plain backprop at every depth, the paper's baselines
+(HBP with 2-4 layers is left out to keep the run short)."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """Models run on streams with the same number of synthetic rows."""
+
+    title: str
+    streams: tuple[str, ...]
+    models: tuple[str, ...]
+    rows: int
+
 
 def _hedge_network(model: base.Classifier) -> HedgeBackpropClassifier | None:
     last = list(model.steps.values())[-1] if isinstance(model, compose.Pipeline) else model
@@ -142,10 +171,10 @@ def _hedge_network(model: base.Classifier) -> HedgeBackpropClassifier | None:
 
 
 def run_one(stream_name: str, model_name: str, rows: int, seed: int) -> dict[str, Any]:
-    """Test-then-train one model on one stream; accuracy per tenth and HBP's depth over time."""
+    """Test-then-train one model on one stream; accuracy per tenth and HBP's α over time."""
     stream = STREAMS[stream_name]
     data = list(stream.draw(rows, seed))
-    model = MODELS[model_name](seed, stream.multiclass)
+    model = {**MODELS, **SWEEP}[model_name](seed, stream.multiclass)
     network = _hedge_network(model)
     ends = {math.ceil(len(data) * k / CHECKPOINTS) for k in range(1, CHECKPOINTS + 1)}
     correct = chunk_correct = chunk_start = 0
@@ -191,48 +220,88 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def _table(results: list[dict[str, Any]], key: str, fmt: str) -> Iterator[str]:
-    frame = pd.DataFrame(results).pivot(index="model", columns="stream", values=key)
-    frame = frame.loc[list(MODELS), list(STREAMS)]
-    yield "| model | " + " | ".join(frame.columns) + " |"
-    yield "|---|" + "---:|" * len(frame.columns)
-    for name, row in frame.iterrows():
-        yield f"| {name} | " + " | ".join(format(v, fmt) for v in row) + " |"
+def _table(
+    results: list[dict[str, Any]],
+    section: Section,
+    value: Callable[[dict[str, Any]], float],
+    fmt: str,
+) -> Iterator[str]:
+    cells = {(r["model"], r["stream"]): value(r) for r in results if r["section"] == section.title}
+    yield "| model | " + " | ".join(section.streams) + " |"
+    yield "|---|" + "---:|" * len(section.streams)
+    for model in section.models:
+        row = (format(cells[model, stream], fmt) for stream in section.streams)
+        yield f"| {model} | " + " | ".join(row) + " |"
 
 
-def _markdown_block(setup: dict[str, Any], results: list[dict[str, Any]]) -> str:
-    rows = {r["stream"]: r["rows"] for r in results}
+def _weight_table(results: list[dict[str, Any]], section: Section) -> Iterator[str]:
+    """Depth of HBP's leading head (0 is the head on the input) and its α, by tenth of stream."""
+    yield "| stream | " + " | ".join(f"{k}0%" for k in range(1, CHECKPOINTS + 1)) + " |"
+    yield "|---|" + "---:|" * CHECKPOINTS
+    for r in results:
+        if r["section"] == section.title and r["model"] == DEEPEST:
+            leaders = (f"{np.argmax(a)} ({max(a):.2f})" for a in r["hbp_alphas_by_tenth"])
+            yield f"| {r['stream']} | " + " | ".join(leaders) + " |"
+
+
+def _percent(result: dict[str, Any]) -> float:
+    return 100 * result["accuracy"]
+
+
+def _last_tenth(result: dict[str, Any]) -> float:
+    return 100 * result["accuracy_by_tenth"][-1]
+
+
+def _section_block(section: Section, results: list[dict[str, Any]]) -> list[str]:
+    lines = [f"## {section.title}", ""]
+    rows = {r["stream"]: r["rows"] for r in results if r["section"] == section.title}
+    lines += [
+        "Streams: " + ", ".join(f"{name} ({rows[name]:,} rows)" for name in section.streams),
+        "",
+        "### Prequential accuracy over the whole stream (%)",
+        "",
+        *_table(results, section, _percent, ".2f"),
+        "",
+        "### Prequential accuracy in the last tenth of the stream (%)",
+        "",
+        *_table(results, section, _last_tenth, ".1f"),
+        "",
+    ]
+    if any(model in MODELS for model in section.models):
+        lines += [
+            "### Throughput (rows per CPU second, `predict_one` + `learn_one`, scaler included)",
+            "",
+            *_table(results, section, lambda r: r["rows_per_cpu_s"], ",.0f"),
+            "",
+        ]
+    if DEEPEST in section.models:
+        lines += [
+            f"### Where {DEEPEST} puts its weight: depth of the leading head (its α) by tenth",
+            "",
+            *_weight_table(results, section),
+            "",
+        ]
+    return lines
+
+
+def _markdown_block(
+    setup: dict[str, Any], sections: list[Section], results: list[dict[str, Any]]
+) -> str:
     lines = [
         BLOCK_START,
         "",
-        "### Setup",
+        "## Setup",
         "",
         *(f"- **{k}**: {v}" for k, v in setup.items()),
         "",
         "Streams:",
         "",
-        *(f"- **{name}** ({rows[name]:,} rows): {s.description}" for name, s in STREAMS.items()),
+        *(f"- **{name}**: {s.description}" for name, s in STREAMS.items()),
         "",
-        "### Prequential accuracy (%)",
-        "",
-        *_table([{**r, "accuracy": 100 * r["accuracy"]} for r in results], "accuracy", ".2f"),
-        "",
-        "### Throughput (rows per CPU second, `predict_one` + `learn_one`, scaler included)",
-        "",
-        *_table(results, "rows_per_cpu_s", ",.0f"),
-        "",
-        f"### Where HBP L={max(DEPTHS)} puts its weight: leading head (its α) by tenth of stream",
-        "",
-        "| stream | " + " | ".join(f"{k}0%" for k in range(1, CHECKPOINTS + 1)) + " |",
-        "|---|" + "---:|" * CHECKPOINTS,
     ]
-    for r in results:
-        if r["model"] == f"HBP L={max(DEPTHS)}":
-            leaders = " | ".join(
-                f"{np.argmax(a) + 1} ({max(a):.2f})" for a in r["hbp_alphas_by_tenth"]
-            )
-            lines.append(f"| {r['stream']} | {leaders} |")
-    lines += ["", BLOCK_END]
+    for section in sections:
+        lines += _section_block(section, results)
+    lines += [BLOCK_END]
     return "\n".join(lines)
 
 
@@ -251,6 +320,10 @@ def main(
     rows: Annotated[
         int, typer.Option(min=100, help="Rows of each synthetic stream (bundled sets: all).")
     ] = 10_000,
+    long_rows: Annotated[
+        int, typer.Option(min=0, help="Rows of each long synthetic stream; 0 skips them.")
+    ] = 100_000,
+    sweep: Annotated[bool, typer.Option(help="Run the deepest HBP with other β and s.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic streams and the models.")] = 42,
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
     json_out: Annotated[Path, typer.Option(help="Where to write the results.")] = Path(
@@ -260,40 +333,58 @@ def main(
         Path, typer.Option(help="Markdown page whose generated block is rewritten.")
     ] = Path("docs/benchmarks-hbp.md"),
 ) -> None:
-    """Run every model on every stream and write the results as JSON and markdown."""
-    tasks = [(s, m) for m in MODELS for s in STREAMS]
-    tasks.sort(key=lambda task: "L=20" not in task[1])  # the slowest first, for balance
+    """Run the sections and write the results as JSON and markdown."""
+    sections = [Section("All models, all streams", tuple(STREAMS), tuple(MODELS), rows)]
+    if long_rows:
+        sections.append(Section("Long streams", LONG_STREAMS, LONG_MODELS, long_rows))
+    if sweep:
+        sweep_models = (DEEPEST, *SWEEP)
+        sections.append(
+            Section("Hedge settings of the deepest HBP", tuple(STREAMS), sweep_models, rows)
+        )
+    tasks = [
+        (section.title, stream, model, section.rows)
+        for section in sections
+        for model in section.models
+        for stream in section.streams
+    ]
+    # The longest first, for balance across the workers.
+    tasks.sort(key=lambda task: task[3] * (5 if f"L={max(DEPTHS)}" in task[2] else 1), reverse=True)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, s, m, rows, seed) for s, m in tasks]
+        futures = [pool.submit(run_one, stream, model, n, seed) for _, stream, model, n in tasks]
         results = []
-        for future in futures:
-            results.append(future.result())
+        for (title, *_), future in zip(tasks, futures, strict=True):
+            results.append({"section": title, **future.result()})
             done = results[-1]
             typer.echo(
-                f"{done['stream']:>9} {done['model']:<22} {100 * done['accuracy']:6.2f}% "
-                f"{done['rows_per_cpu_s']:8,.0f} rows/cpu-s",
+                f"{done['stream']:>9} {done['rows']:>7,} {done['model']:<26} "
+                f"{100 * done['accuracy']:6.2f}% {done['rows_per_cpu_s']:8,.0f} rows/cpu-s",
                 err=True,
             )
     setup = {
         "date": dt.date.today().isoformat(),
         "machine": _machine(),
         "command": "python loadtest/bench_hbp.py " + " ".join(sys.argv[1:]),
-        "synthetic rows": f"{rows:,}",
+        "synthetic rows": f"{rows:,}; long streams {long_rows:,}",
         "seed": seed,
         "worker processes": jobs,
         "wall time": f"{time.perf_counter() - started:.0f} s",
+        "CPU time of all runs": f"{sum(r['cpu_seconds'] for r in results):.0f} s",
         "load average (1 min) before / after": f"{load_before:.1f} / {os.getloadavg()[0]:.1f}",
         "versions": (
             f"Python {platform.python_version()}, numpy {np.__version__}, "
             f"river {river.__version__}, pandas {pd.__version__}"
         ),
-        "model defaults": "β = 0.99, s = 0.2, SGD lr 0.01, 100 ReLU units per layer, He init",
+        "model defaults": (
+            "β = 0.99, s = 0.2, SGD lr 0.01, 100 ReLU units per layer, He init, "
+            "L + 1 heads (one on the input)"
+        ),
     }
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps({"setup": setup, "results": results}, indent=2) + "\n")
     markdown_out.parent.mkdir(parents=True, exist_ok=True)
-    _write_markdown(markdown_out, _markdown_block(setup, results))
+    _write_markdown(markdown_out, _markdown_block(setup, sections, results))
     typer.echo(f"wrote {json_out} and {markdown_out}", err=True)
 
 
