@@ -1,4 +1,4 @@
-"""Compacted topics of record (deployments) copied into a global table every worker reads.
+"""Compacted topics of record (deployments, stream declarations) copied into a global table.
 
 The worker that owns the topic's partition checks each record and stores it in a global table
 (a Faust table cannot use the public topic as its changelog: registration hangs). Every replica
@@ -70,7 +70,8 @@ def checked_global_table(
     on_change: Callable[[str, R | None], None] | None = None,
 ) -> Mapping[str, R]:
     """Copy `topic` into the global table `name` with the agent `agent`; returns the current
-    records by key, decoded once per change (`on_change` hears of each change too)."""
+    records by key, decoded once per change (`on_change` hears of each change too). A stored
+    record that no longer decodes is logged and leaves the one before it in place."""
     current: dict[str, R] = {}
     topic_name = topic.full_name(common)
 
@@ -78,8 +79,10 @@ def checked_global_table(
         try:
             record = check(key, value, topic_name)
         except DriftlineError as exc:
+            # Checked before it was stored: only a worker with another schema gets here, and
+            # keeping what it had beats dropping a live deployment.
             log.warning("record not applied", topic=topic_name, key=key, reason=str(exc))
-            record = None
+            return
         if record is None:
             current.pop(key.decode(), None)
         else:

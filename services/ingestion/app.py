@@ -30,6 +30,7 @@ from shared import metrics
 from shared import settings as cfg
 from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
 from shared.events import FeatureValue, RawEvent, StreamSchema
+from shared.global_tables import checked_global_table
 from shared.topics import EVENTS_RAW, FEATURES, STREAMS
 
 SERVICE = "ingestion"
@@ -40,14 +41,15 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
     app = create_app(SERVICE, common, own)
     raw_topic = declare_topic(app, EVENTS_RAW, common)
     features_topic = declare_topic(app, FEATURES, common)
-    streams_topic = declare_topic(app, STREAMS, common)
     dead_letters = DeadLetters(app, SERVICE, common)
-    stream_to_schema = app.GlobalTable(
-        "stream_to_schema",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=STREAMS.partitions(common),
-        recovery_buffer_size=1,
+    stream_to_schema = checked_global_table(
+        app,
+        STREAMS,
+        common,
+        dead_letters,
+        check_declaration,
+        name="stream_to_schema",
+        agent="store_stream_declaration",
     )
     clock = EventClock()
     seen_event_ids = (
@@ -97,10 +99,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         message = event.message
         raw = parse_raw_event(message.value, message.topic, own.max_event_bytes)
         schema = stream_schema(
-            stream_to_schema.get(raw.stream.encode()),
-            raw.stream,
-            streams_topic.get_topic_name(),
-            own.aggregate_horizon_minutes,
+            stream_to_schema.get(raw.stream), raw.stream, own.aggregate_horizon_minutes
         )
         features = validate_features(raw, schema)
         timestamp = raw.event_time.timestamp()
@@ -110,18 +109,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         features |= aggregate(raw, schema, features, timestamp)
         feature_event = to_feature_event(raw, features, message.topic)
         await send_event(features_topic, SERVICE, feature_event.entity_id, feature_event)
-
-    async def store_declaration(event: EventT) -> None:
-        message = event.message
-        if message.value is None:
-            stream_to_schema.pop(message.key, None)
-            return
-        schema = check_declaration(message.key, message.value, message.topic)
-        stream_to_schema[schema.name.encode()] = message.value
-
-    @app.agent(streams_topic, name="store_stream_declaration")
-    async def store_stream_declaration(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, store_declaration)
 
     @app.agent(raw_topic, name="validate_raw_event")
     async def validate_raw_event(stream: faust.Stream) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable
-from functools import lru_cache
 
 from pydantic import ValidationError
 
@@ -69,25 +68,21 @@ def parse_raw_event(value: bytes | None, topic: str, max_bytes: int) -> RawEvent
     return decode(RawEvent, value, topic)
 
 
-@lru_cache(maxsize=1024)
-def decode_stream_schema(value: bytes, topic: str) -> StreamSchema:
-    """A declaration from the ``streams`` table, decoded once per distinct value."""
-    return decode(StreamSchema, value, topic)
-
-
-def stream_schema(stored: bytes | None, stream: str, topic: str, horizon: int) -> StreamSchema:
-    """The declaration of `stream` as stored in the streams table, or why there is none."""
-    if stored is None:
+def stream_schema(schema: StreamSchema | None, stream: str, horizon: int) -> StreamSchema:
+    """The declaration of `stream` (None if it has none), or why it cannot be used."""
+    if schema is None:
         raise UnknownStreamError(stream)
-    schema = decode_stream_schema(stored, topic)
     for aggregate in schema.aggregates:
         if aggregate.minutes > horizon:
             raise WindowTooLongError(stream, aggregate.minutes, horizon)
     return schema
 
 
-def check_declaration(key: bytes | None, value: bytes, topic: str) -> StreamSchema:
-    """A record of the ``streams`` topic as a declaration; it must be keyed by its stream."""
+def check_declaration(key: bytes | None, value: bytes | None, topic: str) -> StreamSchema | None:
+    """A record of the ``streams`` topic as a declaration keyed by its stream, or None for a
+    tombstone (the stream's declaration is removed)."""
+    if value is None:
+        return None
     schema = decode(StreamSchema, value, topic)
     if key != schema.name.encode():
         raise EventDecodeError(topic, f"key {key!r} is not the stream name {schema.name!r}")

@@ -1,6 +1,7 @@
 """The learner worker: ``predictions.labeled`` in (keyed by deployment), ``model-snapshots`` out.
 
-`store_deployment_record` copies the compacted ``deployments`` topic into a global table.
+The deployments come from ``deployments`` through the global table every service keeps
+(`shared.global_tables.deployment_table`).
 `route_labeled_prediction` looks up a labeled prediction's deployment there and re-keys it by
 model, one training example per online model, through an internal topic: per-entity models
 spread over its partitions.
@@ -37,16 +38,18 @@ from shared.app import (
     send_event,
 )
 from shared.errors import DriftlineError
-from shared.events import Deployment, LabeledPrediction, decode
+from shared.events import LabeledPrediction, decode
+from shared.global_tables import deployment_table
 from shared.logging import get_logger
-from shared.topics import DEPLOYMENTS, MODEL_SNAPSHOTS, PREDICTIONS_LABELED
+from shared.topics import MODEL_SNAPSHOTS, PREDICTIONS_LABELED
 
 SERVICE = "learner"
 log = get_logger(__name__)
 
 
 class UnknownDeploymentError(DriftlineError):
-    """A labeled prediction names a deployment the learner has never seen."""
+    """A labeled prediction names a deployment the learner does not know (never published, or
+    deleted since)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown deployment {name!r}: publish it on the deployments topic first")
@@ -67,58 +70,18 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
         value_serializer="raw",
     )
     dead_letters = DeadLetters(app, SERVICE, common)
-    deployments_topic = declare_topic(app, DEPLOYMENTS, common)
-    deployment_table = app.GlobalTable(
-        "deployments",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=DEPLOYMENTS.partitions(common),
-        recovery_buffer_size=1,
-    )
+    deployments = deployment_table(app, common, dead_letters)
     model_state = app.Table("model_state", key_type=bytes, value_type=bytes)
-    deployments: dict[bytes, tuple[bytes, Deployment | None]] = {}
     learners: OrderedDict[bytes, tuple[bytes, OnlineLearner]] = OrderedDict()
     to_snapshot: set[bytes] = set()
     to_register: set[bytes] = set()
 
-    def deployment_named(name: str) -> Deployment | None:
-        """The deployment, decoded once per version; None if it was deleted or is invalid."""
-        key = name.encode()
-        stored = deployment_table.get(key)
-        if stored is None:
-            raise UnknownDeploymentError(name)
-        cached = deployments.get(key)
-        if cached is None or cached[0] is not stored:
-            try:
-                deployment: Deployment | None = decode(Deployment, stored, DEPLOYMENTS.name)
-            except DriftlineError as exc:
-                log.warning("deployment unreadable; its examples are not learned", reason=str(exc))
-                deployment = None
-            cached = deployments[key] = (stored, deployment)
-        deployment = cached[1]
-        return None if deployment is None or deployment.deleted else deployment
-
-    async def store_deployment(event: EventT) -> None:
-        """Copy a deployment record into the global table (a Faust table cannot use the public
-        topic as its changelog: registration hangs), so every replica reads them all."""
-        message = event.message
-        if message.key is None:
-            raise DriftlineError("no key: a deployment record is keyed by its name")
-        if message.value is None:
-            deployment_table.pop(message.key, None)
-        else:
-            deployment_table[message.key] = message.value
-
-    @app.agent(deployments_topic, name="store_deployment_record")
-    async def store_deployment_record(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, store_deployment)
-
     async def route(event: EventT) -> None:
         message = event.message
         labeled = decode(LabeledPrediction, message.value, message.topic)
-        deployment = deployment_named(labeled.deployment)
+        deployment = deployments.get(labeled.deployment)
         if deployment is None:
-            return
+            raise UnknownDeploymentError(labeled.deployment)
         for example in training_examples(labeled, deployment, message.partition, message.offset):
             await send_event(examples_topic, SERVICE, example.model_key, example)
 

@@ -10,8 +10,7 @@ dead-lettered, an older snapshot ignored; neither is stored.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import faust
 from faust.types import EventT
@@ -20,7 +19,6 @@ from services.router.logic import (
     DeploymentIndex,
     VariantsFailedError,
     answer_calls,
-    check_deployment,
     plan_calls,
 )
 from shared import metrics
@@ -36,39 +34,12 @@ from shared.app import (
 from shared.backends import ModelBackend, ModelCache, SnapshotStore, backend_for
 from shared.errors import DriftlineError, ModelError
 from shared.events import FeatureEvent, decode, encode
+from shared.global_tables import WatchedGlobalTable, deployment_table
 from shared.logging import get_logger
-from shared.topics import DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
+from shared.topics import FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
 
 SERVICE = "router"
 log = get_logger(__name__)
-
-
-class WatchedGlobalTable(faust.GlobalTable):
-    """A global table that tells `on_change` about every key set or deleted, whether by this
-    worker's agent or read from the changelog (recovery and other workers' writes)."""
-
-    def __init__(
-        self, *args: Any, on_change: Callable[[bytes, bytes | None], None], **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_change = on_change
-
-    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
-        """Store records read from the changelog, then report them."""
-        events = list(batch)
-        super().apply_changelog_batch(events)
-        for event in events:
-            self.on_change(event.key, event.message.value)
-
-    def on_key_set(self, key: bytes, value: bytes) -> None:
-        """Report a key this worker set."""
-        super().on_key_set(key, value)
-        self.on_change(key, value)
-
-    def on_key_del(self, key: bytes) -> None:
-        """Report a key this worker deleted."""
-        super().on_key_del(key)
-        self.on_change(key, None)
 
 
 def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
@@ -76,33 +47,10 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
     app = create_app(SERVICE, common, own)
     features_topic = declare_topic(app, FEATURES, common)
     predictions_topic = declare_topic(app, PREDICTIONS, common)
-    deployments_topic = declare_topic(app, DEPLOYMENTS, common)
     snapshots_topic = declare_topic(app, MODEL_SNAPSHOTS, common)
     dead_letters = DeadLetters(app, SERVICE, common)
     index = DeploymentIndex.empty()
-    deployments_name = deployments_topic.get_topic_name()
-
-    def index_deployment(key: bytes, value: bytes | None) -> None:
-        try:
-            index.apply(key.decode(), value, deployments_name)
-        except DriftlineError as exc:
-            log.warning("deployment record not indexed", reason=str(exc))
-        metrics.TABLE_ENTRIES.labels(SERVICE, "deployments").set(len(index))
-
-    deployment_records = app.tables.add(
-        WatchedGlobalTable(
-            app,
-            name="deployments",
-            on_change=index_deployment,
-            beacon=app.tables.beacon,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=DEPLOYMENTS.partitions(common),
-            is_global=True,
-            standby_buffer_size=1,
-            recovery_buffer_size=1,
-        )
-    )
+    deployment_table(app, common, dead_letters, on_change=index.apply)
     snapshot_records = app.tables.add(
         WatchedGlobalTable(
             app,
@@ -124,14 +72,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
         lambda uri: backend_for(uri, common.mlflow_tracking_uri, snapshots),
         retry_seconds=own.model_refresh_seconds,
     )
-
-    async def store_deployment(event: EventT) -> None:
-        message = event.message
-        deployment = check_deployment(message.key, message.value, message.topic)
-        if deployment is None or deployment.deleted:
-            deployment_records.pop(message.key, None)
-        else:
-            deployment_records[message.key] = message.value
 
     async def store_snapshot(event: EventT) -> None:
         message = event.message
@@ -179,10 +119,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
                 metrics.child(metrics.MODEL_FAILURES, deployment, variant, exc.kind).inc()
             reasons[position] = str(VariantsFailedError(failed))
         return [(events[position], reasons[position]) for position in sorted(reasons)]
-
-    @app.agent(deployments_topic, name="store_deployment_record")
-    async def store_deployment_record(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, store_deployment)
 
     @app.agent(snapshots_topic, name="store_model_snapshot")
     async def store_model_snapshot(stream: faust.Stream) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.backends import Answer, ModelBackend
-from shared.errors import DriftlineError, EventDecodeError, ModelError
+from shared.errors import DriftlineError, ModelError
 from shared.events import (
     Deployment,
     FeatureEvent,
@@ -24,7 +24,6 @@ from shared.events import (
     RoutingRule,
     Variant,
     VariantOutput,
-    decode,
 )
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -126,19 +125,6 @@ def prediction_for(
     )
 
 
-def check_deployment(key: bytes | None, value: bytes | None, topic: str) -> Deployment | None:
-    """A record of the ``deployments`` topic: a deployment keyed by its name, or None for a
-    tombstone (the key's deployment is removed)."""
-    if key is None:
-        raise EventDecodeError(topic, "no key: a deployment record is keyed by its name")
-    if value is None:
-        return None
-    deployment = decode(Deployment, value, topic)
-    if key != deployment.name.encode():
-        raise EventDecodeError(topic, f"key {key!r} is not the deployment name {deployment.name!r}")
-    return deployment
-
-
 @dataclass
 class DeploymentIndex:
     """Live deployments by name and by stream, decoded once when they arrive."""
@@ -151,14 +137,12 @@ class DeploymentIndex:
         """An index with no deployments."""
         return cls({}, {})
 
-    def apply(self, name: str, value: bytes | None, topic: str) -> None:
-        """Take a record of the ``deployments`` topic: a deployment, or a deletion (tombstone or
-        ``deleted``). A record that does not decode raises and leaves the index as it was."""
-        deployment = None if value is None else decode(Deployment, value, topic)
+    def apply(self, name: str, deployment: Deployment | None) -> None:
+        """Take the deployment now named `name`, or its removal (None)."""
         old = self.by_name.pop(name, None)
         if old is not None:
             self.by_stream.get(old.stream, {}).pop(name, None)
-        if deployment is not None and not deployment.deleted:
+        if deployment is not None:
             self.by_name[name] = deployment
             self.by_stream.setdefault(deployment.stream, {})[name] = deployment
 

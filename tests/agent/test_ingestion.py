@@ -125,3 +125,23 @@ async def test_aggregates_cover_the_last_minutes_of_event_time_per_entity(
     assert by_id["b1"]["amount_count_10m"] == 1.0
     assert by_id["a3"]["amount_count_10m"] == 2.0
     assert by_id["a3"]["amount_mean_10m"] == 40.0
+
+
+async def test_declarations_apply_live_a_misnamed_one_is_dead_lettered_a_tombstone_removes(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = build(DriftlineSettings(data_dir=tmp_path, topic_prefix="a."), IngestionSettings())
+    async with agent_context(app, "store_stream_declaration") as agent:
+        await agent.put(encode(PAYMENTS), key=b"refunds")
+        await agent.put(encode(PAYMENTS), key=b"payments")
+    async with agent_context(app, "validate_raw_event") as agent:
+        await agent.put(raw("g1"), key=b"u1")
+    async with agent_context(app, "store_stream_declaration") as agent:
+        await agent.put(None, key=b"payments")
+    async with agent_context(app, "validate_raw_event") as agent:
+        await agent.put(raw("g2"), key=b"u1")
+
+    reasons = [letter["reason"] for letter in sent.values("a.deadletter")]
+    assert reasons[0].endswith("key b'refunds' is not the stream name 'payments'")
+    assert reasons[1].startswith("unknown stream: 'payments'")
+    assert [f["event_id"] for f in sent.values("a.features")] == ["g1"]

@@ -85,12 +85,12 @@ def test_optional_features_may_be_absent() -> None:
 
 def test_unknown_stream_and_too_long_windows_are_refused() -> None:
     with pytest.raises(UnknownStreamError, match="unknown stream: 'refunds' is not declared"):
-        stream_schema(None, "refunds", "streams", horizon=60)
+        stream_schema(None, "refunds", horizon=60)
     with pytest.raises(
         WindowTooLongError, match="aggregates over 10 minutes but ingestion keeps 5"
     ):
-        stream_schema(encode(SCHEMA), "payments", "streams", horizon=5)
-    assert stream_schema(encode(SCHEMA), "payments", "streams", horizon=60) == SCHEMA
+        stream_schema(SCHEMA, "payments", horizon=5)
+    assert stream_schema(SCHEMA, "payments", horizon=60) == SCHEMA
 
 
 def test_oversized_payloads_are_refused_unread() -> None:
@@ -100,6 +100,7 @@ def test_oversized_payloads_are_refused_unread() -> None:
 
 def test_a_declaration_must_be_keyed_by_its_stream_and_be_consistent() -> None:
     assert check_declaration(b"payments", encode(SCHEMA), "streams") == SCHEMA
+    assert check_declaration(b"payments", None, "streams") is None
     with pytest.raises(EventDecodeError, match="key b'other' is not the stream name"):
         check_declaration(b"other", encode(SCHEMA), "streams")
     with pytest.raises(ValueError, match="aggregate field 'tier' is not a numeric feature"):

@@ -16,7 +16,6 @@ from services.router.logic import (
     DeploymentIndex,
     NoDeploymentError,
     answer_calls,
-    check_deployment,
     choose_variants,
     entity_share,
     plan_calls,
@@ -33,7 +32,6 @@ from shared.backends import (
 )
 from shared.errors import (
     DriftlineError,
-    EventDecodeError,
     ModelError,
     SignatureError,
     UnknownModelError,
@@ -111,29 +109,18 @@ def test_first_matching_rule_wins_then_canary_by_share_then_champion_and_shadows
 
 def test_index_follows_updates_moves_and_deletions_by_stream() -> None:
     index = DeploymentIndex.empty()
-    index.apply("fraud", encode(DEPLOYMENT), "deployments")
+    index.apply("fraud", DEPLOYMENT)
     moved = DEPLOYMENT.model_copy(update={"stream": "clicks"})
 
     assert index.for_stream("payments") == [DEPLOYMENT]
-    index.apply("fraud", encode(moved), "deployments")
+    index.apply("fraud", moved)
     assert index.for_stream("clicks") == [moved]
     with pytest.raises(NoDeploymentError, match="no deployment: stream 'payments' has none"):
         index.for_stream("payments")
-    with pytest.raises(EventDecodeError):
-        index.apply("fraud", b"{", "deployments")
     assert len(index) == 1
     assert "online:fraud" in index.model_uris()
-    index.apply("fraud", None, "deployments")
+    index.apply("fraud", None)
     assert len(index) == 0
-
-
-def test_deployment_records_must_be_keyed_by_name() -> None:
-    assert check_deployment(b"fraud", encode(DEPLOYMENT), "d") == DEPLOYMENT
-    assert check_deployment(b"fraud", None, "d") is None
-    with pytest.raises(EventDecodeError, match="no key"):
-        check_deployment(None, encode(DEPLOYMENT), "d")
-    with pytest.raises(EventDecodeError, match="not the deployment name 'fraud'"):
-        check_deployment(b"other", encode(DEPLOYMENT), "d")
 
 
 @pytest.mark.parametrize(
@@ -289,7 +276,7 @@ def test_a_batch_asks_each_model_once_and_keeps_event_order_and_failures_apart()
         ],
     )
     index = DeploymentIndex.empty()
-    index.apply("two", encode(two), "t")
+    index.apply("two", two)
     events = [
         (0, event("u1", amount=1.0)),
         (2, event("u2", amount=-1.0)),
