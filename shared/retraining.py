@@ -271,8 +271,8 @@ async def read_deployment(settings: DriftlineSettings, name: str) -> Deployment 
 
 
 async def read_window(settings: DriftlineSettings, alert: DriftAlert) -> Window:
-    """The labeled events of the alert's deployment in its window, read outside any consumer
-    group, sorted by event time (then partition and offset)."""
+    """The labeled events of the alert's deployment in its window, once per event, read outside
+    any consumer group, sorted by event time."""
     window = check_retrainable(alert)
     topic = PREDICTIONS_LABELED.full_name(settings)
     starts = window.offsets.get(topic)
@@ -304,10 +304,20 @@ async def read_window(settings: DriftlineSettings, alert: DriftAlert) -> Window:
         await consumer.stop()
     return Window(
         topic=topic,
-        rows=[row for _, _, row in sorted(found, key=lambda f: (f[2].event_time, f[0], f[1]))],
+        rows=sorted(one_per_event(found), key=lambda row: row.event_time),
         start_offsets={tp.partition: first[tp] for tp in partitions},
         end_offsets={tp.partition: ends[tp] for tp in partitions},
     )
+
+
+def one_per_event(found: list[tuple[int, int, LabeledPrediction]]) -> list[LabeledPrediction]:
+    """The first record (by partition and offset) of each event: the feedback join writes one
+    labeled record per answering variant, all with the event's features and label, and a
+    training set must hold each event once (or the holdout would score rows it trained on)."""
+    seen: dict[str, LabeledPrediction] = {}
+    for _, _, row in sorted(found, key=lambda f: (f[0], f[1])):
+        seen.setdefault(row.event_id, row)
+    return list(seen.values())
 
 
 async def _read_ranges(

@@ -25,6 +25,7 @@ from shared.retraining import (
     check_retrainable,
     fit_and_evaluate,
     needs_redeploy,
+    one_per_event,
     registered_model_name,
     with_challenger,
 )
@@ -80,6 +81,16 @@ def test_the_frame_keeps_numbers_and_flags_every_row_has_in_row_order() -> None:
     assert features["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert features["flag"].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert labels.tolist() == [False, False, True, True]
+
+
+def test_an_event_labeled_once_per_variant_is_one_training_row() -> None:
+    """The feedback join writes a labeled record per answering variant (champion, shadows)."""
+    first, shadow, other = (labeled(1, 0.5, True, 1000.0), labeled(1, 0.5, True, 1000.0),
+                            labeled(2, 0.7, False, 1001.0))  # fmt: skip
+    found = [(0, 12, shadow), (0, 10, first), (1, 3, other)]
+    rows = one_per_event(found)
+    assert [row.event_id for row in rows] == ["ev-1", "ev-2"]
+    assert rows[0] is first
 
 
 def _logistic(features: pd.DataFrame, labels: pd.Series) -> LogisticRegression:
