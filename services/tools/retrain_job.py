@@ -4,8 +4,10 @@ The drift service posts each alert, signed, to ``DRIFTLINE_DRIFT_WEBHOOK_URLS``;
 job's ``POST /retrain``, a retrainable alert is answered 202 at once and retrained in the
 background, one retrain at a time. While its window holds too few labels the alert is tried again
 every `RetrainSettings.retry_every_s` until `retry_for_s` after it arrived (each attempt is
-logged). A bad signature is answered 401, a body that is no alert 400, an alert a retrain cannot
-act on (data drift, a warning, no window or deployment) 422 with the reason. Alerts waiting in
+logged). A bad signature is answered 401, a body that is no alert 400, and an alert a retrain
+cannot act on (data drift, a warning, no window or deployment) 200 "ignored" with the reason:
+it was delivered and there is nothing to do, so the drift service must not retry it or
+dead-letter it. Alerts waiting in
 memory are lost if the job stops: they stay on ``alerts`` for ``driftline retrain --alert``.
 """
 
@@ -99,7 +101,9 @@ class RetrainJob:
         except EventDecodeError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except NotRetrainableError as exc:
-            return web.json_response({"alert_id": exc.alert_id, "error": exc.reason}, status=422)
+            return web.json_response(
+                {"alert_id": exc.alert_id, "status": "ignored", "reason": exc.reason}
+            )
         if alert.alert_id not in self._accepted:
             self._accepted.add(alert.alert_id)
             loop = asyncio.get_running_loop()

@@ -196,7 +196,7 @@ async def _post(job: RetrainJob, body: bytes, signature: str | None) -> tuple[in
         return response.status, await response.json()
 
 
-async def test_the_job_answers_401_400_422_and_202_once_per_alert() -> None:
+async def test_the_job_answers_401_400_ignores_other_alerts_and_202_once_per_alert() -> None:
     common = DriftlineSettings()
     job = RetrainJob(common, RetrainSettings())
     good = encode(concept_alert(OFFSETS, 1000.0))
@@ -206,8 +206,8 @@ async def test_the_job_answers_401_400_422_and_202_once_per_alert() -> None:
     assert (await _post(job, b"{}", sign(b"{}", key)))[0] == 400
     data = encode(concept_alert(OFFSETS, 1000.0, kind="data", alert_id="data-1"))
     status, answer = await _post(job, data, sign(data, key))
-    assert (status, answer["alert_id"]) == (422, "data-1")
-    assert "only concept-drift alerts" in answer["error"]
+    assert (status, answer["alert_id"], answer["status"]) == (200, "data-1", "ignored")
+    assert "only concept-drift alerts" in answer["reason"]
     for _ in range(2):
         assert await _post(job, good, sign(good, key)) == (
             202,
