@@ -309,7 +309,8 @@ class PromotionPolicy(BaseModel):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     """Overall significance level across all looks."""
     max_looks: int = Field(default=20, ge=1)
-    """Planned evaluations; each look tests at ``alpha / max_looks``."""
+    """Planned evaluations; each look tests at ``alpha / max_looks``, and the last one rolls back
+    a challenger that is not clearly better by then."""
     max_samples: int = Field(default=20_000, ge=1)
     """Outcomes after which a challenger that is not clearly better is rolled back."""
     max_tier_regression: float = Field(default=0.02, ge=0.0)

@@ -64,6 +64,11 @@ class Decision:
     p_value: float
     """One-sided p-value that the challenger is better (lower error)."""
 
+    @property
+    def tested(self) -> bool:
+        """Whether this look ran the significance test (it counts toward `max_looks`)."""
+        return not math.isnan(self.z)
+
 
 def _normal_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
@@ -81,8 +86,15 @@ def z_test(champion: ErrorCount, challenger: ErrorCount) -> tuple[float, float]:
     return z, _normal_sf(z)
 
 
-def decide(champion: VariantRecord, challenger: VariantRecord, policy: PromotionPolicy) -> Decision:
-    """Promote, wait or roll back, by `policy`, on the two variants' records so far."""
+def decide(
+    champion: VariantRecord, challenger: VariantRecord, policy: PromotionPolicy, looks_done: int
+) -> Decision:
+    """Promote, wait or roll back, by `policy`, on the two variants' records so far.
+
+    `looks_done` counts the earlier looks that ran the test (`Decision.tested`): the level per
+    look holds the overall rate below `alpha` only for `max_looks` looks, so the last of them
+    rolls back a challenger that is not clearly better by then.
+    """
     a, b = champion.overall, challenger.overall
 
     def decision(action: Action, reason: str, z: float = math.nan, p: float = math.nan) -> Decision:
@@ -104,6 +116,10 @@ def decide(champion: VariantRecord, challenger: VariantRecord, policy: Promotion
             f"error {b.rate:.4f} vs {a.rate:.4f} (p={p_better:.2g} < {level:.2g})",
             z,
             p_better,
+        )
+    if looks_done + 1 >= policy.max_looks:
+        return decision(
+            "rollback", f"no clear improvement in {policy.max_looks} looks", z, p_better
         )
     if min(a.total, b.total) >= policy.max_samples:
         return decision("rollback", f"no clear improvement after {policy.max_samples}", z, p_better)

@@ -209,8 +209,8 @@ class DriftSettings(ServiceSettings):
     batch_within_s: float = Field(default=0.05, gt=0)
     """Longest a value waits for its micro-batch to fill: the latency paid at low rates."""
     promotion_every: int = Field(default=100, ge=1)
-    """Labeled challenger outcomes between two looks of a deployment's promotion policy (keep
-    `max_samples / promotion_every` near the policy's `max_looks`)."""
+    """Labeled challenger outcomes between two looks of a deployment's promotion policy; with
+    the policy's `max_looks`, it bounds how long a challenger is weighed."""
 
 
 class LearnerSettings(ServiceSettings):

@@ -28,7 +28,6 @@ from shared.errors import DriftlineError
 from shared.events import Deployment, LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
-from shared.promotion import decide
 from shared.registry import MlflowRegistry
 from shared.rollout import (
     Challenger,
@@ -111,7 +110,7 @@ def add_promotion(
                 continue
             counted = trial.count(labeled, deployment.promotion.tier_feature)
             if counted and trial.challenger.overall.total % own.promotion_every == 0:
-                decision = decide(trial.champion, trial.challenger, deployment.promotion)
+                decision = trial.look(deployment.promotion)
                 record = trial.decision_event(decision)
                 await send_event(decisions_topic, service, deployment.name, record)
                 metrics.PROMOTION_DECISIONS.labels(deployment.name, decision.action).inc()

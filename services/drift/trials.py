@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.drift.logic import error_of, task_of
-from shared.events import LabeledPrediction, PromotionDecision, VariantOutput
-from shared.promotion import Action, Decision, VariantRecord
+from shared.events import LabeledPrediction, PromotionDecision, PromotionPolicy, VariantOutput
+from shared.promotion import Action, Decision, VariantRecord, decide
 
 
 @dataclass
@@ -40,6 +40,8 @@ class Trial:
     """Whether the decided action ran to its end."""
     started_at: datetime | None = None
     """Event time of the challenger's first counted answer: nothing before it counts."""
+    looks: int = 0
+    """Looks that ran the significance test so far."""
     _last_offsets: dict[int, int] = field(default_factory=dict)
 
     def already_seen(self, partition: int, offset: int) -> bool:
@@ -72,6 +74,12 @@ class Trial:
             return False
         self.challenger.add(_wrong(challenger, labeled), tier)
         return True
+
+    def look(self, policy: PromotionPolicy) -> Decision:
+        """Ask the policy about the evidence so far, counting the look if it ran the test."""
+        decision = decide(self.champion, self.challenger, policy, self.looks)
+        self.looks += decision.tested
+        return decision
 
     def settle(self, decision: Decision) -> bool:
         """Remember a promote or rollback (nothing is counted after it); False for a wait."""
