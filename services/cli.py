@@ -141,12 +141,13 @@ def settings_list() -> None:
 
 
 def main() -> None:
-    """Entry point: run the command; a `DriftlineError` becomes one line on stderr, exit 2."""
+    """Entry point: run the command; a `DriftlineError` becomes one line on stderr and its exit
+    code (2, or 3 for "try again later")."""
     try:
         app()
     except DriftlineError as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

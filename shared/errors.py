@@ -6,6 +6,10 @@ from __future__ import annotations
 class DriftlineError(Exception):
     """Root of every error Driftline raises on purpose (a user or operator can act on it)."""
 
+    exit_code: int = 2
+    """What the `driftline` command exits with: 2 for a mistake to fix, 3 for "not yet, try
+    again later" (scripts and CI can retry on 3 and fail on 2)."""
+
 
 class SettingsError(DriftlineError):
     """An environment variable holds a value Driftline cannot use."""

@@ -28,7 +28,7 @@ import pandas as pd
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared.admin import partition_counts, publish, read_compacted, read_topic
 from shared.backends import RegistryUri
@@ -83,6 +83,9 @@ class NotRetrainableError(DriftlineError):
 class NotEnoughLabelsError(DriftlineError):
     """The window holds fewer labeled events than the deployment's `retrain.min_samples`."""
 
+    exit_code = 3
+    """Not a mistake: labels are still arriving, so `driftline retrain` says "try again later"."""
+
     def __init__(self, alert_id: str, deployment: str, have: int, need: int, since: datetime):
         self.alert_id = alert_id
         self.deployment = deployment
@@ -134,10 +137,22 @@ class RetrainResult:
     deployed: bool
     """Whether this call published the deployment with the challenger variant."""
 
+    def to_json(self) -> bytes:
+        """The result as JSON, e.g. for CI (`driftline retrain --json`)."""
+        return _RESULT.dump_json(self)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RetrainResult:
+        """A result `to_json` wrote."""
+        return _RESULT.validate_json(data)
+
     @property
     def model_uri(self) -> str:
         """The version, pinned, as the deployment's challenger variant names it."""
         return pinned_uri(self.model_name, self.version)
+
+
+_RESULT = TypeAdapter(RetrainResult)
 
 
 def pinned_uri(model_name: str, version: str) -> str:

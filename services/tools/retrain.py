@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Annotated
 
 import typer
@@ -37,17 +38,29 @@ def retrain_command(
     alert: Annotated[
         str | None, typer.Option("--alert", help="Id of a concept-drift alert on `alerts`.")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON (for CI) instead of a table.")
+    ] = False,
 ) -> None:
     """Read the alert's window of labeled data, train the deployment's trainer, register the
-    version as `challenger` and deploy it (again for the same alert: the same version)."""
+    version as `challenger` and deploy it (again for the same alert: the same version).
+
+    Exits 3 while the window holds too few labels (retry later), 2 on any other problem."""
     if ctx.invoked_subcommand is not None:
         if alert is not None:
             raise DriftlineError(f"--alert goes without `{ctx.invoked_subcommand}`")
         return
     if alert is None:
         raise DriftlineError("retrain needs --alert ALERT_ID (or `driftline retrain serve`)")
-    result = asyncio.run(retrain(cfg.load(cfg.DriftlineSettings), alert))
-    Console().print(summary(result))
+    settings = cfg.load(cfg.DriftlineSettings)
+    if as_json:
+        # MLflow prints its progress to stdout; with --json, stdout holds the result alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = asyncio.run(retrain(settings, alert))
+        typer.echo(result.to_json())
+    else:
+        result = asyncio.run(retrain(settings, alert))
+        Console().print(summary(result))
 
 
 def summary(result: RetrainResult) -> Table:

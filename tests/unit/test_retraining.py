@@ -21,6 +21,7 @@ from shared.retraining import (
     EarlierRetrain,
     NotEnoughLabelsError,
     NotRetrainableError,
+    RetrainResult,
     build_frame,
     check_retrainable,
     fit_and_evaluate,
@@ -187,6 +188,17 @@ def test_not_enough_labels_says_how_many_are_there_needed_and_since_when() -> No
         "have arrived"
     )
     assert (error.have, error.need, error.since) == (120, 500, since)
+    assert (error.exit_code, NotRetrainableError("a", "b").exit_code) == (3, 2)
+
+
+def test_a_result_survives_its_json_for_ci() -> None:
+    alert = concept_alert(OFFSETS, 1000.0)
+    assert alert.window is not None
+    result = RetrainResult(
+        "alert-1", "loans", "credit", "4", 512, alert.window, {0: 10}, {0: 600},
+        {"holdout_accuracy": 0.93}, new=True, deployed=True,
+    )  # fmt: skip
+    assert RetrainResult.from_json(result.to_json()) == result
 
 
 async def _post(job: RetrainJob, body: bytes, signature: str | None) -> tuple[int, dict]:
