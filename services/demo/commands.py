@@ -31,13 +31,19 @@ def demo(
     results_dir: Annotated[Path, typer.Option(help="Where reports and logs go.")] = Path("results"),
     kafka_port: Annotated[int, typer.Option(help="Local Kafka port.")] = 9092,
     mlflow_port: Annotated[int, typer.Option(help="Local MLflow port.")] = 5000,
-    retrain_min_rows: Annotated[int, typer.Option(help="Fresh labels to retrain on.")] = 500,
+    retrain_min_rows: Annotated[
+        int, typer.Option(help="Labeled events the drift alert's window needs to retrain on.")
+    ] = 500,
+    promotion_min_samples: Annotated[
+        int, typer.Option(help="Labels champion and challenger each need before a promotion.")
+    ] = 300,
 ) -> None:
     """Run the continuous-training loop end to end on real processes, live; then report.
 
     Starts (or reuses) Kafka and MLflow, trains and deploys a champion, runs the five services,
-    replays a stream with a known concept drift, retrains when the drift alert's webhook fires,
-    and writes a report and a PNG. Exits 1 if the drift was missed or the champion never moved.
+    replays a stream with a known concept drift, retrains on the drift alert's window when its
+    webhook fires, lets the promotion policy weigh the challenger on live labels, and writes a
+    report and a PNG. Exits 1 if the drift was missed or the champion never moved.
     """
     if not 0 < drift_at < events:
         raise typer.BadParameter("--drift-at must lie inside the stream (0 < drift-at < events)")
@@ -45,6 +51,7 @@ def demo(
     config = DemoConfig(
         scenario=scenario, results_dir=results_dir, kafka_port=kafka_port,
         mlflow_port=mlflow_port, retrain_min_rows=retrain_min_rows,
+        promotion_min_samples=promotion_min_samples,
     )  # fmt: skip
     console = Console(file=sys.stdout)
     live = Live(console=console, refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)

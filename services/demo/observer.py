@@ -1,4 +1,5 @@
-"""What the demo watches: counts, rolling accuracy per variant, alerts and champion switches.
+"""What the demo watches: counts, rolling accuracy per variant, alerts, the challenger, the
+promotion policy's decisions and champion switches.
 
 Pure bookkeeping fed with decoded records, so the live view, the report and the tests read one
 set of numbers.
@@ -10,7 +11,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from shared.events import DriftAlert, LabeledPrediction
+from shared.events import DriftAlert, LabeledPrediction, PromotionDecision
+from shared.retraining import RetrainResult
 
 ROLLING_WINDOW = 300
 
@@ -45,11 +47,12 @@ class VariantTrack:
 
 @dataclass
 class ChampionSwitch:
-    """The retraining job moved the champion alias."""
+    """The promotion policy moved the champion alias to the retrained challenger."""
 
     at_index: int
     version: str
     trained_on: int
+    decision: PromotionDecision
     served_from: int | None = None
     """Index of the first event whose labeled champion answer came from the new version (the
     router picks up a moved alias on its refresh timer)."""
@@ -70,6 +73,9 @@ class DemoObserver:
     alerts: list[DriftAlert] = field(default_factory=list)
     alert_indices: list[int] = field(default_factory=list)
     switches: list[ChampionSwitch] = field(default_factory=list)
+    challenger: RetrainResult | None = None
+    """What the retrain on the drift alert's window registered and deployed."""
+    decisions: list[PromotionDecision] = field(default_factory=list)
     webhook_calls: int = 0
     retrain_status: str = "waiting for a concept-drift alert"
     _rates: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=20))
@@ -89,6 +95,17 @@ class DemoObserver:
                 for switch in self.switches:
                     if switch.version == outcome.model_version and switch.served_from is None:
                         switch.served_from = index
+
+    def on_decision(self, decision: PromotionDecision) -> None:
+        """Remember the policy's decision; a promotion is a champion switch."""
+        self.decisions.append(decision)
+        if decision.action == "promote":
+            trained_on = self.challenger.rows if self.challenger is not None else 0
+            self.switches.append(
+                ChampionSwitch(
+                    self.last_sent_index, decision.challenger_version, trained_on, decision
+                )
+            )
 
     def labeled_outcomes(self, variant: str) -> int:
         """How many of `variant`'s answers have been labeled."""

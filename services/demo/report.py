@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 from services.demo.observer import DemoObserver
 from services.demo.runner import MODEL_NAME
 from services.demo.scenario import Scenario
+from services.demo.view import describe
 
 
 def first_concept_drift(observer: DemoObserver) -> int | None:
@@ -43,9 +44,15 @@ def summary(observer: DemoObserver, scenario: Scenario) -> list[str]:
         f"({sum(a.kind == 'data' for a in observer.alerts)} data, "
         f"{sum(a.kind == 'concept' for a in observer.alerts)} concept)",
     ]
+    if observer.challenger is not None:
+        window = observer.challenger.window
+        lines.append(
+            f"retrained on the alert's window: {observer.challenger.rows} labeled events from "
+            f"{window.start_time:%H:%M:%S} ({window.estimated_by}), challenger "
+            f"v{observer.challenger.version} in shadow"
+        )
     lines += [
-        f"champion moved to v{s.version} at event {s.at_index}, trained on {s.trained_on} "
-        "fresh labeled events"
+        f"policy promoted v{s.version} at event {s.at_index}: {describe(s.decision)}"
         for s in observer.switches
     ] or ["champion never moved"]
     for name, track in sorted(observer.variants.items()):

@@ -1,11 +1,19 @@
 """Runs the demo: brings up Kafka, MLflow and the five services as processes, replays the
 scenario like an outside producer would, watches the topics, retrains on drift, then cleans up.
+
+The retraining is the platform's own: the drift alert's webhook reaches a local receiver that
+stands in for CI, which retrains on the alert's fresh-data window (`shared.retraining.retrain`)
+and deploys the new version as a shadow challenger; the drift service's promotion policy then
+weighs it against the champion on live labels and moves the champion alias when the evidence
+is in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,7 +25,7 @@ import pandas as pd
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.demo.observer import ChampionSwitch, DemoObserver
+from services.demo.observer import DemoObserver
 from services.demo.scenario import FEATURES, STREAM, Labeled, Scenario, replay, training_rows
 from services.processes import ServiceProcess, free_port
 from shared.admin import create_topics, publish
@@ -27,6 +35,9 @@ from shared.events import (
     FeatureSpec,
     LabeledPrediction,
     OnlineModelSpec,
+    PromotionDecision,
+    PromotionPolicy,
+    RetrainSpec,
     StreamSchema,
     Variant,
     decode,
@@ -35,11 +46,13 @@ from shared.events import (
 from shared.localkafka import LocalKafka
 from shared.localmlflow import LocalMlflow
 from shared.registry import register_sklearn_model, set_alias
+from shared.retraining import RetrainResult
 from shared.settings import DriftlineSettings
 from shared.signing import verify
 from shared.topics import (
     ALERTS,
     DEADLETTER,
+    DECISIONS,
     DEPLOYMENTS,
     EVENTS_RAW,
     FEEDBACK,
@@ -66,7 +79,9 @@ class DemoConfig:
     kafka_port: int = 9092
     mlflow_port: int = 5000
     retrain_min_rows: int = 500
-    """Labeled rows after the drift alert that the retraining job waits for."""
+    """Labeled events the alert's window must hold before the retrain runs."""
+    promotion_min_samples: int = 300
+    """Labeled outcomes champion and challenger each need before the policy decides."""
     drain_timeout: float = 60.0
     """How long to wait for the last labels to be joined after the replay ends."""
 
@@ -106,7 +121,6 @@ class Demo:
             mlflow_tracking_uri=self.mlflow.uri,
         )
         self.processes: list[ServiceProcess] = []
-        self.labeled_rows: deque[tuple[datetime, dict, bool]] = deque(maxlen=5000)
         self.drift_alerts: asyncio.Queue[DriftAlert] = asyncio.Queue()
         self.replay_start = datetime.now(UTC)
         """Event time of the first event; reset when the replay begins."""
@@ -186,6 +200,8 @@ class Demo:
                     params={"n_layers": 4, "hidden_units": 32, "seed": 1},
                 ),
             ],
+            retrain=RetrainSpec(min_samples=self.config.retrain_min_rows, deploy_as="shadow"),
+            promotion=PromotionPolicy(min_samples=self.config.promotion_min_samples),
         )  # fmt: skip
         stream = StreamSchema(
             name=STREAM, features=[FeatureSpec(name=name, min=0) for name in FEATURES]
@@ -193,18 +209,25 @@ class Demo:
         await publish(self.settings, STREAMS, STREAM, encode(stream))
         await publish(self.settings, DEPLOYMENTS, DEPLOYMENT, encode(deployment))
 
-    def _start_services(self, webhook_url: str) -> None:
-        logs = self.run_info.directory / "logs"
-        logs.mkdir(exist_ok=True)
-        env = {
+    def _service_env(self) -> dict[str, str]:
+        """Settings of this run for the processes it starts (services and retrain job)."""
+        return {
             "DRIFTLINE_KAFKA_BROKER": self.settings.bootstrap_servers,
             "DRIFTLINE_TOPIC_PREFIX": self.settings.topic_prefix,
             "DRIFTLINE_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
             "DRIFTLINE_MLFLOW_TRACKING_URI": self.mlflow.uri,
             "DRIFTLINE_DATA_DIR": str(self.run_info.directory / "data"),
-            "DRIFTLINE_DRIFT_WEBHOOK_URLS": orjson.dumps([webhook_url]).decode(),
             "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "100",
             "DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "2",
+            "DRIFTLINE_DRIFT_PROMOTION_EVERY": "50",
+        }
+
+    def _start_services(self, webhook_url: str) -> None:
+        logs = self.run_info.directory / "logs"
+        logs.mkdir(exist_ok=True)
+        env = {
+            **self._service_env(),
+            "DRIFTLINE_DRIFT_WEBHOOK_URLS": orjson.dumps([webhook_url]).decode(),
         }
         self.processes = [ServiceProcess(s, env, logs / f"{s}.log") for s in SERVICES]
         for process in self.processes:
@@ -274,6 +297,7 @@ class Demo:
             self.topic(PREDICTIONS): "predictions",
             self.topic(PREDICTIONS_LABELED): "labeled",
             self.topic(ALERTS): "alerts",
+            self.topic(DECISIONS): "decisions",
             self.topic(DEADLETTER): "deadletter",
         }
         consumer = AIOKafkaConsumer(
@@ -289,9 +313,13 @@ class Demo:
                 elif kind == "deadletter":
                     self.observer.dead_letters += 1
                 elif kind == "labeled":
-                    record = decode(LabeledPrediction, message.value, message.topic)
-                    self.observer.on_labeled(record)
-                    self.labeled_rows.append((record.event_time, record.features, record.label))
+                    self.observer.on_labeled(
+                        decode(LabeledPrediction, message.value, message.topic)
+                    )
+                elif kind == "decisions":
+                    self.observer.on_decision(
+                        decode(PromotionDecision, message.value, message.topic)
+                    )
                 else:
                     alert = decode(DriftAlert, message.value, message.topic)
                     index = self.config.scenario.index_at(self.replay_start, alert.event_time)
@@ -326,34 +354,48 @@ class Demo:
             await runner.cleanup()
 
     async def _retrain_on_drift(self) -> None:
-        """On the first concept-drift alert: train on labels newer than it, move the champion."""
+        """On the first concept-drift alert, do what a CI job would: run `driftline retrain
+        --alert ID` (in its own process) until the alert's window holds enough labels (exit 3
+        means "try again later"); the new version joins as a shadow challenger for the promotion
+        policy to weigh."""
         alert = await self.drift_alerts.get()
-        self.observer.retrain_status = "drift alert received; collecting fresh labels"
-        fresh: list[tuple[dict, bool]] = []
-        while len(fresh) < self.config.retrain_min_rows:
-            await asyncio.sleep(0.5)
-            fresh = [(f, y) for t, f, y in self.labeled_rows if t >= alert.event_time]
-            self.observer.retrain_status = (
-                f"collecting fresh labels: {len(fresh)}/{self.config.retrain_min_rows}"
-            )
-        self.observer.retrain_status = f"training on {len(fresh)} fresh labeled events"
-        version = await asyncio.to_thread(self._retrain, fresh, alert)
-        self.observer.switches.append(
-            ChampionSwitch(self.observer.last_sent_index, version, len(fresh))
+        self.observer.retrain_status = (
+            f"drift alert received; driftline retrain --alert {alert.alert_id}"
         )
-        self.observer.retrain_status = f"champion moved to v{version}"
-
-    def _retrain(self, rows: list[tuple[dict, bool]], alert: DriftAlert) -> str:
-        features = pd.DataFrame([dict(f) for f, _ in rows])
-        labels = pd.Series([bool(y) for _, y in rows])
-        model = gradient_boosting(features, labels)
-        version = register_sklearn_model(
-            self.mlflow.uri, MODEL_NAME, model, features,
-            params={"trainer": "gradient_boosting", "rows": len(rows)},
-            tags={"driftline.reason": "concept drift", "driftline.alert_id": alert.alert_id},
-        )  # fmt: skip
-        set_alias(self.mlflow.uri, MODEL_NAME, "champion", version)
-        return version
+        command = [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "retrain",
+            "--alert",
+            alert.alert_id,
+            "--json",
+        ]
+        while True:
+            process = await asyncio.create_subprocess_exec(
+                *command, env={**os.environ, **self._service_env()},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                out, err = await process.communicate()
+            except asyncio.CancelledError:
+                process.kill()
+                await process.wait()
+                raise
+            problem = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            if process.returncode == 0:
+                break
+            if process.returncode != 3:
+                self.observer.retrain_status = f"retrain failed: {problem[0]}"
+                return
+            self.observer.retrain_status = f"waiting for labels: {problem[0]}"
+            await asyncio.sleep(1.0)
+        result = RetrainResult.from_json(out)
+        self.observer.challenger = result
+        self.observer.retrain_status = (
+            f"challenger v{result.version} trained on {result.rows} labeled events from the "
+            f"window ({result.window.estimated_by}), deployed in shadow; the policy weighs it"
+        )
 
     async def _tick(self) -> None:
         while True:

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from services.demo.observer import DemoObserver
 from services.demo.scenario import Scenario
+from shared.events import PromotionDecision
 
 
 def render(observer: DemoObserver, scenario: Scenario) -> Group:
@@ -44,4 +45,19 @@ def render(observer: DemoObserver, scenario: Scenario) -> Group:
         what = alert.feature or f"{alert.model_name} v{alert.model_version}"
         alerts.add_row(str(index), alert.kind, alert.level, str(what), alert.detector)
     retrain = f"retraining: {observer.retrain_status} · webhook calls {observer.webhook_calls}"
-    return Group(Panel(progress, title="Driftline demo"), models, alerts, retrain)
+    lines = [Panel(progress, title="Driftline demo"), models, alerts, retrain]
+    if observer.decisions:
+        lines.append(f"promotion policy: {describe(observer.decisions[-1])}")
+    return Group(*lines)
+
+
+def describe(decision: PromotionDecision) -> str:
+    """A decision in one line: what, why, and the errors it compared."""
+    numbers = (
+        f"challenger v{decision.challenger_version} error {decision.challenger_error:.3f} "
+        f"({decision.challenger_samples} labels) vs champion v{decision.champion_version} "
+        f"{decision.champion_error:.3f} ({decision.champion_samples})"
+        if decision.challenger_error is not None and decision.champion_error is not None
+        else f"challenger v{decision.challenger_version}"
+    )
+    return f"{decision.action} — {decision.reason}; {numbers}"

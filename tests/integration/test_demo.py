@@ -28,6 +28,7 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
         kafka_port=int(kafka_bootstrap.rsplit(":", 1)[1]),
         mlflow_port=int(mlflow_uri.rsplit(":", 1)[1]),
         retrain_min_rows=200,
+        promotion_min_samples=150,
         drain_timeout=120.0,
     )
     demo = Demo(config, on_tick=lambda observer: None)
@@ -38,8 +39,15 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
     assert detected is not None, (summary(observer, scenario), [a.key for a in observer.alerts])
     assert detected >= scenario.drift_at
     assert observer.webhook_calls >= 1
+    challenger = observer.challenger
+    assert challenger is not None and challenger.new, observer.retrain_status
+    assert challenger.rows >= config.retrain_min_rows
     assert len(observer.switches) == 1
     switch = observer.switches[0]
+    assert switch.version == challenger.version
+    assert (switch.decision.action, switch.decision.decided_by) == ("promote", "policy")
+    assert switch.decision.challenger_samples >= config.promotion_min_samples
+    assert switch.decision.challenger_error < switch.decision.champion_error
     assert switch.served_from is not None, "the router never served the retrained version"
     versions = observer.champion_versions
     old = [v for v in versions if v != switch.version]
@@ -51,10 +59,10 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
     assert png.stat().st_size > 10_000
     assert all(p.process is not None and p.process.poll() is not None for p in demo.processes)
 
-    journey = await trace(demo.settings, f"loan-{scenario.seed}-1500")
+    journey = await trace(demo.settings, f"loan-{scenario.seed}-500")
     topics = [topic for topic, _ in journey]
     assert topics[:2] == [EVENTS_RAW, FEATURES]
-    assert topics.count(PREDICTIONS) == 3  # champion and two shadows
+    assert topics.count(PREDICTIONS) == 3  # champion and two online shadows, before the drift
     assert {FEEDBACK, PREDICTIONS_LABELED} <= set(topics)
     assert [d.name for d in await deployments(demo.settings)] == ["loans"]
     lag = await consumer_lag(demo.settings)
