@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -56,18 +57,17 @@ async def _until_described(
         await asyncio.sleep(0.1)
 
 
-async def read_topic(
-    settings: DriftlineSettings, topic: str, *, from_beginning: bool = True, until_end: bool = True
-) -> AsyncIterator[ConsumerRecord]:
-    """Every record of `topic` in arrival order, outside any consumer group (no service's offsets
-    move). With `until_end` it stops at the end the topic had when reading began; else it waits.
-    """
+async def start_reader(
+    settings: DriftlineSettings, topic: str, *, subscribe: bool = True, **options: Any
+) -> AIOKafkaConsumer:
+    """A started consumer of `topic` outside any consumer group (no service's offsets move),
+    subscribed or left for the caller to assign; a broker out of reach is one clear error."""
     consumer = AIOKafkaConsumer(
-        topic,
+        *([topic] if subscribe else []),
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
         group_id=None,
-        auto_offset_reset="earliest" if from_beginning else "latest",
+        **options,
     )
     try:
         await consumer.start()
@@ -76,6 +76,18 @@ async def read_topic(
         raise DriftlineError(
             f"cannot read {topic} from {settings.bootstrap_servers}: {exc}"
         ) from None
+    return consumer
+
+
+async def read_topic(
+    settings: DriftlineSettings, topic: str, *, from_beginning: bool = True, until_end: bool = True
+) -> AsyncIterator[ConsumerRecord]:
+    """Every record of `topic` in arrival order, outside any consumer group (no service's offsets
+    move). With `until_end` it stops at the end the topic had when reading began; else it waits.
+    """
+    consumer = await start_reader(
+        settings, topic, auto_offset_reset="earliest" if from_beginning else "latest"
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not partitions:

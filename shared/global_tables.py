@@ -58,6 +58,27 @@ class WatchedGlobalTable(faust.GlobalTable):
         self.on_change(key, None)
 
 
+def watched_global_table(
+    app: faust.App, name: str, partitions: int, on_change: Callable[[bytes, bytes | None], None]
+) -> WatchedGlobalTable:
+    """A raw-bytes global table `name` added to `app`, reporting every change to `on_change`;
+    buffers of one apply each changelog record as it arrives, not in batches."""
+    return app.tables.add(
+        WatchedGlobalTable(
+            app,
+            name=name,
+            on_change=on_change,
+            beacon=app.tables.beacon,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            is_global=True,
+            standby_buffer_size=1,
+            recovery_buffer_size=1,
+        )
+    )
+
+
 def checked_global_table(
     app: faust.App,
     topic: Topic,
@@ -91,20 +112,7 @@ def checked_global_table(
             on_change(key.decode(), record)
         metrics.TABLE_ENTRIES.labels(dead_letters.service, name).set(len(current))
 
-    table = app.tables.add(
-        WatchedGlobalTable(
-            app,
-            name=name,
-            on_change=changed,
-            beacon=app.tables.beacon,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=topic.partitions(common),
-            is_global=True,
-            standby_buffer_size=1,
-            recovery_buffer_size=1,
-        )
-    )
+    table = watched_global_table(app, name, topic.partitions(common), changed)
 
     async def store(event: EventT) -> None:
         message = event.message

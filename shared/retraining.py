@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
-from shared.admin import partition_counts, publish, read_compacted, read_topic
+from shared.admin import partition_counts, publish, read_compacted, read_topic, start_reader
 from shared.backends import RegistryUri
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
@@ -299,16 +298,7 @@ async def read_window(settings: DriftlineSettings, alert: DriftAlert) -> Window:
         raise NotRetrainableError(
             alert.alert_id, f"its window names partitions {missing} that {topic} does not have"
         )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise DriftlineError(
-            f"cannot read {topic} from {settings.bootstrap_servers}: {exc}"
-        ) from None
+    consumer = await start_reader(settings, topic, subscribe=False)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(starts)]
         ends = await consumer.end_offsets(partitions)

@@ -176,15 +176,12 @@ def promotion_steps(
     async def move_champion() -> None:
         await asyncio.to_thread(registry.set_alias, model, CHAMPION_ALIAS, version)
 
-    async def publish_deployment() -> None:
-        aliases = await asyncio.to_thread(registry.aliases, model)
-        updated = without_challenger(deployment, challenger, aliases, promoted=True)
-        if updated is not deployment:
-            await publish(updated)
-
     return [
         Step(f"move {model}@{CHAMPION_ALIAS} to version {version}", move_champion),
-        Step(f"publish {deployment.name} without the challenger", publish_deployment),
+        Step(
+            f"publish {deployment.name} without the challenger",
+            _publish_without(registry, publish, deployment, challenger, promoted=True),
+        ),
         Step(f"delete {model}@{CHALLENGER_ALIAS}", _delete_challenger_alias(registry, challenger)),
     ]
 
@@ -205,17 +202,30 @@ def rollback_steps(
             raise NoChallengerError(deployment.name, f"version {version} is the champion")
         await asyncio.to_thread(registry.tag_version, model, version, REJECTED_TAG, reason)
 
+    return [
+        Step(f"tag {model} version {version} rejected", tag_rejected),
+        Step(
+            f"publish {deployment.name} without the challenger",
+            _publish_without(registry, publish, deployment, challenger, promoted=False),
+        ),
+        Step(f"delete {model}@{CHALLENGER_ALIAS}", _delete_challenger_alias(registry, challenger)),
+    ]
+
+
+def _publish_without(
+    registry: Registry,
+    publish: Publish,
+    deployment: Deployment,
+    challenger: Challenger,
+    promoted: bool,
+) -> Callable[[], Awaitable[None]]:
     async def publish_deployment() -> None:
-        aliases = await asyncio.to_thread(registry.aliases, model)
-        updated = without_challenger(deployment, challenger, aliases, promoted=False)
+        aliases = await asyncio.to_thread(registry.aliases, challenger.model_name)
+        updated = without_challenger(deployment, challenger, aliases, promoted=promoted)
         if updated is not deployment:
             await publish(updated)
 
-    return [
-        Step(f"tag {model} version {version} rejected", tag_rejected),
-        Step(f"publish {deployment.name} without the challenger", publish_deployment),
-        Step(f"delete {model}@{CHALLENGER_ALIAS}", _delete_challenger_alias(registry, challenger)),
-    ]
+    return publish_deployment
 
 
 def _delete_challenger_alias(

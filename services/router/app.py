@@ -34,7 +34,7 @@ from shared.app import (
 from shared.backends import ModelBackend, ModelCache, SnapshotStore, backend_for
 from shared.errors import DriftlineError, ModelError
 from shared.events import FeatureEvent, decode, encode
-from shared.global_tables import WatchedGlobalTable, deployment_table
+from shared.global_tables import deployment_table, watched_global_table
 from shared.logging import get_logger
 from shared.topics import FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
 
@@ -51,19 +51,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
     dead_letters = DeadLetters(app, SERVICE, common)
     index = DeploymentIndex.empty()
     deployment_table(app, common, dead_letters, on_change=index.apply)
-    snapshot_records = app.tables.add(
-        WatchedGlobalTable(
-            app,
-            name="model_snapshots",
-            on_change=lambda key, _: snapshots.forget(key),
-            beacon=app.tables.beacon,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=MODEL_SNAPSHOTS.partitions(common),
-            is_global=True,
-            standby_buffer_size=1,
-            recovery_buffer_size=1,
-        )
+    snapshot_records = watched_global_table(
+        app,
+        "model_snapshots",
+        MODEL_SNAPSHOTS.partitions(common),
+        lambda key, _: snapshots.forget(key),
     )
     snapshots = SnapshotStore(
         snapshot_records, common.snapshot_hmac_key, own.online_model_cache_size
