@@ -44,6 +44,10 @@ Row = tuple[dict[str, FeatureValue], str]
 _MLFLOW_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
+ONLINE_PREFIX = "online:"
+"""Model URIs of online models: ``online:<model id>``."""
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryUri:
     """A ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` URI, taken apart."""
@@ -307,7 +311,7 @@ class OnlineBackend(ModelBackend):
 
     def __init__(self, uri: str, snapshots: SnapshotStore) -> None:
         super().__init__(uri)
-        self.model_id = uri.removeprefix("online:")
+        self.model_id = uri.removeprefix(ONLINE_PREFIX)
         if not self.model_id:
             raise UnknownModelError(uri, "expected online:<model id>")
         self.snapshots = snapshots
@@ -345,7 +349,7 @@ def backend_for(uri: str, tracking_uri: str, snapshots: SnapshotStore) -> ModelB
     """The backend a model URI asks for, by its scheme."""
     if uri.startswith("models:/"):
         return MlflowBackend(uri, tracking_uri)
-    if uri.startswith("online:"):
+    if uri.startswith(ONLINE_PREFIX):
         return OnlineBackend(uri, snapshots)
     raise UnknownModelError(uri, "unknown scheme; use models:/... (MLflow) or online:... (River)")
 

@@ -115,6 +115,9 @@ class VariantOutput(BaseModel):
     model_version: str
     output: Label | None
     probabilities: dict[str, float] | None = None
+    online: bool = False
+    """An online model (``online:`` URI): its version is the snapshot it answered from, and
+    moves as it learns; monitors follow the model, not each snapshot."""
 
 
 class Prediction(Event):

@@ -52,6 +52,7 @@ from services.drift.logic import (
     model_subject,
     notifies,
     task_of,
+    watched_version,
     with_offsets,
 )
 from services.drift.promotion import add_promotion
@@ -289,7 +290,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             if outcome.output is None:
                 continue
             error = error_of(outcome, labeled.label, task)
-            name, version = outcome.model_name, outcome.model_version
+            name, version = outcome.model_name, watched_version(outcome)
             key = orjson.dumps([labeled.deployment, name, version])
             monitor = monitors.get(key) or Monitor(
                 concept_detector(own.concept_detectors, name, version, task),

@@ -382,14 +382,25 @@ def feature_subject(stream: str, feature: str) -> dict[str, Any]:
     return {"kind": "data", "key": f"data:{stream}:{feature}", "stream": stream, "feature": feature}
 
 
+ONLINE_VERSION = "online"
+
+
+def watched_version(outcome: VariantOutput) -> str:
+    """The version a concept detector follows: a registry version (a new one is a new model and
+    starts a fresh detector), or ``online`` for an online model, whose snapshots are one model
+    learning on (a detector per snapshot would restart every few hundred events)."""
+    return ONLINE_VERSION if outcome.online else outcome.model_version
+
+
 def model_subject(deployment: str, stream: str, outcome: VariantOutput) -> dict[str, Any]:
-    """Alert fields for concept drift of the model version behind `outcome`."""
+    """Alert fields for concept drift of the model (version) behind `outcome`."""
+    version = watched_version(outcome)
     return {
         "kind": "concept",
-        "key": f"concept:{outcome.model_name}:{outcome.model_version}",
+        "key": f"concept:{outcome.model_name}:{version}",
         "stream": stream,
         "model_name": outcome.model_name,
-        "model_version": outcome.model_version,
+        "model_version": version,
         "deployment": deployment,
     }
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.backends import Answer, ModelBackend
+from shared.backends import ONLINE_PREFIX, Answer, ModelBackend
 from shared.errors import DriftlineError, ModelError
 from shared.events import (
     Deployment,
@@ -118,6 +118,7 @@ def prediction_for(
             model_version=answer.version,
             output=answer.output,
             probabilities=answer.probabilities,
+            online=variant.model_uri.startswith(ONLINE_PREFIX),
         ),
         features=event.features,
         latency_ms=latency_ms,

@@ -172,6 +172,7 @@ async def test_an_entitys_own_model_wins_and_a_cold_model_answers_nothing(
     }
     assert (outcomes["e1"]["output"], outcomes["e1"]["model_name"]) == ("mine", own_id)
     assert (outcomes["e2"]["output"], outcomes["e2"]["model_version"]) == (None, "cold")
+    assert outcomes["e1"]["online"] and outcomes["e2"]["online"]
 
 
 async def test_unsigned_badly_signed_and_older_snapshots_are_refused(

@@ -25,6 +25,7 @@ from services.drift.logic import (
     error_of,
     feature_subject,
     feature_values,
+    model_subject,
     notifies,
     task_of,
     with_offsets,
@@ -304,6 +305,21 @@ def _outcome(output: object) -> VariantOutput:
     return VariantOutput(
         variant="v", role="champion", served=True, model_name="m", model_version="1", output=output
     )
+
+
+def test_an_online_model_is_watched_across_its_snapshots_a_registry_model_per_version() -> None:
+    """Every learner snapshot is a new version of an online model: a detector per snapshot would
+    restart (and fire on its noisy start) every few hundred events."""
+    snapshot_7 = _outcome(True).model_copy(update={"model_version": "7", "online": True})
+    snapshot_8 = snapshot_7.model_copy(update={"model_version": "8"})
+    registry_1, registry_2 = (
+        _outcome(True),
+        _outcome(True).model_copy(update={"model_version": "2"}),
+    )
+    keys = [
+        model_subject("d", "s", o)["key"] for o in (snapshot_7, snapshot_8, registry_1, registry_2)
+    ]
+    assert keys == ["concept:m:online", "concept:m:online", "concept:m:1", "concept:m:2"]
 
 
 def test_errors_for_classes_and_for_regression() -> None:

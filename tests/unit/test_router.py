@@ -19,6 +19,7 @@ from services.router.logic import (
     choose_variants,
     entity_share,
     plan_calls,
+    prediction_for,
     rule_matches,
 )
 from shared.backends import (
@@ -105,6 +106,15 @@ def test_first_matching_rule_wins_then_canary_by_share_then_champion_and_shadows
     assert chosen(event(canary_entity)) == [("canary", True), ("shadow-1", False)]
     assert chosen(event(canary_entity, tier="premium", amount=5000.0))[0] == ("rule-1", True)
     assert chosen(event(champion_entity, amount=5000.0))[0] == ("rule-2", True)
+
+
+def test_a_prediction_says_whether_an_online_model_answered() -> None:
+    answer = Answer("fraud", "3", True, None)
+    champion, shadow = DEPLOYMENT.variants[0], DEPLOYMENT.variants[-1]
+    assert (champion.model_uri, shadow.model_uri) == ("models:/fraud@champion", "online:fraud")
+    flags = [prediction_for(event(), DEPLOYMENT, v, True, answer, 1.0).outcome.online
+             for v in (champion, shadow)]  # fmt: skip
+    assert flags == [False, True]
 
 
 def test_index_follows_updates_moves_and_deletions_by_stream() -> None:
