@@ -84,11 +84,14 @@ def add_promotion(
 
     async def weigh(event: EventT) -> None:
         message = event.message
-        labeled = decode(LabeledPrediction, message.value, message.topic)
-        deployment = deployments.get(labeled.deployment)
-        if deployment is None:
+        # Keyed by deployment name: most deployments have no challenger, and their records need
+        # no decoding here (the concept-drift agent decodes and dead-letters bad ones).
+        deployment = deployments.get((message.key or b"").decode(errors="replace"))
+        challengers = challenger_variants(deployment) if deployment is not None else []
+        if deployment is None or not challengers:
             return
-        for variant, uri in challenger_variants(deployment):
+        labeled = decode(LabeledPrediction, message.value, message.topic)
+        for variant, uri in challengers:
             version = uri.version or next(
                 (o.model_version for o in labeled.outcomes if o.variant == variant.name), None
             )
