@@ -63,6 +63,11 @@ class RegistryUri:
         return None if match is None else cls(match["name"], match["alias"], match["version"])
 
 
+def pinned_uri(model_name: str, version: str) -> str:
+    """``models:/<name>/<version>``: one version, whatever the aliases do."""
+    return f"models:/{model_name}/{version}"
+
+
 COLD_VERSION = "cold"
 """Version of an online variant's answer before its model has any snapshot (no output)."""
 
@@ -239,7 +244,7 @@ class MlflowBackend(ModelBackend):
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.pyfunc.load_model(f"models:/{self.name}/{version}")
+        return mlflow.pyfunc.load_model(pinned_uri(self.name, version))
 
 
 class SnapshotStore:

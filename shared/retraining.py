@@ -30,7 +30,7 @@ from aiokafka.structs import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from shared.admin import partition_counts, publish, read_compacted, read_topic, start_reader
-from shared.backends import RegistryUri
+from shared.backends import RegistryUri, pinned_uri
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
     DataWindow,
@@ -152,11 +152,6 @@ class RetrainResult:
 
 
 _RESULT = TypeAdapter(RetrainResult)
-
-
-def pinned_uri(model_name: str, version: str) -> str:
-    """``models:/<name>/<version>``."""
-    return f"models:/{model_name}/{version}"
 
 
 def check_retrainable(alert: DriftAlert) -> DataWindow:

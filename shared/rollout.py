@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.backends import RegistryUri
+from shared.backends import RegistryUri, pinned_uri
 from shared.errors import DriftlineError
 from shared.events import Deployment, Variant, utc_now
 from shared.logging import get_logger
@@ -157,7 +157,7 @@ def without_challenger(
         if variant.role in ("canary", "shadow") and version == challenger.version:
             continue
         if promoted and variant.role == "champion" and uri.version:
-            pinned = f"models:/{challenger.model_name}/{challenger.version}"
+            pinned = pinned_uri(challenger.model_name, challenger.version)
             variant = variant.model_copy(update={"model_uri": pinned})
         variants.append(variant)
     if variants == deployment.variants:
