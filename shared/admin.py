@@ -15,8 +15,9 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from shared.errors import DriftlineError
+from shared.events import Deployment, decode
 from shared.settings import DriftlineSettings
-from shared.topics import ALL_TOPICS, Topic
+from shared.topics import ALL_TOPICS, DEPLOYMENTS, Topic
 
 
 async def create_topics(settings: DriftlineSettings) -> list[str]:
@@ -119,6 +120,14 @@ async def read_compacted(settings: DriftlineSettings, topic: Topic) -> dict[byte
         else:
             latest[message.key] = message.value
     return latest
+
+
+async def live_deployments(settings: DriftlineSettings) -> dict[str, Deployment]:
+    """The deployments routers serve now, by name (deleted ones left out)."""
+    topic = DEPLOYMENTS.full_name(settings)
+    records = await read_compacted(settings, DEPLOYMENTS)
+    decoded = (decode(Deployment, value, topic) for value in records.values())
+    return {d.name: d for d in decoded if not d.deleted}
 
 
 async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes) -> None:

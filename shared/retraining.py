@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
-from shared.admin import partition_counts, publish, read_compacted, read_topic, start_reader
+from shared.admin import live_deployments, partition_counts, publish, read_topic, start_reader
 from shared.backends import RegistryUri, pinned_uri
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
@@ -270,15 +270,6 @@ async def find_alert(settings: DriftlineSettings, alert_id: str) -> DriftAlert:
     raise UnknownAlertError(alert_id, topic)
 
 
-async def read_deployment(settings: DriftlineSettings, name: str) -> Deployment | None:
-    """The current deployment called `name`, or None if there is none (or it was deleted)."""
-    value = (await read_compacted(settings, DEPLOYMENTS)).get(name.encode())
-    if value is None:
-        return None
-    deployment = decode(Deployment, value, DEPLOYMENTS.full_name(settings))
-    return None if deployment.deleted else deployment
-
-
 async def read_window(settings: DriftlineSettings, alert: DriftAlert) -> Window:
     """The labeled events of the alert's deployment in its window, once per event, read outside
     any consumer group, sorted by event time."""
@@ -433,7 +424,7 @@ async def retrain(settings: DriftlineSettings, alert: DriftAlert | str) -> Retra
     if isinstance(alert, str):
         alert = await find_alert(settings, alert)
     window = check_retrainable(alert)
-    deployment = await read_deployment(settings, alert.deployment or "")
+    deployment = (await live_deployments(settings)).get(alert.deployment or "")
     if deployment is None:
         raise NotRetrainableError(
             alert.alert_id, f"deployment {alert.deployment!r} is not on the deployments topic"

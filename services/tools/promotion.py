@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 
 from shared import settings as cfg
-from shared.admin import publish, read_compacted
+from shared.admin import live_deployments, publish
 from shared.errors import DriftlineError
-from shared.events import Deployment, PromotionAction, PromotionDecision, decode, encode
+from shared.events import Deployment, PromotionAction, PromotionDecision, encode
 from shared.logging import configure_logging
 from shared.registry import MlflowRegistry
 from shared.rollout import (
@@ -47,24 +47,15 @@ def register(app: typer.Typer) -> None:
     app.command("rollback")(rollback_command)
 
 
-async def live_deployment(common: cfg.DriftlineSettings, name: str) -> Deployment:
-    """The deployment as routers serve it now."""
-    value = (await read_compacted(common, DEPLOYMENTS)).get(name.encode())
-    if value is None:
-        raise UnknownDeploymentError(name)
-    deployment = decode(Deployment, value, DEPLOYMENTS.full_name(common))
-    if deployment.deleted:
-        raise UnknownDeploymentError(name)
-    return deployment
-
-
 async def override(
     common: cfg.DriftlineSettings, name: str, action: PromotionAction, version: str | None
 ) -> PromotionDecision:
     """Decide `action` on the deployment's challenger (or `version`) as an operator, publish the
     decision and run it (each step logged on stderr); returns the decision."""
     configure_logging("cli", common.log_level, common.log_format)
-    deployment = await live_deployment(common, name)
+    deployment = (await live_deployments(common)).get(name)
+    if deployment is None:
+        raise UnknownDeploymentError(name)
     registry = MlflowRegistry(common.mlflow_tracking_uri)
     challenger = await asyncio.to_thread(find_challenger, deployment, registry, version)
     aliases = await asyncio.to_thread(registry.aliases, challenger.model_name)

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shared import settings as cfg
-from shared.admin import read_compacted, read_topic
+from shared.admin import live_deployments, read_topic
 from shared.errors import EventDecodeError
 from shared.events import Deployment, PromotionDecision, decode
-from shared.topics import DECISIONS, DEPLOYMENTS
+from shared.topics import DECISIONS
 
 
 def service_health(host: str) -> dict[str, str]:
@@ -56,10 +56,7 @@ async def consumer_lag(common: cfg.DriftlineSettings) -> dict[tuple[str, str], i
 
 async def deployments(common: cfg.DriftlineSettings) -> list[Deployment]:
     """The current deployments, as routers see them."""
-    topic = DEPLOYMENTS.full_name(common)
-    records = await read_compacted(common, DEPLOYMENTS)
-    current = [decode(Deployment, value, topic) for value in records.values()]
-    return sorted((d for d in current if not d.deleted), key=lambda d: d.name)
+    return sorted((await live_deployments(common)).values(), key=lambda d: d.name)
 
 
 async def latest_decisions(common: cfg.DriftlineSettings) -> list[PromotionDecision]:
