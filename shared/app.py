@@ -164,14 +164,22 @@ async def consume(
         started = time.perf_counter()
         try:
             await handle(event)
-        except DriftlineError as exc:
-            await dead_letters.send(event, str(exc))
         except Exception as exc:
-            log.exception(
-                "handler failed", **message_fields(message.topic, message.partition, message.offset)
-            )
-            await dead_letters.send(event, f"internal error: {type(exc).__name__}: {exc}")
+            await dead_letters.send(event, failure_reason(event, exc))
         processing.observe(time.perf_counter() - started)
+
+
+def failure_reason(event: EventT, exc: Exception) -> str:
+    """The dead-letter reason for what a handler raised on `event` (call it in the `except`):
+    a `DriftlineError` is bad input and its text is the reason; anything else is a bug or a
+    failing model, logged with its traceback."""
+    if isinstance(exc, DriftlineError):
+        return str(exc)
+    message = event.message
+    log.exception(
+        "handler failed", **message_fields(message.topic, message.partition, message.offset)
+    )
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 BatchHandler = Callable[[Sequence[EventT]], Awaitable[Sequence[tuple[EventT, str]]]]
@@ -230,11 +238,7 @@ async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[E
     try:
         return await handle([event])
     except Exception as exc:
-        message = event.message
-        log.exception(
-            "handler failed", **message_fields(message.topic, message.partition, message.offset)
-        )
-        return [(event, f"internal error: {type(exc).__name__}: {exc}")]
+        return [(event, failure_reason(event, exc))]
 
 
 async def send_event(topic: TopicT, service: str, key: str, event: Event) -> None:

@@ -124,6 +124,10 @@ class IngestionSettings(ServiceSettings):
     """Granularity of windowed aggregates: a window's oldest bucket may be partly outside it."""
     aggregate_horizon_minutes: int = Field(default=60, ge=1, le=24 * 60)
     """Longest aggregate window kept; a stream asking for more is refused."""
+    batch_max_events: int = Field(default=500, ge=1)
+    """Most raw events ingested as one micro-batch (their feature events produced together)."""
+    batch_within_s: float = Field(default=0.01, gt=0)
+    """Longest an event waits for its micro-batch to fill: the latency paid at low rates."""
 
 
 class RouterSettings(ServiceSettings):
@@ -139,7 +143,7 @@ class RouterSettings(ServiceSettings):
     """Unpickled online models kept in memory; others are unpickled again when used."""
     batch_max_events: int = Field(default=500, ge=1)
     """Most feature events routed as one micro-batch (decode, models, produce per batch)."""
-    batch_within_seconds: float = Field(default=0.01, gt=0)
+    batch_within_s: float = Field(default=0.01, gt=0)
     """Longest an event waits for its micro-batch to fill: the latency paid at low rates."""
 
 

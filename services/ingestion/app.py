@@ -10,6 +10,8 @@ like ``events.raw`` (by entity), so their state moves with the partitions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import faust
 from faust.types import EventT
 
@@ -28,8 +30,16 @@ from services.ingestion.logic import (
 )
 from shared import metrics
 from shared import settings as cfg
-from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
-from shared.events import FeatureValue, RawEvent, StreamSchema
+from shared.app import (
+    DeadLetters,
+    as_current_event,
+    consume_batches,
+    create_app,
+    declare_topic,
+    failure_reason,
+    send_records,
+)
+from shared.events import FeatureEvent, FeatureValue, RawEvent, StreamSchema, encode
 from shared.global_tables import checked_global_table
 from shared.topics import EVENTS_RAW, FEATURES, STREAMS
 
@@ -95,7 +105,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
             added |= window_features(spec, (value_at(entity_field_buckets, key, t) for t in times))
         return added
 
-    async def ingest(event: EventT) -> None:
+    def ingest(event: EventT) -> FeatureEvent | None:
+        """One raw event's feature event (None for a duplicate); raises for a bad one."""
         message = event.message
         raw = parse_raw_event(message.value, message.topic, own.max_event_bytes)
         schema = stream_schema(
@@ -104,14 +115,33 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         features = validate_features(raw, schema)
         timestamp = raw.event_time.timestamp()
         if seen_before(raw, timestamp):
-            metrics.DUPLICATE_EVENTS.labels(raw.stream).inc()
-            return
+            metrics.child(metrics.DUPLICATE_EVENTS, raw.stream).inc()
+            return None
         features |= aggregate(raw, schema, features, timestamp)
-        feature_event = to_feature_event(raw, features, message.topic)
-        await send_event(features_topic, SERVICE, feature_event.entity_id, feature_event)
+        return to_feature_event(raw, features, message.topic)
+
+    async def ingest_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+        """Ingest each event of a micro-batch (its table writes under its own partition), then
+        hand the batch's feature events to the producer at once. Every failure is caught here,
+        per event: a batch run again would find its events' ids seen and drop them."""
+        rejected: list[tuple[EventT, str]] = []
+        records: list[tuple[bytes, bytes]] = []
+        for event in events:
+            try:
+                with as_current_event(event):
+                    feature_event = ingest(event)
+            except Exception as exc:
+                rejected.append((event, failure_reason(event, exc)))
+                continue
+            if feature_event is not None:
+                records.append((feature_event.entity_id.encode(), encode(feature_event)))
+        await send_records(features_topic, SERVICE, records)
+        return rejected
 
     @app.agent(raw_topic, name="validate_raw_event")
     async def validate_raw_event(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, ingest)
+        await consume_batches(
+            stream, SERVICE, dead_letters, ingest_batch, own.batch_max_events, own.batch_within_s
+        )
 
     return app

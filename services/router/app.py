@@ -119,7 +119,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
     @app.agent(features_topic, name="route_feature_event")
     async def route_feature_event(stream: faust.Stream) -> None:
         await consume_batches(
-            stream, SERVICE, dead_letters, route, own.batch_max_events, own.batch_within_seconds
+            stream, SERVICE, dead_letters, route, own.batch_max_events, own.batch_within_s
         )
 
     @app.timer(own.model_refresh_seconds, name="refresh_models")

@@ -258,7 +258,7 @@ def batched_router(tmp_path: Path, batch: int) -> Any:
     """The router app with micro-batches of exactly `batch` events (a long `within`)."""
     app = build(
         DriftlineSettings(data_dir=tmp_path, topic_prefix="a.", snapshot_hmac_key=KEY),
-        RouterSettings(batch_max_events=batch, batch_within_seconds=30.0),
+        RouterSettings(batch_max_events=batch, batch_within_s=30.0),
     )
     only_champion = Deployment(
         name="fraud",
