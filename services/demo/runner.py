@@ -271,11 +271,11 @@ class Demo:
 
     def _keep_replaying(self, index: int) -> bool:
         """Until `n_events`; then on until the retrained champion has served its tail (the
-        drift service may still be catching up on the labels); never past twice `n_events`."""
+        drift service may still be catching up on the labels); never past three times `n_events`."""
         scenario = self.config.scenario
         if index < scenario.n_events:
             return True
-        if index >= 2 * scenario.n_events:
+        if index >= 3 * scenario.n_events:
             return False
         served_from = self.observer.switches[-1].served_from if self.observer.switches else None
         return served_from is None or index - served_from < scenario.tail_after_switch
@@ -372,8 +372,10 @@ class Demo:
             "--json",
         ]
         while True:
+            # One OpenMP thread: on a machine busy with five workers, a broker and MLflow, the
+            # trainer's spinning thread pool made a fit of a few hundred rows take half a minute.
             process = await asyncio.create_subprocess_exec(
-                *command, env={**os.environ, **self._service_env()},
+                *command, env={**os.environ, **self._service_env(), "OMP_NUM_THREADS": "1"},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             try:
