@@ -18,10 +18,11 @@ import pytest
 from river.drift import ADWIN
 from river.drift.binary import DDM
 
-from shared.events import FeatureEvent, LabeledPrediction, VariantOutput
+from shared.events import FeatureEvent, LabeledPrediction
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
 from tests.support.kafka import Record, consume_until, produce
 from tests.support.pipeline import Pipeline
+from tests.support.records import champion_labeled
 
 pytestmark = pytest.mark.integration
 
@@ -44,26 +45,16 @@ def _labeled(seed: int = 3) -> list[LabeledPrediction]:
         label = rng.random() < 0.5
         silent = i % 7 == 6
         wrong = not silent and rng.random() < (0.05 if i < CONCEPT_SWITCH else 0.5)
-        outcome = VariantOutput(
-            variant="champion",
-            role="champion",
-            served=True,
-            model_name="fraud",
-            model_version="1",
-            output=None if silent else label != wrong,
-        )
         records.append(
-            LabeledPrediction(
-                event_id=f"ev-{i}",
-                entity_id=f"u{i % 5}",
-                stream="pay",
-                deployment="fraud-dep",
-                features={},
-                outcomes=[outcome],
+            champion_labeled(
+                i,
+                output=None if silent else label != wrong,
                 label=label,
-                event_time=T0 + i,
-                label_time=T0 + i,
-                feedback_delay_s=0.0,
+                at=T0 + i,
+                model=("fraud", "1"),
+                deployment="fraud-dep",
+                stream="pay",
+                entities=5,
             )
         )
     return records

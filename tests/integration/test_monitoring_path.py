@@ -23,12 +23,13 @@ from typer.testing import CliRunner
 
 from services.cli import app as cli
 from services.drift.detectors import PSI
-from shared.events import FeatureEvent, LabeledPrediction, VariantOutput
+from shared.events import FeatureEvent, LabeledPrediction
 from shared.signing import verify
 from shared.topics import ALERTS, DEADLETTER, FEATURES, PREDICTIONS_LABELED
 from shared.webhooks import SIGNATURE_HEADER
 from tests.support.kafka import Record, consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
+from tests.support.records import champion_labeled
 from tests.support.webhook_server import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -55,26 +56,17 @@ def _concept_errors_and_predictions(n: int = 1300) -> tuple[list[int], list[Labe
     for i, (x, y) in enumerate(stream.take(n)):
         output = model.predict_one(x)
         errors.append(int(output != y))
-        outcome = VariantOutput(
-            variant="champion",
-            role="champion",
-            served=True,
-            model_name="sea",
-            model_version="3",
-            output=output,
-        )
         records.append(
-            LabeledPrediction(
-                event_id=f"ev-{i}",
-                entity_id=f"u{i % 7}",
-                stream="sea",
-                deployment="sea-dep",
-                features={f"x{k}": v for k, v in x.items()},
-                outcomes=[outcome],
+            champion_labeled(
+                i,
+                output=output,
                 label=y,
-                event_time=T0 + i,
-                label_time=T0 + i,
-                feedback_delay_s=0.0,
+                at=T0 + i,
+                model=("sea", "3"),
+                deployment="sea-dep",
+                stream="sea",
+                entities=7,
+                features={f"x{k}": v for k, v in x.items()},
             )
         )
     return errors, records

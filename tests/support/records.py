@@ -1,10 +1,11 @@
-"""Records the feedback tests send: a variant of the `fraud` deployment predicts one event."""
+"""Records tests send: a variant of the `fraud` deployment predicts one event (feedback tests);
+a champion's labeled answer (drift tests)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared.events import Prediction, VariantOutput
+from shared.events import FeatureValue, Label, LabeledPrediction, Prediction, VariantOutput
 
 
 def fraud_prediction(event_id: str, at: float, variant: str = "champion") -> Prediction:
@@ -25,4 +26,41 @@ def fraud_prediction(event_id: str, at: float, variant: str = "champion") -> Pre
         features={"amount": 2.5},
         latency_ms=1.0,
         event_time=datetime.fromtimestamp(at, UTC),
+    )
+
+
+def champion_labeled(
+    i: int,
+    *,
+    output: Label | None,
+    label: Label,
+    at: float,
+    model: tuple[str, str],
+    deployment: str,
+    stream: str,
+    entities: int,
+    features: dict[str, FeatureValue] | None = None,
+) -> LabeledPrediction:
+    """Event ``ev-<i>`` answered `output` by the champion (`model`: name and version) alone,
+    labeled `label` at its event time `at` (epoch seconds), from entity ``u<i % entities>``."""
+    name, version = model
+    outcome = VariantOutput(
+        variant="champion",
+        role="champion",
+        served=True,
+        model_name=name,
+        model_version=version,
+        output=output,
+    )
+    return LabeledPrediction(
+        event_id=f"ev-{i}",
+        entity_id=f"u{i % entities}",
+        stream=stream,
+        deployment=deployment,
+        features=features or {},
+        outcomes=[outcome],
+        label=label,
+        event_time=at,
+        label_time=at,
+        feedback_delay_s=0.0,
     )
