@@ -4,8 +4,10 @@ Stream declarations come from the compacted ``streams`` topic: the worker that o
 checks each one and stores it in a global table, which every worker reads through the table's
 changelog (a new declaration applies without a restart; a bad one is dead-lettered).
 
-Duplicate ids and windowed aggregates live in event-time tumbling windowed tables, partitioned
-like ``events.raw`` (by entity), so their state moves with the partitions.
+Duplicate ids and windowed aggregates are kept per ``events.raw`` partition (by entity) in
+memory, and each micro-batch's changes are saved as one record of the ``state_segments`` table
+(`services.ingestion.state`), partitioned like ``events.raw``, so the state moves with the
+partitions and a batch costs one changelog write, not several per event.
 """
 
 from __future__ import annotations
@@ -13,13 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from services.ingestion.logic import (
-    EventClock,
-    add_to_bucket,
     bucket_key,
-    bucket_times,
     check_declaration,
     dedup_key,
     parse_raw_event,
@@ -28,6 +27,7 @@ from services.ingestion.logic import (
     validate_features,
     window_features,
 )
+from services.ingestion.state import PartitionState
 from shared import metrics
 from shared import settings as cfg
 from shared.app import (
@@ -61,51 +61,59 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         name="stream_to_schema",
         agent="store_stream_declaration",
     )
-    clock = EventClock()
-    seen_event_ids = (
-        app.Table("seen_event_ids", default=bytes, value_type=bytes)
-        .tumbling(own.dedup_window_seconds, expires=2 * own.dedup_window_seconds)
-        .relative_to(clock)
-    )
-    bucket_seconds = own.aggregate_bucket_seconds
-    entity_field_buckets = (
-        app.Table("entity_field_buckets", default=bytes, value_type=bytes)
-        .tumbling(bucket_seconds, expires=own.aggregate_horizon_minutes * 60 + bucket_seconds)
-        .relative_to(clock)
-    )
+    segments = app.Table("state_segments", key_type=bytes, value_type=bytes)
+    states: dict[int, PartitionState] = {}
 
-    def value_at(table: faust.types.tables.WindowWrapperT, key: str, timestamp: float) -> bytes:
-        clock.timestamp = timestamp
-        return table[key].value()
+    def state_of(partition: int) -> PartitionState:
+        """The partition's state; rebuilt from its segments when the worker first meets it."""
+        state = states.get(partition)
+        if state is None:
+            state = states[partition] = PartitionState(
+                partition,
+                own.dedup_window_seconds,
+                own.aggregate_bucket_seconds,
+                own.aggregate_horizon_minutes * 60,
+            )
+            prefix = f"{partition}:".encode()
+            state.load((k.decode(), v) for k, v in segments.items() if k.startswith(prefix))
+        return state
 
-    def seen_before(raw: RawEvent, timestamp: float) -> bool:
-        """Whether the event id was seen in this window or the one before; remembers it."""
-        key = dedup_key(raw.stream, raw.event_id)
-        window = own.dedup_window_seconds
-        if value_at(seen_event_ids, key, timestamp) or value_at(
-            seen_event_ids, key, timestamp - window
-        ):
-            return True
-        clock.timestamp = timestamp
-        seen_event_ids[key] = b"1"
-        return False
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
+        """A partition may come back changed by another worker: rebuild it then."""
+        for tp in revoked:
+            if tp.topic == raw_topic.get_topic_name():
+                states.pop(tp.partition, None)
+
+    def save(state: PartitionState, event: EventT) -> None:
+        """Write the batch's segment and delete expired ones, in the changelog partition of
+        `event` (one of the batch's events of this partition)."""
+        with as_current_event(event):
+            sealed = state.seal()
+            if sealed is not None:
+                segments[sealed[0].encode()] = sealed[1]
+            for key in state.expire():
+                segments.pop(key.encode(), None)
 
     def aggregate(
-        raw: RawEvent, schema: StreamSchema, features: dict[str, FeatureValue], timestamp: float
+        state: PartitionState,
+        raw: RawEvent,
+        schema: StreamSchema,
+        features: dict[str, FeatureValue],
+        timestamp: float,
+        offset: int,
     ) -> dict[str, float]:
         """Add this event to its entity's buckets, then read every declared window."""
-        clock.timestamp = timestamp
         for field in {a.field for a in schema.aggregates if a.field in features}:
             key = bucket_key(raw.stream, raw.entity_id, field)
-            entity_field_buckets[key].apply(add_to_bucket, features[field])
+            state.add(key, timestamp, float(features[field]), offset)
         added: dict[str, float] = {}
         for spec in schema.aggregates:
             key = bucket_key(raw.stream, raw.entity_id, spec.field)
-            times = bucket_times(timestamp, spec.minutes, bucket_seconds)
-            added |= window_features(spec, (value_at(entity_field_buckets, key, t) for t in times))
+            added |= window_features(spec, *state.window(key, timestamp, spec.minutes))
         return added
 
-    def ingest(event: EventT) -> FeatureEvent | None:
+    def ingest(event: EventT, state: PartitionState) -> FeatureEvent | None:
         """One raw event's feature event (None for a duplicate); raises for a bad one."""
         message = event.message
         raw = parse_raw_event(message.value, message.topic, own.max_event_bytes)
@@ -114,27 +122,31 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         )
         features = validate_features(raw, schema)
         timestamp = raw.event_time.timestamp()
-        if seen_before(raw, timestamp):
+        if state.seen_before(dedup_key(raw.stream, raw.event_id), timestamp, message.offset):
             metrics.child(metrics.DUPLICATE_EVENTS, raw.stream).inc()
             return None
-        features |= aggregate(raw, schema, features, timestamp)
+        features |= aggregate(state, raw, schema, features, timestamp, message.offset)
         return to_feature_event(raw, features, message.topic)
 
     async def ingest_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
-        """Ingest each event of a micro-batch (its table writes under its own partition), then
-        hand the batch's feature events to the producer at once. Every failure is caught here,
-        per event: a batch run again would find its events' ids seen and drop them."""
+        """Ingest each event of a micro-batch against its partition's state, save one segment
+        per partition, then hand the batch's feature events to the producer at once. Every
+        failure is caught here, per event, so a batch is never run twice."""
         rejected: list[tuple[EventT, str]] = []
         records: list[tuple[bytes, bytes]] = []
+        last_of_partition: dict[int, EventT] = {}
         for event in events:
+            partition = event.message.partition
+            last_of_partition[partition] = event
             try:
-                with as_current_event(event):
-                    feature_event = ingest(event)
+                feature_event = ingest(event, state_of(partition))
             except Exception as exc:
                 rejected.append((event, failure_reason(event, exc)))
                 continue
             if feature_event is not None:
                 records.append((feature_event.entity_id.encode(), encode(feature_event)))
+        for partition, event in last_of_partition.items():
+            save(states[partition], event)
         await send_records(features_topic, SERVICE, records)
         return rejected
 

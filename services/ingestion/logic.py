@@ -3,15 +3,13 @@
 Validation checks a raw event against its stream's declaration (`StreamSchema`) and either returns
 its features or raises an error whose message is the dead-letter reason. The reason starts with
 the kind of fault (``missing field: ...``) so the dead-letter metric can be labelled by it.
-Windowed aggregates are kept in fixed event-time buckets (count and sum per bucket); a window is
-the sum of its buckets.
+Windowed aggregates are kept in fixed event-time buckets (count and sum per bucket, see
+`services.ingestion.state`); a window is the sum of its buckets.
 """
 
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Iterable
 
 from pydantic import ValidationError
 
@@ -26,8 +24,6 @@ from shared.events import (
     decode,
     describe_problem,
 )
-
-_BUCKET = struct.Struct("<dd")
 
 
 class UnknownStreamError(DriftlineError):
@@ -145,53 +141,16 @@ def aggregate_names(aggregate: WindowedAggregate) -> tuple[str, str]:
 
 
 def bucket_key(stream: str, entity_id: str, field: str) -> str:
-    """The windowed-table key of one entity's buckets for one field of one stream."""
+    """The key of one entity's aggregate buckets for one field of one stream."""
     return f"{stream}\x1f{entity_id}\x1f{field}"
 
 
 def dedup_key(stream: str, event_id: str) -> str:
-    """The dedup-table key: event ids are unique per stream."""
+    """The key an event id is remembered by: event ids are unique per stream."""
     return f"{stream}\x1f{event_id}"
 
 
-def add_to_bucket(stored: bytes, value: float) -> bytes:
-    """A bucket's bytes (count, sum) after one more value; empty bytes are an empty bucket."""
-    count, total = read_bucket(stored)
-    return _BUCKET.pack(count + 1, total + value)
-
-
-def read_bucket(stored: bytes) -> tuple[float, float]:
-    """(count, sum) of a bucket."""
-    return _BUCKET.unpack(stored) if stored else (0.0, 0.0)
-
-
-def bucket_times(event_time: float, minutes: int, bucket_seconds: int) -> list[float]:
-    """One time inside each bucket a window of `minutes` ending at `event_time` touches."""
-    n_buckets = math.ceil(minutes * 60 / bucket_seconds)
-    return [event_time - i * bucket_seconds for i in range(n_buckets)]
-
-
-def window_features(aggregate: WindowedAggregate, buckets: Iterable[bytes]) -> dict[str, float]:
-    """The aggregate's count and mean over its buckets (no mean while the count is 0)."""
+def window_features(aggregate: WindowedAggregate, count: float, total: float) -> dict[str, float]:
+    """The aggregate's count and mean from its window's count and sum (no mean while empty)."""
     count_name, mean_name = aggregate_names(aggregate)
-    count = total = 0.0
-    for stored in buckets:
-        bucket_count, bucket_total = read_bucket(stored)
-        count += bucket_count
-        total += bucket_total
     return {count_name: count, mean_name: total / count} if count else {count_name: 0.0}
-
-
-class EventClock:
-    """The event time the windowed tables are relative to; set before each table access.
-
-    Faust's ``relative_to_field`` needs a Faust record, but our values are raw bytes decoded by
-    pydantic, so the agent sets the parsed event time here and the tables read it.
-    """
-
-    def __init__(self) -> None:
-        self.timestamp = 0.0
-
-    def __call__(self, event: object = None) -> float:
-        """The current event time in epoch seconds (Faust's relative-time handler)."""
-        return self.timestamp

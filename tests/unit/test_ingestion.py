@@ -8,15 +8,11 @@ from typing import Any
 import pytest
 
 from services.ingestion.logic import (
-    EventClock,
     InvalidEventError,
     UnknownStreamError,
     WindowTooLongError,
-    add_to_bucket,
-    bucket_times,
     check_declaration,
     parse_raw_event,
-    read_bucket,
     stream_schema,
     validate_features,
     window_features,
@@ -109,24 +105,11 @@ def test_a_declaration_must_be_keyed_by_its_stream_and_be_consistent() -> None:
         )
 
 
-def test_buckets_add_up_to_a_windows_count_and_mean() -> None:
-    bucket = add_to_bucket(add_to_bucket(b"", 10.0), 20.0)
-    assert read_bucket(bucket) == (2.0, 30.0)
+def test_a_windows_features_are_its_count_and_mean() -> None:
     aggregate = WindowedAggregate(field="amount", minutes=10)
 
-    assert window_features(aggregate, [bucket, b"", add_to_bucket(b"", 30.0)]) == {
+    assert window_features(aggregate, 3.0, 60.0) == {
         "amount_count_10m": 3.0,
         "amount_mean_10m": 20.0,
     }
-    assert window_features(aggregate, [b""]) == {"amount_count_10m": 0.0}
-
-
-def test_a_window_reads_one_time_in_each_bucket_it_covers() -> None:
-    assert bucket_times(1000.0, minutes=3, bucket_seconds=60) == [1000.0, 940.0, 880.0]
-    assert len(bucket_times(1000.0, minutes=1, bucket_seconds=45)) == 2
-
-
-def test_event_clock_is_the_time_windowed_tables_read() -> None:
-    clock = EventClock()
-    clock.timestamp = 12.5
-    assert clock() == clock(object()) == 12.5
+    assert window_features(aggregate, 0.0, 0.0) == {"amount_count_10m": 0.0}

@@ -1,18 +1,20 @@
-"""Where the router's CPU goes: py-spy on a router worker draining a backlog.
+"""Where a service's CPU goes: py-spy on its worker draining a backlog.
 
-Runs the one-deployment router scenario (`loadtest.scenarios.router_deployments`) on a broker,
-records the router process with py-spy (100 Hz, collapsed stacks) during its maximum-rate phase
-only, and prints the share of samples in which each function is on the stack (inclusive), the
-largest first, plus the phase's rate and CPU seconds.
+Runs one single-worker scenario on a broker (the one-deployment router, or ingestion alone),
+records the worker with py-spy (100 Hz, collapsed stacks) during its maximum-rate phase only, and
+prints the share of samples in which each function is on the stack (inclusive), the largest
+first, plus the phase's rate and CPU seconds.
 
-    .venv/bin/python -m loadtest.profile_router --bootstrap 127.0.0.1:19492 --events 20000
+    .venv/bin/python -m loadtest.profile --bootstrap 127.0.0.1:19492 --service ingestion
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,15 +37,26 @@ def inclusive_shares(collapsed: str) -> tuple[int, Counter[str]]:
     return total, shares
 
 
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
+"""py-spy from the environment that runs this (a dev dependency; the venv need not be on PATH)."""
+
+SCENARIOS: dict[str, Callable[[scenarios.Context], Any]] = {
+    "router": lambda ctx: scenarios.router_deployments(ctx, 1),
+    "ingestion": scenarios.ingestion_alone,
+}
+
+
 def main(
     bootstrap: Annotated[str, typer.Option(help="Broker to run the scenario on.")],
-    events: Annotated[int, typer.Option(help="Backlog the router drains.")] = 20_000,
-    out: Annotated[Path, typer.Option(help="Collapsed stacks (py-spy raw).")] = Path(
-        ".driftline/bench/router-profile.txt"
-    ),
+    service: Annotated[str, typer.Option(help="router or ingestion.")] = "router",
+    events: Annotated[int, typer.Option(help="Backlog the worker drains.")] = 20_000,
+    out: Annotated[Path | None, typer.Option(help="Collapsed stacks (py-spy raw).")] = None,
     top: Annotated[int, typer.Option(help="Functions to print.")] = 60,
 ) -> None:
-    """Profile the router under a backlog and print where its time goes."""
+    """Profile one service under a backlog and print where its time goes."""
+    if service not in SCENARIOS:
+        raise typer.BadParameter(f"one of {', '.join(SCENARIOS)}", param_hint="--service")
+    out = out or Path(f".driftline/bench/{service}-profile.txt")
     out.parent.mkdir(parents=True, exist_ok=True)
     measured: dict[str, Any] = {}
     run_phase = harness.run_phase
@@ -53,7 +66,7 @@ def main(
             return run_phase(run, phase, rate, first)
         pid = run.workers[0].process.pid  # type: ignore[union-attr]
         spy = subprocess.Popen(
-            ["py-spy", "record", "-r", "100", "--format", "raw", "-o", str(out), "--pid", str(pid)],
+            [PY_SPY, "record", "-r", "100", "--format", "raw", "-o", str(out), "--pid", str(pid)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -68,7 +81,7 @@ def main(
     ctx = scenarios.Context(bootstrap, Path(".driftline/bench/profile").resolve(), sizes)
     scenarios.run_phase = profiled  # type: ignore[assignment]
     try:
-        scenarios.router_deployments(ctx, 1)
+        SCENARIOS[service](ctx)
     finally:
         scenarios.run_phase = run_phase
     total, shares = inclusive_shares(out.read_text())
