@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.types import TP
 
 from services.ingestion.app import build
 from shared.events import FeatureSpec, StreamSchema, WindowedAggregate, encode
@@ -52,10 +53,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
     return capture_sends(monkeypatch)
 
 
-def ingestion_app(tmp_path: Path) -> Any:
+def ingestion_app(tmp_path: Path, **own: Any) -> Any:
     app = build(
         DriftlineSettings(data_dir=tmp_path, topic_prefix="a."),
-        IngestionSettings(max_event_bytes=2_000),
+        IngestionSettings(max_event_bytes=2_000, **own),
     )
     fill_table(app, "stream_to_schema", {b"payments": encode(PAYMENTS)})
     return app
@@ -107,6 +108,23 @@ async def test_a_duplicate_event_id_is_dropped_once_seen(sent: SentRecords, tmp_
 
     assert [f["event_id"] for f in sent.values("a.features")] == ["d1", "d2"]
     assert sent.values("a.deadletter") == []
+
+
+async def test_a_revoked_partitions_state_is_rebuilt_from_its_saved_segments(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    app = ingestion_app(tmp_path, batch_max_events=1)  # each put is ingested before the next
+    async with agent_context(app, "validate_raw_event") as agent:
+        await agent.put(raw("r1", amount=10.0), key=b"u1")
+        await agent.put(raw("r2", amount=20.0), key=b"u1")
+        await app.on_partitions_revoked.send({TP("a.events.raw", 0)})
+        await agent.put(raw("r1", amount=99.0), key=b"u1")
+        await agent.put(raw("r3", amount=30.0), key=b"u1")
+
+    by_id = {f["event_id"]: f["features"] for f in sent.values("a.features")}
+    assert list(by_id) == ["r1", "r2", "r3"]
+    assert by_id["r3"]["amount_count_10m"] == 3.0
+    assert by_id["r3"]["amount_mean_10m"] == 20.0
 
 
 async def test_aggregates_cover_the_last_minutes_of_event_time_per_entity(
