@@ -42,6 +42,7 @@ def plan(sizes: scenarios.Sizes) -> list[Scenario]:
     return [
         scenarios.relay_ceiling,
         scenarios.forward_ceiling,
+        scenarios.forward_chain,
         scenarios.ingestion_alone,
         partial(scenarios.router_deployments, n_deployments=1),
         scenarios.prediction_path,

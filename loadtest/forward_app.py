@@ -29,11 +29,13 @@ class ForwardSettings(cfg.ServiceSettings):
     """Topic read, with its full name."""
     target: str = "bench.target"
     """Topic written, with its full name."""
+    name: str = "forward"
+    """App name (and so consumer group): forwarders in a chain need one each."""
 
 
 def build(common: cfg.DriftlineSettings, own: ForwardSettings) -> faust.App:
     """The forwarder app: one agent, no tables."""
-    app = create_app("forward", common, own)
+    app = create_app(own.name, common, own)
     partitions = common.topic_partitions
     source = app.topic(
         own.source, partitions=partitions, key_serializer="raw", value_serializer="raw"

@@ -123,27 +123,46 @@ def _children_cpu_s() -> float:
 
 
 def forward_ceiling(ctx: Context) -> dict[str, Any]:
-    """A bare Faust agent forwarding each event unchanged, one worker."""
-    run = ctx.run("forward")
+    """A bare Faust agent forwarding each event unchanged, one worker: the framework's rate
+    and one hop's latency."""
+    return _forward_chain(ctx, hops=1)
+
+
+def forward_chain(ctx: Context) -> dict[str, Any]:
+    """Two bare Faust forwarders in a row, one worker each: the framework's floor for a path of
+    two services (ingestion, router) on this machine."""
+    return _forward_chain(ctx, hops=2)
+
+
+def _forward_chain(ctx: Context, hops: int) -> dict[str, Any]:
+    run = ctx.run("forward" if hops == 1 else f"forward-x{hops}")
     workload = Workload(run=run.prefix)
-    source, target = run.prefix + "source", run.prefix + "target"
+    topics = [f"{run.prefix}hop-{i}" for i in range(hops + 1)]
+    names = ["forward"] + [f"forward-{i}" for i in range(1, hops)]
     try:
-        asyncio.run(create_plain_topics(ctx.bootstrap, [source, target], ctx.sizes.partitions))
-        run.spawn(
-            "forward",
-            argv=["-m", "loadtest.forward_app"],
-            DRIFTLINE_FORWARD_SOURCE=source,
-            DRIFTLINE_FORWARD_TARGET=target,
-        )
+        asyncio.run(create_plain_topics(ctx.bootstrap, topics, ctx.sizes.partitions))
+        for name, source, target in zip(names, topics, topics[1:], strict=False):
+            run.spawn(
+                "forward",
+                argv=["-m", "loadtest.forward_app"],
+                DRIFTLINE_FORWARD_NAME=name,
+                DRIFTLINE_FORWARD_SOURCE=source,
+                DRIFTLINE_FORWARD_TARGET=target,
+            )
         run.wait_ready()
         phase = Phase(
-            source,
+            topics[0],
             workload.raw_event,
             ctx.sizes.forward_events,
-            target,
-            groups={run.group("forward"): [source]},
+            topics[-1],
+            groups={run.group(name): [source] for name, source in zip(names, topics, strict=False)},
         )
-        return {"name": "forward", "startup_s": run.startup_s, "max": run_phase(run, phase, None)}
+        return {
+            "name": "forward" if hops == 1 else f"bare Faust forward, {hops} in a chain",
+            "workers": {"forward": hops},
+            "startup_s": run.startup_s,
+            **_max_then_latency(ctx, run, phase),
+        }
     finally:
         run.close()
 
