@@ -15,7 +15,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared import settings as cfg
-from shared.app import create_app
+from shared.app import create_app, run_worker
 
 
 class ForwardSettings(cfg.ServiceSettings):
@@ -55,7 +55,7 @@ def build(common: cfg.DriftlineSettings, own: ForwardSettings) -> faust.App:
 def main() -> None:
     """Run the forwarder's worker until stopped."""
     app = build(cfg.load(cfg.DriftlineSettings), cfg.load(ForwardSettings))
-    faust.Worker(app, loglevel="warn").execute_from_commandline()
+    run_worker(app, "warn")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import importlib.util
 import sys
 from typing import Annotated
 
-import faust
 import typer
 from rich.console import Console
 from threadpoolctl import threadpool_limits
@@ -22,6 +21,7 @@ from services.tools.retrain import register as register_retrain
 from services.tools.status import register as register_status
 from services.tools.trace import register as register_trace
 from shared import settings as cfg
+from shared.app import run_worker
 from shared.errors import DriftlineError
 from shared.localkafka import LocalKafka
 from shared.localmlflow import LocalMlflow
@@ -48,9 +48,7 @@ def _run_worker(service: str) -> None:
     common = cfg.load(cfg.DriftlineSettings)
     own = cfg.load(cfg.SERVICE_SETTINGS[service])
     module = importlib.import_module(f"services.{service}.app")
-    faust_app: faust.App = module.build(common, own)
-    worker = faust.Worker(faust_app, loglevel=_FAUST_LOGLEVEL[common.log_level])
-    worker.execute_from_commandline()
+    run_worker(module.build(common, own), _FAUST_LOGLEVEL[common.log_level])
 
 
 def _add_service_commands(service: str) -> None:

@@ -7,6 +7,7 @@ message becomes a dead letter with its reason instead of an exception inside Fau
 from __future__ import annotations
 
 import functools
+import gc
 import ssl
 import time
 import weakref
@@ -52,6 +53,18 @@ def _with_short_fetch_wait(create: Callable[..., Any]) -> Callable[..., Any]:
 AIOKafkaConsumerThread._create_worker_consumer = _with_short_fetch_wait(  # type: ignore[method-assign]
     AIOKafkaConsumerThread._create_worker_consumer
 )
+
+
+def run_worker(app: faust.App, loglevel: str) -> None:
+    """Run `app`'s Faust worker until it is stopped.
+
+    What exists by now (libraries, models, the app) is moved out of the garbage collector's
+    reach first: every full collection walked those objects, hundreds of thousands from MLflow,
+    pandas and River, and stalled a worker for ~190 ms, long enough to set its p99 latency.
+    """
+    gc.collect()
+    gc.freeze()
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 
 
 def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) -> faust.App:
