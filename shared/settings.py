@@ -118,6 +118,9 @@ class IngestionSettings(ServiceSettings):
     """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
     max_event_bytes: int = Field(default=1_000_000, ge=64)
     """Raw events larger than this are dead-lettered unread."""
+    max_future_seconds: float = Field(default=300.0, ge=0)
+    """Raw events stamped further ahead of the worker's clock are dead-lettered: one such event
+    would move its partition's event time on and age every window and seen id out of it."""
     dedup_window_seconds: int = Field(default=600, ge=1)
     """An event id seen again within this much event time (up to twice it) is a duplicate."""
     aggregate_bucket_seconds: int = Field(default=60, ge=1)

@@ -12,6 +12,7 @@ partitions and a batch costs one changelog write, not several per event.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import faust
@@ -21,6 +22,7 @@ from services.ingestion.logic import (
     bucket_key,
     check_declaration,
     dedup_key,
+    event_timestamp,
     parse_raw_event,
     stream_schema,
     to_feature_event,
@@ -121,7 +123,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
             stream_to_schema.get(raw.stream), raw.stream, own.aggregate_horizon_minutes
         )
         features = validate_features(raw, schema)
-        timestamp = raw.event_time.timestamp()
+        timestamp = event_timestamp(raw, time.time(), own.max_future_seconds)
         if state.seen_before(dedup_key(raw.stream, raw.event_id), timestamp, message.offset):
             metrics.child(metrics.DUPLICATE_EVENTS, raw.stream).inc()
             return None

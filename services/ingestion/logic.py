@@ -120,6 +120,20 @@ def _checked_value(spec: FeatureSpec, value: object, raw: RawEvent) -> FeatureVa
     return number
 
 
+def event_timestamp(raw: RawEvent, now: float, max_ahead_s: float) -> float:
+    """The event's time in epoch seconds; refused when it lies more than `max_ahead_s` after
+    `now` (a bad clock or a typo: the state's windows follow the newest event time)."""
+    timestamp = raw.event_time.timestamp()
+    if timestamp - now > max_ahead_s:
+        raise InvalidEventError(
+            "future event time",
+            raw,
+            f"{raw.event_time.isoformat()} is {timestamp - now:,.0f} s ahead of the ingestion "
+            f"worker's clock (at most {max_ahead_s:g} s, DRIFTLINE_INGESTION_MAX_FUTURE_SECONDS)",
+        )
+    return timestamp
+
+
 def to_feature_event(raw: RawEvent, features: dict[str, FeatureValue], topic: str) -> FeatureEvent:
     """The feature event for `raw` with its validated (and aggregated) features."""
     try:

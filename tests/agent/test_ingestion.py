@@ -76,6 +76,7 @@ async def test_each_bad_event_is_dead_lettered_with_its_reason_and_good_ones_flo
         raw("e7").replace(b"payments", b"refunds"): "unknown stream: 'refunds'",
         raw("e8", note="x" * 3_000): "oversized payload",
         raw("e9", online=1): "wrong type: event 'e9'",
+        raw("e10", minutes=60 * 24 * 365 * 100): "future event time: event 'e10'",
     }
     async with agent_context(app, "validate_raw_event") as agent:
         await agent.put(raw("g1"), key=b"u1")

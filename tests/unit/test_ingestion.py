@@ -12,6 +12,7 @@ from services.ingestion.logic import (
     UnknownStreamError,
     WindowTooLongError,
     check_declaration,
+    event_timestamp,
     parse_raw_event,
     stream_schema,
     validate_features,
@@ -103,6 +104,16 @@ def test_a_declaration_must_be_keyed_by_its_stream_and_be_consistent() -> None:
         StreamSchema(
             name="s", features=SCHEMA.features, aggregates=[{"field": "tier", "minutes": 1}]
         )
+
+
+def test_an_event_stamped_too_far_ahead_of_the_clock_is_refused() -> None:
+    event = raw()
+    stamped = event.event_time.timestamp()
+
+    assert event_timestamp(event, now=stamped - 300, max_ahead_s=300) == stamped
+    assert event_timestamp(event, now=stamped + 3600, max_ahead_s=0) == stamped  # late is fine
+    with pytest.raises(InvalidEventError, match=r"^future event time: .* 301 s ahead"):
+        event_timestamp(event, now=stamped - 301, max_ahead_s=300)
 
 
 def test_a_windows_features_are_its_count_and_mean() -> None:
