@@ -68,10 +68,11 @@ class RetrainJob:
         return len(self._accepted)
 
     def web_app(self) -> web.Application:
-        """``POST /retrain`` for the drift webhook and ``GET /health``."""
+        """``POST /retrain`` for the drift webhook, ``GET /health`` and ``GET /live``."""
         app = web.Application()
         app.router.add_post("/retrain", self.receive)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/live", self.live)
         return app
 
     async def start(self) -> None:
@@ -114,6 +115,11 @@ class RetrainJob:
     async def health(self, _: web.Request) -> web.Response:
         """Up, with how many alerts are accepted and not finished."""
         return web.json_response({"status": "ok", "pending": self.pending})
+
+    async def live(self, _: web.Request) -> web.Response:
+        """Liveness, as the workers' ``/live``: 200 whenever the event loop answers (training runs
+        in a thread, so it does during a retrain too)."""
+        return web.json_response({"status": "alive"})
 
     async def _work(self) -> None:
         while True:

@@ -228,3 +228,10 @@ async def test_the_job_answers_401_400_ignores_other_alerts_and_202_once_per_ale
     async with TestClient(TestServer(job.web_app())) as client:
         health = await (await client.get("/health")).json()
     assert health == {"status": "ok", "pending": 1}, "a repeated post is not queued again"
+
+
+async def test_the_job_answers_live_like_the_workers_for_the_liveness_probe() -> None:
+    job = RetrainJob(DriftlineSettings(), RetrainSettings())
+    async with TestClient(TestServer(job.web_app())) as client:
+        response = await client.get("/live")
+        assert (response.status, await response.json()) == (200, {"status": "alive"})
