@@ -322,3 +322,141 @@ DRIFTLINE_WEB_HOST: "0.0.0.0"
 DRIFTLINE_LOG_LEVEL: {{ .Values.settings.logLevel | quote }}
 DRIFTLINE_LOG_FORMAT: {{ .Values.settings.logFormat | quote }}
 {{- end }}
+
+{{/*
+A component's own variables: its web port and its `settings` map, as DRIFTLINE_<COMPONENT>_*
+(camelCase keys in snake case; lists and maps as JSON). Call with (dict "component" "<name>"
+"port" <port> "settings" <map>).
+*/}}
+{{- define "driftline.componentEnv" -}}
+- name: DRIFTLINE_{{ upper .component }}_WEB_PORT
+  value: {{ .port | quote }}
+{{- range $key, $value := .settings }}
+- name: DRIFTLINE_{{ upper $.component }}_{{ snakecase $key | upper }}
+  {{- if or (kindIs "slice" $value) (kindIs "map" $value) }}
+  value: {{ toJson $value | quote }}
+  {{- else }}
+  value: {{ $value | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Deployment of one long-running component: a service's worker or the retrain job. Call with
+(dict "root" $ "component" "<name>" "args" (list ...) "port" <web port> "resources" <map>
+"settings" <map>), and "replicas" <count> unless an HPA owns the count. Probes (`probes`):
+startup and readiness on /health, liveness on /live, which every component answers.
+*/}}
+{{- define "driftline.deployment" -}}
+{{- $root := .root }}
+{{- $labels := dict "root" $root "service" .component }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "driftline.fullname" $root }}-{{ .component }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "driftline.serviceLabels" $labels | nindent 4 }}
+spec:
+  {{- if hasKey . "replicas" }}
+  replicas: {{ .replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "driftline.serviceSelectorLabels" $labels | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  template:
+    metadata:
+      annotations:
+        checksum/settings: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+        {{- with $root.Values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      labels:
+        {{- include "driftline.serviceLabels" $labels | nindent 8 }}
+        {{- with $root.Values.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "driftline.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: {{ $root.Values.terminationGracePeriodSeconds }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "driftline.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args: [{{ join ", " .args }}]
+          {{- include "driftline.containerEnv" $root | nindent 10 }}
+            {{- include "driftline.componentEnv" . | nindent 12 }}
+          ports:
+            - name: http
+              containerPort: {{ .port }}
+              protocol: TCP
+          startupProbe:
+            {{- toYaml $root.Values.probes.startup | nindent 12 }}
+          readinessProbe:
+            {{- toYaml $root.Values.probes.readiness | nindent 12 }}
+          livenessProbe:
+            {{- toYaml $root.Values.probes.liveness | nindent 12 }}
+          resources:
+            {{- toYaml .resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "driftline.volumeMounts" $root | nindent 12 }}
+      volumes:
+        {{- include "driftline.volumes" $root | nindent 8 }}
+      {{- with $root.Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- range . }}
+        - {{ toYaml (merge (dict) . (dict "labelSelector" (dict "matchLabels" (include "driftline.serviceSelectorLabels" $labels | fromYaml)))) | nindent 10 | trim }}
+        {{- end }}
+      {{- end }}
+{{- end }}
+
+{{/*
+The ClusterIP Service of one component's web port; call with (dict "root" $ "component"
+"<name>" "port" <port>).
+*/}}
+{{- define "driftline.service" -}}
+{{- $labels := dict "root" .root "service" .component }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "driftline.fullname" .root }}-{{ .component }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "driftline.serviceLabels" $labels | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "driftline.serviceSelectorLabels" $labels | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ .port }}
+      targetPort: http
+      protocol: TCP
+{{- end }}
