@@ -9,15 +9,31 @@ resource and what is wrong.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from shared.settings import INSECURE_DEV_KEY, SERVICE_SETTINGS, env_variables
+from shared.settings import (
+    INSECURE_DEV_KEY,
+    SERVICE_SETTINGS,
+    RetrainSettings,
+    ServiceSettings,
+    env_variables,
+)
 from shared.topics import ALL_TOPICS
 
 Manifest = dict[str, Any]
+
+RETRAIN = "retrain"
+"""The webhook-triggered retrain job's component name: ``args: [retrain, serve]``."""
+COMPONENT_SETTINGS: dict[str, type[ServiceSettings]] = {
+    **SERVICE_SETTINGS,
+    RETRAIN: RetrainSettings,
+}
+"""Settings of every long-running component (the services' workers and the retrain job)."""
 
 TOPIC_SETTINGS = (
     "DRIFTLINE_KAFKA_BROKER",
@@ -111,14 +127,48 @@ def workloads(docs: list[Manifest]) -> list[tuple[Manifest, Manifest]]:
     return found
 
 
-def service_of(container: Manifest) -> str | None:
-    """The service a worker container runs (``args: [<service>, worker]``), else None."""
+def component_of(container: Manifest) -> str | None:
+    """The long-running component a container runs: a service's worker (``args: [<service>,
+    worker]``) or the retrain job (``[retrain, serve]``); None for ``topics create``."""
     args = container.get("args", [])
     if len(args) == 2 and args[1] == "worker":
         assert args[0] in SERVICE_SETTINGS, f"unknown service in args {args}"
         return args[0]
-    assert args == ["topics", "create"], f"a container runs neither a worker nor topics: {args}"
+    if args == [RETRAIN, "serve"]:
+        return RETRAIN
+    assert args == ["topics", "create"], (
+        f"a container runs neither a worker, the retrain job nor topics: {args}"
+    )
     return None
+
+
+def service_of(container: Manifest) -> str | None:
+    """The service a worker container runs (``args: [<service>, worker]``), else None."""
+    component = component_of(container)
+    return component if component in SERVICE_SETTINGS else None
+
+
+def selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        if operator == "Exists":
+            matched = key in labels
+        elif operator == "DoesNotExist":
+            matched = key not in labels
+        else:
+            assert operator in ("In", "NotIn"), f"unknown operator {operator}"
+            matched = (labels.get(key) in expression["values"]) == (operator == "In")
+        if not matched:
+            return False
+    return True
+
+
+def pod_labels(workload: Manifest) -> dict[str, str]:
+    """The labels of a workload's pods."""
+    return workload["spec"]["template"]["metadata"]["labels"]
 
 
 def settings_configmap(docs: list[Manifest]) -> dict[str, str]:
@@ -144,7 +194,7 @@ def check_workload(docs: list[Manifest], workload: Manifest, container: Manifest
     """Settings, Secrets, data directory and security of one Driftline workload."""
     where = name_of(workload)
     env = container_env(docs, container)
-    worker = service_of(container) is not None
+    worker = component_of(container) is not None
     for name in REQUIRED_SETTINGS if worker else TOPIC_SETTINGS:
         assert name in env, f"{where}: {name} is not set"
     for name in SECRET_SETTINGS:
@@ -180,10 +230,11 @@ def check_workload(docs: list[Manifest], workload: Manifest, container: Manifest
 
 
 def check_worker(docs: list[Manifest], deployment: Manifest, container: Manifest) -> str:
-    """A service's Deployment: its web port, start-up and readiness probes on /health, liveness on
-    /live, and its Service; returns the service's name."""
+    """A long-running component's Deployment (a service's worker or the retrain job): its web
+    port, start-up and readiness probes on /health, liveness on /live, and its Service; returns
+    the component's name."""
     where = name_of(deployment)
-    service = service_of(container)
+    service = component_of(container)
     assert service is not None, f"{where} runs no worker"
     env = container_env(docs, container)
     port_setting = f"DRIFTLINE_{service.upper()}_WEB_PORT"
@@ -268,15 +319,24 @@ def check_disruption_budgets(docs: list[Manifest]) -> None:
 
 
 def check_network_policy(docs: list[Manifest]) -> None:
-    """The NetworkPolicy covers every workload, lets the metrics port in and lets the pods
-    reach the Kafka bootstrap port and DNS."""
+    """One NetworkPolicy covers every workload, lets the metrics port in and lets the pods reach
+    the Kafka bootstrap port, MLflow and DNS; any other policy covers one component's pods only
+    (the retrain job's, checked by `check_retrain_job`)."""
     policies = of_kind(docs, "NetworkPolicy")
-    assert len(policies) == 1, f"expected one NetworkPolicy, found {len(policies)}"
-    spec = policies[0]["spec"]
-    selector = spec["podSelector"]["matchLabels"]
-    for workload, _ in workloads(docs):
-        labels = workload["spec"]["template"]["metadata"]["labels"]
-        assert selector.items() <= labels.items(), f"the NetworkPolicy misses {name_of(workload)}"
+    all_pods = [pod_labels(workload) for workload, _ in workloads(docs)]
+    covering = [
+        p for p in policies if all(selects(p["spec"]["podSelector"], pod) for pod in all_pods)
+    ]
+    assert len(covering) == 1, f"expected one NetworkPolicy for every pod, found {len(covering)}"
+    for policy in policies:
+        if policy is not covering[0]:
+            components = {
+                labels.get("app.kubernetes.io/component")
+                for labels in all_pods
+                if selects(policy["spec"]["podSelector"], labels)
+            }
+            assert len(components) == 1, f"{name_of(policy)} selects {components}"
+    spec = covering[0]["spec"]
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     assert [p["port"] for rule in spec["ingress"] for p in rule["ports"]] == ["http"]
     egress_ports = {p["port"] for rule in spec["egress"] for p in rule.get("ports", [])}
@@ -284,20 +344,26 @@ def check_network_policy(docs: list[Manifest]) -> None:
     for address in broker.split(","):
         port = int(address.rsplit(":", 1)[1])
         assert port in egress_ports, f"the NetworkPolicy blocks Kafka at {address}"
+    mlflow = urlsplit(settings_configmap(docs)["DRIFTLINE_MLFLOW_TRACKING_URI"])
+    mlflow_port = mlflow.port or (443 if mlflow.scheme == "https" else 80)
+    assert mlflow_port in egress_ports, f"the NetworkPolicy blocks MLflow at {mlflow.netloc}"
     assert 53 in egress_ports, "the NetworkPolicy blocks DNS"
 
 
 def check_service_monitor(docs: list[Manifest]) -> None:
-    """The ServiceMonitor scrapes /metrics on the http port of every Driftline Service."""
+    """The ServiceMonitor scrapes /metrics on the http port of every service's Service, and not
+    the retrain job's (it serves no /metrics)."""
     monitors = of_kind(docs, "ServiceMonitor")
     assert len(monitors) == 1
     spec = monitors[0]["spec"]
     assert monitors[0]["apiVersion"] == "monitoring.coreos.com/v1"
-    selector = spec["selector"]["matchLabels"]
-    services = [
-        s for s in of_kind(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
-    ]
-    assert len(services) == len(of_kind(docs, "Deployment")), "not every Service is scraped"
+    scraped = {
+        s["metadata"]["labels"].get("app.kubernetes.io/component")
+        for s in of_kind(docs, "Service")
+        if selects(spec["selector"], s["metadata"]["labels"])
+    }
+    services = {service_of(c) for _, c in workloads(docs)} - {None}
+    assert scraped == services, f"the ServiceMonitor scrapes {scraped}, not the services {services}"
     assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
     assert spec["endpoints"][0].get("honorLabels") is True, "the metrics' service label is lost"
 
@@ -320,3 +386,84 @@ def check_custom_kinds(docs: list[Manifest]) -> None:
         ):
             continue
         assert (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS, f"unchecked kind {name_of(doc)}"
+
+
+def check_retrain_job(docs: list[Manifest]) -> None:
+    """The retrain job: one replica of `driftline retrain serve` with no autoscaler, its own
+    settings only, a Service on its web port that the drift service's webhook URLs name, and, with
+    NetworkPolicies, a way in from the drift pods only and a way out to it from them."""
+    ((deployment, container),) = [(d, c) for d, c in workloads(docs) if component_of(c) == RETRAIN]
+    where = name_of(deployment)
+    assert deployment["spec"].get("replicas") == 1, f"{where}: one retrain at a time"
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["scaleTargetRef"]["name"] != deployment["metadata"]["name"], where
+    env = container_env(docs, container)
+    known = set(env_variables())
+    for name in env:
+        if name.startswith("DRIFTLINE_RETRAIN_"):
+            assert name in known, f"{where} sets {name}, which RetrainSettings does not read"
+    web_ports = [name for name in env if name.endswith("_WEB_PORT")]
+    assert web_ports == ["DRIFTLINE_RETRAIN_WEB_PORT"], f"{where}: web ports {web_ports}"
+    port = int(env["DRIFTLINE_RETRAIN_WEB_PORT"].value or 0)
+
+    labels = pod_labels(deployment)
+    services = [
+        s for s in of_kind(docs, "Service") if s["spec"]["selector"].items() <= labels.items()
+    ]
+    assert len(services) == 1, f"{where}: {len(services)} Services"
+    assert [p["port"] for p in services[0]["spec"]["ports"]] == [port], name_of(services[0])
+    url = f"http://{services[0]['metadata']['name']}:{port}/retrain"
+    ((drift, drift_container),) = [(d, c) for d, c in workloads(docs) if component_of(c) == "drift"]
+    drift_env = container_env(docs, drift_container)
+    assert "DRIFTLINE_DRIFT_WEBHOOK_URLS" in drift_env, f"{name_of(drift)}: no webhook URLs"
+    urls = json.loads(drift_env["DRIFTLINE_DRIFT_WEBHOOK_URLS"].value or "[]")
+    assert url in urls, f"{name_of(drift)}: DRIFTLINE_DRIFT_WEBHOOK_URLS {urls} misses {url}"
+
+    policies = of_kind(docs, "NetworkPolicy")
+    if policies:
+        check_retrain_network_policies(policies, labels, pod_labels(drift), port, docs)
+
+
+def check_retrain_network_policies(
+    policies: list[Manifest],
+    retrain: dict[str, str],
+    drift: dict[str, str],
+    port: int,
+    docs: list[Manifest],
+) -> None:
+    """The policies that select the retrain pods alone let in the drift pods only, on the job's
+    port; a policy that selects the drift pods lets them reach the retrain pods on that port."""
+    others = [pod_labels(d) for d, c in workloads(docs) if component_of(c) not in (None, "drift")]
+
+    def only_drift(peer: Manifest) -> bool:
+        return (
+            set(peer) == {"podSelector"}
+            and selects(peer["podSelector"], drift)
+            and not any(selects(peer["podSelector"], other) for other in others)
+        )
+
+    ingress = [
+        rule
+        for policy in policies
+        if selects(policy["spec"]["podSelector"], retrain)
+        and not selects(policy["spec"]["podSelector"], drift)
+        for rule in policy["spec"].get("ingress", [])
+    ]
+    assert ingress, "no NetworkPolicy lets the drift pods in to the retrain job"
+    for rule in ingress:
+        assert all(only_drift(peer) for peer in rule["from"]), f"retrain job: let in {rule}"
+        assert {p["port"] for p in rule["ports"]} <= {"http", port}, f"retrain job: {rule}"
+    egress = [
+        rule
+        for policy in policies
+        if selects(policy["spec"]["podSelector"], drift)
+        for rule in policy["spec"].get("egress", [])
+        if any(
+            "podSelector" in peer and selects(peer["podSelector"], retrain)
+            for peer in rule.get("to", [])
+        )
+    ]
+    assert egress, "no NetworkPolicy lets the drift pods reach the retrain job"
+    for rule in egress:
+        ports = {p["port"] for p in rule["ports"]}
+        assert ports == {port}, f"the drift pods reach the retrain job on {ports}, not {port}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.settings import SERVICE_SETTINGS, DriftlineSettings, env_variables
+from shared.settings import SERVICE_SETTINGS, DriftlineSettings, RetrainSettings, env_variables
 from shared.topics import ALL_TOPICS
 from tests.deploy import manifests as m
 from tests.deploy.conftest import CHART, KUBE_VERSION, ROOT, SCENARIOS, helm_template, run, tool
@@ -56,7 +56,10 @@ def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
     ]
     values = yaml.safe_load((CHART / "ci" / scenario).read_text()) or {}
     disabled = {s for s, v in values.get("services", {}).items() if v.get("enabled") is False}
-    assert sorted(services) == sorted(set(SERVICE_SETTINGS) - disabled)
+    retrain = {m.RETRAIN} if values.get("retrainJob", {}).get("enabled") else set()
+    assert sorted(services) == sorted(set(SERVICE_SETTINGS) - disabled | retrain)
+    if retrain:
+        m.check_retrain_job(docs)
     m.check_autoscalers(docs)
     m.check_disruption_budgets(docs)
     if m.of_kind(docs, "NetworkPolicy"):
@@ -81,6 +84,55 @@ def test_defaults_make_topics_with_the_job_and_generate_hmac_keys(
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert len(m.of_kind(docs, "Deployment")) == len(m.of_kind(docs, "HorizontalPodAutoscaler"))
     assert m.of_kind(docs, "NetworkPolicy") and not m.of_kind(docs, "KafkaTopic")
+    assert not [c for _, c in m.workloads(docs) if m.component_of(c) == m.RETRAIN], "opt-in"
+    assert not [s for s in m.of_kind(docs, "Service") if s["metadata"]["name"].endswith("retrain")]
+
+
+def _drift_webhook_urls(docs: list[m.Manifest]) -> list[str]:
+    (container,) = [c for _, c in m.workloads(docs) if m.service_of(c) == "drift"]
+    return json.loads(m.container_env(docs, container)["DRIFTLINE_DRIFT_WEBHOOK_URLS"].value or "")
+
+
+def test_retrain_job_runs_retrain_serve_with_its_settings_and_takes_the_drift_webhook(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["retrain-job-values.yaml"])
+    deployment = m.by_name(docs, "Deployment")["driftline-retrain"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["retrain", "serve"]
+    env = m.container_env(docs, container)
+    own = {name: v.value for name, v in env.items() if name.startswith("DRIFTLINE_RETRAIN_")}
+    assert own == {
+        "DRIFTLINE_RETRAIN_WEB_PORT": "6067",
+        "DRIFTLINE_RETRAIN_RETRY_EVERY_S": "120",
+        "DRIFTLINE_RETRAIN_RETRY_FOR_S": "7200",
+    }
+    assert set(own) <= set(env_variables())
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}
+    service = m.by_name(docs, "Service")["driftline-retrain"]
+    assert service["spec"]["ports"][0]["port"] == 6067
+    assert _drift_webhook_urls(docs) == ["http://driftline-retrain:6067/retrain"]
+    assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {
+        "driftline", "driftline-retrain", "driftline-drift-to-retrain"
+    }  # fmt: skip
+
+
+def test_the_retrain_url_joins_the_drift_webhook_urls_of_the_values(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["strimzi-sasl-values.yaml"])
+    assert _drift_webhook_urls(docs) == [
+        "https://ci.example.internal/hooks/retrain",
+        "http://driftline-retrain:6067/retrain",
+    ]
+    as_json = m.load_all(
+        helm_template(
+            "--set", "retrainJob.enabled=true,retrainJob.port=7000,fullnameOverride=dl",
+            "--set-string", 'services.drift.settings.webhookUrls=["https://ci/hook"]',
+        )
+    )  # fmt: skip
+    assert _drift_webhook_urls(as_json) == ["https://ci/hook", "http://dl-retrain:7000/retrain"]
+    m.check_retrain_job(as_json)
 
 
 def test_strimzi_scenario_has_every_topic_and_a_user_with_acls(
@@ -127,6 +179,10 @@ def test_a_user_without_prefix_gets_each_topic_by_name() -> None:
         ("kafka.securityProtocol=TLS", "/kafka/securityProtocol"),
         ("services.scorer.enabled=true", "'scorer' not allowed"),
         ("topics.partitions=0", "/topics/partitions"),
+        ("retrainJob.enabled=yes", "/retrainJob/enabled"),
+        ("retrainJob.replicas=2", "/retrainJob/replicas"),
+        ("retrainJob.port=0", "/retrainJob/port"),
+        ("retrainJob.trainer=x", "'trainer' not allowed"),
         (
             "strimzi.user.enabled=true,kafka.securityProtocol=SASL_SSL,strimzi.topics.enabled=true",
             "topicsJob.enabled=false",
@@ -152,6 +208,11 @@ def test_service_settings_in_values_are_settings_of_shared() -> None:
             for key in source.get("services", {}).get(service, {}).get("settings", {}):
                 snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
                 assert f"DRIFTLINE_{service.upper()}_{snake}" in known, f"{service}: {key}"
+    assert values["retrainJob"]["port"] == RetrainSettings.model_fields["web_port"].default
+    for source in [values, *scenario_values]:
+        for key in source.get("retrainJob", {}).get("settings", {}):
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
+            assert f"DRIFTLINE_RETRAIN_{snake}" in known, f"retrainJob: {key}"
 
 
 def test_every_value_is_documented() -> None:

@@ -460,3 +460,10 @@ spec:
       targetPort: http
       protocol: TCP
 {{- end }}
+
+{{/*
+Where the drift service posts alerts for the retrain job: its Service, in the release namespace.
+*/}}
+{{- define "driftline.retrainUrl" -}}
+{{- printf "http://%s-retrain:%d/retrain" (include "driftline.fullname" .) (int .Values.retrainJob.port) }}
+{{- end }}
