@@ -24,10 +24,10 @@ def test_manifests_agree_with_shared(
     m.check_no_dev_key(docs)
     for workload, container in m.workloads(docs):
         m.check_workload(docs, workload, container)
-    services = [m.check_worker(docs, d, c) for d, c in m.workloads(docs)]
-    assert sorted(services) == sorted(SERVICE_SETTINGS)
-    for service, cls in SERVICE_SETTINGS.items():
-        (deployment,) = [d for d, c in m.workloads(docs) if m.service_of(c) == service]
+    components = [m.check_worker(docs, d, c) for d, c in m.workloads(docs)]
+    assert sorted(components) == sorted(m.COMPONENT_SETTINGS)
+    for service, cls in m.COMPONENT_SETTINGS.items():
+        (deployment,) = [d for d, c in m.workloads(docs) if m.component_of(c) == service]
         env = m.container_env(docs, deployment["spec"]["template"]["spec"]["containers"][0])
         default = cls.model_fields["web_port"].default
         assert env[f"DRIFTLINE_{service.upper()}_WEB_PORT"].value == str(default)
@@ -36,6 +36,7 @@ def test_manifests_agree_with_shared(
     m.check_disruption_budgets(docs)
     m.check_network_policy(docs)
     m.check_service_monitor(docs)
+    m.check_retrain_job(docs)
     assert len(m.of_kind(docs, "PodDisruptionBudget")) == len(SERVICE_SETTINGS)
     assert len(m.of_kind(docs, "HorizontalPodAutoscaler")) == len(SERVICE_SETTINGS)
 
