@@ -170,6 +170,26 @@ def test_a_user_without_prefix_gets_each_topic_by_name() -> None:
     assert literal == {topic.name for topic in ALL_TOPICS}
 
 
+def test_whole_numbers_of_values_files_reach_the_settings_without_an_exponent() -> None:
+    """Values files give numbers as floats; 1000000 must not become "1e+06", which an integer
+    setting refuses."""
+    docs = m.load_all(
+        helm_template(
+            "--set", "retrainJob.enabled=true",
+            "--set-json", 'services.ingestion.settings={"maxEventBytes": 1000000}',
+            "--set-json", 'retrainJob.settings={"retryForS": 1000000, "retryEveryS": 0.5}',
+        )
+    )  # fmt: skip
+    env = {
+        name: variable.value
+        for _, container in m.workloads(docs)
+        for name, variable in m.container_env(docs, container).items()
+    }
+    assert env["DRIFTLINE_INGESTION_MAX_EVENT_BYTES"] == "1000000"
+    assert env["DRIFTLINE_RETRAIN_RETRY_FOR_S"] == "1000000"
+    assert env["DRIFTLINE_RETRAIN_RETRY_EVERY_S"] == "0.5"
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -325,8 +325,9 @@ DRIFTLINE_LOG_FORMAT: {{ .Values.settings.logFormat | quote }}
 
 {{/*
 A component's own variables: its web port and its `settings` map, as DRIFTLINE_<COMPONENT>_*
-(camelCase keys in snake case; lists and maps as JSON). Call with (dict "component" "<name>"
-"port" <port> "settings" <map>).
+(camelCase keys in snake case; lists and maps as JSON; whole numbers, which values files give as
+floats, without an exponent: 1000000, not 1e+06). Call with (dict "component" "<name>" "port"
+<port> "settings" <map>).
 */}}
 {{- define "driftline.componentEnv" -}}
 - name: DRIFTLINE_{{ upper .component }}_WEB_PORT
@@ -335,6 +336,8 @@ A component's own variables: its web port and its `settings` map, as DRIFTLINE_<
 - name: DRIFTLINE_{{ upper $.component }}_{{ snakecase $key | upper }}
   {{- if or (kindIs "slice" $value) (kindIs "map" $value) }}
   value: {{ toJson $value | quote }}
+  {{- else if and (kindIs "float64" $value) (eq $value (floor $value)) }}
+  value: {{ int64 $value | toString | quote }}
   {{- else }}
   value: {{ $value | toString | quote }}
   {{- end }}
