@@ -1,17 +1,28 @@
-"""The plain manifests of k8s/ (kustomize base and dev overlay) and their agreement with shared/."""
+"""The plain manifests of k8s/ (kustomize base and dev overlay) and their agreement with shared/.
+
+The retrain job is a kustomize Component (k8s/components/retrain-job), opt-in like the chart's
+``retrainJob.enabled``: the base renders without it, the dev overlay adds it.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from shared.settings import SERVICE_SETTINGS
+from shared.settings import SERVICE_SETTINGS, RetrainSettings
 from tests.deploy import manifests as m
-from tests.deploy.conftest import KUSTOMIZATIONS
+from tests.deploy.conftest import KUSTOMIZATIONS, ROOT, run, tool
 
 Load = Callable[[Path], list[m.Manifest]]
+
+RETRAIN_COMPONENT = ROOT / "k8s" / "components" / "retrain-job"
+WITH_RETRAIN_JOB = {"k8s/base": False, "k8s/overlays/dev": True}
+"""Whether each kustomization of conftest.KUSTOMIZATIONS adds the retrain job component."""
+RETRAIN_URL = f"http://driftline-retrain:{RetrainSettings.model_fields['web_port'].default}/retrain"
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
@@ -25,8 +36,9 @@ def test_manifests_agree_with_shared(
     for workload, container in m.workloads(docs):
         m.check_workload(docs, workload, container)
     components = [m.check_worker(docs, d, c) for d, c in m.workloads(docs)]
-    assert sorted(components) == sorted(m.COMPONENT_SETTINGS)
-    for service, cls in m.COMPONENT_SETTINGS.items():
+    expected = m.COMPONENT_SETTINGS if WITH_RETRAIN_JOB[folder] else SERVICE_SETTINGS
+    assert sorted(components) == sorted(expected)
+    for service, cls in expected.items():
         (deployment,) = [d for d, c in m.workloads(docs) if m.component_of(c) == service]
         env = m.container_env(docs, deployment["spec"]["template"]["spec"]["containers"][0])
         default = cls.model_fields["web_port"].default
@@ -36,7 +48,8 @@ def test_manifests_agree_with_shared(
     m.check_disruption_budgets(docs)
     m.check_network_policy(docs)
     m.check_service_monitor(docs)
-    m.check_retrain_job(docs)
+    if WITH_RETRAIN_JOB[folder]:
+        m.check_retrain_job(docs)
     assert len(m.of_kind(docs, "PodDisruptionBudget")) == len(SERVICE_SETTINGS)
     assert len(m.of_kind(docs, "HorizontalPodAutoscaler")) == len(SERVICE_SETTINGS)
 
@@ -54,3 +67,68 @@ def test_dev_overlay_keeps_topics_and_settings_in_step(
     assert m.settings_configmap(docs)["DRIFTLINE_TOPIC_REPLICATION_FACTOR"] == "1"
     assert {t["spec"]["replicas"] for t in m.of_kind(docs, "KafkaTopic")} == {1}
     assert {d["metadata"].get("namespace") for d in docs} == {"driftline-dev", None}
+
+
+def test_kustomizations_are_the_ones_checked() -> None:
+    assert set(WITH_RETRAIN_JOB) == set(KUSTOMIZATIONS)
+
+
+def _drift_webhook_urls(docs: list[m.Manifest]) -> list[str] | None:
+    (container,) = [c for _, c in m.workloads(docs) if m.service_of(c) == "drift"]
+    variable = m.container_env(docs, container).get("DRIFTLINE_DRIFT_WEBHOOK_URLS")
+    return None if variable is None else json.loads(variable.value or "")
+
+
+def test_base_leaves_the_retrain_job_out(kustomize_renderings: dict[str, Path], load: Load) -> None:
+    docs = load(kustomize_renderings["k8s/base"])
+    assert not [c for _, c in m.workloads(docs) if m.component_of(c) == m.RETRAIN], "opt-in"
+    assert not [d for d in docs if "retrain" in d["metadata"]["name"]]
+    assert _drift_webhook_urls(docs) is None, "drift posts to a job that is not there"
+    assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {"driftline"}
+
+
+def test_dev_overlay_adds_the_retrain_job_behind_the_drift_webhook(
+    kustomize_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(kustomize_renderings["k8s/overlays/dev"])
+    deployment = m.by_name(docs, "Deployment")["driftline-retrain"]
+    assert deployment["metadata"]["namespace"] == "driftline-dev"
+    assert deployment["spec"]["replicas"] == 1
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["retrain", "serve"]
+    drift = m.by_name(docs, "Deployment")["driftline-drift"]
+    assert container["image"] == drift["spec"]["template"]["spec"]["containers"][0]["image"]
+    service = m.by_name(docs, "Service")["driftline-retrain"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [
+        RetrainSettings.model_fields["web_port"].default
+    ]
+    assert _drift_webhook_urls(docs) == [RETRAIN_URL]
+    assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {
+        "driftline", "driftline-retrain", "driftline-drift-to-retrain"
+    }  # fmt: skip
+    m.check_retrain_job(docs)
+
+
+def test_the_retrain_job_component_adds_to_the_base_alone(tmp_path: Path, load: Load) -> None:
+    """What a production overlay does: the base plus the component, nothing of the dev overlay."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"resources:\n  - {os.path.relpath(ROOT / 'k8s' / 'base', overlay)}\n"
+        f"components:\n  - {os.path.relpath(RETRAIN_COMPONENT, overlay)}\n"
+    )
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(run([tool("kustomize"), "build", overlay]))
+    docs = load(rendered)
+    components = [m.check_worker(docs, d, c) for d, c in m.workloads(docs)]
+    assert sorted(components) == sorted(m.COMPONENT_SETTINGS)
+    for workload, container in m.workloads(docs):
+        m.check_workload(docs, workload, container)
+    images = {c["image"] for _, c in m.workloads(docs)}
+    assert len(images) == 1, f"the job's image differs from the base's: {images}"
+    m.check_network_policy(docs)
+    m.check_service_monitor(docs)
+    m.check_retrain_job(docs)
+    assert _drift_webhook_urls(docs) == [RETRAIN_URL]
