@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import SERVICE_SETTINGS, env_variables
+from shared.settings import SERVICE_SETTINGS, RetrainSettings, env_variables
 from tests.deploy.conftest import ROOT, run, tool
 from tests.deploy.manifests import REQUIRED_SETTINGS
 
@@ -23,20 +23,15 @@ def compose_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def resolved(*options: str, **env: str) -> dict[str, Any]:
+    """docker-compose.yml as `docker compose config` resolves it with the HMAC keys set."""
+    command = [tool("docker-compose"), "--file", ROOT / "docker-compose.yml", *options, "config"]
+    return json.loads(run([*command, "--format", "json"], env=compose_env(**KEYS, **env)))
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    out = run(
-        [
-            tool("docker-compose"),
-            "--file",
-            ROOT / "docker-compose.yml",
-            "config",
-            "--format",
-            "json",
-        ],
-        env=compose_env(**KEYS),
-    )
-    return json.loads(out)
+    return resolved()
 
 
 def test_compose_needs_the_hmac_keys() -> None:
@@ -73,6 +68,28 @@ def test_every_variable_is_a_setting(compose: dict[str, Any]) -> None:
         for variable in spec.get("environment", {}):
             if variable.startswith("DRIFTLINE_"):
                 assert variable in known, f"{name} sets {variable}, unknown to shared/settings.py"
+
+
+def test_the_retrain_job_runs_only_in_its_profile_behind_the_drift_webhook(
+    compose: dict[str, Any],
+) -> None:
+    assert "retrain" not in compose["services"]
+    assert compose["services"]["drift"]["environment"]["DRIFTLINE_DRIFT_WEBHOOK_URLS"] == "[]"
+
+    url = "http://retrain:6067/retrain"
+    services = resolved("--profile", "retrain", DRIFTLINE_DRIFT_WEBHOOK_URLS=json.dumps([url]))[
+        "services"
+    ]
+
+    job = services["retrain"]
+    assert job["command"] == ["retrain", "serve"]
+    assert job["image"] == services["drift"]["image"]
+    port = job["environment"]["DRIFTLINE_RETRAIN_WEB_PORT"]
+    assert port == str(RetrainSettings.model_fields["web_port"].default)
+    assert f":{port}/" in url
+    for name in REQUIRED_SETTINGS:
+        assert name in job["environment"], f"retrain: {name} is not set"
+    assert json.loads(services["drift"]["environment"]["DRIFTLINE_DRIFT_WEBHOOK_URLS"]) == [url]
 
 
 def test_one_image_built_once_runs_every_service(compose: dict[str, Any]) -> None:
