@@ -106,24 +106,25 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         offset: int,
     ) -> dict[str, float]:
         """Add this event to its entity's buckets, then read every declared window."""
-        for field in {a.field for a in schema.aggregates if a.field in features}:
-            key = bucket_key(raw.stream, raw.entity_id, field)
-            state.add(key, timestamp, float(features[field]), offset)
+        keys = {a.field: bucket_key(raw.stream, raw.entity_id, a.field) for a in schema.aggregates}
+        for field, key in keys.items():
+            if field in features:
+                state.add(key, timestamp, float(features[field]), offset)
         added: dict[str, float] = {}
         for spec in schema.aggregates:
-            key = bucket_key(raw.stream, raw.entity_id, spec.field)
-            added |= window_features(spec, *state.window(key, timestamp, spec.minutes))
+            added |= window_features(spec, *state.window(keys[spec.field], timestamp, spec.minutes))
         return added
 
-    def ingest(event: EventT, state: PartitionState) -> FeatureEvent | None:
-        """One raw event's feature event (None for a duplicate); raises for a bad one."""
+    def ingest(event: EventT, state: PartitionState, now: float) -> FeatureEvent | None:
+        """One raw event's feature event (None for a duplicate); raises for a bad one. `now` is
+        the wall clock its event time may run ahead of by `max_future_seconds` at most."""
         message = event.message
         raw = parse_raw_event(message.value, message.topic, own.max_event_bytes)
         schema = stream_schema(
             stream_to_schema.get(raw.stream), raw.stream, own.aggregate_horizon_minutes
         )
         features = validate_features(raw, schema)
-        timestamp = event_timestamp(raw, time.time(), own.max_future_seconds)
+        timestamp = event_timestamp(raw, now, own.max_future_seconds)
         if state.seen_before(dedup_key(raw.stream, raw.event_id), timestamp, message.offset):
             metrics.child(metrics.DUPLICATE_EVENTS, raw.stream).inc()
             return None
@@ -137,11 +138,12 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         rejected: list[tuple[EventT, str]] = []
         records: list[tuple[bytes, bytes]] = []
         last_of_partition: dict[int, EventT] = {}
+        now = time.time()
         for event in events:
             partition = event.message.partition
             last_of_partition[partition] = event
             try:
-                feature_event = ingest(event, state_of(partition))
+                feature_event = ingest(event, state_of(partition), now)
             except Exception as exc:
                 rejected.append((event, failure_reason(event, exc)))
                 continue

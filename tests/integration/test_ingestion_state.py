@@ -4,6 +4,7 @@ from it (a resent id is still a duplicate, a window still counts the events befo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -34,7 +35,7 @@ def raw(event_id: str, amount: float) -> tuple[str, bytes]:
     return "u1", orjson.dumps(event)
 
 
-def has_event(topic: str, event_id: str):  # type: ignore[no-untyped-def]
+def has_event(topic: str, event_id: str) -> Callable[[list[Record]], bool]:
     return lambda records: any(
         r.topic == topic and r.json()["event_id"] == event_id for r in records
     )
