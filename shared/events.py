@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import uuid
 from datetime import UTC, datetime
@@ -69,8 +70,28 @@ def utc_now() -> datetime:
 
 
 def new_id() -> str:
-    """A fresh random identifier for records Driftline creates."""
+    """A fresh random identifier, for records that are decisions rather than effects of an input
+    (an operator's or the policy's promotion decision)."""
     return uuid.uuid4().hex
+
+
+_DERIVED_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://driftline.dev/ids")
+
+
+def derived_id(kind: str, *parts: str | int) -> str:
+    """A stable identifier for an effect, derived from what caused it (a name-based UUID 5 over
+    `kind` and `parts`): a replay after a crash produces the id its first run did, in any
+    process, so every consumer can recognise what it has already applied.
+
+    Examples
+    --------
+    >>> derived_id("alert", "data:pay:amount", 12) == derived_id("alert", "data:pay:amount", 12)
+    True
+    >>> derived_id("alert", "a", "b") == derived_id("alert", "ab")
+    False
+
+    """
+    return uuid.uuid5(_DERIVED_IDS, json.dumps([kind, *parts], separators=(",", ":"))).hex
 
 
 class Event(BaseModel):
@@ -120,10 +141,25 @@ class VariantOutput(BaseModel):
     moves as it learns; monitors follow the model, not each snapshot."""
 
 
+def prediction_id_for(event_id: str, deployment: str, outcome: VariantOutput) -> str:
+    """The id of a variant's prediction for an event: from the event id, the deployment's
+    variant and the model (name and version) that answered. The deployment is part of it because
+    two deployments of one stream may both name a variant ``champion``."""
+    return derived_id(
+        "prediction",
+        event_id,
+        deployment,
+        outcome.variant,
+        outcome.model_name,
+        outcome.model_version,
+    )
+
+
 class Prediction(Event):
     """A variant's prediction on ``predictions``, keyed by event id (the feedback join key)."""
 
-    prediction_id: Identifier = Field(default_factory=new_id)
+    prediction_id: Identifier
+    """`prediction_id_for` its event, deployment and answer: a replay yields the same id."""
     event_id: Identifier
     entity_id: Identifier
     stream: Identifier
@@ -182,10 +218,21 @@ class DataWindow(BaseModel):
     from there and keeping events with ``event_time >= start_time`` misses none."""
 
 
+def alert_id_for(
+    key: str, deployment: str | None, detector: str, level: str, position: int
+) -> str:
+    """The id of a detector's finding: from what drifted (`key`, and for concept drift the
+    deployment, since one model version may serve several, each with its own detector), the
+    detector, the level and the 1-based position of the firing value in the key's stream."""
+    return derived_id("alert", key, deployment or "", detector, level, position)
+
+
 class DriftAlert(Event):
     """A detector's finding on ``alerts``, keyed by `key` (what drifted)."""
 
-    alert_id: Identifier = Field(default_factory=new_id)
+    alert_id: Identifier
+    """`alert_id_for` its key, deployment, detector, level and position: a detector replayed
+    after a crash re-fires with the same id, so receivers act on it once."""
     kind: Literal["data", "concept"]
     level: Literal["warning", "drift"]
     key: Identifier

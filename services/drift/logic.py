@@ -26,7 +26,14 @@ from river import stats
 
 from services.drift.detectors import Detector
 from shared.errors import DriftlineError
-from shared.events import DataWindow, DriftAlert, FeatureEvent, Label, VariantOutput
+from shared.events import (
+    DataWindow,
+    DriftAlert,
+    FeatureEvent,
+    Label,
+    VariantOutput,
+    alert_id_for,
+)
 
 Level = Literal["warning", "drift"]
 Estimate = Literal["detector_window", "warning_start", "alert_position"]
@@ -362,6 +369,13 @@ class Monitor:
             latest.update(value)
         after = {**(_summary(latest) if latest.mean.n else {}), **self.detector.stats()}
         alert = DriftAlert(
+            alert_id=alert_id_for(
+                self.subject["key"],
+                self.subject.get("deployment"),
+                self.detector.name,
+                level,
+                self.n_seen,
+            ),
             **self.subject,
             level=level,
             detector=self.detector.name,

@@ -24,6 +24,7 @@ from shared.events import (
     RoutingRule,
     Variant,
     VariantOutput,
+    prediction_id_for,
 )
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -104,22 +105,25 @@ def prediction_for(
     answer: Answer,
     latency_ms: float,
 ) -> Prediction:
-    """The prediction record of one variant's answer."""
+    """The prediction record of one variant's answer, with the id a replay of the event
+    (same variant, same model version) gives again."""
+    outcome = VariantOutput(
+        variant=variant.name,
+        role=variant.role,
+        served=served,
+        model_name=answer.model_name,
+        model_version=answer.version,
+        output=answer.output,
+        probabilities=answer.probabilities,
+        online=variant.model_uri.startswith(ONLINE_PREFIX),
+    )
     return Prediction(
+        prediction_id=prediction_id_for(event.event_id, deployment.name, outcome),
         event_id=event.event_id,
         entity_id=event.entity_id,
         stream=event.stream,
         deployment=deployment.name,
-        outcome=VariantOutput(
-            variant=variant.name,
-            role=variant.role,
-            served=served,
-            model_name=answer.model_name,
-            model_version=answer.version,
-            output=answer.output,
-            probabilities=answer.probabilities,
-            online=variant.model_uri.startswith(ONLINE_PREFIX),
-        ),
+        outcome=outcome,
         features=event.features,
         latency_ms=latency_ms,
         event_time=event.event_time,

@@ -25,6 +25,7 @@ from shared.events import (
     Variant,
     VariantOutput,
     encode,
+    prediction_id_for,
     utc_now,
 )
 from shared.localkafka import LocalKafka
@@ -64,14 +65,16 @@ async def test_plain_aiokafka_client_round_trips(pipeline: Pipeline) -> None:
 
 
 def _prediction(event_id: str) -> Prediction:
+    outcome = VariantOutput(
+        variant="v", role="champion", served=True, model_name="m", model_version="1", output=1
+    )
     return Prediction(
+        prediction_id=prediction_id_for(event_id, "d", outcome),
         event_id=event_id,
         entity_id="e1",
         stream="s",
         deployment="d",
-        outcome=VariantOutput(
-            variant="v", role="champion", served=True, model_name="m", model_version="1", output=1
-        ),
+        outcome=outcome,
         features={"x": 1.0},
         latency_ms=1.0,
         event_time=utc_now(),

@@ -5,24 +5,33 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared.events import FeatureValue, Label, LabeledPrediction, Prediction, VariantOutput
+from shared.events import (
+    FeatureValue,
+    Label,
+    LabeledPrediction,
+    Prediction,
+    VariantOutput,
+    prediction_id_for,
+)
 
 
 def fraud_prediction(event_id: str, at: float, variant: str = "champion") -> Prediction:
     """`variant`'s prediction for `event_id`, with event time `at` (epoch seconds)."""
+    outcome = VariantOutput(
+        variant=variant,
+        role="champion" if variant == "champion" else "shadow",
+        served=variant == "champion",
+        model_name="fraud-model",
+        model_version="3",
+        output=True,
+    )
     return Prediction(
+        prediction_id=prediction_id_for(event_id, "fraud", outcome),
         event_id=event_id,
         entity_id="u1",
         stream="payments",
         deployment="fraud",
-        outcome=VariantOutput(
-            variant=variant,
-            role="champion" if variant == "champion" else "shadow",
-            served=variant == "champion",
-            model_name="fraud-model",
-            model_version="3",
-            output=True,
-        ),
+        outcome=outcome,
         features={"amount": 2.5},
         latency_ms=1.0,
         event_time=datetime.fromtimestamp(at, UTC),

@@ -5,6 +5,7 @@ computed."""
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from datetime import UTC, datetime
 
@@ -30,7 +31,7 @@ from services.drift.logic import (
     task_of,
     with_offsets,
 )
-from shared.events import DriftAlert, FeatureEvent, VariantOutput
+from shared.events import DriftAlert, FeatureEvent, VariantOutput, alert_id_for
 
 T0 = 1_780_000_000.0
 SOURCE = "p.features"
@@ -113,6 +114,21 @@ def test_alert_carries_what_drifted_and_the_detector() -> None:
     assert alert.params == {"delta": 0.01}
     assert alert.event_time == _at(alert.position - 1)
     assert set(alert.stats_before) == {"n", "mean", "std", "estimation"}
+
+
+def test_a_detector_replayed_from_its_saved_state_fires_with_the_same_alert_ids() -> None:
+    values = _values(1, (300, 700), 1000)
+    saved = _monitor(Detector("adwin", {"delta": 0.01}))
+    first = _feed(saved, values[:250])
+    replica = pickle.loads(pickle.dumps(saved))  # the state a crashed worker recovers
+    findings, replayed = _feed(saved, values[250:]), _feed(replica, values[250:])
+    alerts = [f.alert for f in first + findings]
+
+    assert [a.alert_id for a in alerts[len(first) :]] == [f.alert.alert_id for f in replayed]
+    assert len(alerts) > 1 and len({a.alert_id for a in alerts}) == len(alerts)
+    assert all(
+        a.alert_id == alert_id_for(a.key, None, a.detector, a.level, a.position) for a in alerts
+    )
 
 
 def _fires(detector: ADWIN, value: float) -> bool:
@@ -334,7 +350,7 @@ def test_errors_for_classes_and_for_regression() -> None:
 
 def test_webhook_levels_pick_alerts_and_escalated_means_escalated_only() -> None:
     subject = feature_subject("pay", "amount")
-    base = {**subject, "detector": "ADWIN", "position": 1, "event_time": T0}
+    base = {**subject, "detector": "ADWIN", "position": 1, "event_time": T0, "alert_id": "a"}
     warning = DriftAlert(**base, level="warning")
     drift = DriftAlert(**base, level="drift")
     escalated = DriftAlert(**base, level="drift", escalated=True)

@@ -8,7 +8,17 @@ import orjson
 import pytest
 
 from shared.errors import EventDecodeError
-from shared.events import DeadLetter, FeatureEvent, RawEvent, decode, encode
+from shared.events import (
+    DeadLetter,
+    FeatureEvent,
+    RawEvent,
+    VariantOutput,
+    alert_id_for,
+    decode,
+    derived_id,
+    encode,
+    prediction_id_for,
+)
 
 
 def _raw(**overrides: object) -> bytes:
@@ -66,3 +76,50 @@ def test_dead_letter_keeps_original_bytes_exactly() -> None:
         key=b"k", value=original,
     )  # fmt: skip
     assert decode(DeadLetter, encode(letter), "deadletter").value == original
+
+
+def _answer(variant: str = "champion", version: str = "3", model: str = "fraud") -> VariantOutput:
+    return VariantOutput(
+        variant=variant,
+        role="champion" if variant == "champion" else "shadow",
+        served=variant == "champion",
+        model_name=model,
+        model_version=version,
+        output=True,
+    )
+
+
+def test_a_prediction_id_is_the_same_for_a_replay_and_differs_by_variant_and_version() -> None:
+    first = prediction_id_for("ev-1", "fraud", _answer())
+
+    assert first == prediction_id_for("ev-1", "fraud", _answer().model_copy(update={"output": 0}))
+    others = [
+        prediction_id_for("ev-2", "fraud", _answer()),
+        prediction_id_for("ev-1", "fraud", _answer(variant="shadow")),
+        prediction_id_for("ev-1", "fraud", _answer(version="4")),
+        prediction_id_for("ev-1", "fraud", _answer(model="other")),
+        prediction_id_for("ev-1", "loans", _answer()),
+    ]
+    assert len({first, *others}) == 1 + len(others)
+
+
+def test_an_alert_id_is_the_same_for_a_replay_and_differs_by_position_level_and_key() -> None:
+    first = alert_id_for("data:pay:amount", None, "ADWIN", "drift", 412)
+
+    assert first == alert_id_for("data:pay:amount", None, "ADWIN", "drift", 412)
+    others = [
+        alert_id_for("data:pay:amount", None, "ADWIN", "drift", 413),
+        alert_id_for("data:pay:amount", None, "ADWIN", "warning", 412),
+        alert_id_for("data:pay:fee", None, "ADWIN", "drift", 412),
+        alert_id_for("data:pay:amount", None, "KSWIN", "drift", 412),
+        alert_id_for("concept:m:1", "loans", "DDM", "drift", 412),
+        alert_id_for("concept:m:1", "fraud", "DDM", "drift", 412),
+    ]
+    assert len({first, *others}) == 1 + len(others)
+
+
+def test_derived_ids_keep_their_parts_apart_and_are_valid_identifiers() -> None:
+    assert derived_id("alert", "a", "b") != derived_id("alert", "ab")
+    assert derived_id("alert", "a", 1) != derived_id("alert", "a", "1")
+    assert derived_id("alert", "x") != derived_id("prediction", "x")
+    assert len(derived_id("alert", "x")) == 32

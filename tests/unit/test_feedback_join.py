@@ -14,27 +14,31 @@ from services.feedback.logic import (
     JoinState,
     Origin,
 )
-from shared.events import Feedback, Prediction, VariantOutput
+from shared.events import Feedback, Prediction, VariantOutput, prediction_id_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 JOINER = Joiner(JoinPolicy(prediction_ttl_s=100, early_feedback_ttl_s=10, remember_s=50), "test")
 ORIGIN = Origin(topic="feedback", partition=0, offset=7, key=b"e1", value=b"{}")
 
 
-def prediction(event_id: str = "e1", variant: str = "champion", at: float = T0) -> Prediction:
+def prediction(
+    event_id: str = "e1", variant: str = "champion", at: float = T0, version: str = "1"
+) -> Prediction:
+    outcome = VariantOutput(
+        variant=variant,
+        role="champion" if variant == "champion" else "shadow",
+        served=variant == "champion",
+        model_name=f"model-{variant}",
+        model_version=version,
+        output=True,
+    )
     return Prediction(
+        prediction_id=prediction_id_for(event_id, "fraud", outcome),
         event_id=event_id,
         entity_id="u1",
         stream="payments",
         deployment="fraud",
-        outcome=VariantOutput(
-            variant=variant,
-            role="champion" if variant == "champion" else "shadow",
-            served=variant == "champion",
-            model_name=f"model-{variant}",
-            model_version="1",
-            output=True,
-        ),
+        outcome=outcome,
         features={"amount": 1.0},
         latency_ms=1.0,
         event_time=datetime.fromtimestamp(at, UTC),

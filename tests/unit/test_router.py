@@ -117,6 +117,24 @@ def test_a_prediction_says_whether_an_online_model_answered() -> None:
     assert flags == [False, True]
 
 
+def test_a_replayed_event_gets_the_prediction_id_it_got_before() -> None:
+    champion, shadow = DEPLOYMENT.variants[0], DEPLOYMENT.variants[-1]
+    answer = Answer("fraud", "3", True, None)
+    first = prediction_for(event(), DEPLOYMENT, champion, True, answer, 1.0)
+    replay = prediction_for(event(), DEPLOYMENT, champion, True, answer, 7.0)
+
+    assert first.prediction_id == replay.prediction_id
+    assert (
+        first.prediction_id
+        != prediction_for(event(), DEPLOYMENT, shadow, False, answer, 1.0).prediction_id
+    )
+    newer = Answer("fraud", "4", True, None)
+    assert (
+        first.prediction_id
+        != prediction_for(event(), DEPLOYMENT, champion, True, newer, 1.0).prediction_id
+    )
+
+
 def test_index_follows_updates_moves_and_deletions_by_stream() -> None:
     index = DeploymentIndex.empty()
     index.apply("fraud", DEPLOYMENT)
