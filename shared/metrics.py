@@ -103,6 +103,11 @@ DUPLICATE_FEEDBACK = Counter(
     "driftline_duplicate_feedback_total",
     "Feedback for an event that was already labeled: applied once, the repeat dropped.",
 )
+DUPLICATE_PREDICTIONS = Counter(
+    "driftline_duplicate_predictions_total",
+    "Predictions for a variant the join already holds for their event (a router replay re-sends"
+    " the same prediction id): applied once, the repeat dropped.",
+)
 LABELED_PREDICTIONS = Counter(
     "driftline_labeled_predictions_total",
     "Labeled predictions the feedback joiner produced, by deployment.",

@@ -76,6 +76,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> faust.App
             await dead_letters.send_letter(letter)
         if outcome.duplicate_feedback:
             metrics.DUPLICATE_FEEDBACK.inc(outcome.duplicate_feedback)
+        if outcome.duplicate_predictions:
+            metrics.DUPLICATE_PREDICTIONS.inc(outcome.duplicate_predictions)
 
     def store(key: bytes, state: JoinState | None) -> None:
         if state is not None:
@@ -109,7 +111,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> faust.App
         partition = message.partition
         if message.topic == predictions_name:
             prediction = decode(Prediction, message.value, message.topic)
-            now = max(watermark(partition) or 0.0, prediction.event_time.timestamp())
+            known, stamp = watermark(partition), prediction.event_time.timestamp()
+            # no floor at 0: events stamped before 1970 (yearly series) have negative times
+            now = stamp if known is None else max(known, stamp)
             watermarks[partition] = now
             key = prediction.event_id.encode()
             state = _state(event_to_join.get(key))

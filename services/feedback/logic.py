@@ -17,7 +17,9 @@ happens to it next:
 Every (event, deployment, variant) is emitted at most once: the router writes one prediction per
 variant of every deployment of the stream, all keyed by event id, so they share a partition with
 the feedback, and any of them may come after the label. A label joins one labeled record per
-deployment (it is keyed by deployment downstream).
+deployment (it is keyed by deployment downstream). A prediction for a variant the event already
+had (a router replay after a crash re-sends its predictions with the same ids) is counted as a
+duplicate and dropped, so a labeled record's identity is (event id, deployment variant).
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class Outcome:
     """Predictions that expired without feedback (counted per model)."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicate_feedback: int = 0
+    duplicate_predictions: int = 0
+    """Predictions of a variant the event already had: a router replay re-sends each prediction
+    with its id (`shared.events.prediction_id_for`), and the join applies each variant once."""
 
     def merge(self, other: Outcome) -> None:
         """Add another step's outcome to this one."""
@@ -103,6 +108,7 @@ class Outcome:
         self.expired += other.expired
         self.dead_letters += other.dead_letters
         self.duplicate_feedback += other.duplicate_feedback
+        self.duplicate_predictions += other.duplicate_predictions
 
 
 def label_predictions(predictions: list[Prediction], feedback: Feedback) -> LabeledPrediction:
@@ -182,7 +188,9 @@ class Joiner:
             outcome.merge(more)
             return new, outcome
         if state.status == "pending":
-            if variant not in {variant_id(p) for p in state.predictions}:
+            if variant in {variant_id(p) for p in state.predictions}:
+                outcome.duplicate_predictions += 1
+            else:
                 state = state.model_copy(update={"predictions": [*state.predictions, prediction]})
             return state, outcome
         if state.status == "early":
@@ -190,6 +198,7 @@ class Joiner:
             outcome.labeled.append(label_predictions([prediction], state.feedback))
             return self._labeled(prediction, state.feedback, [variant], partition), outcome
         if variant in state.variants:
+            outcome.duplicate_predictions += 1
             return state, outcome
         if state.status == "labeled":
             assert state.feedback is not None

@@ -100,3 +100,22 @@ def table_keys(app: Any) -> list[bytes]:
 def expired_count() -> float:
     labels = {"deployment": "fraud", "model": "fraud-model"}
     return REGISTRY.get_sample_value("driftline_expired_predictions_total", labels) or 0.0
+
+
+async def test_events_stamped_before_1970_are_joined_not_expired_on_arrival(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    """Yearly data stamped 1900 has negative epoch times: the watermark starts at the first
+    prediction's time, not at 0, which would expire every such prediction as it arrives."""
+    app = feedback_app(tmp_path)
+    year_1900 = datetime(1900, 1, 1, tzinfo=UTC).timestamp()
+    async with agent_context(app, "join_feedback_to_predictions") as agent:
+        for year in range(3):
+            event_id = f"y{year}"
+            at = year_1900 + year * 365 * 86400
+            await put_from(agent, PREDICTIONS, prediction(event_id, at), key=event_id.encode())
+            await put_from(agent, FEEDBACK, feedback(event_id), key=event_id.encode())
+
+    labeled = sent.values("a.predictions.labeled")
+    assert [r["event_id"] for r in labeled] == ["y0", "y1", "y2"]
+    assert sent.values("a.deadletter") == []

@@ -85,6 +85,37 @@ def test_duplicate_feedback_is_applied_once() -> None:
     assert (second.labeled, second.duplicate_feedback) == ([], 1)
 
 
+@pytest.mark.parametrize("label_first", [False, True], ids=["pending", "early"])
+def test_a_prediction_resent_by_a_router_replay_is_a_duplicate_in_every_state(
+    label_first: bool,
+) -> None:
+    """A replayed router re-sends the same prediction (same id); a replay answered by a newer
+    model version is the same variant too: one labeled record per (event, variant) either way."""
+    original = prediction()
+    state = None
+    if label_first:
+        state, _ = JOINER.on_feedback(state, feedback(), ORIGIN, T0)
+    state, first = JOINER.on_prediction(state, original, 0, T0)
+    resent = prediction()
+    assert resent.prediction_id == original.prediction_id
+    state, again = JOINER.on_prediction(state, resent, 0, T0 + 1)
+    state, newer = JOINER.on_prediction(state, prediction(version="2"), 0, T0 + 2)
+    if not label_first:
+        state, first = JOINER.on_feedback(state, feedback(), ORIGIN, T0 + 3)
+    state, after_label = JOINER.on_prediction(state, resent, 0, T0 + 4)
+
+    assert [[o.variant for o in r.outcomes] for r in first.labeled] == [["champion"]]
+    assert [o.model_version for o in first.labeled[0].outcomes] == ["1"]
+    for duplicate in (again, newer, after_label):
+        assert (duplicate.labeled, duplicate.expired, duplicate.duplicate_predictions) == (
+            [],
+            [],
+            1,
+        )
+    _, expired = JOINER.expire(state, T0 + 1_000)
+    assert expired.expired == []
+
+
 def test_expired_predictions_are_counted_and_later_feedback_is_past_expiry() -> None:
     state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
     state, outcome = JOINER.expire(state, T0 + 100)
