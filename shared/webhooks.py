@@ -6,6 +6,10 @@ under `DriftlineSettings.webhook_hmac_key`), retries with exponential backoff, a
 `on_give_up` after the last attempt (the caller dead-letters it). A receiver verifies with
 `shared.signing.verify(body, header, key)`.
 
+Each post also names what it delivers in ``webhook-id`` (as the Standard Webhooks spec calls
+it): the same id on every retry, and on a re-send after a crash (a drift alert's id derives from
+what fired it), so a receiver acts once per id.
+
 Deliveries waiting in memory are lost if the process dies: alerts stay on their topic, the
 webhook is a notification on top of it.
 """
@@ -27,16 +31,20 @@ from shared.signing import sign
 log = get_logger(__name__)
 
 SIGNATURE_HEADER = "X-Driftline-Signature"
+ID_HEADER = "webhook-id"
+"""What a post delivers, stable across retries and replays (Standard Webhooks' name)."""
 MAX_BACKOFF_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One body for one URL; `key` names what it is about (for logs and dead letters)."""
+    """One body for one URL; `key` names what it is about (for logs and dead letters), `id`
+    the body itself (the ``webhook-id`` a receiver dedupes by)."""
 
     url: str
     key: str
     body: bytes
+    id: str
 
 
 GiveUp = Callable[[Delivery, str], Awaitable[None]]
@@ -102,10 +110,11 @@ class WebhookSender:
         if self._client is not None:
             await self._client.aclose()
 
-    def submit(self, key: str, body: bytes) -> None:
-        """Queue `body` for every URL and return at once; a full queue gives that delivery up."""
+    def submit(self, key: str, body: bytes, delivery_id: str) -> None:
+        """Queue `body` (identified by `delivery_id`, e.g. an alert id) for every URL and return
+        at once; a full queue gives that delivery up."""
         for url, queue in self._queues.items():
-            delivery = Delivery(url, key, body)
+            delivery = Delivery(url, key, body, delivery_id)
             try:
                 queue.put_nowait(delivery)
             except asyncio.QueueFull:
@@ -127,6 +136,7 @@ class WebhookSender:
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(delivery.body, self.key),
+            ID_HEADER: delivery.id,
         }
         problem = ""
         for attempt in range(self.attempts):
@@ -148,6 +158,7 @@ class WebhookSender:
                 "webhook attempt failed",
                 url=delivery.url,
                 key=delivery.key,
+                webhook_id=delivery.id,
                 attempt=attempt + 1,
                 problem=problem,
             )

@@ -227,7 +227,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         await send_event(alerts_topic, SERVICE, alert.key, alert)
         metrics.ALERTS.labels(alert.kind, alert.level).inc()
         if webhooks is not None and notifies(alert, own.webhook_levels):
-            webhooks.submit(alert.key, encode(alert))
+            webhooks.submit(alert.key, encode(alert), alert.alert_id)
 
     def in_batches(
         table: Any, detect: Detect, windows: dict[str, Any] | None = None

@@ -9,12 +9,19 @@ cannot act on (data drift, a warning, no window or deployment) 200 "ignored" wit
 it was delivered and there is nothing to do, so the drift service must not retry it or
 dead-letter it. Alerts waiting in
 memory are lost if the job stops: they stay on ``alerts`` for ``driftline retrain --alert``.
+
+The job acts once per alert id (drift derives it from what fired, so a drift worker replayed
+after a crash re-sends the same id): a post of an alert queued or finished is answered without
+queueing it again, 202 "accepted" while it waits, 200 "done" with how it ended afterwards. The
+last `REMEMBERED_ALERTS` finished ids are kept in memory; after a restart, a retrain of an alert
+retrained before finds that version by its MLflow tag instead of training another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +37,9 @@ from shared.signing import verify
 from shared.webhooks import SIGNATURE_HEADER
 
 log = get_logger(__name__)
+
+REMEMBERED_ALERTS = 10_000
+"""Finished alert ids the job keeps, to answer a repeated post without acting again."""
 
 
 @dataclass
@@ -59,6 +69,8 @@ class RetrainJob:
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._accepted: set[str] = set()
         """Alert ids queued, waiting for a retry or retraining: a repeated post is not queued."""
+        self._finished: OrderedDict[str, str] = OrderedDict()
+        """How each recently finished alert ended, by id: a repeated post is not acted on."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
 
@@ -105,6 +117,12 @@ class RetrainJob:
             return web.json_response(
                 {"alert_id": exc.alert_id, "status": "ignored", "reason": exc.reason}
             )
+        ended = self._finished.get(alert.alert_id)
+        if ended is not None:
+            log.info("alert already handled", alert_id=alert.alert_id, outcome=ended)
+            return web.json_response(
+                {"alert_id": alert.alert_id, "status": "done", "outcome": ended}
+            )
         if alert.alert_id not in self._accepted:
             self._accepted.add(alert.alert_id)
             loop = asyncio.get_running_loop()
@@ -137,19 +155,30 @@ class RetrainJob:
         except NotEnoughLabelsError as exc:
             if asyncio.get_running_loop().time() + self.own.retry_every_s > pending.give_up_at:
                 log.warning("retrain given up: not enough labels", **fields, reason=str(exc))
+                ended = "given up: not enough labels"
             else:
                 log.info("not enough labels yet", **fields, have=exc.have, need=exc.need)
                 self._spawn(self._retry_later(pending))
                 return
         except DriftlineError as exc:
             log.error("retrain failed", **fields, reason=str(exc))
-        except Exception:
+            ended = f"failed: {exc}"
+        except Exception as exc:
             log.exception("retrain crashed", **fields)
+            ended = f"crashed: {type(exc).__name__}: {exc}"
         else:
             log.info(
                 "retrain done", **fields, version=result.version, new=result.new, rows=result.rows
             )
-        self._accepted.discard(alert.alert_id)
+            ended = f"retrained: version {result.version}"
+        self._finish(alert.alert_id, ended)
+
+    def _finish(self, alert_id: str, ended: str) -> None:
+        """Move `alert_id` from the accepted to the finished ones (the oldest forgotten)."""
+        self._accepted.discard(alert_id)
+        self._finished[alert_id] = ended
+        while len(self._finished) > REMEMBERED_ALERTS:
+            self._finished.popitem(last=False)
 
     async def _retry_later(self, pending: Pending) -> None:
         await asyncio.sleep(self.own.retry_every_s)

@@ -26,7 +26,7 @@ from services.drift.detectors import PSI
 from shared.events import FeatureEvent, LabeledPrediction
 from shared.signing import verify
 from shared.topics import ALERTS, DEADLETTER, FEATURES, PREDICTIONS_LABELED
-from shared.webhooks import SIGNATURE_HEADER
+from shared.webhooks import ID_HEADER, SIGNATURE_HEADER
 from tests.support.kafka import Record, consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
 from tests.support.records import champion_labeled
@@ -181,6 +181,8 @@ async def test_drift_alerts_match_river_and_reach_webhooks_and_the_cli(pipeline:
     drift_alerts = sorted(orjson.dumps(a) for a in alerts if a["level"] == "drift")
     assert sorted(orjson.dumps(orjson.loads(r.body)) for r in delivered) == drift_alerts
     assert all(verify(r.body, r.headers[SIGNATURE_HEADER], SecretStr(HOOK_KEY)) for r in delivered)
+    assert all(r.headers[ID_HEADER] == orjson.loads(r.body)["alert_id"] for r in delivered)
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)
     assert len(hooks.on("/down")) == 2 * n_drifts
     letters = _alerts(records, letters_topic)
     assert {(x["source_topic"], x["service"]) for x in letters} == {(alerts_topic, "drift")}

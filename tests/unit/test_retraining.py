@@ -3,6 +3,7 @@ the honest holdout score, the deployment it publishes, and the webhook job's ans
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime
 
@@ -12,9 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+import services.tools.retrain_job
+from services.processes import free_port
 from services.tools.retrain_job import RetrainJob
 from shared.errors import DriftlineError
-from shared.events import Variant, encode
+from shared.events import DriftAlert, Variant, encode
 from shared.retraining import (
     CHALLENGER,
     HOLDOUT_SHARE,
@@ -228,6 +231,45 @@ async def test_the_job_answers_401_400_ignores_other_alerts_and_202_once_per_ale
     async with TestClient(TestServer(job.web_app())) as client:
         health = await (await client.get("/health")).json()
     assert health == {"status": "ok", "pending": 1}, "a repeated post is not queued again"
+
+
+async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drift worker replayed after a crash posts the same alert (same id) again: the job
+    answers that it is done and does not retrain (nor redeploy) a second time."""
+    common = DriftlineSettings()
+    calls: list[str] = []
+    done = asyncio.Event()
+
+    async def retrain(settings: DriftlineSettings, alert: DriftAlert) -> RetrainResult:
+        calls.append(alert.alert_id)
+        done.set()
+        assert alert.window is not None
+        return RetrainResult(
+            alert.alert_id, "loans", "credit", "4", 512, alert.window, {0: 10}, {0: 600},
+            {}, new=True, deployed=True,
+        )  # fmt: skip
+
+    monkeypatch.setattr(services.tools.retrain_job, "retrain", retrain)
+    job = RetrainJob(common, RetrainSettings(web_port=free_port()))
+    body = encode(concept_alert(OFFSETS, 1000.0))
+    await job.start()
+    try:
+        first = await _post(job, body, sign(body, common.webhook_hmac_key))
+        await asyncio.wait_for(done.wait(), 10)
+        assert job.pending == 0, "finished as soon as retrain returned"
+        again = await _post(job, body, sign(body, common.webhook_hmac_key))
+        await asyncio.sleep(0.1)
+    finally:
+        await job.stop()
+
+    assert first == (202, {"alert_id": "alert-1", "status": "accepted"})
+    assert again == (
+        200,
+        {"alert_id": "alert-1", "status": "done", "outcome": "retrained: version 4"},
+    )
+    assert calls == ["alert-1"]
 
 
 async def test_the_job_answers_live_like_the_workers_for_the_liveness_probe() -> None:
