@@ -25,7 +25,7 @@ from faust.web import Request, Response, View
 from shared import metrics
 from shared.errors import DriftlineError
 from shared.events import DeadLetter, Event, encode
-from shared.logging import get_logger, logging_config, message_fields
+from shared.logging import batch_fields, get_logger, logging_config, message_fields
 from shared.settings import DriftlineSettings, ServiceSettings
 from shared.topics import DEADLETTER, Topic
 
@@ -249,6 +249,12 @@ def as_current_event(event: EventT) -> Iterator[None]:
 
 async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[EventT, str]]:
     try:
+            log.exception(
+                "batch handler failed; handling its events one by one",
+                **batch_fields(
+                    (e.message.topic, e.message.partition, e.message.offset) for e in events
+                ),
+            )
         return await handle([event])
     except Exception as exc:
         return [(event, failure_reason(event, exc))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -70,6 +71,25 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
 def message_fields(topic: str, partition: int, offset: int) -> dict[str, Any]:
     """The fields every log line about one message carries, so it can be found again."""
     return {"topic": topic, "partition": partition, "offset": offset}
+
+
+def batch_fields(messages: Iterable[tuple[str, int, int]]) -> dict[str, Any]:
+    """The fields a log line about a batch of messages (topic, partition, offset each) carries:
+    how many, and the first and last offset per ``topic[partition]``.
+
+    Examples
+    --------
+    >>> batch_fields([("features", 0, 7), ("features", 1, 3), ("features", 0, 9)])
+    {'messages': 3, 'offsets': {'features[0]': [7, 9], 'features[1]': [3, 3]}}
+
+    """
+    offsets: dict[str, list[int]] = {}
+    count = 0
+    for topic, partition, offset in messages:
+        count += 1
+        first_last = offsets.setdefault(f"{topic}[{partition}]", [offset, offset])
+        first_last[0], first_last[1] = min(first_last[0], offset), max(first_last[1], offset)
+    return {"messages": count, "offsets": offsets}
 
 
 def _add_service(service: str) -> Any:

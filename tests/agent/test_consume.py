@@ -50,7 +50,7 @@ async def test_agent_dead_letters_bad_messages_and_keeps_going(
 
 
 async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sent = capture_sends(monkeypatch)
     isolate_prometheus(monkeypatch)
@@ -78,3 +78,9 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
     assert [(letter["offset"], letter["reason"]) for letter in letters] == [
         (1, "internal error: RuntimeError: boom")
     ]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]  # structlog: msg is a dict
+    assert [(r.msg["event"], r.exc_info is not None) for r in errors] == [
+        ("batch handler failed; handling its events one by one", True),
+        ("handler failed", True),
+    ], "the batch's failure once, then the failing event's own"
+    assert errors[0].msg["offsets"] == {"a.in[0]": [0, 2]}
