@@ -163,7 +163,8 @@ async def offsets_at_time(
     """Where a reader of the events from `time` on starts, per topic (full name) and partition:
     the earliest offset whose record timestamp is at or after `time`, or the partition's end
     where no record is that late yet. Records are written after their event happens, so no
-    event at or after `time` lies before that offset."""
+    event at or after `time` lies before that offset. A time before 1970 (yearly series) looks
+    up timestamp 0, which every record is at or after: the broker takes no negative times."""
     counts = await partition_counts(settings, *topics)
     partitions = [TopicPartition(name, p) for name, n in counts.items() for p in range(n)]
     consumer = AIOKafkaConsumer(
@@ -173,7 +174,7 @@ async def offsets_at_time(
     try:
         # Ends first: a record written after this look-up lies at or after the end it saw.
         ends = await consumer.end_offsets(partitions)
-        millis = int(time.timestamp() * 1000)
+        millis = max(0, int(time.timestamp() * 1000))
         found = await consumer.offsets_for_times({partition: millis for partition in partitions})
     finally:
         await consumer.stop()

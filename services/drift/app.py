@@ -15,8 +15,11 @@ event-time windows (windowed tables), exposed as ``driftline_model_error_rate``:
 windows the oldest one still open, so the gauge always covers a full window's span.
 
 Both detector agents take micro-batches: a batch reads each detector it touches from its table
-once, feeds it every value of the batch in order, and writes it back once (a pickle per batch,
-not per value), before its alerts are sent and its offsets acked. Each detector remembers the
+once, feeds it every value of the batch in order, sends its alerts, then writes each detector
+back once (a pickle per batch, not per value) before its offsets are acked. Alerts go out before
+the state that records them: a batch whose alerts fail leaves its detectors unsaved, and its
+replay fires the same alerts with the same ids (`shared.events.alert_id_for`), which receivers
+drop if they had them already. Each detector remembers the
 last offset it counted of each source partition (``features`` or ``predictions.labeled``), so a
 message redelivered after a crash does not feed it twice, even when `fan_out_feature_values`
 re-sends its values under new offsets of the internal topic.
@@ -207,7 +210,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
 
     async def completed(alert: DriftAlert) -> DriftAlert:
         """`alert` with the offsets its window lacks, looked up by its start time; without them
-        (broker unreachable) the window still gives the start time to read from."""
+        (broker unreachable, or any failure of the look-up, logged) the alert still goes out:
+        its window gives the start time to read from, and the exact offsets of its own topic."""
         if alert.window is None:
             return alert
         topics = (FEATURES, PREDICTIONS_LABELED) if alert.kind == "data" else (FEATURES,)
@@ -215,6 +219,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             looked_up = await offsets_at_time(common, alert.window.start_time, *topics)
         except KafkaError as exc:
             log.warning("window offsets not looked up", alert_id=alert.alert_id, error=str(exc))
+            return alert
+        except Exception:
+            log.exception("window offsets not looked up", alert_id=alert.alert_id)
             return alert
         return with_offsets(alert, looked_up)
 
@@ -225,6 +232,13 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             return
         alert = await completed(alert)
         await send_event(alerts_topic, SERVICE, alert.key, alert)
+        log.info(
+            "alert sent",
+            alert_id=alert.alert_id,
+            key=alert.key,
+            alert_level=alert.level,  # `level` is the log record's own
+            position=alert.position,
+        )
         metrics.ALERTS.labels(alert.kind, alert.level).inc()
         if webhooks is not None and notifies(alert, own.webhook_levels):
             webhooks.submit(alert.key, encode(alert), alert.alert_id)
@@ -233,7 +247,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         table: Any, detect: Detect, windows: dict[str, Any] | None = None
     ) -> BatchHandler:
         """A micro-batch handler: `detect` on each event (a `DriftlineError` rejects that event
-        only), what the batch changed written once, then the findings reported."""
+        only), the findings reported, then what the batch changed written once.
+
+        Outputs before the state that records them: if reporting raises, no detector is saved,
+        so the events handled again one by one recompute the same findings (with the same
+        alert ids) instead of finding them `already_seen` and dropping every alert."""
 
         async def handle(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
             monitors = MonitorBatch(table, windows)
@@ -245,11 +263,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                         findings.extend(detect(event, monitors))
                 except DriftlineError as exc:
                     rejected.append((event, str(exc)))
+            for finding in findings:
+                await report(finding)
             monitors.write()
             for key, window, rate in monitors.error_rates():
                 metrics.MODEL_ERROR_RATE.labels(*orjson.loads(key), window).set(rate)
-            for finding in findings:
-                await report(finding)
             return rejected
 
         return handle

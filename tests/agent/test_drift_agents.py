@@ -8,7 +8,7 @@ import asyncio
 import pickle
 import random
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from river.drift.binary import DDM
 
 import services.drift.app
 from services.drift.app import build
-from shared.events import LabeledPrediction, VariantOutput, encode
+from shared.events import LabeledPrediction, VariantOutput, alert_id_for, encode
 from shared.settings import DriftlineSettings, DriftSettings
 from shared.topics import Topic
 from tests.support.faust_doubles import agent_context, capture_sends, isolate_prometheus
@@ -269,3 +269,99 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
     assert [(x["offset"], x["reason"]) for x in letters] == [
         (3, "detector adwin takes numbers, got 'NL'")
     ]
+
+
+YEAR_1900 = datetime(1900, 1, 1, tzinfo=UTC).timestamp()
+DAY = 86_400.0
+
+
+@pytest.mark.parametrize("kind", ["data", "concept"])
+async def test_an_alert_whose_window_starts_before_1970_still_goes_out_when_its_lookup_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """Daily data stamped 1900: the window's start is before the epoch, where aiokafka's
+    offsets-for-times refuses the time. Whatever the look-up raises, the alert is sent with its
+    start time and the exact offsets its detector knows, and the failure is logged with its id."""
+    sent = capture_sends(monkeypatch)
+
+    async def offsets_at_time(
+        settings: DriftlineSettings, time: datetime, *topics: Topic
+    ) -> dict[str, dict[int, int]]:
+        raise ValueError("The target time for partition ... cannot be negative")
+
+    monkeypatch.setattr(services.drift.app, "offsets_at_time", offsets_at_time)
+    app = _app(tmp_path, cooldown_s=0)
+    if kind == "data":
+        values = _shifted_values()
+        async with agent_context(app, "detect_data_drift") as agent:
+            for i, value in enumerate(values):
+                item = {"stream": "pay", "feature": "amount", "value": value}
+                item |= {"time": YEAR_1900 + i * DAY, "partition": 0, "offset": i}
+                await agent.put(orjson.dumps(item), key=b"pay:amount")
+        expected = _river_indices(ADWIN(delta=0.002), values)
+    else:
+        rng = random.Random(11)
+        errors = [int(rng.random() < (0.05 if i < 400 else 0.4)) for i in range(800)]
+        async with agent_context(app, "detect_concept_drift") as agent:
+            for i, error in enumerate(errors):
+                record = _labeled(i, int(not error), 1)
+                at = datetime.fromtimestamp(YEAR_1900 + i * DAY, UTC)
+                record = record.model_copy(update={"event_time": at, "label_time": at})
+                await agent.put(encode(record), key=b"dep")
+        expected = _river_indices(DDM(), errors)
+
+    drifts = [a for a in sent.values("a.alerts") if a["level"] == "drift"]
+    assert expected and [a["position"] for a in drifts] == expected
+    own_topic = "a.features" if kind == "data" else "a.predictions.labeled"
+    for alert in drifts:
+        window = alert["window"]
+        assert _start_time(window) < 0, "the window starts before 1970"
+        assert list(window["offsets"]) == [own_topic], "exact offsets only, none looked up"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]  # structlog: msg is a dict
+    assert [r.msg["alert_id"] for r in errors] == [a["alert_id"] for a in drifts]
+    assert all(r.exc_info is not None for r in errors)
+
+
+async def test_a_failing_report_loses_none_of_its_batchs_alerts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first alert of a micro-batch fails to send: no detector is saved, the events are
+    handled again one by one and fire every alert of the batch, with the ids they would have
+    had (detectors were written before the report, and the replay found them all seen)."""
+    sent = capture_sends(monkeypatch)
+    send_event = services.drift.app.send_event
+    failed: list[str] = []
+
+    async def send_failing_once(topic: Any, service: str, key: str, event: Any) -> None:
+        if topic.get_topic_name() == "a.alerts" and not failed:
+            failed.append(event.alert_id)
+            raise RuntimeError("broker said no")
+        await send_event(topic, service, key, event)
+
+    monkeypatch.setattr(services.drift.app, "send_event", send_failing_once)
+    caplog.set_level("INFO")
+    values = _shifted_values()
+    app = _app(tmp_path, cooldown_s=0, batch_max_events=len(values), batch_within_s=30.0)
+    expected = _river_indices(ADWIN(delta=0.002), values)
+
+    async with agent_context(app, "detect_data_drift") as agent:
+        for i, value in enumerate(values):
+            item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
+            await agent.put(orjson.dumps({**item, "partition": 0, "offset": i}), key=b"pay:amount")
+        await _until(lambda: len(sent.values("a.alerts")) >= len(expected))
+        monitor = pickle.loads(app.tables["feature_to_monitor"][b"pay:amount"])
+
+    alerts = sent.values("a.alerts")
+    assert [a["position"] for a in alerts] == expected
+    assert [a["alert_id"] for a in alerts] == [
+        alert_id_for("data:pay:amount", None, "ADWIN", "drift", p) for p in expected
+    ]
+    assert failed == [alerts[0]["alert_id"]], "the failed alert is the one re-sent first"
+    logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert [
+        (m["alert_id"], m["key"], m["alert_level"], m["position"])
+        for m in logged
+        if m["event"] == "alert sent"
+    ] == [(a["alert_id"], a["key"], a["level"], a["position"]) for a in alerts]
+    assert monitor.n_seen == len(values)
+    assert sent.values("a.deadletter") == []

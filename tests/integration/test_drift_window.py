@@ -12,12 +12,13 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from river.drift import ADWIN
 from river.drift.binary import DDM
 
+from shared.admin import offsets_at_time
 from shared.events import FeatureEvent, LabeledPrediction
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
 from tests.support.kafka import Record, consume_until, produce
@@ -250,3 +251,107 @@ async def test_drift_alerts_carry_the_window_of_a_seeded_switch(pipeline: Pipeli
         labeled_topic: _stamped_at_or_after(stored, labeled_topic, partitions, start_time),
     }
     assert first_record.offset > start - 1, "other events make offsets differ from positions"
+
+
+YEAR_1900 = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+async def test_offsets_at_a_time_before_1970_are_every_partitions_first_record(
+    pipeline: Pipeline,
+) -> None:
+    """The broker takes no negative times (aiokafka raises before asking): any time before the
+    epoch looks up timestamp 0, where every record is at or after it."""
+    features_topic, labeled_topic = pipeline.topic(FEATURES), pipeline.topic(PREDICTIONS_LABELED)
+    events = [
+        FeatureEvent(
+            event_id=f"y-{i}",
+            stream="coal",
+            entity_id=f"u{i}",
+            event_time=YEAR_1900 + timedelta(days=365 * i),
+            features={"tonnes": float(i)},
+        )
+        for i in range(20)
+    ]
+    await produce(pipeline.bootstrap, features_topic, [(e.entity_id, e) for e in events])
+    records = await consume_until(pipeline.bootstrap, [features_topic], lambda rs: len(rs) == 20)
+    assert {r.partition for r in records} == set(range(pipeline.settings.topic_partitions))
+
+    found = await offsets_at_time(pipeline.settings, YEAR_1900, FEATURES, PREDICTIONS_LABELED)
+    later = await offsets_at_time(
+        pipeline.settings, datetime.now(UTC) + timedelta(hours=1), FEATURES
+    )
+
+    partitions = range(pipeline.settings.topic_partitions)
+    assert found == {
+        features_topic: dict.fromkeys(partitions, 0),
+        labeled_topic: dict.fromkeys(partitions, 0),
+    }
+    ends = {p: sum(r.partition == p for r in records) for p in partitions}
+    assert later == {features_topic: ends}, "a time after every record: each partition's end"
+
+
+async def test_a_data_drift_of_yearly_data_stamped_from_1900_reaches_the_alerts_topic(
+    pipeline: Pipeline,
+) -> None:
+    """A series of one value a day from 1900 (records stamped by the producer's clock, as
+    ingestion writes them): the drift alert's window starts in 1900, and still comes out with
+    the exact offset of its first value and the other partitions' offsets looked up."""
+    rng = random.Random(4)
+    days = [YEAR_1900 + timedelta(days=i) for i in range(N_FEATURES)]
+    events = [
+        FeatureEvent(
+            event_id=f"d-{i}",
+            stream="coal",
+            entity_id="mine",
+            event_time=day,
+            features={"tonnes": rng.gauss(2.0 if i >= DATA_SWITCH else 0.0, 1.0)},
+        )
+        for i, day in enumerate(days)
+    ]
+    data_at, adwin_start = _adwin_drift_and_window_start(
+        [e.features["tonnes"] for e in events], after=DATA_SWITCH
+    )
+    features_topic, labeled_topic = pipeline.topic(FEATURES), pipeline.topic(PREDICTIONS_LABELED)
+    alerts_topic = pipeline.topic(ALERTS)
+
+    pipeline.start("drift", DRIFTLINE_DRIFT_COOLDOWN_S="0")
+    await produce(pipeline.bootstrap, features_topic, [(e.entity_id, e) for e in events])
+
+    def drift(records: list[Record]) -> dict | None:
+        return next(
+            (
+                a
+                for r in records
+                if r.topic == alerts_topic
+                and (a := r.json())["key"] == "data:coal:tonnes"
+                and a["level"] == "drift"
+                and a["position"] == data_at
+            ),
+            None,
+        )
+
+    records = await consume_until(
+        pipeline.bootstrap,
+        [alerts_topic, features_topic],
+        lambda rs: (
+            drift(rs) is not None and sum(r.topic == features_topic for r in rs) == N_FEATURES
+        ),
+        timeout=180,
+    )
+    alert = drift(records)
+    assert alert is not None
+    start, start_time, estimated_by, offsets = _window(alert)
+    assert estimated_by == "detector_window" and start_time.year == 1900
+    _assert_close_before(start, adwin_start, data_at)
+    assert start_time == days[start - 1]
+    first_record = next(
+        r for r in records if r.topic == features_topic and r.json()["event_id"] == f"d-{start - 1}"
+    )
+    partitions = range(pipeline.settings.topic_partitions)
+    assert offsets == {
+        features_topic: {
+            **dict.fromkeys(partitions, 0),
+            first_record.partition: first_record.offset,
+        },
+        labeled_topic: dict.fromkeys(partitions, 0),
+    }
