@@ -19,15 +19,12 @@ import faust
 from faust.types import TP, EventT
 
 from services.ingestion.logic import (
-    bucket_key,
     check_declaration,
-    dedup_key,
     event_timestamp,
+    ingest_event,
     parse_raw_event,
     stream_schema,
-    to_feature_event,
     validate_features,
-    window_features,
 )
 from services.ingestion.state import PartitionState
 from shared import metrics
@@ -41,7 +38,7 @@ from shared.app import (
     failure_reason,
     send_records,
 )
-from shared.events import FeatureEvent, FeatureValue, RawEvent, StreamSchema, encode
+from shared.events import FeatureEvent, encode
 from shared.global_tables import checked_global_table
 from shared.topics import EVENTS_RAW, FEATURES, STREAMS
 
@@ -97,24 +94,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
             for key in state.expire():
                 segments.pop(key.encode(), None)
 
-    def aggregate(
-        state: PartitionState,
-        raw: RawEvent,
-        schema: StreamSchema,
-        features: dict[str, FeatureValue],
-        timestamp: float,
-        offset: int,
-    ) -> dict[str, float]:
-        """Add this event to its entity's buckets, then read every declared window."""
-        keys = {a.field: bucket_key(raw.stream, raw.entity_id, a.field) for a in schema.aggregates}
-        for field, key in keys.items():
-            if field in features:
-                state.add(key, timestamp, float(features[field]), offset)
-        added: dict[str, float] = {}
-        for spec in schema.aggregates:
-            added |= window_features(spec, *state.window(keys[spec.field], timestamp, spec.minutes))
-        return added
-
     def ingest(event: EventT, state: PartitionState, now: float) -> FeatureEvent | None:
         """One raw event's feature event (None for a duplicate); raises for a bad one. `now` is
         the wall clock its event time may run ahead of by `max_future_seconds` at most."""
@@ -125,11 +104,12 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         )
         features = validate_features(raw, schema)
         timestamp = event_timestamp(raw, now, own.max_future_seconds)
-        if state.seen_before(dedup_key(raw.stream, raw.event_id), timestamp, message.offset):
+        feature_event = ingest_event(
+            raw, schema, features, timestamp, message.offset, state, message.topic
+        )
+        if feature_event is None:
             metrics.child(metrics.DUPLICATE_EVENTS, raw.stream).inc()
-            return None
-        features |= aggregate(state, raw, schema, features, timestamp, message.offset)
-        return to_feature_event(raw, features, message.topic)
+        return feature_event
 
     async def ingest_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
         """Ingest each event of a micro-batch against its partition's state, save one segment

@@ -4,7 +4,8 @@ Validation checks a raw event against its stream's declaration (`StreamSchema`) 
 its features or raises an error whose message is the dead-letter reason. The reason starts with
 the kind of fault (``missing field: ...``) so the dead-letter metric can be labelled by it.
 Windowed aggregates are kept in fixed event-time buckets (count and sum per bucket, see
-`services.ingestion.state`); a window is the sum of its buckets.
+`services.ingestion.state`); a window is the sum of its buckets. `ingest_event` changes that
+state only once an event's feature event is built: an event refused at any step leaves no trace.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 from pydantic import ValidationError
 
+from services.ingestion.state import PartitionState
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
     FeatureEvent,
@@ -168,3 +170,37 @@ def window_features(aggregate: WindowedAggregate, count: float, total: float) ->
     """The aggregate's count and mean from its window's count and sum (no mean while empty)."""
     count_name, mean_name = aggregate_names(aggregate)
     return {count_name: count, mean_name: total / count} if count else {count_name: 0.0}
+
+
+def ingest_event(
+    raw: RawEvent,
+    schema: StreamSchema,
+    features: dict[str, FeatureValue],
+    timestamp: float,
+    offset: int,
+    state: PartitionState,
+    topic: str,
+) -> FeatureEvent | None:
+    """The feature event of `raw` (its validated `features` plus its windowed aggregates, read
+    from the partition's `state`), or None when its event id came before from another record.
+
+    The state remembers the id and counts the values only once the feature event is built: an
+    event refused at any step (e.g. an aggregate that overflows) is dead-lettered without a
+    trace, so when it is resent it is neither taken for a duplicate nor counted twice.
+    """
+    dedup = dedup_key(raw.stream, raw.event_id)
+    if state.seen_before(dedup, timestamp, offset):
+        return None
+    keys = {a.field: bucket_key(raw.stream, raw.entity_id, a.field) for a in schema.aggregates}
+    values = {field: float(features[field]) for field in keys if field in features}
+    counted = state.counts(timestamp, offset)
+    aggregates: dict[str, float] = {}
+    for spec in schema.aggregates:
+        adding = values.get(spec.field) if counted else None
+        window = state.window(keys[spec.field], timestamp, spec.minutes, adding)
+        aggregates |= window_features(spec, *window)
+    feature_event = to_feature_event(raw, features | aggregates, topic)
+    for field, value in values.items():
+        state.add(keys[field], timestamp, value, offset)
+    state.remember(dedup, timestamp, offset)
+    return feature_event

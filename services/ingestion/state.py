@@ -64,33 +64,51 @@ class PartitionState:
         self._pending: Segment | None = None
 
     def seen_before(self, key: str, event_time: float, offset: int) -> bool:
-        """Whether `key` came before from another record; remembers it if not."""
+        """Whether `key` came before from another record (see `remember`)."""
         window = int(event_time // self.dedup_window_s)
         for index in (window, window - 1):
             ids = self._seen.get(index)
             if ids is not None and key in ids:
                 return ids[key] != offset
+        return False
+
+    def remember(self, key: str, event_time: float, offset: int) -> None:
+        """Remember that the record at `offset` brought `key` (once: a replayed record is
+        remembered already)."""
+        window = int(event_time // self.dedup_window_s)
         if offset > self.applied_offset and window >= self._oldest(self.dedup_window_s):
             self._seen.setdefault(window, {})[key] = offset
             self._change(offset, event_time).seen.append((key, window, offset))
-        return False
+
+    def counts(self, event_time: float, offset: int) -> bool:
+        """Whether `add` counts a value of the record at `offset`: not a replay of a record
+        applied already, and not older than the buckets kept."""
+        bucket = int(event_time // self.bucket_s)
+        return offset > self.applied_offset and bucket >= self._oldest(self.bucket_s)
 
     def add(self, key: str, event_time: float, value: float, offset: int) -> None:
         """Count `value` in its bucket (once: a replayed record is already counted)."""
-        bucket = int(event_time // self.bucket_s)
-        if offset <= self.applied_offset or bucket < self._oldest(self.bucket_s):
+        if not self.counts(event_time, offset):
             return
+        bucket = int(event_time // self.bucket_s)
         self._add(key, bucket, value)
         self._change(offset, event_time).added.append((key, bucket, value))
 
-    def window(self, key: str, event_time: float, minutes: int) -> tuple[float, float]:
+    def window(
+        self, key: str, event_time: float, minutes: int, adding: float | None = None
+    ) -> tuple[float, float]:
         """(count, sum) over the buckets a window of `minutes` ending at `event_time` touches
-        (its oldest bucket may lie partly before the window)."""
+        (its oldest bucket may lie partly before the window). `adding` is a value not added yet,
+        counted in `event_time`'s bucket as `add` would count it, so that what an event's
+        window will hold is known before the state changes."""
         last = int(event_time // self.bucket_s)
         count = total = 0.0
         for bucket in range(last - math.ceil(minutes * 60 / self.bucket_s) + 1, last + 1):
             keys = self._buckets.get(bucket)
             stored = keys.get(key) if keys is not None else None
+            if bucket == last and adding is not None:
+                before = stored or (0.0, 0.0)
+                stored = [before[0] + 1, before[1] + adding]
             if stored is not None:
                 count += stored[0]
                 total += stored[1]

@@ -13,11 +13,13 @@ from services.ingestion.logic import (
     WindowTooLongError,
     check_declaration,
     event_timestamp,
+    ingest_event,
     parse_raw_event,
     stream_schema,
     validate_features,
     window_features,
 )
+from services.ingestion.state import PartitionState
 from shared.errors import EventDecodeError
 from shared.events import FeatureSpec, RawEvent, StreamSchema, WindowedAggregate, encode
 
@@ -124,3 +126,45 @@ def test_a_windows_features_are_its_count_and_mean() -> None:
         "amount_mean_10m": 20.0,
     }
     assert window_features(aggregate, 0.0, 0.0) == {"amount_count_10m": 0.0}
+
+
+UNBOUNDED = StreamSchema(
+    name="tonnes",
+    features=[FeatureSpec(name="mass")],
+    aggregates=[WindowedAggregate(field="mass", minutes=60)],
+)
+
+
+def ingest(state: PartitionState, event_id: str, mass: float, offset: int) -> Any:
+    """Ingest a ``tonnes`` event of entity ``mine`` at a fixed time from `offset`."""
+    event = RawEvent(
+        event_id=event_id,
+        stream="tonnes",
+        entity_id="mine",
+        event_time=datetime(2026, 1, 1, tzinfo=UTC),
+        data={"mass": mass},
+    )
+    features = validate_features(event, UNBOUNDED)
+    stamp = event.event_time.timestamp()
+    return ingest_event(event, UNBOUNDED, features, stamp, offset, state, "events.raw")
+
+
+def test_an_event_refused_while_its_feature_event_is_built_leaves_no_trace() -> None:
+    """Its window's sum overflows to infinity: dead-lettered. Resent, it is no duplicate (it was
+    not remembered), and its value was never counted in the window of the events after it."""
+    state = PartitionState(0, dedup_window_s=600, bucket_s=60, horizon_s=3600)
+    first = ingest(state, "a", 1e308, offset=0)
+    with pytest.raises(EventDecodeError, match="NaN and infinity"):
+        ingest(state, "b", 1e308, offset=1)
+    with pytest.raises(EventDecodeError, match="NaN and infinity"):
+        ingest(state, "b", 1e308, offset=2)  # resent: refused for its reason, not dropped
+    after = ingest(state, "c", 1.0, offset=3)
+    duplicate = ingest(state, "c", 1.0, offset=4)
+
+    assert first.features["mass_count_60m"] == 1.0
+    assert after.features == {
+        "mass": 1.0,
+        "mass_count_60m": 2.0,
+        "mass_mean_60m": (1e308 + 1.0) / 2,
+    }
+    assert duplicate is None

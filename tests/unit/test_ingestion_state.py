@@ -14,6 +14,8 @@ def fresh(partition: int = 0) -> PartitionState:
 def test_an_id_from_another_record_is_a_duplicate_for_one_to_two_windows() -> None:
     state = fresh()
     assert not state.seen_before("s\x1fe1", 1_000.0, offset=0)
+    assert not state.seen_before("s\x1fe1", 1_000.0, offset=5), "not remembered yet"
+    state.remember("s\x1fe1", 1_000.0, offset=0)
 
     assert state.seen_before("s\x1fe1", 1_000.0, offset=5)
     assert state.seen_before("s\x1fe1", 1_799.0, offset=6)  # the next window
@@ -22,11 +24,13 @@ def test_an_id_from_another_record_is_a_duplicate_for_one_to_two_windows() -> No
 
 def test_a_replayed_record_is_not_its_own_duplicate_nor_counted_twice() -> None:
     state = fresh()
-    state.seen_before("s\x1fe1", 1_000.0, offset=3)
+    state.remember("s\x1fe1", 1_000.0, offset=3)
     state.add("s\x1fu1\x1famount", 1_000.0, 10.0, offset=3)
     state.seal()
 
     assert not state.seen_before("s\x1fe1", 1_000.0, offset=3)
+    assert not state.counts(1_000.0, offset=3)
+    state.remember("s\x1fe1", 1_000.0, offset=3)
     state.add("s\x1fu1\x1famount", 1_000.0, 10.0, offset=3)
     assert state.window("s\x1fu1\x1famount", 1_000.0, minutes=10) == (1.0, 10.0)
     assert state.seal() is None
@@ -45,11 +49,26 @@ def test_a_window_sums_the_buckets_it_touches() -> None:
     assert state.window("s\x1fu3\x1famount", 6_000.0, minutes=10) == (0.0, 0.0)
 
 
+def test_a_window_can_count_a_value_before_it_is_added_exactly_as_add_will() -> None:
+    state = fresh()
+    key, at = "s\x1fu1\x1famount", 6_000.0 + 3 * MINUTE
+    state.add(key, 6_000.0, 0.1, offset=0)
+    state.add(key, at, 0.2, offset=1)
+    assert state.counts(at, offset=2)
+    ahead = state.window(key, at, minutes=10, adding=0.7)
+    elsewhere = state.window("s\x1fu2\x1famount", at, minutes=10, adding=5.0)
+
+    state.add(key, at, 0.7, offset=2)
+    assert ahead == state.window(key, at, minutes=10) == (3.0, 0.1 + (0.2 + 0.7))
+    assert ahead != (3.0, (0.1 + 0.2) + 0.7), "summed per bucket first, to the last bit"
+    assert elsewhere == (1.0, 5.0)
+
+
 def test_segments_rebuild_the_same_state_in_any_order() -> None:
     state = fresh(partition=2)
     sealed = []
     for offset in range(6):
-        state.seen_before(f"s\x1fe{offset}", 1_000.0 + offset, offset)
+        state.remember(f"s\x1fe{offset}", 1_000.0 + offset, offset)
         state.add("s\x1fu1\x1famount", 1_000.0 + offset, float(offset), offset)
         if offset % 2:
             sealed.append(state.seal())
@@ -73,13 +92,13 @@ def test_segments_rebuild_the_same_state_in_any_order() -> None:
 
 def test_state_and_segments_beyond_the_retention_expire() -> None:
     state = fresh()
-    state.seen_before("s\x1fold", 0.0, offset=0)
+    state.remember("s\x1fold", 0.0, offset=0)
     state.add("s\x1fu1\x1famount", 0.0, 1.0, offset=0)
     old_key, _ = state.seal()
     assert state.expire() == []
 
     late = 3_600.0 + 60.0 + 600.0 + 1.0  # retention (horizon + bucket) and a window on
-    state.seen_before("s\x1fnew", late, offset=1)
+    state.remember("s\x1fnew", late, offset=1)
     state.seal()
 
     assert state.expire() == [old_key]
