@@ -218,9 +218,7 @@ class DataWindow(BaseModel):
     from there and keeping events with ``event_time >= start_time`` misses none."""
 
 
-def alert_id_for(
-    key: str, deployment: str | None, detector: str, level: str, position: int
-) -> str:
+def alert_id_for(key: str, deployment: str | None, detector: str, level: str, position: int) -> str:
     """The id of a detector's finding: from what drifted (`key`, and for concept drift the
     deployment, since one model version may serve several, each with its own detector), the
     detector, the level and the 1-based position of the firing value in the key's stream."""
