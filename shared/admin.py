@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from shared.delivery import DURABLE_PRODUCER_SETTINGS
 from shared.errors import DriftlineError
 from shared.events import Deployment, decode
 from shared.settings import DriftlineSettings
@@ -130,9 +131,17 @@ async def live_deployments(settings: DriftlineSettings) -> dict[str, Deployment]
     return {d.name: d for d in decoded if not d.deleted}
 
 
+def durable_producer(settings: DriftlineSettings, **options: Any) -> AIOKafkaProducer:
+    """An (unstarted) producer whose records count as sent once every in-sync replica has them,
+    written once however often a batch is retried: what every Driftline producer uses."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, **DURABLE_PRODUCER_SETTINGS, **options
+    )
+
+
 async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes) -> None:
     """Write one record (e.g. a deployment or stream declaration) and wait until it is stored."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = durable_producer(settings)
     await producer.start()
     try:
         await producer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)

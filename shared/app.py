@@ -23,6 +23,7 @@ from faust.types import EventT, TopicT
 from faust.web import Request, Response, View
 
 from shared import metrics
+from shared.delivery import CommitGatedConsumer, DurableProducer
 from shared.errors import DriftlineError
 from shared.events import DeadLetter, Event, encode
 from shared.logging import batch_fields, get_logger, logging_config, message_fields
@@ -55,6 +56,24 @@ AIOKafkaConsumerThread._create_worker_consumer = _with_short_fetch_wait(  # type
 )
 
 
+class DriftlineApp(faust.App):
+    """A Faust app whose producer is durable and whose commits wait for its sends (see
+    `shared.delivery`): Faust has no setting for either outside ``exactly_once``."""
+
+    def _new_producer(self) -> DurableProducer:
+        return DurableProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+    def _new_consumer(self) -> CommitGatedConsumer:
+        return CommitGatedConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
+
+
 def run_worker(app: faust.App, loglevel: str) -> None:
     """Run `app`'s Faust worker until it is stopped.
 
@@ -71,7 +90,7 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
     """A Faust app for `service`: its own consumer group, table store, web port and metrics."""
     datadir = common.data_dir / service
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = DriftlineApp(
         f"{common.topic_prefix}driftline-{service}",
         broker=common.faust_broker,
         broker_credentials=_credentials(common),
@@ -268,8 +287,8 @@ async def send_event(topic: TopicT, service: str, key: str, event: Event) -> Non
 
 async def send_records(topic: TopicT, service: str, records: Sequence[tuple[bytes, bytes]]) -> None:
     """Give encoded records (key, value) to the app's producer without waiting for delivery
-    (a commit flushes the producer first), and count them; Faust's `Topic.send` machinery
-    costs more per record than the producer itself."""
+    (the next commit waits for it, and a failed one stops the commit: `shared.delivery`), and
+    count them; Faust's `Topic.send` machinery costs more per record than the producer itself."""
     name = topic.get_topic_name()
     for key, value in records:
         await _produce(topic.app, name, key, value)

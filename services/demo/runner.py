@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from services.demo.observer import DemoObserver
 from services.demo.scenario import FEATURES, STREAM, Labeled, Scenario, replay, training_rows
 from services.processes import ServiceProcess, free_port
-from shared.admin import create_topics, publish
+from shared.admin import create_topics, durable_producer, publish
 from shared.events import (
     Deployment,
     DriftAlert,
@@ -242,7 +242,7 @@ class Demo:
     async def _replay(self) -> None:
         """Send events at the scenario's rate and each label `label_delay` seconds later."""
         scenario = self.config.scenario
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5)
+        producer = durable_producer(self.settings, linger_ms=5)
         await producer.start()
         raw_topic, feedback_topic = self.topic(EVENTS_RAW), self.topic(FEEDBACK)
         waiting: deque[tuple[float, Labeled]] = deque()
