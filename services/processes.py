@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -92,15 +93,38 @@ class ServiceProcess:
         return httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM and wait for a clean exit (SIGKILL after `timeout`)."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """SIGTERM the worker's process group and wait for a clean exit; SIGKILL the group after
+        `timeout` (returning None), and whatever the worker left running in it in any case."""
+        if self.process is None:
             return None
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            if not self._exited_within(timeout):
+                self.kill()
+                return None
+        self._signal_group(signal.SIGKILL)
+        return self.process.wait()
+
+    def _exited_within(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the worker to exit, leaving it unreaped: while it is, its
+        process group's id cannot be given to another process."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+                if os.waitid(os.P_PID, self.process.pid, flags) is not None:
+                    return True
+            except ChildProcessError:  # reaped already
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        """Signal every process of the worker's group (it leads its own session)."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
 
     def kill(self) -> None:
         """SIGKILL the worker, as a crash would."""
