@@ -48,7 +48,9 @@ def _run_worker(service: str) -> None:
     common = cfg.load(cfg.DriftlineSettings)
     own = cfg.load(cfg.SERVICE_SETTINGS[service])
     module = importlib.import_module(f"services.{service}.app")
-    run_worker(module.build(common, own), _FAUST_LOGLEVEL[common.log_level])
+    run_worker(
+        module.build(common, own), _FAUST_LOGLEVEL[common.log_level], common.shutdown_grace_s
+    )
 
 
 def _add_service_commands(service: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,25 +23,36 @@ from shared.topics import ALL_TOPICS, DEPLOYMENTS, Topic
 
 async def create_topics(settings: DriftlineSettings) -> list[str]:
     """Create every public topic that does not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    wanted = [
+        NewTopic(
+            name=topic.full_name(settings),
+            num_partitions=topic.partitions(settings),
+            replication_factor=settings.topic_replication_factor,
+            topic_configs=topic.config(),
+        )
+        for topic in ALL_TOPICS
+    ]
+    return await ensure_topics(wanted, bootstrap_servers=settings.bootstrap_servers)
+
+
+async def ensure_topics(
+    wanted: Sequence[NewTopic], *, timeout: float = 30.0, **client_options: Any
+) -> list[str]:
+    """Create the topics of `wanted` that do not exist yet, then wait until the broker's
+    metadata lists every one of them; return the names created. `client_options` configure
+    the admin client (``bootstrap_servers``, security)."""
+    admin = AIOKafkaAdminClient(**client_options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(
-                name=topic.full_name(settings),
-                num_partitions=topic.partitions(settings),
-                replication_factor=settings.topic_replication_factor,
-                topic_configs=topic.config(),
-            )
-            for topic in ALL_TOPICS
-            if topic.full_name(settings) not in existing
-        ]
-        if wanted:
+        missing = [topic for topic in wanted if topic.name not in existing]
+        if missing:
+            # Another worker of the same service may create them at the same moment.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
-            await _until_described(admin, [t.name for t in wanted])
-        return [t.name for t in wanted]
+                await admin.create_topics(missing)
+        if wanted:
+            await _until_described(admin, [topic.name for topic in wanted], timeout)
+        return [topic.name for topic in missing]
     finally:
         await admin.close()
 

@@ -29,6 +29,7 @@ from shared.events import DeadLetter, Event, encode
 from shared.logging import batch_fields, get_logger, logging_config, message_fields
 from shared.settings import DriftlineSettings, ServiceSettings
 from shared.topics import DEADLETTER, Topic
+from shared.worker import DriftlineWorker, log_uncaught_exceptions, ready
 
 log = get_logger(__name__)
 
@@ -74,16 +75,21 @@ class DriftlineApp(faust.App):
         )
 
 
-def run_worker(app: faust.App, loglevel: str) -> None:
-    """Run `app`'s Faust worker until it is stopped.
+def run_worker(app: faust.App, loglevel: str, shutdown_grace_s: float = 20.0) -> None:
+    """Run `app`'s Faust worker until it is stopped (see `shared.worker`: its internal topics
+    are created first, its stop takes at most `shutdown_grace_s` after a signal, and every
+    exception is one log record).
 
     What exists by now (libraries, models, the app) is moved out of the garbage collector's
     reach first: every full collection walked those objects, hundreds of thousands from MLflow,
     pandas and River, and stalled a worker for ~190 ms, long enough to set its p99 latency.
     """
+    log_uncaught_exceptions()
     gc.collect()
     gc.freeze()
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    DriftlineWorker(
+        app, loglevel=loglevel, shutdown_grace_s=shutdown_grace_s
+    ).execute_from_commandline()
 
 
 def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) -> faust.App:
@@ -105,22 +111,22 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
-        # Faust creates its changelog and repartition topics at start; when the first rebalance
-        # runs before the broker's metadata lists them, the assignor skips them and recovery
-        # waits for partitions nobody assigned. Fresh metadata (and the rejoin aiokafka does
-        # when it changes) ends that wait in seconds instead of the 5-minute default.
+        # A topic that appears after the first rebalance (the worker creates its internal
+        # topics before it starts, but a repartition topic or a public topic created late
+        # cannot be) is seen, and rejoined for, in seconds instead of the 5-minute default.
         consumer_metadata_max_age_ms=5_000,
         producer_linger_ms=5,
+        worker_redirect_stdouts=False,
         logging_config=logging_config(service, common.log_level, common.log_format),
     )
     setup_prometheus_sensors(app, name_prefix="faust")
 
     @app.page("/health")
     async def health(self: View, request: Request) -> Response:
-        """Readiness: 200 once table recovery finished, 503 while it runs."""
-        ready = app.tables.recovery.completed.is_set() if app.tables else True
-        body = {"service": service, "status": "ok" if ready else "recovering"}
-        return self.json(body, status=200 if ready else 503)
+        """Readiness: 200 once table recovery finished and while no rebalance runs, else 503."""
+        serving = ready(app)
+        body = {"service": service, "status": "ok" if serving else "recovering"}
+        return self.json(body, status=200 if serving else 503)
 
     @app.page("/live")
     async def live(self: View, request: Request) -> Response:

@@ -65,6 +65,10 @@ class DriftlineSettings(BaseSettings):
     """``json`` for machines, ``console`` for people."""
     web_host: str = "127.0.0.1"
     """Address the workers' HTTP endpoints (metrics, health) bind to; 0.0.0.0 in containers."""
+    shutdown_grace_s: float = Field(default=20.0, gt=0, le=600)
+    """Longest a worker's stop may take after SIGTERM or SIGINT before it exits anyway (a broker
+    out of reach can hold a clean stop forever); keep it below the pod's termination grace
+    period (60 s in the chart)."""
 
     @field_validator("kafka_broker")
     @classmethod

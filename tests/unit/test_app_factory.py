@@ -36,13 +36,14 @@ def test_a_worker_starts_with_its_objects_frozen_out_of_full_collections(
     frozen_at_start: list[int] = []
 
     class Worker:
-        def __init__(self, started: Any, loglevel: str) -> None:
+        def __init__(self, started: Any, loglevel: str, shutdown_grace_s: float) -> None:
             assert started is app
 
         def execute_from_commandline(self) -> None:
             frozen_at_start.append(gc.get_freeze_count())
 
-    monkeypatch.setattr(shared.app.faust, "Worker", Worker)
+    monkeypatch.setattr(shared.app, "DriftlineWorker", Worker)
+    monkeypatch.setattr(shared.app, "log_uncaught_exceptions", lambda: None)
     try:
         run_worker(app, "info")
     finally:
