@@ -249,6 +249,12 @@ async def consume_batches(
         try:
             rejected = await handle(events)
         except Exception:
+            log.exception(
+                "batch handler failed; handling its events one by one",
+                **batch_fields(
+                    (e.message.topic, e.message.partition, e.message.offset) for e in events
+                ),
+            )
             rejected = [r for event in events for r in await _handle_alone(event, handle)]
         for event, reason in rejected:
             await dead_letters.send(event, reason)
@@ -274,12 +280,6 @@ def as_current_event(event: EventT) -> Iterator[None]:
 
 async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[EventT, str]]:
     try:
-            log.exception(
-                "batch handler failed; handling its events one by one",
-                **batch_fields(
-                    (e.message.topic, e.message.partition, e.message.offset) for e in events
-                ),
-            )
         return await handle([event])
     except Exception as exc:
         return [(event, failure_reason(event, exc))]
