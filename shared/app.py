@@ -23,7 +23,7 @@ from faust.types import EventT, TopicT
 from faust.web import Request, Response, View
 
 from shared import metrics
-from shared.delivery import CommitGatedConsumer, DurableProducer
+from shared.delivery import DriftlineConsumer, DurableProducer
 from shared.errors import DriftlineError
 from shared.events import DeadLetter, Event, encode
 from shared.logging import batch_fields, get_logger, logging_config, message_fields
@@ -58,14 +58,15 @@ AIOKafkaConsumerThread._create_worker_consumer = _with_short_fetch_wait(  # type
 
 
 class DriftlineApp(faust.App):
-    """A Faust app whose producer is durable and whose commits wait for its sends (see
-    `shared.delivery`): Faust has no setting for either outside ``exactly_once``."""
+    """A Faust app whose producer is durable, whose commits wait for its sends and whose
+    stream partitions are fetched without holes (see `shared.delivery`): Faust has no setting
+    for the first two outside ``exactly_once``, none for the last."""
 
     def _new_producer(self) -> DurableProducer:
         return DurableProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
-    def _new_consumer(self) -> CommitGatedConsumer:
-        return CommitGatedConsumer(
+    def _new_consumer(self) -> DriftlineConsumer:
+        return DriftlineConsumer(
             self.transport,
             callback=self.topics.on_message,
             on_partitions_revoked=self._on_partitions_revoked,

@@ -1,5 +1,6 @@
-"""Durable sends for every Faust app: idempotent producers acknowledged by all in-sync replicas,
-and offsets that commit only after every send made before them was delivered.
+"""Delivery guarantees for every Faust app: idempotent producers acknowledged by all in-sync
+replicas, offsets that commit only after every send made before them was delivered, and stream
+partitions fetched without holes across rebalances.
 
 faust-streaming turns idempotence and ``acks=all`` on only in ``exactly_once`` mode, and its
 producer's ``flush()`` waits for in-flight batches without raising for those that failed: a
@@ -13,12 +14,13 @@ the last commit instead of skipping the lost output.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, HeadersArg, RecordMetadata
+from faust.types import TP, HeadersArg, Message, RecordMetadata
 
 from shared.errors import DriftlineError
 from shared.logging import get_logger
@@ -164,3 +166,164 @@ class CommitGatedConsumer(faust_aiokafka.Consumer):
                 await self.crash(exc)
                 return False
         return await super()._commit_offsets(offsets, start_new_transaction)
+
+
+@dataclass(slots=True)
+class _Position:
+    era: int = 0
+    """How many seeks of the partition began or ended: a record fetched in another era was
+    fetched from a position since replaced."""
+    sought: bool = False
+    """A seek set the fetch position since the partition was assigned, and none runs now."""
+    next_offset: int | None = None
+    """Where the stream resumes: the offset after the last record given to it, or the seek's
+    offset; None when the seek left the position to the reset policy (nothing committed)."""
+    refused: bool = False
+    """Records were refused since the latest seek began: the fetch position may be past them."""
+
+
+class FetchGuard:
+    """Which fetched records of a stream partition its stream may be given: only those fetched
+    after the partition's latest seek, from the offset it set, in order.
+
+    After a rebalance faust-streaming resumes fetching before it seeks the stream partitions to
+    their committed offsets, and delivers what it fetched from the old position after the seek.
+    Its own bookkeeping then drops the refetched records as already read, or records the jump as
+    a gap that a commit may pass over (upstream faust-streaming #216 and #596): records after the
+    committed offset were never processed, and in kill tests they were lost for good.
+    Nor may a record reach a stream before the rebalance has ended: Faust's last step of
+    recovery resumes flow control, which empties every stream's queue, so records delivered
+    while it seeks are dropped unacknowledged (the commit then stops before them, or a gap
+    passes over them).
+    A partition's records are refused during a rebalance, while it awaits its first seek after
+    an assignment, while a seek of it runs, and when fetched before its latest seek. Refusing
+    moves the fetch position past them, so a partition that refused records since its latest
+    seek began is sought again to where its stream stands (`refetches`, once the rebalance has
+    ended); a seek that begins later covers them.
+    """
+
+    def __init__(self) -> None:
+        self._positions: dict[TP, _Position] = {}
+
+    def assigned(self, partitions: Iterable[TP]) -> None:
+        """A new assignment: each partition's records wait for the seek that follows it."""
+        self._positions = {tp: _Position() for tp in partitions}
+
+    def guards(self, tp: TP) -> bool:
+        """Whether `tp` is one of the guarded stream partitions of the current assignment."""
+        return tp in self._positions
+
+    def seek_started(self, tp: TP) -> None:
+        """A seek of `tp` began: records fetched until it ends are refused."""
+        position = self._positions.get(tp)
+        if position is None:
+            return
+        position.era += 1
+        position.sought = False
+        position.refused = False
+
+    def seek_ended(self, tp: TP, offset: int | None) -> None:
+        """A seek of `tp` set its position to `offset` (None: the reset policy's start)."""
+        position = self._positions.get(tp)
+        if position is None:
+            return
+        position.era += 1
+        position.sought = True
+        position.next_offset = offset
+
+    def eras(self) -> dict[TP, int]:
+        """Each partition's era now; take it before a fetch and pass it to `admit`."""
+        return {tp: position.era for tp, position in self._positions.items()}
+
+    def admit(self, tp: TP, offset: int, eras: Mapping[TP, int], rebalancing: bool) -> bool:
+        """Whether the record at `offset` of `tp`, fetched in `eras`, goes to the stream."""
+        position = self._positions[tp]
+        if rebalancing or not position.sought or position.era != eras.get(tp):
+            position.refused = True
+            return False
+        position.next_offset = offset + 1
+        return True
+
+    def refetches(self) -> dict[TP, int | None]:
+        """Partitions whose refused records must be fetched again, with the offset to seek to
+        (None: the reset policy's start); a seek that begins clears its partition."""
+        return {
+            tp: position.next_offset
+            for tp, position in self._positions.items()
+            if position.refused and position.sought
+        }
+
+
+class SeekGuardedConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer whose stream partitions are fetched without holes (see
+    `FetchGuard`); table changelogs, read by recovery with its own seeks, are left alone."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fetch_guard = FetchGuard()
+
+    def _stream_partitions(self, partitions: Iterable[TP]) -> list[TP]:
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        return [tp for tp in partitions if acks_enabled_for(tp.topic)]
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self.fetch_guard.assigned(self._stream_partitions(assigned))
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek every assigned partition to its committed offset, and every stream partition
+        with none to the reset policy's start: aiokafka leaves a partition whose committed
+        offset is 0 or missing where its last fetch left it."""
+        guard = self.fetch_guard
+        streams = self._stream_partitions(self.assignment())
+        for tp in streams:
+            guard.seek_started(tp)
+        committed = await super().seek_to_committed()
+        for tp in streams:
+            offset = committed.get(tp)
+            await self._seek_stream(tp, offset if offset is not None and offset >= 0 else None)
+        return committed
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        guarded = self.fetch_guard.guards(partition)
+        if guarded:
+            self.fetch_guard.seek_started(partition)
+        await super().seek(partition, offset)
+        if guarded:
+            self.fetch_guard.seek_ended(partition, offset)
+
+    async def _seek_stream(self, tp: TP, offset: int | None) -> None:
+        """Seek a stream partition in the consumer's own thread, where its fetches run (a seek
+        from the app's thread races them inside aiokafka's fetcher)."""
+        thread = self._thread
+        partition = TopicPartition(tp.topic, tp.partition)  # aiokafka refuses Faust's TP
+        if offset is not None:
+            await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
+        elif self.app.conf.consumer_auto_offset_reset == "earliest":
+            await thread.seek_to_beginning(partition)
+        self._read_offset[tp] = offset or None  # as Faust's own seek sets it
+        self.fetch_guard.seek_ended(tp, offset)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's fetch, less the stream records `FetchGuard` refuses; partitions whose
+        refused records must come again are sought back first."""
+        guard = self.fetch_guard
+        app = self.app
+        refetches = {} if app.rebalancing else guard.refetches()
+        for tp, offset in refetches.items():
+            log.info(
+                "records fetched before a seek were refused; fetching them again",
+                partition=f"{tp.topic}[{tp.partition}]",
+                offset=offset,
+            )
+            guard.seek_started(tp)
+            await self._seek_stream(tp, offset)
+        eras = guard.eras()
+        async for tp, message in super().getmany(timeout):
+            if not guard.guards(tp) or guard.admit(tp, message.offset, eras, app.rebalancing):
+                yield tp, message
+
+
+class DriftlineConsumer(CommitGatedConsumer, SeekGuardedConsumer):
+    """The consumer of every Driftline app: commits wait for its sends, and its stream
+    partitions are fetched without holes."""

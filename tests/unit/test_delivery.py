@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
+from faust.types import TP
 
 from shared.app import create_app
 from shared.delivery import (
@@ -16,7 +17,9 @@ from shared.delivery import (
     CommitGatedConsumer,
     Deliveries,
     DeliveryFailedError,
+    DriftlineConsumer,
     DurableProducer,
+    FetchGuard,
 )
 from shared.settings import DriftlineSettings, IngestionSettings
 from tests.support.faust_doubles import isolate_prometheus
@@ -30,6 +33,7 @@ async def test_every_app_has_an_idempotent_acks_all_producer_and_a_commit_gated_
 
     assert isinstance(app.producer, DurableProducer)
     assert isinstance(app.consumer, CommitGatedConsumer)
+    assert isinstance(app.consumer, DriftlineConsumer)
     assert app.conf.processing_guarantee.value == "at_least_once"
     producer = app.producer._new_producer()
     try:
@@ -82,3 +86,104 @@ async def test_settle_sees_a_failure_whose_callback_has_not_run_yet() -> None:
         await deliveries.settle()
     await asyncio.sleep(0)  # the callback runs now and finds it settled
     assert len(deliveries.failed) == 1
+
+
+LABELED = TP("predictions.labeled", 0)
+OTHER = TP("predictions.labeled", 1)
+
+
+def _sought(at: int | None) -> FetchGuard:
+    guard = FetchGuard()
+    guard.assigned([LABELED, OTHER])
+    for tp in (LABELED, OTHER):
+        guard.seek_started(tp)
+        guard.seek_ended(tp, at)
+    return guard
+
+
+def test_records_wait_for_the_seek_that_follows_an_assignment() -> None:
+    guard = FetchGuard()
+    guard.assigned([LABELED])
+    eras = guard.eras()
+    assert not guard.admit(LABELED, 120, eras, False)  # fetched from wherever the old position was
+    guard.seek_started(LABELED)  # sets the position anew: what was refused before is covered
+    guard.seek_ended(LABELED, 100)
+    assert guard.refetches() == {}
+    eras = guard.eras()
+    assert [guard.admit(LABELED, offset, eras, False) for offset in (100, 101, 102)] == [True] * 3
+
+
+def test_records_refused_while_a_seek_runs_are_fetched_again_after_it() -> None:
+    guard = FetchGuard()
+    guard.assigned([LABELED])
+    guard.seek_started(LABELED)
+    # fetched after the broker-side seek took effect, before it was known here
+    assert not guard.admit(LABELED, 100, guard.eras(), False)
+    assert guard.refetches() == {}  # not before the seek has ended
+    guard.seek_ended(LABELED, 100)
+    assert guard.refetches() == {LABELED: 100}
+
+
+def test_a_record_fetched_before_the_latest_seek_is_refused_and_fetched_again() -> None:
+    guard = _sought(100)
+    before = guard.eras()
+    assert guard.admit(LABELED, 100, before, False)
+    assert guard.admit(OTHER, 7, before, False)
+
+    guard.seek_started(LABELED)  # e.g. recovery's seek to the committed offset, mid-batch
+    guard.seek_ended(LABELED, 90)
+    assert not guard.admit(LABELED, 101, before, False)
+    assert not guard.admit(LABELED, 102, before, False)
+    assert guard.admit(OTHER, 8, before, False)  # another partition's records still flow
+    assert guard.refetches() == {LABELED: 90}
+
+    guard.seek_started(LABELED)
+    guard.seek_ended(LABELED, 90)
+    assert guard.refetches() == {}
+    after = guard.eras()
+    assert guard.admit(LABELED, 90, after, False)
+
+
+def test_the_refetch_resumes_after_the_last_record_given_to_the_stream() -> None:
+    guard = _sought(100)
+    eras = guard.eras()
+    assert guard.admit(LABELED, 100, eras, False)
+    assert guard.admit(LABELED, 101, eras, False)
+    assert not guard.admit(LABELED, 102, {}, False)  # fetched in another era
+    assert guard.refetches() == {LABELED: 102}
+
+
+def test_a_fresh_fetch_may_jump_over_offsets_the_broker_does_not_have() -> None:
+    guard = _sought(100)
+    eras = guard.eras()
+    # transaction markers and compacted records leave holes in a fetch from the position
+    assert [guard.admit(LABELED, offset, eras, False) for offset in (100, 102, 107)] == [True] * 3
+    assert guard.refetches() == {}
+
+
+def test_with_nothing_committed_the_refetch_starts_from_the_reset_policy() -> None:
+    guard = _sought(None)
+    eras = guard.eras()
+    guard.seek_started(OTHER)
+    guard.seek_ended(OTHER, None)
+    assert not guard.admit(OTHER, 0, eras, False)
+    assert guard.refetches() == {OTHER: None}
+
+
+def test_nothing_is_admitted_during_a_rebalance_and_it_is_fetched_again_after() -> None:
+    guard = _sought(100)
+    eras = guard.eras()
+    # recovery's last step empties every stream's queue: a record given now would be dropped
+    assert not guard.admit(LABELED, 100, eras, True)
+    assert guard.refetches() == {LABELED: 100}
+    assert guard.admit(OTHER, 100, eras, False)
+
+
+def test_partitions_of_another_assignment_or_unguarded_are_not_tracked() -> None:
+    guard = _sought(5)
+    guard.assigned([OTHER])
+    assert not guard.guards(LABELED)
+    guard.seek_started(LABELED)  # e.g. a changelog partition sought by recovery
+    guard.seek_ended(LABELED, 0)
+    assert guard.guards(OTHER)
+    assert not guard.admit(OTHER, 5, guard.eras(), False)
