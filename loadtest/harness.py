@@ -35,11 +35,11 @@ from loadtest.measure import (
     topic_end,
     wait_for_records,
 )
-from loadtest.workload import Record
+from loadtest.workload import Record, Workload, setup_records
 from services.processes import ServiceProcess
 from shared.admin import create_topics
 from shared.settings import DriftlineSettings
-from shared.topics import Topic
+from shared.topics import MODEL_SNAPSHOTS, Topic
 
 
 @dataclass
@@ -113,6 +113,39 @@ class Run:
             if name in self._spawned:
                 worker.wait_ready(timeout=180.0)
                 self.startup_s[name] = round(time.monotonic() - self._spawned.pop(name), 2)
+
+    def publish_setup(
+        self,
+        workload: Workload,
+        models: dict[str, str],
+        per_entity: bool,
+        entity_snapshots: bool = False,
+    ) -> int:
+        """Publish the workload's set-up records (see `setup_records`); return how many
+        snapshots."""
+        records = setup_records(
+            workload, models, self.settings.snapshot_hmac_key, per_entity, entity_snapshots
+        )
+        for topic, values in records.items():
+            asyncio.run(publish_all(self.bootstrap, self.topic(topic), values))
+        return len(records[MODEL_SNAPSHOTS])
+
+    def start_services(
+        self, services: dict[str, int], streams: int, deployments: int, snapshots: int
+    ) -> None:
+        """Start `services` (name -> workers) together and wait until their agents have stored
+        the set-up records, so what follows sees a ready pipeline."""
+        began = time.monotonic()
+        for service, workers in services.items():
+            for _ in range(workers):
+                self.spawn(service)
+        self.wait_ready()
+        if "ingestion" in services:
+            self.wait_stored("ingestion", "stream_to_schema", streams)
+        if "router" in services:
+            self.wait_stored("router", "deployments", deployments)
+            self.wait_stored("router", "model_snapshots", snapshots)
+        self.ready_s = round(time.monotonic() - began, 2)
 
     def _names(self) -> list[str]:
         """``service-index`` of each worker, in start order."""

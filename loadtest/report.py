@@ -142,12 +142,13 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
     )
 
 
-def write_block(path: Path, block: str) -> None:
-    """Put `block` into the page at `path`, replacing the previous one (or appending it)."""
+def write_block(path: Path, block: str, start: str = BLOCK_START, end: str = BLOCK_END) -> None:
+    """Put `block` into the page at `path`, replacing the previous one between the markers
+    `start` and `end` (or appending it)."""
     text = path.read_text() if path.exists() else ""
-    if BLOCK_START in text and BLOCK_END in text:
-        head, rest = text.split(BLOCK_START, 1)
-        tail = rest.split(BLOCK_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
         text = head + block + tail
     else:
         text = text.rstrip() + "\n\n" + block + "\n"

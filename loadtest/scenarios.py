@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.generator import FeedbackPlan, generate
-from loadtest.harness import Phase, Run, create_plain_topics, load_average, publish_all, run_phase
+from loadtest.harness import Phase, Run, create_plain_topics, load_average, run_phase
 from loadtest.measure import (
     event_latencies_ms,
     latency_summary,
@@ -26,7 +26,7 @@ from loadtest.measure import (
     topic_end,
     wait_for_records,
 )
-from loadtest.workload import MODEL_ID, Workload, setup_records
+from loadtest.workload import MODEL_ID, Workload
 from shared.topics import (
     ALERTS,
     EVENTS_RAW,
@@ -167,40 +167,6 @@ def _forward_chain(ctx: Context, hops: int) -> dict[str, Any]:
         run.close()
 
 
-def _publish_setup(
-    run: Run,
-    workload: Workload,
-    models: dict[str, str],
-    per_entity: bool,
-    entity_snapshots: bool = False,
-) -> int:
-    """Publish the workload's set-up records (see `setup_records`); return how many snapshots."""
-    records = setup_records(
-        workload, models, run.settings.snapshot_hmac_key, per_entity, entity_snapshots
-    )
-    for topic, values in records.items():
-        asyncio.run(publish_all(run.bootstrap, run.topic(topic), values))
-    return len(records[MODEL_SNAPSHOTS])
-
-
-def _start(
-    run: Run, services: dict[str, int], streams: int, deployments: int, snapshots: int
-) -> None:
-    """Start `services` (name -> workers) together and wait until their agents have stored the
-    set-up records, so the measured phases see a ready pipeline."""
-    began = time.monotonic()
-    for service, workers in services.items():
-        for _ in range(workers):
-            run.spawn(service)
-    run.wait_ready()
-    if "ingestion" in services:
-        run.wait_stored("ingestion", "stream_to_schema", streams)
-    if "router" in services:
-        run.wait_stored("router", "deployments", deployments)
-        run.wait_stored("router", "model_snapshots", snapshots)
-    run.ready_s = round(time.monotonic() - began, 2)
-
-
 def _max_then_latency(ctx: Context, run: Run, phase: Phase) -> dict[str, Any]:
     """The maximum sustained rate, then latency at half of it with fresh events."""
     fastest = run_phase(run, phase, None)
@@ -225,8 +191,8 @@ def router_deployments(ctx: Context, n_deployments: int, workers: int = 1) -> di
     workload = Workload(run=run.prefix, streams=n_deployments)
     models = {f"deployment-{i}": f"{MODEL_ID}-{i}" for i in range(n_deployments)}
     try:
-        snapshots = _publish_setup(run, workload, models, per_entity=False)
-        _start(run, {"router": workers}, n_deployments, n_deployments, snapshots)
+        snapshots = run.publish_setup(workload, models, per_entity=False)
+        run.start_services({"router": workers}, n_deployments, n_deployments, snapshots)
         idle = run.usage()
         phase = Phase(
             run.topic(FEATURES),
@@ -255,8 +221,8 @@ def router_per_entity(ctx: Context) -> dict[str, Any]:
     run = ctx.run("per-entity")
     workload = Workload(run=run.prefix, entities=ctx.sizes.entities)
     try:
-        snapshots = _publish_setup(run, workload, {"deployment-0": MODEL_ID}, True, True)
-        _start(run, {"router": 1}, 1, 1, snapshots)
+        snapshots = run.publish_setup(workload, {"deployment-0": MODEL_ID}, True, True)
+        run.start_services({"router": 1}, 1, 1, snapshots)
         idle = run.usage()
         phase = Phase(
             run.topic(FEATURES),
@@ -283,8 +249,8 @@ def ingestion_alone(ctx: Context) -> dict[str, Any]:
     run = ctx.run("ingestion")
     workload = Workload(run=run.prefix)
     try:
-        _publish_setup(run, workload, {"deployment-0": MODEL_ID}, per_entity=False)
-        _start(run, {"ingestion": 1}, 1, 1, 1)
+        run.publish_setup(workload, {"deployment-0": MODEL_ID}, per_entity=False)
+        run.start_services({"ingestion": 1}, 1, 1, 1)
         phase = Phase(
             run.topic(EVENTS_RAW),
             workload.raw_event,
@@ -308,8 +274,8 @@ def prediction_path(ctx: Context, workers: int = 1) -> dict[str, Any]:
     run = ctx.run(f"path-x{workers}")
     workload = Workload(run=run.prefix)
     try:
-        _publish_setup(run, workload, {"deployment-0": MODEL_ID}, per_entity=False)
-        _start(run, {"router": workers, "ingestion": workers}, 1, 1, 1)
+        run.publish_setup(workload, {"deployment-0": MODEL_ID}, per_entity=False)
+        run.start_services({"router": workers, "ingestion": workers}, 1, 1, 1)
         phase = Phase(
             run.topic(EVENTS_RAW),
             workload.raw_event,
@@ -341,8 +307,8 @@ def full_loop(ctx: Context, per_entity: bool = False) -> dict[str, Any]:
     workload = Workload(run=run.prefix, entities=entities)
     services = ("router", "feedback", "learner", "drift", "ingestion")
     try:
-        _publish_setup(run, workload, {"deployment-0": MODEL_ID}, per_entity)
-        _start(run, dict.fromkeys(services, 1), 1, 1, 1)
+        run.publish_setup(workload, {"deployment-0": MODEL_ID}, per_entity)
+        run.start_services(dict.fromkeys(services, 1), 1, 1, 1)
         phase = Phase(
             run.topic(EVENTS_RAW),
             workload.raw_event,
