@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: demo test unit integration lint tools kafka-start kafka-stop clean bench
+.PHONY: demo test unit integration lint tools kafka-start kafka-stop clean bench chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ demo: $(STAMP)
 # docs/benchmarks.md and docs/benchmarks.json. `make bench BENCH_QUICK=1` runs each tiny.
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
+# Fault injection on its own local broker (port 39093): workers SIGKILLed while events flow,
+# every effect checked by event id; writes docs/reliability.md and docs/reliability.json.
+# The integration suite runs the quick set (tests/integration/test_chaos.py).
+chaos: $(STAMP)
+	$(BIN)/python -m loadtest.chaos $(CHAOS_ARGS)
 
 kafka-start: $(STAMP)
 	$(BIN)/driftline kafka start

@@ -1,0 +1,402 @@
+"""Fault injection on the real broker, checked by event id (issue 15).
+
+    .venv/bin/python -m loadtest.chaos            # every scenario, 3 runs each (make chaos)
+    .venv/bin/python -m loadtest.chaos --quick    # the small set CI runs
+
+A scenario runs a private Driftline (`loadtest.harness.Run`), sends a known workload at a fixed
+rate with a label for every event one second later, and injects its faults on a schedule while
+the events flow (SIGKILL a worker and start its successor at once, ...). Then it waits until
+every consumer group has committed everything it was given, reads the output topics back and
+checks every event's effects by id, as a run without faults would have them:
+
+- one prediction per event and answering variant (re-sent records of one prediction id are
+  counted apart: downstream drops them by id);
+- exactly one labeled record per (event, variant) on ``predictions.labeled``;
+- the online model learned every labeled event exactly once (its ``n_learned`` equals the
+  events, where a loss shows as less and a twice-learned record as more).
+
+The broker is a `LocalKafka` on port 39093 (not the tests' 19092 nor the bench's 39092), started
+if none answers and stopped afterwards if this run started it. A full run writes
+``docs/reliability.json`` and the generated block of ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from loadtest.generator import FeedbackPlan, generate
+from loadtest.harness import Run, load_average
+from loadtest.measure import partitions_of, read_records
+from loadtest.report import write_block
+from loadtest.workload import MODEL_ID, Workload
+from services.processes import ServiceProcess
+from shared.localkafka import KAFKA_VERSION, LocalKafka, default_home
+from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, MODEL_SNAPSHOTS, PREDICTIONS
+from shared.topics import PREDICTIONS_LABELED as LABELED
+
+DEPLOYMENT = "deployment-0"
+WORKER_ENV = {
+    "DRIFTLINE_LEARNER_SNAPSHOT_EVERY_S": "1",
+    "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "1000000",
+}
+"""Snapshots once a second, whatever was learned: the last one tells what the model learned."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: at `at_s` seconds into the sending, `action` on `service`'s worker."""
+
+    at_s: float
+    action: str
+    """``kill``: SIGKILL the worker and start its successor at once, as a crash would."""
+    service: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A pipeline, a workload and a fault schedule."""
+
+    name: str
+    services: tuple[str, ...]
+    events: int
+    rate: float
+    """Events per second the generator sends (labels follow one second later)."""
+    faults: tuple[Fault, ...]
+    partitions: int = 4
+
+    @property
+    def input_topic(self) -> Any:
+        """Where the workload's events go: raw events with ingestion in the pipeline, else
+        feature events straight to the router."""
+        return EVENTS_RAW if "ingestion" in self.services else FEATURES
+
+
+def kill_each(services: Iterable[str], first_s: float, every_s: float, rounds: int = 1) -> tuple:
+    """SIGKILL each service in turn, `every_s` apart, `rounds` times over."""
+    names = list(services) * rounds
+    return tuple(Fault(first_s + i * every_s, "kill", s) for i, s in enumerate(names))
+
+
+def plan(quick: bool) -> list[Scenario]:
+    """The scenarios of a full run (`make chaos`) or of the quick set CI runs."""
+    learning = ("router", "feedback", "learner")
+    if quick:
+        return [
+            Scenario("T1a kill router, feedback, learner", learning, 1_500, 100.0,
+                     kill_each(learning, 4.0, 3.0)),
+        ]  # fmt: skip
+    return [
+        Scenario("T1a kill router, feedback, learner", learning, 3_000, 140.0,
+                 kill_each(learning, 7.0, 7.0)),
+    ]  # fmt: skip
+
+
+@dataclass
+class Effects:
+    """What the outputs hold, by id, against what a run without faults gives."""
+
+    events: int
+    predicted: int = 0
+    """Events with a prediction of the champion."""
+    duplicate_prediction_records: int = 0
+    """Prediction records beyond one per prediction id (absorbed downstream by id)."""
+    labeled: int = 0
+    """(event, variant) pairs with a labeled record."""
+    duplicate_labeled: int = 0
+    """Labeled records beyond one per (event, variant): duplicated effects."""
+    learned: int | None = None
+    """The online model's ``n_learned`` at the end."""
+    caught_up_s: float | None = None
+    """Seconds from the last event sent until every group had committed all its input."""
+    behind: dict[str, int] = field(default_factory=dict)
+    """Where groups had not caught up by the timeout: group topic[partition] -> records left."""
+    faults: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        """Events missing a prediction, a labeled record or a learning step."""
+        learned = self.events if self.learned is None else self.learned
+        return (
+            (self.events - self.predicted)
+            + (self.events - self.labeled)
+            + max(0, self.events - learned)
+        )
+
+    @property
+    def duplicated(self) -> int:
+        """Effects applied more than once."""
+        learned = self.events if self.learned is None else self.learned
+        return self.duplicate_labeled + max(0, learned - self.events)
+
+    @property
+    def passed(self) -> bool:
+        """Nothing lost, nothing done twice, everything caught up."""
+        return self.lost == 0 and self.duplicated == 0 and self.caught_up_s is not None
+
+
+def live_worker(run: Run, service: str) -> ServiceProcess:
+    """The newest worker of `service`."""
+    return next(w for w in reversed(run.workers) if w.service == service)
+
+
+async def inject(run: Run, faults: tuple[Fault, ...], began: float, done: list[str]) -> None:
+    """Carry out `faults` at their times (measured from `began`, a monotonic time)."""
+    for fault in sorted(faults, key=lambda f: f.at_s):
+        await asyncio.sleep(max(0.0, began + fault.at_s - time.monotonic()))
+        worker = live_worker(run, fault.service)
+        if fault.action == "kill":
+            await asyncio.to_thread(worker.kill)
+            run.spawn(fault.service, **WORKER_ENV)
+        else:
+            raise ValueError(f"unknown fault action {fault.action!r}")
+        done.append(f"{time.monotonic() - began:.1f}s {fault.action} {fault.service}")
+
+
+def input_topics(run: Run, services: Iterable[str]) -> dict[str, list[str]]:
+    """Each service's consumer group with the topics it reads (internal ones included)."""
+    topics = {
+        "ingestion": [run.topic(EVENTS_RAW)],
+        "router": [run.topic(FEATURES)],
+        "feedback": [run.topic(PREDICTIONS), run.topic(FEEDBACK)],
+        "learner": [run.topic(LABELED), f"{run.group('learner')}-training-examples"],
+        "drift": [
+            run.topic(FEATURES),
+            run.topic(LABELED),
+            f"{run.group('drift')}-feature-values",
+        ],
+    }
+    return {run.group(s): topics[s] for s in services}
+
+
+async def wait_caught_up(
+    bootstrap: str, groups: dict[str, list[str]], timeout: float
+) -> dict[str, int]:
+    """Wait until every group has committed the end of every partition it reads, twice in a
+    row a second apart (a worker may still be writing what the first look saw as done); what
+    was left at the timeout, per group and partition (empty: caught up)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    deadline = time.monotonic() + timeout
+    streak = 0
+    try:
+        behind: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            behind = {}
+            for group, topics in groups.items():
+                committed = await admin.list_consumer_group_offsets(group)
+                for topic in topics:
+                    partitions = await partitions_of(bootstrap, topic)
+                    for tp, end in (await consumer.end_offsets(partitions)).items():
+                        done = committed.get(tp)
+                        left = end - (done.offset if done is not None else 0)
+                        if left:
+                            behind[f"{group} {tp.topic}[{tp.partition}]"] = left
+            streak = streak + 1 if not behind else 0
+            if streak >= 2:
+                return {}
+            await asyncio.sleep(1.0)
+        return behind
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effects) -> None:
+    """Fill `effects` from the output topics."""
+    wanted = {workload.event_id(i) for i in range(scenario.events)}
+    predictions = [
+        orjson.loads(r.value) for r in await read_records(run.bootstrap, run.topic(PREDICTIONS))
+    ]
+    by_id = Counter(p["prediction_id"] for p in predictions)
+    effects.duplicate_prediction_records = sum(n - 1 for n in by_id.values())
+    effects.predicted = len(wanted & {p["event_id"] for p in predictions})
+    labeled = [orjson.loads(r.value) for r in await read_records(run.bootstrap, run.topic(LABELED))]
+    pairs = Counter(
+        (record["event_id"], outcome["variant"])
+        for record in labeled
+        for outcome in record["outcomes"]
+    )
+    effects.labeled = len({event for event, _ in pairs} & wanted)
+    effects.duplicate_labeled = sum(n - 1 for n in pairs.values())
+    snapshots = [
+        orjson.loads(r.value) for r in await read_records(run.bootstrap, run.topic(MODEL_SNAPSHOTS))
+    ]
+    learned = [s["n_learned"] for s in snapshots if s["model_id"] == MODEL_ID and s["n_learned"]]
+    effects.learned = max(learned, default=0) if "learner" in scenario.services else None
+
+
+def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: float) -> Effects:
+    """One run of `scenario` on a fresh private Driftline; its effects checked by id."""
+    run = Run(bootstrap, workdir, scenario.name.split()[0].lower(), scenario.partitions)
+    workload = Workload(run=run.prefix)
+    effects = Effects(events=scenario.events)
+    try:
+        run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
+        for service in scenario.services:
+            run.spawn(service, **WORKER_ENV)
+        run.wait_ready()
+        if "router" in scenario.services:
+            run.wait_stored("router", "deployments", 1)
+            run.wait_stored("router", "model_snapshots", 1)
+        make = workload.raw_event if scenario.input_topic is EVENTS_RAW else workload.feature_event
+        asyncio.run(_send_with_faults(run, workload, scenario, make, effects))
+        sent_at = time.monotonic()
+        groups = input_topics(run, scenario.services)
+        effects.behind = asyncio.run(wait_caught_up(bootstrap, groups, timeout_s))
+        if not effects.behind:
+            effects.caught_up_s = round(time.monotonic() - sent_at, 1)
+            time.sleep(3.0)  # one more snapshot round after the last example was learned
+        asyncio.run(check(run, workload, scenario, effects))
+    finally:
+        run.close()
+    return effects
+
+
+async def _send_with_faults(
+    run: Run, workload: Workload, scenario: Scenario, make: Any, effects: Effects
+) -> None:
+    began = time.monotonic()
+    faults = asyncio.create_task(inject(run, scenario.faults, began, effects.faults))
+    try:
+        await generate(
+            run.bootstrap,
+            run.topic(scenario.input_topic),
+            make,
+            scenario.events,
+            rate=scenario.rate,
+            max_seconds=scenario.events / scenario.rate * 3 + 60,
+            feedback=FeedbackPlan(run.topic(FEEDBACK), workload.feedback, delay_s=1.0),
+        )
+        await faults
+    finally:
+        faults.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await faults
+    await asyncio.to_thread(run.wait_ready)
+
+
+BLOCK_START = "<!-- chaos:start (generated by `make chaos`; edits inside are lost) -->"
+BLOCK_END = "<!-- chaos:end -->"
+
+
+def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The results as a markdown table, one row per scenario and run."""
+    lines = [
+        BLOCK_START,
+        f"Run {meta['started']} ({meta['mode']}, {meta['seconds']:.0f} s), Kafka"
+        f" {meta['kafka']}, load average at start {meta['load_average_start']}.",
+        "",
+        "| scenario | run | events | lost | duplicated effects | duplicate records"
+        " (absorbed) | state equal | caught up (s) | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['scenario']} | {row['run']} | – | – | – | – | – | – |"
+                         f" error: {row['error']} |")  # fmt: skip
+            continue
+        learned = row["learned"]
+        equal = (
+            "–"
+            if learned is None
+            else ("yes" if learned == row["events"] else f"no ({learned:,} learned)")
+        )
+        lines.append(
+            f"| {row['scenario']} | {row['run']} | {row['events']:,} | {row['lost']} |"
+            f" {row['duplicated']} | {row['duplicate_prediction_records']} | {equal} |"
+            f" {row['caught_up_s'] if row['caught_up_s'] is not None else 'never'} |"
+            f" {'pass' if row['passed'] else 'FAIL'} |"
+        )
+    lines.append(BLOCK_END)
+    return "\n".join(lines)
+
+
+def main(
+    quick: Annotated[bool, typer.Option(help="Only the small set CI runs, once each.")] = False,
+    runs: Annotated[
+        int | None, typer.Option(help="Runs per scenario (default 3; quick 1).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port of the chaos broker.")] = 39093,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Only scenarios whose name has this.")
+    ] = None,
+    timeout_s: Annotated[
+        float, typer.Option(help="Catch-up time allowed after the sending.")
+    ] = 240.0,
+    doc: Annotated[Path | None, typer.Option(help="Markdown page to update.")] = None,
+) -> None:
+    """Run the fault scenarios, print the table, exit 1 if any run lost or doubled an effect."""
+    runs = runs or (1 if quick else 3)
+    doc = doc or (None if quick else Path("docs/reliability.md"))
+    broker = LocalKafka(port=port, home=default_home())
+    started_broker = not broker.is_up(timeout=1.0)
+    if started_broker:
+        broker.start()
+    began = time.monotonic()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    load_start = load_average()
+    workdir = (Path(".driftline/chaos") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    rows: list[dict[str, Any]] = []
+    try:
+        for scenario in plan(quick):
+            if only and not any(o in scenario.name for o in only):
+                continue
+            for index in range(1, runs + 1):
+                print(f"[{time.monotonic() - began:6.1f}s] {scenario.name} run {index} ...",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                row: dict[str, Any] = {"scenario": scenario.name, "run": index}
+                try:
+                    effects = run_scenario(broker.bootstrap, workdir, scenario, timeout_s)
+                    row |= asdict(effects) | {
+                        "lost": effects.lost,
+                        "duplicated": effects.duplicated,
+                        "passed": effects.passed,
+                    }
+                except Exception as exc:
+                    traceback.print_exc()
+                    row |= {"error": f"{type(exc).__name__}: {exc}", "passed": False}
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        if started_broker:
+            broker.stop()
+    meta = {
+        "started": started,
+        "mode": "quick" if quick else "full",
+        "seconds": round(time.monotonic() - began, 1),
+        "kafka": KAFKA_VERSION,
+        "load_average_start": load_start,
+    }
+    table = render(meta, rows)
+    print(table)
+    if doc is not None:
+        write_block(doc, table, BLOCK_START, BLOCK_END)
+        doc.with_suffix(".json").write_text(
+            json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n"
+        )
+    if not all(row["passed"] for row in rows):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    typer.run(main)
