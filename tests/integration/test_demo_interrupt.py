@@ -53,7 +53,7 @@ def _alive(pid: int) -> bool:
 
 def _workers_ready(results: Path) -> bool:
     logs = list(results.glob("demo-*/logs/*.log"))
-    ready = [log for log in logs if "[^Worker]: Ready" in log.read_text(errors="replace")]
+    ready = [log for log in logs if "[^DriftlineWorker]: Ready" in log.read_text(errors="replace")]
     return len(ready) == len(SERVICES)
 
 
