@@ -97,6 +97,7 @@ def kill_each(services: Iterable[str], first_s: float, every_s: float, rounds: i
 def plan(quick: bool) -> list[Scenario]:
     """The scenarios of a full run (`make chaos`) or of the quick set CI runs."""
     learning = ("router", "feedback", "learner")
+    everything = ("ingestion", "router", "feedback", "drift", "learner")
     if quick:
         return [
             Scenario("T1a kill router, feedback, learner", learning, 1_500, 100.0,
@@ -105,6 +106,8 @@ def plan(quick: bool) -> list[Scenario]:
     return [
         Scenario("T1a kill router, feedback, learner", learning, 3_000, 140.0,
                  kill_each(learning, 7.0, 7.0)),
+        Scenario("T1b kill each of the five services twice", everything, 6_000, 140.0,
+                 kill_each(everything, 5.0, 4.0, rounds=2)),
     ]  # fmt: skip
 
 
@@ -113,6 +116,10 @@ class Effects:
     """What the outputs hold, by id, against what a run without faults gives."""
 
     events: int
+    featured: int | None = None
+    """Events with a feature event (with ingestion in the pipeline)."""
+    duplicate_feature_records: int = 0
+    """Feature records beyond one per event (absorbed downstream by prediction id)."""
     predicted: int = 0
     """Events with a prediction of the champion."""
     duplicate_prediction_records: int = 0
@@ -131,10 +138,13 @@ class Effects:
 
     @property
     def lost(self) -> int:
-        """Events missing a prediction, a labeled record or a learning step."""
+        """Events missing a feature event, a prediction, a labeled record or a learning
+        step."""
         learned = self.events if self.learned is None else self.learned
+        featured = self.events if self.featured is None else self.featured
         return (
-            (self.events - self.predicted)
+            (self.events - featured)
+            + (self.events - self.predicted)
             + (self.events - self.labeled)
             + max(0, self.events - learned)
         )
@@ -223,6 +233,13 @@ async def wait_caught_up(
 async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effects) -> None:
     """Fill `effects` from the output topics."""
     wanted = {workload.event_id(i) for i in range(scenario.events)}
+    if "ingestion" in scenario.services:
+        features = Counter(
+            orjson.loads(r.value)["event_id"]
+            for r in await read_records(run.bootstrap, run.topic(FEATURES))
+        )
+        effects.featured = len(wanted & set(features))
+        effects.duplicate_feature_records = sum(n - 1 for n in features.values())
     predictions = [
         orjson.loads(r.value) for r in await read_records(run.bootstrap, run.topic(PREDICTIONS))
     ]
@@ -250,13 +267,8 @@ def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: f
     workload = Workload(run=run.prefix)
     effects = Effects(events=scenario.events)
     try:
-        run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
-        for service in scenario.services:
-            run.spawn(service, **WORKER_ENV)
-        run.wait_ready()
-        if "router" in scenario.services:
-            run.wait_stored("router", "deployments", 1)
-            run.wait_stored("router", "model_snapshots", 1)
+        snapshots = run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
+        run.start_services({s: 1 for s in scenario.services}, 1, 1, snapshots, **WORKER_ENV)
         make = workload.raw_event if scenario.input_topic is EVENTS_RAW else workload.feature_event
         asyncio.run(_send_with_faults(run, workload, scenario, make, effects))
         sent_at = time.monotonic()
@@ -322,7 +334,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         )
         lines.append(
             f"| {row['scenario']} | {row['run']} | {row['events']:,} | {row['lost']} |"
-            f" {row['duplicated']} | {row['duplicate_prediction_records']} | {equal} |"
+            f" {row['duplicated']} |"
+            f" {row['duplicate_feature_records'] + row['duplicate_prediction_records']} | {equal} |"
             f" {row['caught_up_s'] if row['caught_up_s'] is not None else 'never'} |"
             f" {'pass' if row['passed'] else 'FAIL'} |"
         )

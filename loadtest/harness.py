@@ -131,14 +131,20 @@ class Run:
         return len(records[MODEL_SNAPSHOTS])
 
     def start_services(
-        self, services: dict[str, int], streams: int, deployments: int, snapshots: int
+        self,
+        services: dict[str, int],
+        streams: int,
+        deployments: int,
+        snapshots: int,
+        **extra_env: str,
     ) -> None:
-        """Start `services` (name -> workers) together and wait until their agents have stored
-        the set-up records, so what follows sees a ready pipeline."""
+        """Start `services` (name -> workers) together, with `extra_env` on top of the run's
+        settings, and wait until their agents have stored the set-up records, so what follows
+        sees a ready pipeline."""
         began = time.monotonic()
         for service, workers in services.items():
             for _ in range(workers):
-                self.spawn(service)
+                self.spawn(service, **extra_env)
         self.wait_ready()
         if "ingestion" in services:
             self.wait_stored("ingestion", "stream_to_schema", streams)
