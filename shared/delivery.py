@@ -14,6 +14,7 @@ the last commit instead of skipping the lost output.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,9 +171,10 @@ class CommitGatedConsumer(faust_aiokafka.Consumer):
 
 @dataclass(slots=True)
 class _Position:
-    era: int = 0
-    """How many seeks of the partition began or ended: a record fetched in another era was
-    fetched from a position since replaced."""
+    era: int
+    """Changes at every assignment of the partition and at every start and end of a seek of
+    it, never back to an earlier value: a record fetched in another era was fetched from a
+    position since replaced (or by an earlier assignment)."""
     sought: bool = False
     """A seek set the fetch position since the partition was assigned, and none runs now."""
     next_offset: int | None = None
@@ -204,10 +206,11 @@ class FetchGuard:
 
     def __init__(self) -> None:
         self._positions: dict[TP, _Position] = {}
+        self._eras = itertools.count(1)
 
     def assigned(self, partitions: Iterable[TP]) -> None:
         """A new assignment: each partition's records wait for the seek that follows it."""
-        self._positions = {tp: _Position() for tp in partitions}
+        self._positions = {tp: _Position(era=next(self._eras)) for tp in partitions}
 
     def guards(self, tp: TP) -> bool:
         """Whether `tp` is one of the guarded stream partitions of the current assignment."""
@@ -218,7 +221,7 @@ class FetchGuard:
         position = self._positions.get(tp)
         if position is None:
             return
-        position.era += 1
+        position.era = next(self._eras)
         position.sought = False
         position.refused = False
 
@@ -227,7 +230,7 @@ class FetchGuard:
         position = self._positions.get(tp)
         if position is None:
             return
-        position.era += 1
+        position.era = next(self._eras)
         position.sought = True
         position.next_offset = offset
 

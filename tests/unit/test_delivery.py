@@ -170,6 +170,16 @@ def test_with_nothing_committed_the_refetch_starts_from_the_reset_policy() -> No
     assert guard.refetches() == {OTHER: None}
 
 
+def test_a_fetch_begun_under_the_previous_assignment_is_refused_after_the_next_seek() -> None:
+    guard = _sought(100)
+    before = guard.eras()  # a fetch begins; the group rebalances while it waits
+    guard.assigned([LABELED, OTHER])  # the same partitions again
+    guard.seek_started(LABELED)
+    guard.seek_ended(LABELED, 40)  # the committed offset, behind where the old fetch was
+    assert not guard.admit(LABELED, 2_268, before, False)
+    assert guard.refetches() == {LABELED: 40}
+
+
 def test_nothing_is_admitted_during_a_rebalance_and_it_is_fetched_again_after() -> None:
     guard = _sought(100)
     eras = guard.eras()
