@@ -172,7 +172,7 @@ async def inject(run: Run, faults: tuple[Fault, ...], began: float, done: list[s
         await asyncio.sleep(max(0.0, began + fault.at_s - time.monotonic()))
         worker = live_worker(run, fault.service)
         if fault.action == "kill":
-            await asyncio.to_thread(worker.kill)
+            await asyncio.to_thread(run.kill, worker)
             run.spawn(fault.service, **WORKER_ENV)
         else:
             raise ValueError(f"unknown fault action {fault.action!r}")

@@ -107,6 +107,11 @@ class Run:
         self.workers.append(worker)
         self._spawned[f"{service}-{index}"] = time.monotonic()
 
+    def kill(self, worker: ServiceProcess) -> None:
+        """SIGKILL `worker`, as a crash would, and stop waiting for it to be ready."""
+        worker.kill()
+        self._spawned.pop(self._names()[self.workers.index(worker)], None)
+
     def wait_ready(self) -> None:
         """Wait until every spawned worker is healthy; record each one's start-up time."""
         for name, worker in zip(self._names(), self.workers, strict=True):
