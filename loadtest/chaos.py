@@ -12,8 +12,9 @@ checks every event's effects by id, as a run without faults would have them:
 - one prediction per event and answering variant (re-sent records of one prediction id are
   counted apart: downstream drops them by id);
 - exactly one labeled record per (event, variant) on ``predictions.labeled``;
-- the online model learned every labeled event exactly once (its ``n_learned`` equals the
-  events, where a loss shows as less and a twice-learned record as more).
+- the online model learned every labeled event exactly once (the ``n_learned`` of its state,
+  the last record of the learner table's changelog, equals the events, where a loss shows as
+  less and a twice-learned record as more).
 
 The broker is a `LocalKafka` on port 39093 (not the tests' 19092 nor the bench's 39092), started
 if none answers and stopped afterwards if this run started it. A full run writes
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import pickle
 import signal
 import sys
 import time
@@ -48,15 +50,10 @@ from loadtest.report import write_block
 from loadtest.workload import MODEL_ID, Workload
 from services.processes import ServiceProcess
 from shared.localkafka import KAFKA_VERSION, LocalKafka, default_home
-from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, MODEL_SNAPSHOTS, PREDICTIONS
+from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
 
 DEPLOYMENT = "deployment-0"
-WORKER_ENV = {
-    "DRIFTLINE_LEARNER_SNAPSHOT_EVERY_S": "1",
-    "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "1000000",
-}
-"""Snapshots once a second, whatever was learned: the last one tells what the model learned."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +126,7 @@ class Effects:
     duplicate_labeled: int = 0
     """Labeled records beyond one per (event, variant): duplicated effects."""
     learned: int | None = None
-    """The online model's ``n_learned`` at the end."""
+    """The online model's ``n_learned`` in the learner's table at the end."""
     caught_up_s: float | None = None
     """Seconds from the last event sent until every group had committed all its input."""
     behind: dict[str, int] = field(default_factory=dict)
@@ -173,7 +170,7 @@ async def inject(run: Run, faults: tuple[Fault, ...], began: float, done: list[s
         worker = live_worker(run, fault.service)
         if fault.action == "kill":
             await asyncio.to_thread(run.kill, worker)
-            run.spawn(fault.service, **WORKER_ENV)
+            run.spawn(fault.service)
         else:
             raise ValueError(f"unknown fault action {fault.action!r}")
         done.append(f"{time.monotonic() - began:.1f}s {fault.action} {fault.service}")
@@ -254,11 +251,11 @@ async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effec
     )
     effects.labeled = len({event for event, _ in pairs} & wanted)
     effects.duplicate_labeled = sum(n - 1 for n in pairs.values())
-    snapshots = [
-        orjson.loads(r.value) for r in await read_records(run.bootstrap, run.topic(MODEL_SNAPSHOTS))
-    ]
-    learned = [s["n_learned"] for s in snapshots if s["model_id"] == MODEL_ID and s["n_learned"]]
-    effects.learned = max(learned, default=0) if "learner" in scenario.services else None
+    if "learner" in scenario.services:
+        # the learner's state itself: the last record of its table's changelog (its snapshots
+        # are published only when it learns, so a successor with nothing left to learn sends none)
+        states = await read_records(run.bootstrap, f"{run.group('learner')}-model_state-changelog")
+        effects.learned = pickle.loads(states[-1].value).n_learned if states else 0
 
 
 def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: float) -> Effects:
@@ -268,7 +265,7 @@ def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: f
     effects = Effects(events=scenario.events)
     try:
         snapshots = run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
-        run.start_services({s: 1 for s in scenario.services}, 1, 1, snapshots, **WORKER_ENV)
+        run.start_services({s: 1 for s in scenario.services}, 1, 1, snapshots)
         make = workload.raw_event if scenario.input_topic is EVENTS_RAW else workload.feature_event
         asyncio.run(_send_with_faults(run, workload, scenario, make, effects))
         sent_at = time.monotonic()
@@ -276,7 +273,6 @@ def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: f
         effects.behind = asyncio.run(wait_caught_up(bootstrap, groups, timeout_s))
         if not effects.behind:
             effects.caught_up_s = round(time.monotonic() - sent_at, 1)
-            time.sleep(3.0)  # one more snapshot round after the last example was learned
         asyncio.run(check(run, workload, scenario, effects))
     finally:
         run.close()
