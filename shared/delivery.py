@@ -218,21 +218,21 @@ class FetchGuard:
 
     def seek_started(self, tp: TP) -> None:
         """A seek of `tp` began: records fetched until it ends are refused."""
-        position = self._positions.get(tp)
-        if position is None:
-            return
-        position.era = next(self._eras)
-        position.sought = False
-        position.refused = False
+        if (position := self._new_era(tp)) is not None:
+            position.sought = False
+            position.refused = False
 
     def seek_ended(self, tp: TP, offset: int | None) -> None:
         """A seek of `tp` set its position to `offset` (None: the reset policy's start)."""
+        if (position := self._new_era(tp)) is not None:
+            position.sought = True
+            position.next_offset = offset
+
+    def _new_era(self, tp: TP) -> _Position | None:
         position = self._positions.get(tp)
-        if position is None:
-            return
-        position.era = next(self._eras)
-        position.sought = True
-        position.next_offset = offset
+        if position is not None:
+            position.era = next(self._eras)
+        return position
 
     def eras(self) -> dict[TP, int]:
         """Each partition's era now; take it before a fetch and pass it to `admit`."""
@@ -315,7 +315,8 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
         refetches = {} if app.rebalancing else guard.refetches()
         for tp, offset in refetches.items():
             log.info(
-                "records fetched before a seek were refused; fetching them again",
+                "records fetched during a rebalance or before a seek were refused;"
+                " fetching them again",
                 partition=f"{tp.topic}[{tp.partition}]",
                 offset=offset,
             )
