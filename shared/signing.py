@@ -14,5 +14,12 @@ def sign(payload: bytes, key: SecretStr) -> str:
 
 
 def verify(payload: bytes, signature: str | None, key: SecretStr) -> bool:
-    """Whether `signature` is `payload`'s HMAC under `key` (constant-time comparison)."""
-    return bool(signature) and hmac.compare_digest(sign(payload, key), signature or "")
+    """Whether `signature` is `payload`'s HMAC under `key` (constant-time comparison).
+
+    Compared as bytes: `hmac.compare_digest` raises TypeError for a text holding any non-ASCII
+    character, which a forged header or snapshot may carry (lone surrogates from JSON too).
+    """
+    if not signature:
+        return False
+    expected = sign(payload, key).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass"))

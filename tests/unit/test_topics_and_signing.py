@@ -35,3 +35,11 @@ def test_signature_verifies_only_the_same_bytes_and_key() -> None:
     assert not verify(b"model bytes", signature, SecretStr("k2"))
     assert not verify(b"model bytes", None, key)
     assert not verify(b"model bytes", "", key)
+
+
+def test_a_signature_with_non_ascii_characters_is_refused_not_an_error() -> None:
+    key = SecretStr("k1")
+    signature = sign(b"model bytes", key)
+    assert not verify(b"model bytes", signature[:-1] + "é", key)
+    assert not verify(b"model bytes", "ü" * 64, key)
+    assert not verify(b"model bytes", "\ud800" + signature[1:], key)  # a lone surrogate
