@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 import typer
@@ -45,7 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from loadtest.generator import FeedbackPlan, generate
 from loadtest.harness import Run, load_average
-from loadtest.measure import partitions_of, read_records
+from loadtest.measure import partition_lag, partitions_of, read_records
 from loadtest.report import write_block
 from loadtest.workload import MODEL_ID, Workload
 from services.processes import ServiceProcess
@@ -61,7 +61,7 @@ class Fault:
     """One fault: at `at_s` seconds into the sending, `action` on `service`'s worker."""
 
     at_s: float
-    action: str
+    action: Literal["kill"]
     """``kill``: SIGKILL the worker and start its successor at once, as a crash would."""
     service: str
 
@@ -168,11 +168,8 @@ async def inject(run: Run, faults: tuple[Fault, ...], began: float, done: list[s
     for fault in sorted(faults, key=lambda f: f.at_s):
         await asyncio.sleep(max(0.0, began + fault.at_s - time.monotonic()))
         worker = live_worker(run, fault.service)
-        if fault.action == "kill":
-            await asyncio.to_thread(run.kill, worker)
-            run.spawn(fault.service)
-        else:
-            raise ValueError(f"unknown fault action {fault.action!r}")
+        await asyncio.to_thread(run.kill, worker)
+        run.spawn(fault.service)
         done.append(f"{time.monotonic() - began:.1f}s {fault.action} {fault.service}")
 
 
@@ -198,6 +195,10 @@ async def wait_caught_up(
     """Wait until every group has committed the end of every partition it reads, twice in a
     row a second apart (a worker may still be writing what the first look saw as done); what
     was left at the timeout, per group and partition (empty: caught up)."""
+    partitions = {
+        group: [await partitions_of(bootstrap, topic) for topic in topics]
+        for group, topics in groups.items()
+    }
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await admin.start()
@@ -207,16 +208,12 @@ async def wait_caught_up(
     try:
         behind: dict[str, int] = {}
         while time.monotonic() < deadline:
-            behind = {}
-            for group, topics in groups.items():
-                committed = await admin.list_consumer_group_offsets(group)
-                for topic in topics:
-                    partitions = await partitions_of(bootstrap, topic)
-                    for tp, end in (await consumer.end_offsets(partitions)).items():
-                        done = committed.get(tp)
-                        left = end - (done.offset if done is not None else 0)
-                        if left:
-                            behind[f"{group} {tp.topic}[{tp.partition}]"] = left
+            behind = {
+                f"{group} {tp.topic}[{tp.partition}]": left
+                for group, topics in partitions.items()
+                for tp, left in (await partition_lag(admin, consumer, group, topics)).items()
+                if left
+            }
             streak = streak + 1 if not behind else 0
             if streak >= 2:
                 return {}
@@ -254,7 +251,7 @@ async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effec
     if "learner" in scenario.services:
         # the learner's state itself: the last record of its table's changelog (its snapshots
         # are published only when it learns, so a successor with nothing left to learn sends none)
-        states = await read_records(run.bootstrap, f"{run.group('learner')}-model_state-changelog")
+        states = await read_records(run.bootstrap, run.changelog("learner", "model_state"))
         effects.learned = pickle.loads(states[-1].value).n_learned if states else 0
 
 

@@ -167,10 +167,14 @@ class Run:
             names.append(f"{worker.service}-{counts[worker.service]}")
         return names
 
+    def changelog(self, service: str, table: str) -> str:
+        """The changelog topic of `service`'s table `table`."""
+        return f"{self.group(service)}-{table}-changelog"
+
     def wait_stored(self, service: str, table: str, expected: int, timeout: float = 180) -> None:
         """Wait until `service`'s agents have stored `expected` records in `table` (its changelog
         holds them) and every worker has had a moment to read them."""
-        changelog = f"{self.group(service)}-{table}-changelog"
+        changelog = self.changelog(service, table)
         held = asyncio.run(wait_for_records(self.bootstrap, changelog, expected, timeout))
         if held < expected:
             raise TimeoutError(f"{service} stored {held} of {expected} records in {table}")

@@ -208,12 +208,23 @@ async def _lag(
     group: str,
     topics: list[list[TopicPartition]],
 ) -> int:
+    return sum((await partition_lag(admin, consumer, group, topics)).values())
+
+
+async def partition_lag(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    group: str,
+    topics: list[list[TopicPartition]],
+) -> dict[TopicPartition, int]:
+    """Records `group` has not committed yet, per partition of `topics` (each topic's
+    partitions)."""
     committed = await admin.list_consumer_group_offsets(group)
-    lag = 0
+    lag: dict[TopicPartition, int] = {}
     for partitions in topics:
         for tp, end in (await consumer.end_offsets(partitions)).items():
             done = committed.get(tp)
-            lag += end - (done.offset if done is not None and done.offset >= 0 else 0)
+            lag[tp] = end - (done.offset if done is not None and done.offset >= 0 else 0)
     return lag
 
 
