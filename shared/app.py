@@ -22,8 +22,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT, TopicT
 from faust.web import Request, Response, View
 
-from shared import metrics
-from shared.delivery import DriftlineConsumer, DurableProducer
+from shared import delivery, metrics
+from shared.delivery import DriftlineConsumer, DurableProducer, OutputsLostError
 from shared.errors import DriftlineError
 from shared.events import DeadLetter, Event, encode
 from shared.logging import batch_fields, get_logger, logging_config, message_fields
@@ -240,7 +240,8 @@ async def consume_batches(
     Faust acks a batch when the loop comes back for the next one, after `handle` has given
     every output and dead letter to the producer, which a commit flushes first: at least once.
     A batch whose handler raises is handled again event by event, so only the events that
-    raise are dead-lettered (outputs sent before the error may be sent twice).
+    raise are dead-lettered (outputs sent before the error may be sent twice), unless its
+    outputs were lost (`OutputsLostError`): then the worker stops and replays the batch.
     """
     processing = metrics.child(metrics.PROCESSING_SECONDS, service)
     async for events in stream.take_events(max_events, within_seconds):
@@ -249,6 +250,8 @@ async def consume_batches(
             metrics.child(metrics.EVENTS_IN, service, event.message.topic).inc()
         try:
             rejected = await handle(events)
+        except OutputsLostError:
+            raise  # the worker is stopping; the batch is replayed from the last commit
         except Exception:
             log.exception(
                 "batch handler failed; handling its events one by one",
@@ -279,9 +282,58 @@ def as_current_event(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+async def outputs_delivered(app: faust.AppT) -> None:
+    """Wait until the batch's outputs are acknowledged, before writing the state that records
+    them (see `shared.delivery.outputs_delivered`)."""
+    await delivery.outputs_delivered(app)
+
+
+class BufferedTable:
+    """A bytes table's writes held back until a micro-batch's outputs are delivered.
+
+    Reads see the batch's own writes first; `write` then applies each one under the event that
+    made it, whose partition is the key's changelog partition.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._changes: dict[bytes, tuple[bytes | None, EventT]] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of `key` as the batch left it."""
+        if key in self._changes:
+            return self._changes[key][0]
+        return self.table.get(key)
+
+    def put(self, key: bytes, value: bytes | None, event: EventT) -> None:
+        """Set (None: delete) `key`, in the changelog partition of `event`."""
+        self._changes[key] = (value, event)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) as the batch left them."""
+        for key, value in list(self.table.items()):
+            if key not in self._changes:
+                yield key, value
+        for key, (change, _) in self._changes.items():
+            if change is not None:
+                yield key, change
+
+    def write(self) -> None:
+        """Apply the batch's writes to the table (after `outputs_delivered`)."""
+        for key, (value, event) in self._changes.items():
+            with as_current_event(event):
+                if value is not None:
+                    self.table[key] = value
+                elif key in self.table:
+                    del self.table[key]
+        self._changes.clear()
+
+
 async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[EventT, str]]:
     try:
         return await handle([event])
+    except OutputsLostError:
+        raise
     except Exception as exc:
         return [(event, failure_reason(event, exc))]
 

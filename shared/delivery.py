@@ -21,7 +21,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, HeadersArg, Message, RecordMetadata
+from faust.types import TP, AppT, HeadersArg, Message, RecordMetadata
 
 from shared.errors import DriftlineError
 from shared.logging import get_logger
@@ -143,30 +143,58 @@ class CommitGatedConsumer(faust_aiokafka.Consumer):
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
-        producer = self.app.producer
-        deliveries: Deliveries | None = getattr(producer, "deliveries", None)
-        if deliveries is not None:
-            try:
-                await producer.flush()
-                await deliveries.settle()
-            except DeliveryFailedError as exc:
-                log.error(
-                    "sends failed; offsets not committed, stopping the worker",
-                    error=str(exc),
-                    records=[
-                        {
-                            "topic": f.topic,
-                            "key": None if f.key is None else f.key.decode(errors="replace"),
-                            "bytes": f.value_bytes,
-                            "error": f.error,
-                        }
-                        for f in exc.failures[:20]
-                    ],
-                    uncommitted={f"{tp.topic}[{tp.partition}]": at for tp, at in offsets.items()},
-                )
-                await self.crash(exc)
-                return False
+        if not await sends_delivered(self, offsets):
+            return False
         return await super()._commit_offsets(offsets, start_new_transaction)
+
+
+async def sends_delivered(consumer: faust_aiokafka.Consumer, uncommitted: Mapping[TP, int]) -> bool:
+    """Wait until every record the app has handed to its producer is acknowledged; if one
+    failed for good, log an error naming it and the `uncommitted` offsets, crash the worker
+    (exit non-zero) and return False."""
+    producer = consumer.app.producer
+    if not isinstance(producer, DurableProducer):
+        return True
+    try:
+        await producer.flush()
+        await producer.deliveries.settle()
+    except DeliveryFailedError as exc:
+        log.error(
+            "sends failed; offsets not committed, stopping the worker",
+            error=str(exc),
+            records=[
+                {
+                    "topic": f.topic,
+                    "key": None if f.key is None else f.key.decode(errors="replace"),
+                    "bytes": f.value_bytes,
+                    "error": f.error,
+                }
+                for f in exc.failures[:20]
+            ],
+            uncommitted={f"{tp.topic}[{tp.partition}]": at for tp, at in uncommitted.items()},
+        )
+        await consumer.crash(exc)
+        return False
+    return True
+
+
+class OutputsLostError(Exception):
+    """A batch's outputs were not delivered: the worker is stopping, and the state that would
+    record them must not be written (not a `DriftlineError`: no event is to blame)."""
+
+
+async def outputs_delivered(app: AppT) -> None:
+    """The barrier between a batch's outputs and the state that records them.
+
+    A table write and an output are records on different partitions, acknowledged in any
+    order: a crash after the first and before the second would leave state that says an
+    output was made when it was lost, and the replay would find nothing left to do. Written
+    after this barrier, the state can only lag its outputs: a replay sends them again with the
+    same ids and the same provenance, which consumers recognise. Raises `OutputsLostError`
+    (after stopping the worker, see `sends_delivered`) if any send failed for good.
+    """
+    if not await sends_delivered(app.consumer, {}):
+        raise OutputsLostError("outputs were not delivered; the worker stops and replays them")
 
 
 @dataclass(slots=True)

@@ -102,6 +102,28 @@ class Event(BaseModel):
     schema_version: int = 1
 
 
+class Provenance(BaseModel):
+    """The input message whose handling produced a derived record.
+
+    A worker writes a batch's outputs before the state that records them
+    (`shared.delivery.outputs_delivered`), so a crash in between replays the input and sends
+    its outputs again: at new offsets, with the same provenance. Consumers apply each
+    provenance once (`shared.replays.Applied`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+    @property
+    def lineage(self) -> str:
+        """The input partition, whose messages keep their order in everything derived from
+        them on one downstream partition: replays can be recognised by offset alone."""
+        return f"{self.topic}[{self.partition}]"
+
+
 class RawEvent(Event):
     """What producers write to ``events.raw``; `data` is checked against the stream's schema."""
 
@@ -121,6 +143,8 @@ class FeatureEvent(Event):
     event_time: UtcDatetime
     features: dict[str, FeatureValue]
     ingested_at: UtcDatetime = Field(default_factory=utc_now)
+    provenance: Provenance | None = None
+    """The raw event's message (absent in records written before it was added)."""
 
 
 class VariantOutput(BaseModel):
@@ -192,6 +216,9 @@ class LabeledPrediction(Event):
     event_time: UtcDatetime
     label_time: UtcDatetime
     feedback_delay_s: float
+    provenance: Provenance | None = None
+    """The prediction or feedback message that completed the join (absent in records written
+    before it was added)."""
 
 
 class DataWindow(BaseModel):

@@ -171,6 +171,11 @@ class FeedbackSettings(ServiceSettings):
     duplicate feedback is dropped and late feedback dead-lettered as past expiry meanwhile."""
     sweep_every_s: float = Field(default=10.0, gt=0)
     """Event-time seconds between sweeps that remove expired entries from the join table."""
+    batch_max_events: int = Field(default=500, ge=1)
+    """Most predictions and feedback joined as one micro-batch: its labeled records are
+    acknowledged once, before the batch's join states are written."""
+    batch_within_s: float = Field(default=0.01, gt=0)
+    """Longest a message waits for its micro-batch to fill: the latency paid at low rates."""
 
 
 class DriftSettings(ServiceSettings):

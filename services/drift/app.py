@@ -16,13 +16,14 @@ windows the oldest one still open, so the gauge always covers a full window's sp
 
 Both detector agents take micro-batches: a batch reads each detector it touches from its table
 once, feeds it every value of the batch in order, sends its alerts, then writes each detector
-back once (a pickle per batch, not per value) before its offsets are acked. Alerts go out before
-the state that records them: a batch whose alerts fail leaves its detectors unsaved, and its
-replay fires the same alerts with the same ids (`shared.events.alert_id_for`), which receivers
-drop if they had them already. Each detector remembers the
-last offset it counted of each source partition (``features`` or ``predictions.labeled``), so a
-message redelivered after a crash does not feed it twice, even when `fan_out_feature_values`
-re-sends its values under new offsets of the internal topic.
+back once (a pickle per batch, not per value) before its offsets are acked. Alerts are
+delivered before the state that records them is written (`shared.app.outputs_delivered`): a
+crash in between leaves the detectors unsaved, and the replay fires the same alerts with the
+same ids (`shared.events.alert_id_for`), which receivers drop if they had them already. Each
+detector remembers the last input offset it counted per lineage (`shared.replays`: the raw
+event or the join message a value derives from, by way of the partition it was read from), so
+a value redelivered after a crash does not feed it twice, even when `fan_out_feature_values`,
+ingestion or feedback re-sent it under a new offset.
 
 A drift alert's window knows the exact source partition and offset of its first value; before
 it is sent, the offsets of the other partitions and topics a retrain reads (``features``, and
@@ -70,11 +71,13 @@ from shared.app import (
     consume_batches,
     create_app,
     declare_topic,
+    outputs_delivered,
     send_event,
 )
 from shared.errors import DriftlineError
 from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
 from shared.logging import get_logger
+from shared.replays import lineage_of
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
 from shared.webhooks import Delivery, WebhookSender
 
@@ -265,6 +268,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                     rejected.append((event, str(exc)))
             for finding in findings:
                 await report(finding)
+            if findings:
+                await outputs_delivered(app)
             monitors.write()
             for key, window, rate in monitors.error_rates():
                 metrics.MODEL_ERROR_RATE.labels(*orjson.loads(key), window).set(rate)
@@ -275,7 +280,16 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
     async def fan_out(event: EventT) -> None:
         features = decode(FeatureEvent, event.message.value, event.message.topic)
         time = features.event_time.timestamp()
-        source = {"partition": event.message.partition, "offset": event.message.offset}
+        message = event.message
+        lineage, lineage_offset = lineage_of(
+            features.provenance, message.topic, message.partition, message.offset
+        )
+        source = {
+            "partition": message.partition,
+            "offset": message.offset,
+            "lineage": lineage,
+            "lineage_offset": lineage_offset,
+        }
         for name, value in feature_values(features).items():
             item = {"stream": features.stream, "feature": name, "value": value, "time": time}
             item.update(source)
@@ -292,7 +306,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
             feature_subject(stream, feature),
             features_topic.get_topic_name(),
         )
-        if monitor.already_seen(item["partition"], item["offset"]):
+        if monitor.already_seen(item["lineage"], item["lineage_offset"]):
             return []
         time = datetime.fromtimestamp(item["time"], UTC)
         finding = monitor.update(value, time, item["partition"], item["offset"])
@@ -300,7 +314,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         return [finding] if finding is not None else []
 
     def detect_concept(event: EventT, monitors: MonitorBatch) -> Iterable[Finding]:
-        labeled = decode(LabeledPrediction, event.message.value, event.message.topic)
+        message = event.message
+        labeled = decode(LabeledPrediction, message.value, message.topic)
+        lineage, lineage_offset = lineage_of(
+            labeled.provenance, message.topic, message.partition, message.offset
+        )
         task = task_of(labeled.label)
         time = labeled.event_time.timestamp()
         findings = []
@@ -316,10 +334,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
                 model_subject(labeled.deployment, labeled.stream, outcome),
                 labeled_topic.get_topic_name(),
             )
-            partition, offset = event.message.partition, event.message.offset
-            if monitor.already_seen(partition, offset):
+            if monitor.already_seen(lineage, lineage_offset):
                 continue
-            finding = monitor.update(error, labeled.event_time, partition, offset)
+            finding = monitor.update(error, labeled.event_time, message.partition, message.offset)
             monitors.updated(key, monitor, event)
             monitors.add_error(key, time, error, event)
             if finding is not None:

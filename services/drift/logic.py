@@ -34,6 +34,7 @@ from shared.events import (
     VariantOutput,
     alert_id_for,
 )
+from shared.replays import Applied
 
 Level = Literal["warning", "drift"]
 Estimate = Literal["detector_window", "warning_start", "alert_position"]
@@ -297,19 +298,17 @@ class Monitor:
         self.source_topic = source_topic
         self.recent = recent
         self.n_seen = 0
-        self.last_offsets: dict[int, int] = {}
+        self.applied = Applied()
         self.history = PositionHistory()
         self._warning_start: int | None = None
         self._segment = stats.Var()
         self._latest_values: deque[float] = deque(maxlen=recent)
 
-    def already_seen(self, partition: int, offset: int) -> bool:
-        """Whether the source message at `partition` and `offset` was counted before: a message
-        redelivered after a crash must not feed the detector twice."""
-        if offset <= self.last_offsets.get(partition, -1):
-            return True
-        self.last_offsets[partition] = offset
-        return False
+    def already_seen(self, lineage: str, offset: int) -> bool:
+        """Whether the value at `offset` of `lineage` (`shared.replays.lineage_of`) was counted
+        before: a message redelivered, or re-sent by a replay upstream, after a crash must not
+        feed the detector twice."""
+        return not self.applied.first_time(lineage, offset)
 
     def update(
         self, x: float | str, event_time: datetime, partition: int, offset: int

@@ -5,9 +5,16 @@ One agent reads both topics, so a partition's predictions and feedback are handl
 order of arrival. The join table (`event_to_join`) is keyed by event id; each partition's
 watermark is kept in it too (under a key no event id can take), written at every sweep, so a
 restarted worker resumes close to where the event time stood.
+
+The agent joins micro-batches and writes a batch's join states only after its labeled records
+are delivered (`shared.app.outputs_delivered`): a crash in between replays the batch, which
+finds the events still unlabeled and sends the same records again, each naming the message that
+completed its join (`Provenance`), by which the learner and the drift service apply it once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import faust
 from faust.types import EventT
@@ -16,7 +23,16 @@ from services.feedback.logic import Joiner, JoinPolicy, JoinState, Origin, Outco
 from shared import metrics
 from shared import settings as cfg
 from shared.admin import partition_counts
-from shared.app import DeadLetters, consume, create_app, declare_topic, send_event
+from shared.app import (
+    BufferedTable,
+    DeadLetters,
+    consume_batches,
+    create_app,
+    declare_topic,
+    failure_reason,
+    outputs_delivered,
+    send_event,
+)
 from shared.errors import DriftlineError
 from shared.events import Feedback, Prediction, decode
 from shared.logging import get_logger
@@ -79,36 +95,36 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> faust.App
         if outcome.duplicate_predictions:
             metrics.DUPLICATE_PREDICTIONS.inc(outcome.duplicate_predictions)
 
-    def store(key: bytes, state: JoinState | None) -> None:
-        if state is not None:
-            event_to_join[key] = state.model_dump_json().encode()
-        elif key in event_to_join:
-            del event_to_join[key]
-
-    async def sweep(partition: int, now: float) -> None:
-        """Move every entry of `partition` whose deadline passed; runs inside the agent, since
-        table writes go to the changelog partition of the event being processed."""
-        due: list[tuple[bytes, JoinState]] = []
+    def sweep(table: BufferedTable, partition: int, now: float, event: EventT) -> Outcome:
+        """Move every entry of `partition` whose deadline passed. Runs inside the agent, on an
+        event of `partition`, whose changelog partition the entries' writes belong to."""
+        outcome = Outcome()
         size = 0
-        for key, value in list(event_to_join.items()):
+        for key, value in list(table.items()):
             if key.startswith(WATERMARK_PREFIX):
                 continue
             size += 1
             state = JoinState.model_validate_json(value)
             if state.partition == partition and state.deadline <= now:
-                due.append((key, state))
-        for key, state in due:
-            new, outcome = joiner.expire(state, now)
-            store(key, new)
-            size -= new is None
-            await apply(outcome)
-        event_to_join[WATERMARK_PREFIX + str(partition).encode()] = str(now).encode()
+                new, expired = joiner.expire(state, now)
+                table.put(key, _stored(new), event)
+                size -= new is None
+                outcome.merge(expired)
+        table.put(WATERMARK_PREFIX + str(partition).encode(), str(now).encode(), event)
         last_sweep[partition] = now
         metrics.TABLE_ENTRIES.labels(SERVICE, "event_to_join").set(size)
+        return outcome
 
-    async def join(event: EventT) -> None:
+    def join(event: EventT, table: BufferedTable) -> Outcome:
         message = event.message
         partition = message.partition
+        origin = Origin(
+            topic=message.topic,
+            partition=partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value or b"",
+        )
         if message.topic == predictions_name:
             prediction = decode(Prediction, message.value, message.topic)
             known, stamp = watermark(partition), prediction.event_time.timestamp()
@@ -116,30 +132,43 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> faust.App
             now = stamp if known is None else max(known, stamp)
             watermarks[partition] = now
             key = prediction.event_id.encode()
-            state = _state(event_to_join.get(key))
-            new, outcome = joiner.on_prediction(state, prediction, partition, now)
+            state = _state(table.get(key))
+            new, outcome = joiner.on_prediction(state, prediction, origin.provenance, now)
         else:
             feedback = decode(Feedback, message.value, message.topic)
             known = watermark(partition)
             now = feedback.label_time.timestamp() if known is None else known
             key = feedback.event_id.encode()
-            origin = Origin(
-                topic=message.topic,
-                partition=partition,
-                offset=message.offset,
-                key=message.key,
-                value=message.value or b"",
-            )
-            new, outcome = joiner.on_feedback(_state(event_to_join.get(key)), feedback, origin, now)
-        store(key, new)
-        await apply(outcome)
+            new, outcome = joiner.on_feedback(_state(table.get(key)), feedback, origin, now)
+        table.put(key, _stored(new), event)
         known = watermarks.get(partition)
         if known is not None and known >= last_sweep.get(partition, float("-inf")) + every:
-            await sweep(partition, known)
+            outcome.merge(sweep(table, partition, known, event))
+        return outcome
+
+    async def join_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+        """Join a micro-batch in order; send its labeled records and dead letters, and write
+        its join states only once they are delivered, so a crash in between replays the batch
+        and sends them again (with the same ids and provenance) instead of finding the events
+        labeled and sending nothing."""
+        table = BufferedTable(event_to_join)
+        outcome = Outcome()
+        rejected: list[tuple[EventT, str]] = []
+        for event in events:
+            try:
+                outcome.merge(join(event, table))
+            except Exception as exc:
+                rejected.append((event, failure_reason(event, exc)))
+        await apply(outcome)
+        await outputs_delivered(app)
+        table.write()
+        return rejected
 
     @app.agent(joined_topics, name="join_feedback_to_predictions")
     async def join_feedback_to_predictions(stream: faust.Stream) -> None:
-        await consume(stream, SERVICE, dead_letters, join)
+        await consume_batches(
+            stream, SERVICE, dead_letters, join_batch, own.batch_max_events, own.batch_within_s
+        )
 
     @app.task
     async def check_copartitioned() -> None:
@@ -154,3 +183,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> faust.App
 
 def _state(value: bytes | None) -> JoinState | None:
     return None if value is None else JoinState.model_validate_json(value)
+
+
+def _stored(state: JoinState | None) -> bytes | None:
+    return None if state is None else state.model_dump_json().encode()

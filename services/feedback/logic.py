@@ -31,7 +31,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import DriftlineError
-from shared.events import DeadLetter, Feedback, LabeledPrediction, Prediction, WireBytes
+from shared.events import (
+    DeadLetter,
+    Feedback,
+    LabeledPrediction,
+    Prediction,
+    Provenance,
+    WireBytes,
+)
 
 Status = Literal["pending", "early", "labeled", "expired"]
 
@@ -67,6 +74,11 @@ class Origin(BaseModel):
     offset: int
     key: WireBytes | None = None
     value: WireBytes
+
+    @property
+    def provenance(self) -> Provenance:
+        """The message as the provenance of what it completes."""
+        return Provenance(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
 class JoinState(BaseModel):
@@ -111,8 +123,11 @@ class Outcome:
         self.duplicate_predictions += other.duplicate_predictions
 
 
-def label_predictions(predictions: list[Prediction], feedback: Feedback) -> LabeledPrediction:
-    """One labeled record for an event: every given variant's output beside the ground truth."""
+def label_predictions(
+    predictions: list[Prediction], feedback: Feedback, provenance: Provenance
+) -> LabeledPrediction:
+    """One labeled record for an event: every given variant's output beside the ground truth,
+    made by the message at `provenance`."""
     first = predictions[0]
     return LabeledPrediction(
         event_id=first.event_id,
@@ -125,6 +140,7 @@ def label_predictions(predictions: list[Prediction], feedback: Feedback) -> Labe
         event_time=first.event_time,
         label_time=feedback.label_time,
         feedback_delay_s=(feedback.label_time - first.event_time).total_seconds(),
+        provenance=provenance,
     )
 
 
@@ -174,9 +190,15 @@ class Joiner:
         return state, outcome
 
     def on_prediction(
-        self, state: JoinState | None, prediction: Prediction, partition: int, watermark: float
+        self,
+        state: JoinState | None,
+        prediction: Prediction,
+        provenance: Provenance,
+        watermark: float,
     ) -> tuple[JoinState | None, Outcome]:
-        """A variant's prediction: wait for feedback, or join the feedback already here."""
+        """A variant's prediction (the message at `provenance`): wait for feedback, or join the
+        feedback already here."""
+        partition = provenance.partition
         state, outcome = self.expire(state, watermark)
         variant = variant_id(prediction)
         if state is None:
@@ -195,14 +217,14 @@ class Joiner:
             return state, outcome
         if state.status == "early":
             assert state.feedback is not None
-            outcome.labeled.append(label_predictions([prediction], state.feedback))
+            outcome.labeled.append(label_predictions([prediction], state.feedback, provenance))
             return self._labeled(prediction, state.feedback, [variant], partition), outcome
         if variant in state.variants:
             outcome.duplicate_predictions += 1
             return state, outcome
         if state.status == "labeled":
             assert state.feedback is not None
-            outcome.labeled.append(label_predictions([prediction], state.feedback))
+            outcome.labeled.append(label_predictions([prediction], state.feedback, provenance))
         else:
             outcome.expired.append(prediction)
         return state.model_copy(update={"variants": [*state.variants, variant]}), outcome
@@ -229,7 +251,9 @@ class Joiner:
             by_deployment: dict[str, list[Prediction]] = {}
             for prediction in state.predictions:
                 by_deployment.setdefault(prediction.deployment, []).append(prediction)
-            outcome.labeled += [label_predictions(ps, feedback) for ps in by_deployment.values()]
+            outcome.labeled += [
+                label_predictions(ps, feedback, origin.provenance) for ps in by_deployment.values()
+            ]
             first = state.predictions[0]
             variants = [variant_id(p) for p in state.predictions]
             return self._labeled(first, feedback, variants, state.partition), outcome

@@ -36,6 +36,7 @@ from shared.app import (
     create_app,
     declare_topic,
     failure_reason,
+    outputs_delivered,
     send_records,
 )
 from shared.events import FeatureEvent, encode
@@ -112,9 +113,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
         return feature_event
 
     async def ingest_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
-        """Ingest each event of a micro-batch against its partition's state, save one segment
-        per partition, then hand the batch's feature events to the producer at once. Every
-        failure is caught here, per event, so a batch is never run twice."""
+        """Ingest each event of a micro-batch against its partition's state, send the batch's
+        feature events at once and, once they are delivered, save one segment per partition:
+        a crash in between replays the batch against the state before it, which rebuilds the
+        same feature events (with the same provenance). Every failure is caught here, per
+        event, so a batch is never run twice."""
         rejected: list[tuple[EventT, str]] = []
         records: list[tuple[bytes, bytes]] = []
         last_of_partition: dict[int, EventT] = {}
@@ -129,9 +132,10 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.Ap
                 continue
             if feature_event is not None:
                 records.append((feature_event.entity_id.encode(), encode(feature_event)))
+        await send_records(features_topic, SERVICE, records)
+        await outputs_delivered(app)
         for partition, event in last_of_partition.items():
             save(states[partition], event)
-        await send_records(features_topic, SERVICE, records)
         return rejected
 
     @app.agent(raw_topic, name="validate_raw_event")

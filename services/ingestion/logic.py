@@ -20,6 +20,7 @@ from shared.events import (
     FeatureEvent,
     FeatureSpec,
     FeatureValue,
+    Provenance,
     RawEvent,
     StreamSchema,
     WindowedAggregate,
@@ -136,8 +137,11 @@ def event_timestamp(raw: RawEvent, now: float, max_ahead_s: float) -> float:
     return timestamp
 
 
-def to_feature_event(raw: RawEvent, features: dict[str, FeatureValue], topic: str) -> FeatureEvent:
-    """The feature event for `raw` with its validated (and aggregated) features."""
+def to_feature_event(
+    raw: RawEvent, features: dict[str, FeatureValue], provenance: Provenance
+) -> FeatureEvent:
+    """The feature event for `raw`, read at `provenance`, with its validated (and aggregated)
+    features."""
     try:
         return FeatureEvent(
             event_id=raw.event_id,
@@ -145,9 +149,10 @@ def to_feature_event(raw: RawEvent, features: dict[str, FeatureValue], topic: st
             entity_id=raw.entity_id,
             event_time=raw.event_time,
             features=features,
+            provenance=provenance,
         )
     except ValidationError as exc:
-        raise EventDecodeError(topic, describe_problem(exc)) from None
+        raise EventDecodeError(provenance.topic, describe_problem(exc)) from None
 
 
 def aggregate_names(aggregate: WindowedAggregate) -> tuple[str, str]:
@@ -199,7 +204,8 @@ def ingest_event(
         adding = values.get(spec.field) if counted else None
         window = state.window(keys[spec.field], timestamp, spec.minutes, adding)
         aggregates |= window_features(spec, *window)
-    feature_event = to_feature_event(raw, features | aggregates, topic)
+    provenance = Provenance(topic=topic, partition=state.partition, offset=offset)
+    feature_event = to_feature_event(raw, features | aggregates, provenance)
     for field, value in values.items():
         state.add(keys[field], timestamp, value, offset)
     state.remember(dedup, timestamp, offset)

@@ -7,8 +7,10 @@ model, one training example per online model, through an internal topic: per-ent
 spread over its partitions.
 `learn_from_examples` learns in batches: per model, one unpickle, predict-then-learn on each
 example, one changelog write of the pickled learner (model, metrics, applied offsets) before
-the batch's offsets are committed. A crash replays uncommitted examples, and the learner skips
-the ones it has already applied, so no example is learned twice or lost.
+the batch's offsets are committed, and after the batch's snapshots are delivered. A crash
+replays uncommitted examples, and the learner skips the ones it has already applied (by the
+lineage of the labeled prediction, `shared.replays`, so a labeled record that feedback re-sent
+after a crash is skipped too): no example is learned twice or lost.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from shared.app import (
     consume,
     create_app,
     declare_topic,
+    outputs_delivered,
     send_event,
 )
 from shared.errors import DriftlineError
@@ -82,7 +85,10 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
         deployment = deployments.get(labeled.deployment)
         if deployment is None:
             raise UnknownDeploymentError(labeled.deployment)
-        for example in training_examples(labeled, deployment, message.partition, message.offset):
+        examples = training_examples(
+            labeled, deployment, message.topic, message.partition, message.offset
+        )
+        for example in examples:
             await send_event(examples_topic, SERVICE, example.model_key, example)
 
     @app.agent(labeled_topic, name="route_labeled_prediction")
@@ -130,6 +136,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
                 await dead_letters.send(event, str(exc))
                 continue
             by_model.setdefault(example.model_key.encode(), []).append((event, example))
+        learned_models: list[tuple[bytes, OnlineLearner, EventT]] = []
+        published = False
         for key, items in by_model.items():
             learner = stored_learner(key)
             learned = 0
@@ -149,14 +157,19 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
                 learned += 1
                 if learner.n_learned % own.snapshot_every == 0:
                     await publish(key, learner)
+                    published = True
             if learned and learner is not None:
-                with as_current_event(items[-1][0]):
-                    remember(key, learner)
+                learned_models.append((key, learner, items[-1][0]))
                 metrics.MODEL_UPDATES.labels(learner.spec.model_id).inc(learned)
                 if learner.n_learned % own.snapshot_every:
                     to_snapshot.add(key)
                 if not learner.spec.per_entity:
                     to_register.add(key)
+        if published:
+            await outputs_delivered(app)
+        for key, learner, event in learned_models:
+            with as_current_event(event):
+                remember(key, learner)
 
     @app.agent(examples_topic, name="learn_from_examples")
     async def learn_from_examples(stream: faust.Stream) -> None:

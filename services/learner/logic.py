@@ -3,8 +3,9 @@
 A labeled prediction becomes one `TrainingExample` per online model its deployment asks for,
 keyed by the model (``<model id>`` or, per entity, ``<model id>/<entity id>``). Each model's
 `OnlineLearner` runs predict-then-learn (prequential evaluation) and remembers, per source
-partition, the offset of the last labeled prediction it learned, so a redelivered one is skipped:
-learning is idempotent whatever the delivery guarantee.
+lineage (`shared.replays`), the input offset of the last labeled prediction it learned, so one
+redelivered or re-sent by a replay upstream is skipped: learning is idempotent whatever the
+delivery guarantee.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.events import (
     OnlineModelSpec,
 )
 from shared.models.catalog import build_model
+from shared.replays import Applied, lineage_of
 from shared.signing import sign
 
 
@@ -46,10 +48,10 @@ class TrainingExample(Event):
     event_id: Identifier
     features: dict[str, FeatureValue]
     label: Label
-    source_partition: int
-    """Partition of ``predictions.labeled`` the example came from."""
-    source_offset: int
-    """Its offset there: what makes a redelivery recognisable."""
+    lineage: str
+    """The input partition the labeled prediction derives from (`shared.replays.lineage_of`)."""
+    lineage_offset: int
+    """Its input offset there: what makes a redelivery or a replayed re-send recognisable."""
 
 
 def model_key(spec: OnlineModelSpec, entity_id: str) -> str:
@@ -58,9 +60,11 @@ def model_key(spec: OnlineModelSpec, entity_id: str) -> str:
 
 
 def training_examples(
-    labeled: LabeledPrediction, deployment: Deployment, partition: int, offset: int
+    labeled: LabeledPrediction, deployment: Deployment, topic: str, partition: int, offset: int
 ) -> list[TrainingExample]:
-    """One example per online model of `deployment`."""
+    """One example per online model of `deployment`, for the labeled prediction read at
+    `topic`, `partition` and `offset`."""
+    lineage, lineage_offset = lineage_of(labeled.provenance, topic, partition, offset)
     examples = []
     for spec in deployment.online_models:
         if spec.task == "regression" and (
@@ -74,8 +78,8 @@ def training_examples(
                 event_id=labeled.event_id,
                 features=labeled.features,
                 label=labeled.label,
-                source_partition=partition,
-                source_offset=offset,
+                lineage=lineage,
+                lineage_offset=lineage_offset,
             )
         )
     return examples
@@ -110,13 +114,12 @@ class OnlineLearner:
             }
         )
         self.n_learned = 0
-        self.applied: dict[int, int] = {}
-        """Per source partition, the offset of the last example learned."""
+        self.applied = Applied()
 
     def learn(self, example: TrainingExample) -> bool:
         """Score the model on the example, then learn from it; False (and nothing changes) if
-        this example, or a later one from its partition, was learned already."""
-        if example.source_offset <= self.applied.get(example.source_partition, -1):
+        this example, or a later one of its lineage, was learned already."""
+        if not self.applied.first_time(example.lineage, example.lineage_offset):
             return False
         x, y = example.features, example.label
         if self.spec.task == "classification":
@@ -134,7 +137,6 @@ class OnlineLearner:
                     self.metrics[name].update(y, y_pred)
         self.model.learn_one(x, y)
         self.n_learned += 1
-        self.applied[example.source_partition] = example.source_offset
         return True
 
     def metric_values(self) -> dict[str, float]:
@@ -164,5 +166,5 @@ def learner_for(
         return current
     fresh = OnlineLearner(spec, rolling_window)
     if current is not None:
-        fresh.applied = dict(current.applied)
+        fresh.applied.offsets = dict(current.applied.offsets)
     return fresh

@@ -54,6 +54,12 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[datetime, list[str]]]
     return calls
 
 
+def read_at(partition: int, offset: int) -> dict[str, object]:
+    """Where a fanned-out value was read from ``features``, for a record without provenance."""
+    lineage = f"a.features[{partition}]"
+    return {"partition": partition, "offset": offset, "lineage": lineage, "lineage_offset": offset}
+
+
 def _start_time(window: dict[str, Any]) -> float:
     return datetime.fromisoformat(window["start_time"]).timestamp()
 
@@ -95,9 +101,9 @@ async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
     async with agent_context(app, "detect_data_drift") as agent:
         for i, value in enumerate(values):
             item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
-            await agent.put(orjson.dumps({**item, "partition": 0, "offset": i}), key=b"pay:amount")
+            await agent.put(orjson.dumps({**item, **read_at(0, i)}), key=b"pay:amount")
         replayed = {"stream": "pay", "feature": "amount", "value": 99.0, "time": T0}
-        await agent.put(orjson.dumps({**replayed, "partition": 0, "offset": 5}), key=b"pay:amount")
+        await agent.put(orjson.dumps({**replayed, **read_at(0, 5)}), key=b"pay:amount")
 
     alerts = sent.values("a.alerts")
     expected = _river_indices(ADWIN(delta=0.002), values)
@@ -253,7 +259,7 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
         for feature, partition, value, offset in batch:
             item = {"stream": "pay", "feature": feature, "value": value, "time": T0 + offset}
             await agent.put(
-                orjson.dumps({**item, "partition": 7, "offset": offset}),
+                orjson.dumps({**item, **read_at(7, offset)}),
                 key=f"pay:{feature}".encode(),
                 partition=partition,
             )
@@ -263,7 +269,10 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
 
     assert written == [(0, b"pay:amount"), (1, b"pay:fee")]
     assert [m.n_seen for m in monitors.values()] == [3, 3]
-    assert [m.last_offsets for m in monitors.values()] == [{7: 13}, {7: 22}]
+    assert [m.applied.offsets for m in monitors.values()] == [
+        {"a.features[7]": 13},
+        {"a.features[7]": 22},
+    ]
     assert [m.detector.detector.estimation for m in monitors.values()] == [8 / 3, 13 / 3]
     letters = sent.values("a.deadletter")
     assert [(x["offset"], x["reason"]) for x in letters] == [
@@ -296,7 +305,7 @@ async def test_an_alert_whose_window_starts_before_1970_still_goes_out_when_its_
         async with agent_context(app, "detect_data_drift") as agent:
             for i, value in enumerate(values):
                 item = {"stream": "pay", "feature": "amount", "value": value}
-                item |= {"time": YEAR_1900 + i * DAY, "partition": 0, "offset": i}
+                item |= {"time": YEAR_1900 + i * DAY, **read_at(0, i)}
                 await agent.put(orjson.dumps(item), key=b"pay:amount")
         expected = _river_indices(ADWIN(delta=0.002), values)
     else:
@@ -347,7 +356,7 @@ async def test_a_failing_report_loses_none_of_its_batchs_alerts(
     async with agent_context(app, "detect_data_drift") as agent:
         for i, value in enumerate(values):
             item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
-            await agent.put(orjson.dumps({**item, "partition": 0, "offset": i}), key=b"pay:amount")
+            await agent.put(orjson.dumps({**item, **read_at(0, i)}), key=b"pay:amount")
         await _until(lambda: len(sent.values("a.alerts")) >= len(expected))
         monitor = pickle.loads(app.tables["feature_to_monitor"][b"pay:amount"])
 

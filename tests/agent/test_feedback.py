@@ -3,6 +3,7 @@ joined in order, expiry on the advancing watermark, dead letters, no broker."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+import shared.delivery
 from services.feedback.app import build
+from services.feedback.logic import JoinState
+from shared.delivery import OutputsLostError
 from shared.events import Feedback, encode
 from shared.settings import DriftlineSettings, FeedbackSettings
 from tests.support.faust_doubles import (
@@ -44,7 +48,11 @@ def feedback_app(tmp_path: Path) -> Any:
     return build(
         DriftlineSettings(data_dir=tmp_path, topic_prefix="a."),
         FeedbackSettings(
-            prediction_ttl_s=100, early_feedback_ttl_s=20, remember_s=500, sweep_every_s=1
+            prediction_ttl_s=100,
+            early_feedback_ttl_s=20,
+            remember_s=500,
+            sweep_every_s=1,
+            batch_max_events=1,  # each message its own batch: the table is read between them
         ),
     )
 
@@ -119,3 +127,46 @@ async def test_events_stamped_before_1970_are_joined_not_expired_on_arrival(
     labeled = sent.values("a.predictions.labeled")
     assert [r["event_id"] for r in labeled] == ["y0", "y1", "y2"]
     assert sent.values("a.deadletter") == []
+
+
+async def test_labeled_records_are_delivered_before_the_join_state_that_records_them(
+    sent: SentRecords, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the two must not leave the event labeled with its record lost: the
+    state is written only after the barrier, so a batch whose records are lost is replayed
+    against the state before it and sends the same record (same provenance) again."""
+    app = feedback_app(tmp_path)
+    table = app.tables["event_to_join"]
+    written: list[tuple[bytes, str]] = []
+    on_key_set = table.on_key_set
+
+    def record_write(key: bytes, value: bytes) -> None:
+        if not key.startswith(b"\x00"):
+            written.append((key, JoinState.model_validate_json(value).status))
+        on_key_set(key, value)
+
+    lose_outputs = False
+    at_barrier: list[tuple[int, list[tuple[bytes, str]]]] = []
+
+    async def delivered(app: Any) -> None:
+        at_barrier.append((len(sent.values("a.predictions.labeled")), list(written)))
+        if lose_outputs:
+            raise OutputsLostError("lost")
+
+    monkeypatch.setattr(table, "on_key_set", record_write)
+    monkeypatch.setattr(shared.delivery, "outputs_delivered", delivered)
+    async with agent_context(app, "join_feedback_to_predictions") as agent:
+        await put_from(agent, PREDICTIONS, prediction("e1", T0), key=b"e1")
+        async with asyncio.timeout(10):
+            while not written:  # the batch is handled after `put_from` returns
+                await asyncio.sleep(0.01)
+        lose_outputs = True
+        await put_from(agent, FEEDBACK, feedback("e1"), key=b"e1")
+        async with asyncio.timeout(10):
+            while agent._crash_reason is None:  # the batch's outputs were lost
+                await asyncio.sleep(0.01)
+
+    assert at_barrier == [(0, []), (1, [(b"e1", "pending")])]
+    assert written == [(b"e1", "pending")]  # a replayed feedback labels it and sends it again
+    [record] = sent.values("a.predictions.labeled")
+    assert record["provenance"] == {"topic": FEEDBACK, "partition": 0, "offset": 1}

@@ -78,7 +78,7 @@ async def test_labeled_predictions_become_examples_per_model_and_entity(
         await agent.put(labeled("e2", "u2", deployment="nobody"), key=b"nobody")
 
     assert sent.keys(EXAMPLES_TOPIC) == [b"fraud-lr", b"fraud-user/u1"]
-    assert [e["source_offset"] for e in sent.values(EXAMPLES_TOPIC)] == [0, 0]
+    assert [e["lineage_offset"] for e in sent.values(EXAMPLES_TOPIC)] == [0, 0]
     [letter] = sent.values("a.deadletter")
     assert letter["reason"].startswith("unknown deployment 'nobody'")
 
@@ -94,8 +94,8 @@ async def test_examples_are_learned_once_in_batches_with_snapshots_every_n(
             event_id=f"e{i}",
             features=x,
             label=bool(y),
-            source_partition=0,
-            source_offset=i,
+            lineage="a.predictions.labeled[0]",
+            lineage_offset=i,
         )
         for i, (x, y) in enumerate(synth.Agrawal(seed=5).take(30))
     ]

@@ -1,7 +1,8 @@
 """A stand-in for Faust's outbound sends, so agents run under `test_context` with no broker.
 
 `Topic.send` and the producer sends behind `shared.app.send_records` are replaced for the test:
-every record an agent would produce is captured by topic name instead. Pair with `agent_context`
+every record an agent would produce is captured by topic name instead, and each barrier that
+waits for their delivery (`shared.app.outputs_delivered`) is noted. Pair with `agent_context`
 to run one agent of an app built with a memory store.
 """
 
@@ -20,6 +21,7 @@ from faust.topics import Topic
 from prometheus_client import CollectorRegistry
 
 import shared.app
+import shared.delivery
 
 
 @dataclass
@@ -38,6 +40,14 @@ class SentRecords:
         """The keys sent to `topic`."""
         return [key for key, _ in self.by_topic.get(topic, [])]
 
+    delivered_at: list[int] = field(default_factory=list)
+    """At each `shared.delivery.outputs_delivered` barrier, how many records had been sent."""
+
+    @property
+    def count(self) -> int:
+        """Records sent so far, to every topic."""
+        return sum(len(records) for records in self.by_topic.values())
+
 
 def capture_sends(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
     """Replace `Topic.send` and the producer sends of `shared.app.send_records` for this test;
@@ -50,8 +60,12 @@ def capture_sends(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
     async def produce(app: faust.App, topic: str, key: bytes, value: bytes) -> None:
         sent.by_topic[topic].append((key, value))
 
+    async def delivered(app: faust.App) -> None:
+        sent.delivered_at.append(sent.count)
+
     monkeypatch.setattr(Topic, "send", send)
     monkeypatch.setattr(shared.app, "_produce", produce)
+    monkeypatch.setattr(shared.delivery, "outputs_delivered", delivered)
     return sent
 
 

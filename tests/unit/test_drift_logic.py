@@ -225,10 +225,12 @@ def test_window_offsets_looked_up_by_time_fill_in_and_exact_ones_win() -> None:
     assert completed.window.start_time == alert.window.start_time
 
 
-def test_a_redelivered_source_offset_is_not_counted_twice() -> None:
+def test_a_value_redelivered_or_resent_by_a_replay_is_not_counted_twice() -> None:
     monitor = _monitor(Detector("adwin"))
+    raw0, raw1 = "raw[0]>features[0]", "raw[1]>features[0]"
+    delivered = [(raw0, 0), (raw0, 1), (raw1, 0), (raw0, 1), (raw1, 0), (raw0, 2)]
 
-    seen = [monitor.already_seen(p, o) for p, o in [(0, 0), (0, 1), (1, 0), (0, 1), (1, 0), (0, 2)]]
+    seen = [monitor.already_seen(lineage, offset) for lineage, offset in delivered]
 
     assert seen == [False, False, False, True, True, False]
 

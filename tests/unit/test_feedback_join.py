@@ -14,11 +14,12 @@ from services.feedback.logic import (
     JoinState,
     Origin,
 )
-from shared.events import Feedback, Prediction, VariantOutput, prediction_id_for
+from shared.events import Feedback, Prediction, Provenance, VariantOutput, prediction_id_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 JOINER = Joiner(JoinPolicy(prediction_ttl_s=100, early_feedback_ttl_s=10, remember_s=50), "test")
 ORIGIN = Origin(topic="feedback", partition=0, offset=7, key=b"e1", value=b"{}")
+AT = Provenance(topic="predictions", partition=0, offset=3)
 
 
 def prediction(
@@ -50,9 +51,9 @@ def feedback(label: bool = True) -> Feedback:
 
 
 def test_late_feedback_joins_every_waiting_variant_once() -> None:
-    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
-    state, _ = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 5)
-    state, again = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 5)
+    state, _ = JOINER.on_prediction(None, prediction(), AT, T0)
+    state, _ = JOINER.on_prediction(state, prediction(variant="shadow"), AT, T0 + 5)
+    state, again = JOINER.on_prediction(state, prediction(variant="shadow"), AT, T0 + 5)
     state, outcome = JOINER.on_feedback(state, feedback(), ORIGIN, T0 + 99)
 
     assert again.labeled == []
@@ -65,9 +66,9 @@ def test_late_feedback_joins_every_waiting_variant_once() -> None:
 def test_early_feedback_waits_and_joins_each_variant_as_it_comes() -> None:
     state, _ = JOINER.on_feedback(None, feedback(), ORIGIN, T0)
     assert state is not None and state.status == "early"
-    state, first = JOINER.on_prediction(state, prediction(), 0, T0 + 1)
-    state, second = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 2)
-    state, repeat = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 3)
+    state, first = JOINER.on_prediction(state, prediction(), AT, T0 + 1)
+    state, second = JOINER.on_prediction(state, prediction(variant="shadow"), AT, T0 + 2)
+    state, repeat = JOINER.on_prediction(state, prediction(variant="shadow"), AT, T0 + 3)
 
     assert [[o.variant for o in r.outcomes] for r in first.labeled + second.labeled] == [
         ["champion"],
@@ -77,7 +78,7 @@ def test_early_feedback_waits_and_joins_each_variant_as_it_comes() -> None:
 
 
 def test_duplicate_feedback_is_applied_once() -> None:
-    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, _ = JOINER.on_prediction(None, prediction(), AT, T0)
     state, first = JOINER.on_feedback(state, feedback(True), ORIGIN, T0 + 1)
     state, second = JOINER.on_feedback(state, feedback(False), ORIGIN, T0 + 2)
 
@@ -95,14 +96,14 @@ def test_a_prediction_resent_by_a_router_replay_is_a_duplicate_in_every_state(
     state = None
     if label_first:
         state, _ = JOINER.on_feedback(state, feedback(), ORIGIN, T0)
-    state, first = JOINER.on_prediction(state, original, 0, T0)
+    state, first = JOINER.on_prediction(state, original, AT, T0)
     resent = prediction()
     assert resent.prediction_id == original.prediction_id
-    state, again = JOINER.on_prediction(state, resent, 0, T0 + 1)
-    state, newer = JOINER.on_prediction(state, prediction(version="2"), 0, T0 + 2)
+    state, again = JOINER.on_prediction(state, resent, AT, T0 + 1)
+    state, newer = JOINER.on_prediction(state, prediction(version="2"), AT, T0 + 2)
     if not label_first:
         state, first = JOINER.on_feedback(state, feedback(), ORIGIN, T0 + 3)
-    state, after_label = JOINER.on_prediction(state, resent, 0, T0 + 4)
+    state, after_label = JOINER.on_prediction(state, resent, AT, T0 + 4)
 
     assert [[o.variant for o in r.outcomes] for r in first.labeled] == [["champion"]]
     assert [o.model_version for o in first.labeled[0].outcomes] == ["1"]
@@ -117,14 +118,14 @@ def test_a_prediction_resent_by_a_router_replay_is_a_duplicate_in_every_state(
 
 
 def test_expired_predictions_are_counted_and_later_feedback_is_past_expiry() -> None:
-    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, _ = JOINER.on_prediction(None, prediction(), AT, T0)
     state, outcome = JOINER.expire(state, T0 + 100)
 
     assert [p.outcome.model_name for p in outcome.expired] == ["model-champion"]
     assert state is not None and state.status == "expired"
     with pytest.raises(FeedbackPastExpiryError, match=r"feedback past expiry.*'e1'"):
         JOINER.on_feedback(state, feedback(), ORIGIN, T0 + 120)
-    _, late_variant = JOINER.on_prediction(state, prediction(variant="shadow"), 0, T0 + 120)
+    _, late_variant = JOINER.on_prediction(state, prediction(variant="shadow"), AT, T0 + 120)
     assert [p.outcome.variant for p in late_variant.expired] == ["shadow"]
     forgotten, _ = JOINER.expire(state, T0 + 150)
     assert forgotten is None
@@ -143,7 +144,7 @@ def test_feedback_for_an_unknown_event_is_dead_lettered_once_its_wait_is_over() 
 
 
 def test_a_labeled_event_is_forgotten_after_its_memory_span() -> None:
-    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
+    state, _ = JOINER.on_prediction(None, prediction(), AT, T0)
     state, _ = JOINER.on_feedback(state, feedback(), ORIGIN, T0)
     kept, _ = JOINER.expire(state, T0 + 149)
     gone, _ = JOINER.expire(state, T0 + 150)
@@ -154,8 +155,8 @@ def test_a_labeled_event_is_forgotten_after_its_memory_span() -> None:
 
 def test_each_deployment_gets_its_own_labeled_record() -> None:
     other = prediction().model_copy(update={"deployment": "fraud-v2"})
-    state, _ = JOINER.on_prediction(None, prediction(), 0, T0)
-    state, _ = JOINER.on_prediction(state, other, 0, T0)
+    state, _ = JOINER.on_prediction(None, prediction(), AT, T0)
+    state, _ = JOINER.on_prediction(state, other, AT, T0)
     _, outcome = JOINER.on_feedback(state, feedback(), ORIGIN, T0)
 
     assert sorted(r.deployment for r in outcome.labeled) == ["fraud", "fraud-v2"]
@@ -165,3 +166,13 @@ def test_the_state_survives_its_json_form() -> None:
     state, _ = JOINER.on_feedback(None, feedback(), ORIGIN, T0)
     assert state is not None
     assert JoinState.model_validate_json(state.model_dump_json()) == state
+
+
+def test_each_labeled_record_names_the_message_that_completed_its_join() -> None:
+    state, _ = JOINER.on_prediction(None, prediction(), AT, T0)
+    state, by_feedback = JOINER.on_feedback(state, feedback(), ORIGIN, T0 + 1)
+    late_at = Provenance(topic="predictions", partition=0, offset=9)
+    _, by_late_variant = JOINER.on_prediction(state, prediction(variant="shadow"), late_at, T0 + 2)
+
+    assert [r.provenance for r in by_feedback.labeled] == [ORIGIN.provenance]
+    assert [r.provenance for r in by_late_variant.labeled] == [late_at]

@@ -18,7 +18,7 @@ from services.learner.logic import (
     learner_for,
     training_examples,
 )
-from shared.events import LabeledPrediction, OnlineModelSpec
+from shared.events import LabeledPrediction, OnlineModelSpec, Provenance
 from shared.signing import verify
 from tests.support.learner_fixtures import DEPLOYMENT, LR
 
@@ -47,18 +47,47 @@ def examples(spec: OnlineModelSpec = LR, n: int = 500) -> list[TrainingExample]:
             event_id=f"e{i}",
             features=x,
             label=bool(y),
-            source_partition=0,
-            source_offset=i,
+            lineage="a.feedback[0]>a.predictions.labeled[0]",
+            lineage_offset=i,
         )
         for i, (x, y) in enumerate(synth.Agrawal(classification_function=2, seed=7).take(n))
     ]
 
 
 def test_one_example_per_online_model_keyed_by_model_or_entity() -> None:
-    found = training_examples(labeled(entity="u9"), DEPLOYMENT, partition=1, offset=42)
+    found = training_examples(labeled(entity="u9"), DEPLOYMENT, "labeled", partition=1, offset=42)
 
     assert [e.model_key for e in found] == ["fraud-lr", "fraud-user/u9"]
-    assert {(e.source_partition, e.source_offset) for e in found} == {(1, 42)}
+    assert {(e.lineage, e.lineage_offset) for e in found} == {("labeled[1]", 42)}
+
+
+def test_an_example_is_applied_under_the_provenance_of_its_labeled_prediction() -> None:
+    joined_at = Provenance(topic="feedback", partition=3, offset=7)
+    resent = labeled(entity="u9").model_copy(update={"provenance": joined_at})
+    found = training_examples(resent, DEPLOYMENT, "labeled", partition=1, offset=42)
+
+    assert {(e.lineage, e.lineage_offset) for e in found} == {("feedback[3]>labeled[1]", 7)}
+
+
+def test_a_labeled_prediction_resent_by_a_feedback_replay_is_not_learned_twice() -> None:
+    learner = OnlineLearner(LR, 100)
+    stream = [
+        labeled(entity="u1").model_copy(
+            update={"provenance": Provenance(topic="feedback", partition=0, offset=i)}
+        )
+        for i in range(5)
+    ]
+    # the originals at labeled offsets 0-4, a replay re-sent the last three at offsets 5-7
+    delivered = [*enumerate(stream), *zip(range(5, 8), stream[2:], strict=True)]
+    applied = [
+        learner.learn(example)
+        for offset, record in delivered
+        for example in training_examples(record, DEPLOYMENT, "labeled", 0, offset)
+        if example.spec == LR
+    ]
+
+    assert applied == [True] * 5 + [False] * 3
+    assert learner.n_learned == 5
 
 
 def test_a_regression_model_refuses_a_text_label() -> None:
@@ -67,7 +96,7 @@ def test_a_regression_model_refuses_a_text_label() -> None:
     )
     deployment = DEPLOYMENT.model_copy(update={"online_models": [regression]})
     with pytest.raises(LabelError, match=r"'amount'.*'high' is not a number"):
-        training_examples(labeled(label="high"), deployment, 0, 0)
+        training_examples(labeled(label="high"), deployment, "labeled", 0, 0)
 
 
 def test_prequential_metrics_match_plain_river_to_the_last_digit() -> None:
@@ -107,7 +136,10 @@ def test_a_changed_spec_starts_a_fresh_model_but_remembers_what_it_applied() -> 
 
     assert learner_for(learner, LR, 100) is learner
     fresh = learner_for(learner, tree, 100)
-    assert (fresh.n_learned, fresh.applied) == (0, {0: 9})
+    assert (fresh.n_learned, fresh.applied.offsets) == (
+        0,
+        {"a.feedback[0]>a.predictions.labeled[0]": 9},
+    )
 
 
 def test_a_snapshot_is_signed_and_carries_the_metrics() -> None:
@@ -136,8 +168,8 @@ def test_a_regression_model_reports_mae_as_plain_river_does() -> None:
                 event_id=f"e{i}",
                 features=x,
                 label=y,
-                source_partition=0,
-                source_offset=i,
+                lineage="labeled[0]",
+                lineage_offset=i,
             )
         )
         mae.update(y, model.predict_one(x))
