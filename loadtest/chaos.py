@@ -11,7 +11,8 @@ checks every event's effects by id, as a run without faults would have them:
 
 - one prediction per event and answering variant (re-sent records of one prediction id are
   counted apart: downstream drops them by id);
-- exactly one labeled record per (event, variant) on ``predictions.labeled``;
+- exactly one join per (event, variant) on ``predictions.labeled`` (records a replay re-sent
+  with the provenance of the first are counted apart: downstream applies each provenance once);
 - the online model learned every labeled event exactly once (the ``n_learned`` of its state,
   the last record of the learner table's changelog, equals the events, where a loss shows as
   less and a twice-learned record as more).
@@ -61,9 +62,17 @@ class Fault:
     """One fault: at `at_s` seconds into the sending, `action` on `service`'s worker."""
 
     at_s: float
-    action: Literal["kill"]
-    """``kill``: SIGKILL the worker and start its successor at once, as a crash would."""
+    action: Literal["kill", "stop", "add", "remove", "restart"]
+    """``kill``: SIGKILL the worker and start its successor at once, as a crash would.
+    ``add``: start one more worker of the service (scale out); ``remove``: stop its newest
+    worker with SIGTERM (scale in), its partitions handed to the others. ``restart`` (service
+    ``broker``): stop the broker for `for_s` seconds and start it again on the same storage;
+    the workers are left to recover on their own.
+    ``stop``: SIGSTOP the worker and start its successor at once, as for a hung node; SIGCONT
+    it `for_s` later, past its session timeout, so it comes back as a zombie that still holds
+    the records it had batched, and then stays as a second worker."""
     service: str
+    for_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,16 @@ def kill_each(services: Iterable[str], first_s: float, every_s: float, rounds: i
     return tuple(Fault(first_s + i * every_s, "kill", s) for i, s in enumerate(names))
 
 
+SESSION_TIMEOUT_S = 60.0
+"""faust-streaming's default ``broker_session_timeout``: a stopped worker's partitions go to
+its successor after this long."""
+
+
+def stop_each(services: Iterable[str], first_s: float, every_s: float, for_s: float) -> tuple:
+    """SIGSTOP each service in turn, `every_s` apart, for `for_s` seconds each."""
+    return tuple(Fault(first_s + i * every_s, "stop", s, for_s) for i, s in enumerate(services))
+
+
 def plan(quick: bool) -> list[Scenario]:
     """The scenarios of a full run (`make chaos`) or of the quick set CI runs."""
     learning = ("router", "feedback", "learner")
@@ -105,6 +124,13 @@ def plan(quick: bool) -> list[Scenario]:
                  kill_each(learning, 7.0, 7.0)),
         Scenario("T1b kill each of the five services twice", everything, 6_000, 140.0,
                  kill_each(everything, 5.0, 4.0, rounds=2)),
+        Scenario("T2 stop router, feedback, learner past their session timeout", learning,
+                 3_000, 140.0, stop_each(learning, 5.0, 4.0, for_s=SESSION_TIMEOUT_S + 15)),
+        Scenario("T3 broker stopped for 10 s and restarted", everything, 6_000, 140.0,
+                 (Fault(10.0, "restart", "broker", 10.0),)),
+        Scenario("T4 scale each of the five services 1 -> 2 -> 1", everything, 6_000, 140.0,
+                 tuple(Fault(4.0 + 2 * i, "add", s) for i, s in enumerate(everything))
+                 + tuple(Fault(24.0 + 2 * i, "remove", s) for i, s in enumerate(everything))),
     ]  # fmt: skip
 
 
@@ -124,7 +150,9 @@ class Effects:
     labeled: int = 0
     """(event, variant) pairs with a labeled record."""
     duplicate_labeled: int = 0
-    """Labeled records beyond one per (event, variant): duplicated effects."""
+    """Joins beyond one per (event, variant), by provenance: duplicated effects."""
+    duplicate_labeled_records: int = 0
+    """Labeled records a replay re-sent with the provenance of the first (applied once)."""
     learned: int | None = None
     """The online model's ``n_learned`` in the learner's table at the end."""
     caught_up_s: float | None = None
@@ -159,18 +187,57 @@ class Effects:
 
 
 def live_worker(run: Run, service: str) -> ServiceProcess:
-    """The newest worker of `service`."""
-    return next(w for w in reversed(run.workers) if w.service == service)
+    """The newest running worker of `service`."""
+    return next(
+        w
+        for w in reversed(run.workers)
+        if w.service == service and w.process is not None and w.process.poll() is None
+    )
 
 
 async def inject(run: Run, faults: tuple[Fault, ...], began: float, done: list[str]) -> None:
     """Carry out `faults` at their times (measured from `began`, a monotonic time)."""
-    for fault in sorted(faults, key=lambda f: f.at_s):
-        await asyncio.sleep(max(0.0, began + fault.at_s - time.monotonic()))
-        worker = live_worker(run, fault.service)
-        await asyncio.to_thread(run.kill, worker)
-        run.spawn(fault.service)
-        done.append(f"{time.monotonic() - began:.1f}s {fault.action} {fault.service}")
+    resumes: list[asyncio.Task[None]] = []
+    paused: list[ServiceProcess] = []
+
+    async def resume_later(worker: ServiceProcess, fault: Fault) -> None:
+        await asyncio.sleep(fault.for_s)
+        worker.resume()
+        done.append(f"{time.monotonic() - began:.1f}s resume {fault.service}")
+
+    try:
+        for fault in sorted(faults, key=lambda f: f.at_s):
+            await asyncio.sleep(max(0.0, began + fault.at_s - time.monotonic()))
+            if fault.action == "restart":
+                await restart_broker(run.bootstrap, fault.for_s)
+                done.append(f"{time.monotonic() - began:.1f}s broker back")
+                continue
+            worker = live_worker(run, fault.service)
+            if fault.action == "remove":
+                await asyncio.to_thread(run.stop, worker)
+            elif fault.action == "kill":
+                await asyncio.to_thread(run.kill, worker)
+            elif fault.action == "stop":
+                worker.pause()
+                paused.append(worker)
+                resumes.append(asyncio.create_task(resume_later(worker, fault)))
+            if fault.action != "remove":
+                run.spawn(fault.service)
+            done.append(f"{time.monotonic() - began:.1f}s {fault.action} {fault.service}")
+        await asyncio.gather(*resumes)
+    finally:
+        for task in resumes:
+            task.cancel()
+        for worker in paused:
+            worker.resume()  # never leave a stopped worker behind, whatever failed
+
+
+async def restart_broker(bootstrap: str, down_s: float) -> None:
+    """Stop the run's broker, wait `down_s`, start it again on the same storage."""
+    broker = LocalKafka(port=int(bootstrap.rsplit(":", 1)[1]), home=default_home())
+    await asyncio.to_thread(broker.stop)
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(broker.start)
 
 
 def input_topics(run: Run, services: Iterable[str]) -> dict[str, list[str]]:
@@ -241,13 +308,15 @@ async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effec
     effects.duplicate_prediction_records = sum(n - 1 for n in by_id.values())
     effects.predicted = len(wanted & {p["event_id"] for p in predictions})
     labeled = [orjson.loads(r.value) for r in await read_records(run.bootstrap, run.topic(LABELED))]
-    pairs = Counter(
-        (record["event_id"], outcome["variant"])
+    sent = Counter(
+        (record["event_id"], outcome["variant"], orjson.dumps(record.get("provenance")))
         for record in labeled
         for outcome in record["outcomes"]
     )
-    effects.labeled = len({event for event, _ in pairs} & wanted)
-    effects.duplicate_labeled = sum(n - 1 for n in pairs.values())
+    joins = Counter((event, variant) for event, variant, _ in sent)
+    effects.labeled = len({event for event, _ in joins} & wanted)
+    effects.duplicate_labeled = sum(n - 1 for n in joins.values())
+    effects.duplicate_labeled_records = sum(n - 1 for n in sent.values())
     if "learner" in scenario.services:
         # the learner's state itself: the last record of its table's changelog (its snapshots
         # are published only when it learns, so a successor with nothing left to learn sends none)
@@ -325,10 +394,18 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             if learned is None
             else ("yes" if learned == row["events"] else f"no ({learned:,} learned)")
         )
+        resent = sum(
+            row.get(name, 0)
+            for name in (
+                "duplicate_feature_records",
+                "duplicate_prediction_records",
+                "duplicate_labeled_records",
+            )
+        )
         lines.append(
             f"| {row['scenario']} | {row['run']} | {row['events']:,} | {row['lost']} |"
             f" {row['duplicated']} |"
-            f" {row['duplicate_feature_records'] + row['duplicate_prediction_records']} | {equal} |"
+            f" {resent} | {equal} |"
             f" {row['caught_up_s'] if row['caught_up_s'] is not None else 'never'} |"
             f" {'pass' if row['passed'] else 'FAIL'} |"
         )

@@ -112,6 +112,11 @@ class Run:
         worker.kill()
         self._spawned.pop(self._names()[self.workers.index(worker)], None)
 
+    def stop(self, worker: ServiceProcess) -> None:
+        """Stop `worker` with SIGTERM (its partitions go to the others), as a scale-in would."""
+        worker.stop(timeout=30.0)
+        self._spawned.pop(self._names()[self.workers.index(worker)], None)
+
     def wait_ready(self) -> None:
         """Wait until every spawned worker is healthy; record each one's start-up time."""
         for name, worker in zip(self._names(), self.workers, strict=True):

@@ -132,6 +132,14 @@ class ServiceProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP the worker's process group, as a hung node or a long pause would."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the worker's process group after `pause`."""
+        self._signal_group(signal.SIGCONT)
+
     def tail(self, lines: int = 15) -> str:
         """The end of the worker's log."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
