@@ -30,7 +30,13 @@ from shared.errors import EventDecodeError
 
 
 def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+14:00: a valid text whose UTC time falls before year 1
+        raise ValueError(f"{value.isoformat()} lies outside years 1 to 9999 in UTC") from None
 
 
 def _finite(value: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import orjson
@@ -10,6 +11,7 @@ import pytest
 from shared.errors import EventDecodeError
 from shared.events import (
     DeadLetter,
+    Event,
     FeatureEvent,
     RawEvent,
     VariantOutput,
@@ -19,6 +21,7 @@ from shared.events import (
     encode,
     prediction_id_for,
 )
+from tests.support.samples import SAMPLES
 
 
 def _raw(**overrides: object) -> bytes:
@@ -123,3 +126,37 @@ def test_derived_ids_keep_their_parts_apart_and_are_valid_identifiers() -> None:
     assert derived_id("alert", "a", 1) != derived_id("alert", "a", "1")
     assert derived_id("alert", "x") != derived_id("prediction", "x")
     assert len(derived_id("alert", "x")) == 32
+
+
+def _with(schema: type[Event], path: tuple[str | int, ...], value: object) -> bytes:
+    """The sample record of `schema` on the wire, with the field at `path` set to `value`."""
+    document = orjson.loads(encode(SAMPLES[schema]))
+    parent = document
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = value
+    return json.dumps(document).encode()  # json, not orjson: it writes NaN and huge integers
+
+
+TIME_FIELDS = [
+    (schema, name)
+    for schema, sample in SAMPLES.items()
+    for name, value in sample
+    if isinstance(value, datetime)
+]
+
+
+@pytest.mark.parametrize("time", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+@pytest.mark.parametrize(("schema", "field"), TIME_FIELDS)
+def test_a_time_outside_the_utc_range_is_refused_by_every_schema(
+    schema: type[Event], field: str, time: str
+) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(schema, _with(schema, (field,), time), "t")
+    assert (
+        caught.value.reason == f"{field}: Value error, {time} lies outside years 1 to 9999 in UTC"
+    )
+
+
+def test_every_schema_with_a_time_is_covered() -> None:
+    assert {schema for schema, _ in TIME_FIELDS} == set(SAMPLES)
