@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 
 import orjson
@@ -10,10 +11,15 @@ import pytest
 
 from shared.errors import EventDecodeError
 from shared.events import (
+    MAX_MAGNITUDE,
     DeadLetter,
     Event,
     FeatureEvent,
+    Feedback,
+    LabeledPrediction,
+    Prediction,
     RawEvent,
+    StreamSchema,
     VariantOutput,
     alert_id_for,
     decode,
@@ -160,3 +166,53 @@ def test_a_time_outside_the_utc_range_is_refused_by_every_schema(
 
 def test_every_schema_with_a_time_is_covered() -> None:
     assert {schema for schema, _ in TIME_FIELDS} == set(SAMPLES)
+
+
+NUMBER_FIELDS = [
+    (RawEvent, ("event_time",)),
+    (FeatureEvent, ("features", "amount")),
+    (Prediction, ("features", "count")),
+    (Prediction, ("outcome", "output")),
+    (Prediction, ("outcome", "probabilities", "1")),
+    (Feedback, ("label",)),
+    (LabeledPrediction, ("label",)),
+    (LabeledPrediction, ("features", "amount")),
+    (LabeledPrediction, ("outcomes", 0, "output")),
+    (LabeledPrediction, ("outcomes", 0, "probabilities", "0")),
+    (StreamSchema, ("features", 0, "min")),
+    (StreamSchema, ("features", 1, "max")),
+]
+
+
+@pytest.mark.parametrize(("schema", "path"), NUMBER_FIELDS)
+@pytest.mark.parametrize("value", [10**400, 1.7e308, -1e101])
+def test_a_number_beyond_the_bound_is_refused_where_it_would_enter_state(
+    schema: type[Event], path: tuple[str | int, ...], value: object
+) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(schema, _with(schema, path, value), "t")
+    assert caught.value.reason.startswith(".".join(map(str, path)) + ":")
+
+
+@pytest.mark.parametrize(("schema", "path"), NUMBER_FIELDS[1:])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_are_refused_where_they_would_enter_state(
+    schema: type[Event], path: tuple[str | int, ...], value: float
+) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(schema, _with(schema, path, value), "t")
+    reason = caught.value.reason
+    assert reason.startswith(".".join(map(str, path)) + ":")
+    assert "not a finite number" in reason
+
+
+def test_numbers_up_to_the_bound_are_kept_as_they_came() -> None:
+    feedback = decode(Feedback, _with(Feedback, ("label",), -MAX_MAGNITUDE), "t")
+    assert feedback.label == -MAX_MAGNITUDE
+    assert decode(Feedback, encode(feedback), "t") == feedback
+    assert decode(Feedback, _with(Feedback, ("label",), 10**100), "t").label == 10**100
+
+
+def test_a_declared_range_no_value_fits_is_refused() -> None:
+    with pytest.raises(EventDecodeError, match=r"features\.0: Value error, min 0 is above max -1"):
+        decode(StreamSchema, _with(StreamSchema, ("features", 0, "max"), -1), "t")
