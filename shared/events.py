@@ -59,8 +59,8 @@ def check_number(value: int | float) -> float:
 
 
 def _bounded(value: object) -> object:
-    """A number checked by `check_number`, kept as it came (an int stays an int); flags and
-    text unchanged."""
+    """A number checked by `check_number` before any other validation (so the reason names the
+    field, not a member of its union), kept as it came; anything else unchanged."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         check_number(value)
     return value
@@ -84,11 +84,11 @@ WireBytes = Annotated[
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 """ISO 8601 text or epoch seconds on the wire; a time without a zone is read as UTC."""
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
-FeatureValue = Annotated[float | int | str | bool, AfterValidator(_bounded)]
+FeatureValue = Annotated[float | int | str | bool, BeforeValidator(_bounded)]
 """A feature after validation: number (see `MAX_MAGNITUDE`), category or flag."""
-Label = Annotated[float | int | str | bool, AfterValidator(_bounded)]
+Label = Annotated[float | int | str | bool, BeforeValidator(_bounded)]
 """Ground truth: a class label or a regression target (see `MAX_MAGNITUDE`)."""
-Number = Annotated[float, AfterValidator(_bounded)]
+Number = Annotated[float, BeforeValidator(_bounded)]
 """A finite number within `MAX_MAGNITUDE`."""
 VariantRole = Literal["champion", "canary", "rule", "shadow"]
 
@@ -124,9 +124,10 @@ def derived_id(kind: str, *parts: str | int) -> str:
 
 
 class Event(BaseModel):
-    """Base of every record on a topic."""
+    """Base of every record on a topic. No float field takes NaN or infinity: JSON has no such
+    numbers, so such a record would be written with null there and could never be read back."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     schema_version: int = 1
 
@@ -155,7 +156,7 @@ class FeatureEvent(Event):
 class VariantOutput(BaseModel):
     """One model variant's answer for one event."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     variant: Identifier
     role: VariantRole

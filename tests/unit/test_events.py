@@ -13,10 +13,12 @@ from shared.errors import EventDecodeError
 from shared.events import (
     MAX_MAGNITUDE,
     DeadLetter,
+    DriftAlert,
     Event,
     FeatureEvent,
     Feedback,
     LabeledPrediction,
+    ModelSnapshot,
     Prediction,
     RawEvent,
     StreamSchema,
@@ -216,3 +218,19 @@ def test_numbers_up_to_the_bound_are_kept_as_they_came() -> None:
 def test_a_declared_range_no_value_fits_is_refused() -> None:
     with pytest.raises(EventDecodeError, match=r"features\.0: Value error, min 0 is above max -1"):
         decode(StreamSchema, _with(StreamSchema, ("features", 0, "max"), -1), "t")
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        (LabeledPrediction, ("feedback_delay_s",)),
+        (DriftAlert, ("stats_before", "mean")),
+        (ModelSnapshot, ("metrics", "mae")),
+    ],
+)
+def test_no_float_of_a_record_takes_nan_it_could_not_be_read_back(
+    schema: type[Event], path: tuple[str | int, ...]
+) -> None:
+    """Written, NaN becomes null, which the schema then refuses: the record is refused instead."""
+    with pytest.raises(EventDecodeError, match=r"Input should be a finite number"):
+        decode(schema, _with(schema, path, math.nan), "t")
