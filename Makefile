@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: demo test unit integration lint tools kafka-start kafka-stop clean bench chaos
+.PHONY: demo test unit integration fuzz lint tools kafka-start kafka-stop clean bench chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration
+
+# The fuzz tests (tests/fuzz) at 100,000 examples per target; `make test` runs them small.
+fuzz: $(STAMP)
+	DRIFTLINE_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz tests/fuzz -p no:timeout
 
 demo: $(STAMP)
 	$(BIN)/driftline demo

@@ -16,9 +16,13 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from shared.delivery import DURABLE_PRODUCER_SETTINGS
 from shared.errors import DriftlineError
-from shared.events import Deployment, decode
+from shared.events import Deployment
+from shared.logging import get_logger
+from shared.records import Check, R, check_deployment
 from shared.settings import DriftlineSettings
 from shared.topics import ALL_TOPICS, DEPLOYMENTS, Topic
+
+log = get_logger(__name__)
 
 
 async def create_topics(settings: DriftlineSettings) -> list[str]:
@@ -134,12 +138,37 @@ async def read_compacted(settings: DriftlineSettings, topic: Topic) -> dict[byte
     return latest
 
 
+async def read_checked(settings: DriftlineSettings, topic: Topic, check: Check[R]) -> dict[str, R]:
+    """The latest good record per key of a compacted topic, read to its current end and checked
+    as the services' global tables check it (`check` returns None to remove the key). A record
+    that fails its check is skipped with a warning naming where it lies, and its key keeps its
+    last good record, as in those tables: one bad record must not break every reader."""
+    name = topic.full_name(settings)
+    latest: dict[bytes, R] = {}
+    async for message in read_topic(settings, name):
+        try:
+            record = check(message.key, message.value, name)
+        except DriftlineError as exc:
+            log.warning(
+                "record skipped",
+                topic=name,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                reason=str(exc),
+            )
+            continue
+        if record is None:
+            latest.pop(message.key, None)
+        else:
+            latest[message.key] = record
+    # a stored record's key is its name's UTF-8 bytes: the check compared them
+    return {key.decode(): record for key, record in latest.items()}
+
+
 async def live_deployments(settings: DriftlineSettings) -> dict[str, Deployment]:
     """The deployments routers serve now, by name (deleted ones left out)."""
-    topic = DEPLOYMENTS.full_name(settings)
-    records = await read_compacted(settings, DEPLOYMENTS)
-    decoded = (decode(Deployment, value, topic) for value in records.values())
-    return {d.name: d for d in decoded if not d.deleted}
+    return await read_checked(settings, DEPLOYMENTS, check_deployment)
 
 
 def durable_producer(settings: DriftlineSettings, **options: Any) -> AIOKafkaProducer:

@@ -30,12 +30,39 @@ from shared.errors import EventDecodeError
 
 
 def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+14:00: a valid text whose UTC time falls before year 1
+        raise ValueError(f"{value.isoformat()} lies outside years 1 to 9999 in UTC") from None
 
 
-def _finite(value: float) -> float:
+MAX_MAGNITUDE = 1e100
+"""The largest magnitude a number entering state may have (features, labels, model outputs,
+probabilities, declared bounds). Detectors, scalers and running variances square values and sum
+them over long windows, and ingestion sums them per entity: below 1e100 none of these can
+overflow to infinity (1e200 per square leaves room for 1e108 of them), while no real measurement
+comes near it. A number beyond it, NaN or infinity is refused with the field that held it."""
+
+
+def check_number(value: int | float) -> float:
+    """`value` as a float, or `ValueError` saying why it cannot enter state: NaN, infinity, or a
+    magnitude above `MAX_MAGNITUDE` (an integer of 400 digits included)."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("NaN and infinity are not allowed")
+        raise ValueError(f"{value} is not a finite number (NaN and infinity are not allowed)")
+    if abs(value) > MAX_MAGNITUDE:
+        shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else value
+        raise ValueError(f"{shown} is beyond the largest magnitude allowed, {MAX_MAGNITUDE:g}")
+    return float(value)
+
+
+def _bounded(value: object) -> object:
+    """A number checked by `check_number` before any other validation (so the reason names the
+    field, not a member of its union), kept as it came; anything else unchanged."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        check_number(value)
     return value
 
 
@@ -57,10 +84,12 @@ WireBytes = Annotated[
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 """ISO 8601 text or epoch seconds on the wire; a time without a zone is read as UTC."""
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
-FeatureValue = Annotated[float | int | str | bool, AfterValidator(_finite)]
-"""A feature after validation: number, category or flag."""
-Label = Annotated[float | int | str | bool, AfterValidator(_finite)]
-"""Ground truth: a class label or a regression target."""
+FeatureValue = Annotated[float | int | str | bool, BeforeValidator(_bounded)]
+"""A feature after validation: number (see `MAX_MAGNITUDE`), category or flag."""
+Label = Annotated[float | int | str | bool, BeforeValidator(_bounded)]
+"""Ground truth: a class label or a regression target (see `MAX_MAGNITUDE`)."""
+Number = Annotated[float, BeforeValidator(_bounded)]
+"""A finite number within `MAX_MAGNITUDE`."""
 VariantRole = Literal["champion", "canary", "rule", "shadow"]
 
 
@@ -95,9 +124,10 @@ def derived_id(kind: str, *parts: str | int) -> str:
 
 
 class Event(BaseModel):
-    """Base of every record on a topic."""
+    """Base of every record on a topic. No float field takes NaN or infinity: JSON has no such
+    numbers, so such a record would be written with null there and could never be read back."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     schema_version: int = 1
 
@@ -150,7 +180,7 @@ class FeatureEvent(Event):
 class VariantOutput(BaseModel):
     """One model variant's answer for one event."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     variant: Identifier
     role: VariantRole
@@ -159,7 +189,7 @@ class VariantOutput(BaseModel):
     model_name: Identifier
     model_version: str
     output: Label | None
-    probabilities: dict[str, float] | None = None
+    probabilities: dict[str, Number] | None = None
     online: bool = False
     """An online model (``online:`` URI): its version is the snapshot it answered from, and
     moves as it learns; monitors follow the model, not each snapshot."""
@@ -190,7 +220,7 @@ class Prediction(Event):
     deployment: Identifier
     outcome: VariantOutput
     features: dict[str, FeatureValue]
-    latency_ms: float = Field(ge=0)
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
     event_time: UtcDatetime
     predicted_at: UtcDatetime = Field(default_factory=utc_now)
 
@@ -468,12 +498,19 @@ class FeatureSpec(BaseModel):
     name: Identifier
     type: FeatureType = "numeric"
     required: bool = True
-    min: float | None = None
+    min: Number | None = None
     """Lowest allowed value (numeric only)."""
-    max: float | None = None
+    max: Number | None = None
     """Highest allowed value (numeric only)."""
     categories: list[str] | None = None
     """Allowed values (categorical only); None allows any text."""
+
+    @model_validator(mode="after")
+    def _check_range(self) -> FeatureSpec:
+        """A range no value fits would refuse every event of the stream."""
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
 
 
 class WindowedAggregate(BaseModel):

@@ -10,24 +10,21 @@ removes its key.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
 from faust.types import EventT
 
 from shared import metrics
 from shared.app import DeadLetters, consume, declare_topic
-from shared.errors import DriftlineError, EventDecodeError
-from shared.events import Deployment, decode
+from shared.errors import DriftlineError
+from shared.events import Deployment
 from shared.logging import get_logger
+from shared.records import Check, R, check_deployment
 from shared.settings import DriftlineSettings
 from shared.topics import DEPLOYMENTS, Topic
 
 log = get_logger(__name__)
-R = TypeVar("R")
-Check = Callable[[bytes | None, bytes | None, str], R | None]
-"""Checks one record (key, value, topic): the decoded record, None to remove the key, or raises
-a `DriftlineError` with the reason it is refused."""
 
 
 class WatchedGlobalTable(faust.GlobalTable):
@@ -126,19 +123,6 @@ def checked_global_table(
 
     app.agent(declare_topic(app, topic, common), name=agent)(store_records)
     return current
-
-
-def check_deployment(key: bytes | None, value: bytes | None, topic: str) -> Deployment | None:
-    """A record of ``deployments``: a deployment keyed by its name, or None for a tombstone or a
-    deleted deployment (the key's deployment is removed)."""
-    if key is None:
-        raise EventDecodeError(topic, "no key: a deployment record is keyed by its name")
-    if value is None:
-        return None
-    deployment = decode(Deployment, value, topic)
-    if key != deployment.name.encode():
-        raise EventDecodeError(topic, f"key {key!r} is not the deployment name {deployment.name!r}")
-    return None if deployment.deleted else deployment
 
 
 def deployment_table(

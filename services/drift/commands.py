@@ -43,11 +43,11 @@ class SinceError(DriftlineError):
 
 def parse_since(value: str, now: datetime) -> datetime:
     """The time `value` names: a duration back from `now`, or an ISO 8601 time (UTC if no zone)."""
-    if match := _DURATION.match(value):
-        return now - timedelta(**{_UNIT[match[2]]: int(match[1])})
     try:
+        if match := _DURATION.match(value):
+            return now - timedelta(**{_UNIT[match[2]]: int(match[1])})
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a duration reaching before year 1
         raise SinceError(value) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
 

@@ -10,10 +10,12 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from services.ingestion.logic import check_declaration
 from shared import settings as cfg
-from shared.admin import publish, read_compacted
+from shared.admin import publish, read_checked
 from shared.errors import DriftlineError
-from shared.events import StreamSchema, decode, describe_problem, encode
+from shared.events import StreamSchema, describe_problem, encode
+from shared.logging import configure_logging
 from shared.topics import STREAMS
 
 streams_app = typer.Typer(no_args_is_help=True, help="Declared streams (what raw events hold).")
@@ -54,8 +56,7 @@ def declare(
 def list_streams() -> None:
     """List the declared streams with their features."""
     settings = cfg.load(cfg.DriftlineSettings)
-    topic = STREAMS.full_name(settings)
-    for value in asyncio.run(read_compacted(settings, STREAMS)).values():
-        schema = decode(StreamSchema, value, topic)
+    configure_logging("cli", settings.log_level, settings.log_format)  # skipped records, on stderr
+    for schema in asyncio.run(read_checked(settings, STREAMS, check_declaration)).values():
         features = ", ".join(f"{f.name}:{f.type}" for f in schema.features)
         console.print(f"{schema.name}  {features}", highlight=False)

@@ -4,8 +4,10 @@ Validation checks a raw event against its stream's declaration (`StreamSchema`) 
 its features or raises an error whose message is the dead-letter reason. The reason starts with
 the kind of fault (``missing field: ...``) so the dead-letter metric can be labelled by it.
 Windowed aggregates are kept in fixed event-time buckets (count and sum per bucket, see
-`services.ingestion.state`); a window is the sum of its buckets. `ingest_event` changes that
-state only once an event's feature event is built: an event refused at any step leaves no trace.
+`services.ingestion.state`); a window is the sum of its buckets. A number beyond
+`shared.events.MAX_MAGNITUDE` is refused like the other faults, so no window's sum can overflow
+to infinity and poison its entity's later events. `ingest_event` changes that state only once an
+event's feature event is built: an event refused at any step leaves no trace.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 from services.ingestion.state import PartitionState
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
+    MAX_MAGNITUDE,
     FeatureEvent,
     FeatureSpec,
     FeatureValue,
@@ -24,6 +27,7 @@ from shared.events import (
     RawEvent,
     StreamSchema,
     WindowedAggregate,
+    check_number,
     decode,
     describe_problem,
 )
@@ -115,9 +119,13 @@ def _checked_value(spec: FeatureSpec, value: object, raw: RawEvent) -> FeatureVa
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEventError("wrong type", raw, f"{shown} is not a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidEventError("not finite", raw, f"{shown} is NaN or infinite")
+    try:
+        number = check_number(value)
+    except ValueError as exc:
+        kind = (
+            "not finite" if isinstance(value, float) and not math.isfinite(value) else "too large"
+        )
+        raise InvalidEventError(kind, raw, f"{spec.name}: {exc}") from None
     if (spec.min is not None and number < spec.min) or (spec.max is not None and number > spec.max):
         raise InvalidEventError("out of range", raw, f"{shown} is outside [{spec.min}, {spec.max}]")
     return number
@@ -172,9 +180,13 @@ def dedup_key(stream: str, event_id: str) -> str:
 
 
 def window_features(aggregate: WindowedAggregate, count: float, total: float) -> dict[str, float]:
-    """The aggregate's count and mean from its window's count and sum (no mean while empty)."""
+    """The aggregate's count and mean from its window's count and sum (no mean while empty).
+    The mean of values within `MAX_MAGNITUDE` lies within it, but the rounding of a long sum
+    can take it a hair past: it is kept within, so the feature event accepts it."""
     count_name, mean_name = aggregate_names(aggregate)
-    return {count_name: count, mean_name: total / count} if count else {count_name: 0.0}
+    if not count:
+        return {count_name: 0.0}
+    return {count_name: count, mean_name: max(-MAX_MAGNITUDE, min(MAX_MAGNITUDE, total / count))}
 
 
 def ingest_event(
@@ -190,8 +202,8 @@ def ingest_event(
     from the partition's `state`), or None when its event id came before from another record.
 
     The state remembers the id and counts the values only once the feature event is built: an
-    event refused at any step (e.g. an aggregate that overflows) is dead-lettered without a
-    trace, so when it is resent it is neither taken for a duplicate nor counted twice.
+    event refused at any step (e.g. by the feature event's own validation) is dead-lettered
+    without a trace, so when it is resent it is neither taken for a duplicate nor counted twice.
     """
     dedup = dedup_key(raw.stream, raw.event_id)
     if state.seen_before(dedup, timestamp, offset):

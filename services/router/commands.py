@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from shared import settings as cfg
-from shared.admin import publish, read_compacted
+from shared.admin import live_deployments, publish
 from shared.errors import DriftlineError
-from shared.events import Deployment, RoutingRule, Variant, decode, describe_problem, encode
+from shared.events import Deployment, RoutingRule, Variant, describe_problem, encode
+from shared.logging import configure_logging
 from shared.topics import DEPLOYMENTS
 
 deployments_app = typer.Typer(no_args_is_help=True, help="Deployments the routers serve.")
@@ -115,11 +116,8 @@ def deploy(
 def list_deployments() -> None:
     """List live deployments (the compacted topic read to its end)."""
     settings = cfg.load(cfg.DriftlineSettings)
-    topic = DEPLOYMENTS.full_name(settings)
-    for value in asyncio.run(read_compacted(settings, DEPLOYMENTS)).values():
-        deployment = decode(Deployment, value, topic)
-        if deployment.deleted:
-            continue
+    configure_logging("cli", settings.log_level, settings.log_format)  # skipped records, on stderr
+    for deployment in asyncio.run(live_deployments(settings)).values():
         variants = ", ".join(
             f"{v.name}({v.role}{f' {v.weight:.0%}' if v.role == 'canary' else ''})={v.model_uri}"
             for v in deployment.variants

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared.backends import ONLINE_PREFIX, Answer, ModelBackend
 from shared.errors import DriftlineError, ModelError
 from shared.events import (
@@ -24,6 +26,7 @@ from shared.events import (
     RoutingRule,
     Variant,
     VariantOutput,
+    describe_problem,
     prediction_id_for,
 )
 
@@ -240,13 +243,24 @@ def answer_calls(
     failures: dict[int, list[Failure]] = {}
     for call, answer, latency in zip(calls, answers, latency_ms, strict=True):
         if isinstance(answer, Answer):
-            predictions.append(
-                prediction_for(
-                    call.event, call.deployment, call.variant, call.served, answer, latency
-                )
-            )
+            answer = _prediction_or_error(call, answer, latency)
+        if isinstance(answer, Prediction):
+            predictions.append(answer)
         elif answer is not None:
             failures.setdefault(call.position, []).append(
                 (call.deployment.name, call.variant.name, answer)
             )
     return predictions, failures
+
+
+def _prediction_or_error(call: Call, answer: Answer, latency_ms: float) -> Prediction | ModelError:
+    """The prediction of `answer`, or why it cannot be one: a model that answers NaN, infinity
+    or a number beyond `shared.events.MAX_MAGNITUDE` has failed that event, like one that raised
+    (no downstream state may hold such a number)."""
+    try:
+        return prediction_for(
+            call.event, call.deployment, call.variant, call.served, answer, latency_ms
+        )
+    except ValidationError as exc:
+        problem = describe_problem(exc)
+        return ModelError(call.variant.model_uri, f"unusable answer: {problem}")

@@ -17,6 +17,7 @@ from shared import settings as cfg
 from shared.admin import live_deployments, read_topic
 from shared.errors import EventDecodeError
 from shared.events import Deployment, PromotionDecision, decode
+from shared.logging import configure_logging
 from shared.topics import DECISIONS
 
 
@@ -99,6 +100,7 @@ def status_command(
     """Show the services' health, consumer lag per topic, the current deployments and the latest
     promotion decision on each."""
     common = cfg.load(cfg.DriftlineSettings)
+    configure_logging("cli", common.log_level, common.log_format)  # skipped records, on stderr
     console = Console()
     health = Table(title="services")
     health.add_column("service")

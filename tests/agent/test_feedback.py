@@ -4,6 +4,8 @@ joined in order, expiry on the advancing watermark, dead letters, no broker."""
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,3 +172,29 @@ async def test_labeled_records_are_delivered_before_the_join_state_that_records_
     assert written == [(b"e1", "pending")]  # a replayed feedback labels it and sends it again
     [record] = sent.values("a.predictions.labeled")
     assert record["provenance"] == {"topic": FEEDBACK, "partition": 0, "offset": 1}
+
+
+async def test_a_prediction_with_nan_probabilities_is_refused_and_the_join_goes_on(
+    sent: SentRecords, tmp_path: Path
+) -> None:
+    """Stored, a NaN probability became null in the join table and failed every later sweep of
+    the partition: nothing joined or expired again. It is refused at decode now."""
+    app = feedback_app(tmp_path)
+    poisoned = json.loads(prediction("nan", T0))
+    poisoned["outcome"]["probabilities"] = {"true": math.nan, "false": 0.5}
+    async with agent_context(app, "join_feedback_to_predictions") as agent:
+        await put_from(agent, PREDICTIONS, json.dumps(poisoned).encode(), key=b"nan")
+        for i in range(3):
+            event_id = f"ok{i}"
+            await put_from(agent, PREDICTIONS, prediction(event_id, T0 + i), key=event_id.encode())
+            await put_from(agent, FEEDBACK, feedback(event_id), key=event_id.encode())
+        await put_from(agent, PREDICTIONS, prediction("gone", T0 + 3), key=b"gone")
+        await put_from(agent, PREDICTIONS, prediction("tick", T0 + 200), key=b"tick")
+
+    labeled = sent.values("a.predictions.labeled")
+    assert [r["event_id"] for r in labeled] == ["ok0", "ok1", "ok2"]
+    [letter] = sent.values("a.deadletter")
+    assert letter["reason"].startswith("bad event on a.predictions: outcome.probabilities.true:")
+    assert "not a finite number" in letter["reason"]
+    gone = JoinState.model_validate_json(app.tables["event_to_join"][b"gone"])
+    assert gone.status == "expired", "the sweep still expires what is due"

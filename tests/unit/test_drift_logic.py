@@ -31,7 +31,13 @@ from services.drift.logic import (
     task_of,
     with_offsets,
 )
-from shared.events import DriftAlert, FeatureEvent, VariantOutput, alert_id_for
+from shared.events import (
+    MAX_MAGNITUDE,
+    DriftAlert,
+    FeatureEvent,
+    VariantOutput,
+    alert_id_for,
+)
 
 T0 = 1_780_000_000.0
 SOURCE = "p.features"
@@ -348,6 +354,18 @@ def test_errors_for_classes_and_for_regression() -> None:
     assert error_of(_outcome(3.0), 2.5, "regression") == 0.5
     with pytest.raises(TaskMismatchError, match="model 'm' answered 'x'"):
         error_of(_outcome("x"), 2.5, "regression")
+
+
+def test_the_largest_regression_error_allowed_keeps_a_detector_finite() -> None:
+    """A label of 1.7e308 made an error of infinity, after which ADWIN never fired again; such a
+    label is refused at decode (`MAX_MAGNITUDE`), and the largest error left, output and label
+    at opposite bounds, keeps every statistic finite."""
+    error = error_of(_outcome(MAX_MAGNITUDE), -MAX_MAGNITUDE, "regression")
+    assert error == 2 * MAX_MAGNITUDE
+    monitor = _monitor(Detector.from_setting("t", {"kind": "adwin"}, accepts=("value",)))
+    _feed(monitor, [error, *_values(seed=1, shifts=(), n=200), error])
+    stats = pickle.loads(pickle.dumps(monitor))._stats()
+    assert stats and all(math.isfinite(v) for v in stats.values())
 
 
 def test_webhook_levels_pick_alerts_and_escalated_means_escalated_only() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime
 
 import orjson
@@ -9,9 +11,17 @@ import pytest
 
 from shared.errors import EventDecodeError
 from shared.events import (
+    MAX_MAGNITUDE,
     DeadLetter,
+    DriftAlert,
+    Event,
     FeatureEvent,
+    Feedback,
+    LabeledPrediction,
+    ModelSnapshot,
+    Prediction,
     RawEvent,
+    StreamSchema,
     VariantOutput,
     alert_id_for,
     decode,
@@ -19,6 +29,7 @@ from shared.events import (
     encode,
     prediction_id_for,
 )
+from tests.support.samples import SAMPLES
 
 
 def _raw(**overrides: object) -> bytes:
@@ -123,3 +134,103 @@ def test_derived_ids_keep_their_parts_apart_and_are_valid_identifiers() -> None:
     assert derived_id("alert", "a", 1) != derived_id("alert", "a", "1")
     assert derived_id("alert", "x") != derived_id("prediction", "x")
     assert len(derived_id("alert", "x")) == 32
+
+
+def _with(schema: type[Event], path: tuple[str | int, ...], value: object) -> bytes:
+    """The sample record of `schema` on the wire, with the field at `path` set to `value`."""
+    document = orjson.loads(encode(SAMPLES[schema]))
+    parent = document
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = value
+    return json.dumps(document).encode()  # json, not orjson: it writes NaN and huge integers
+
+
+TIME_FIELDS = [
+    (schema, name)
+    for schema, sample in SAMPLES.items()
+    for name, value in sample
+    if isinstance(value, datetime)
+]
+
+
+@pytest.mark.parametrize("time", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+@pytest.mark.parametrize(("schema", "field"), TIME_FIELDS)
+def test_a_time_outside_the_utc_range_is_refused_by_every_schema(
+    schema: type[Event], field: str, time: str
+) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(schema, _with(schema, (field,), time), "t")
+    assert (
+        caught.value.reason == f"{field}: Value error, {time} lies outside years 1 to 9999 in UTC"
+    )
+
+
+def test_every_schema_with_a_time_is_covered() -> None:
+    assert {schema for schema, _ in TIME_FIELDS} == set(SAMPLES)
+
+
+NUMBER_FIELDS = [
+    (RawEvent, ("event_time",)),
+    (FeatureEvent, ("features", "amount")),
+    (Prediction, ("features", "count")),
+    (Prediction, ("outcome", "output")),
+    (Prediction, ("outcome", "probabilities", "1")),
+    (Feedback, ("label",)),
+    (LabeledPrediction, ("label",)),
+    (LabeledPrediction, ("features", "amount")),
+    (LabeledPrediction, ("outcomes", 0, "output")),
+    (LabeledPrediction, ("outcomes", 0, "probabilities", "0")),
+    (StreamSchema, ("features", 0, "min")),
+    (StreamSchema, ("features", 1, "max")),
+]
+
+
+@pytest.mark.parametrize(("schema", "path"), NUMBER_FIELDS)
+@pytest.mark.parametrize("value", [10**400, 1.7e308, -1e101])
+def test_a_number_beyond_the_bound_is_refused_where_it_would_enter_state(
+    schema: type[Event], path: tuple[str | int, ...], value: object
+) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(schema, _with(schema, path, value), "t")
+    assert caught.value.reason.startswith(".".join(map(str, path)) + ":")
+
+
+@pytest.mark.parametrize(("schema", "path"), NUMBER_FIELDS[1:])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_are_refused_where_they_would_enter_state(
+    schema: type[Event], path: tuple[str | int, ...], value: float
+) -> None:
+    with pytest.raises(EventDecodeError) as caught:
+        decode(schema, _with(schema, path, value), "t")
+    reason = caught.value.reason
+    assert reason.startswith(".".join(map(str, path)) + ":")
+    assert "not a finite number" in reason
+
+
+def test_numbers_up_to_the_bound_are_kept_as_they_came() -> None:
+    feedback = decode(Feedback, _with(Feedback, ("label",), -MAX_MAGNITUDE), "t")
+    assert feedback.label == -MAX_MAGNITUDE
+    assert decode(Feedback, encode(feedback), "t") == feedback
+    assert decode(Feedback, _with(Feedback, ("label",), 10**100), "t").label == 10**100
+
+
+def test_a_declared_range_no_value_fits_is_refused() -> None:
+    with pytest.raises(EventDecodeError, match=r"features\.0: Value error, min 0 is above max -1"):
+        decode(StreamSchema, _with(StreamSchema, ("features", 0, "max"), -1), "t")
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        (LabeledPrediction, ("feedback_delay_s",)),
+        (DriftAlert, ("stats_before", "mean")),
+        (ModelSnapshot, ("metrics", "mae")),
+    ],
+)
+def test_no_float_of_a_record_takes_nan_it_could_not_be_read_back(
+    schema: type[Event], path: tuple[str | int, ...]
+) -> None:
+    """Written, NaN becomes null, which the schema then refuses: the record is refused instead."""
+    with pytest.raises(EventDecodeError, match=r"Input should be a finite number"):
+        decode(schema, _with(schema, path, math.nan), "t")

@@ -6,7 +6,7 @@ import pytest
 
 from shared.errors import EventDecodeError
 from shared.events import Deployment, Variant, encode
-from shared.global_tables import check_deployment
+from shared.records import check_deployment
 
 DEPLOYMENT = Deployment(
     name="fraud",

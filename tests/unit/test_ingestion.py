@@ -21,7 +21,14 @@ from services.ingestion.logic import (
 )
 from services.ingestion.state import PartitionState
 from shared.errors import EventDecodeError
-from shared.events import FeatureSpec, RawEvent, StreamSchema, WindowedAggregate, encode
+from shared.events import (
+    MAX_MAGNITUDE,
+    FeatureSpec,
+    RawEvent,
+    StreamSchema,
+    WindowedAggregate,
+    encode,
+)
 
 SCHEMA = StreamSchema(
     name="payments",
@@ -63,8 +70,14 @@ def test_valid_event_keeps_declared_features_as_typed_values() -> None:
         ({"amount": True}, "wrong type: event 'e1' of stream 'payments': amount=True"),
         ({"tier": 3}, "wrong type: event 'e1' of stream 'payments': tier=3 is not text"),
         ({"online": 1}, "wrong type: event 'e1' of stream 'payments': online=1 is not a boolean"),
-        ({"amount": float("nan")}, "not finite: event 'e1' of stream 'payments': amount=nan"),
-        ({"amount": float("inf")}, "not finite: event 'e1' of stream 'payments': amount=inf"),
+        ({"amount": float("nan")}, "not finite: event 'e1' of stream 'payments': amount: nan is"),
+        ({"amount": float("inf")}, "not finite: event 'e1' of stream 'payments': amount: inf is"),
+        (
+            {"amount": 10**400},
+            "too large: event 'e1' of stream 'payments': amount: an integer of 1329 bits is "
+            "beyond the largest magnitude allowed, 1e+100",
+        ),
+        ({"amount": -1e101}, "too large: event 'e1' of stream 'payments': amount: -1e+101 is"),
         ({"amount": 101}, "out of range: event 'e1' of stream 'payments': amount=101"),
         ({"amount": -1}, "out of range: event 'e1' of stream 'payments': amount=-1"),
         ({"tier": "gold"}, "unknown category: event 'e1' of stream 'payments': tier='gold'"),
@@ -135,36 +148,61 @@ UNBOUNDED = StreamSchema(
 )
 
 
-def ingest(state: PartitionState, event_id: str, mass: float, offset: int) -> Any:
-    """Ingest a ``tonnes`` event of entity ``mine`` at a fixed time from `offset`."""
-    event = RawEvent(
+def tonnes(event_id: str, mass: float | int) -> RawEvent:
+    """A ``tonnes`` event of entity ``mine`` at a fixed time."""
+    return RawEvent(
         event_id=event_id,
         stream="tonnes",
         entity_id="mine",
         event_time=datetime(2026, 1, 1, tzinfo=UTC),
         data={"mass": mass},
     )
+
+
+def ingest(state: PartitionState, event_id: str, mass: float | int, offset: int) -> Any:
+    """Validate and ingest a ``tonnes`` event from `offset`."""
+    event = tonnes(event_id, mass)
     features = validate_features(event, UNBOUNDED)
     stamp = event.event_time.timestamp()
     return ingest_event(event, UNBOUNDED, features, stamp, offset, state, "events.raw")
 
 
 def test_an_event_refused_while_its_feature_event_is_built_leaves_no_trace() -> None:
-    """Its window's sum overflows to infinity: dead-lettered. Resent, it is no duplicate (it was
+    """Refused by the feature event itself: dead-lettered. Resent, it is no duplicate (it was
     not remembered), and its value was never counted in the window of the events after it."""
     state = PartitionState(0, dedup_window_s=600, bucket_s=60, horizon_s=3600)
-    first = ingest(state, "a", 1e308, offset=0)
-    with pytest.raises(EventDecodeError, match="NaN and infinity"):
-        ingest(state, "b", 1e308, offset=1)
-    with pytest.raises(EventDecodeError, match="NaN and infinity"):
-        ingest(state, "b", 1e308, offset=2)  # resent: refused for its reason, not dropped
-    after = ingest(state, "c", 1.0, offset=3)
-    duplicate = ingest(state, "c", 1.0, offset=4)
+    stamp = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    for offset in (0, 1):  # the second time resent: refused for its reason, not dropped
+        with pytest.raises(EventDecodeError, match=r"features\.mass: .* beyond the largest"):
+            ingest_event(
+                tonnes("b", 0), UNBOUNDED, {"mass": 1e308}, stamp, offset, state, "events.raw"
+            )
+    after = ingest(state, "b", 2.0, offset=2)
+    duplicate = ingest(state, "b", 2.0, offset=3)
 
-    assert first.features["mass_count_60m"] == 1.0
-    assert after.features == {
-        "mass": 1.0,
-        "mass_count_60m": 2.0,
-        "mass_mean_60m": (1e308 + 1.0) / 2,
-    }
+    assert after.features == {"mass": 2.0, "mass_count_60m": 1.0, "mass_mean_60m": 2.0}
     assert duplicate is None
+
+
+def test_huge_values_are_refused_before_they_reach_an_entitys_window() -> None:
+    """Two amounts of 1e308 used to overflow the entity's window sum to infinity, so every later
+    event of the entity was dead-lettered: now each is refused at validation, nothing of it is
+    stored, and neither later events nor a resend of it with a good value suffer."""
+    state = PartitionState(0, dedup_window_s=600, bucket_s=60, horizon_s=3600)
+    for offset, event_id in enumerate(["a", "b"]):
+        with pytest.raises(InvalidEventError, match=r"too large: .* mass: 1e\+308 is beyond"):
+            ingest(state, event_id, 1e308, offset)
+    assert state.seal() is None, "a refused event leaves nothing to save"
+    resent = ingest(state, "a", 3.0, offset=2)
+    later = ingest(state, "c", 5.0, offset=3)
+
+    assert resent.features == {"mass": 3.0, "mass_count_60m": 1.0, "mass_mean_60m": 3.0}
+    assert later.features == {"mass": 5.0, "mass_count_60m": 2.0, "mass_mean_60m": 4.0}
+
+
+def test_values_at_the_bound_keep_every_window_finite() -> None:
+    state = PartitionState(0, dedup_window_s=600, bucket_s=60, horizon_s=3600)
+    for offset in range(1000):
+        last = ingest(state, f"e{offset}", MAX_MAGNITUDE, offset)
+    assert last.features["mass_count_60m"] == 1000.0
+    assert last.features["mass_mean_60m"] == pytest.approx(MAX_MAGNITUDE)

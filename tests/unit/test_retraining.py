@@ -8,6 +8,7 @@ import math
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -231,6 +232,18 @@ async def test_the_job_answers_401_400_ignores_other_alerts_and_202_once_per_ale
     async with TestClient(TestServer(job.web_app())) as client:
         health = await (await client.get("/health")).json()
     assert health == {"status": "ok", "pending": 1}, "a repeated post is not queued again"
+
+
+async def test_the_job_answers_400_to_an_alert_whose_time_lies_outside_utc() -> None:
+    """A signed alert whose time text cannot be held in UTC is a bad request, not a crash."""
+    common = DriftlineSettings()
+    job = RetrainJob(common, RetrainSettings())
+    alert = orjson.loads(encode(concept_alert(OFFSETS, 1000.0)))
+    alert["event_time"] = "0001-01-01T00:00:00+14:00"
+    body = orjson.dumps(alert)
+    status, answer = await _post(job, body, sign(body, common.webhook_hmac_key))
+    assert status == 400
+    assert "event_time" in answer["error"] and "outside years 1 to 9999" in answer["error"]
 
 
 async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finished(

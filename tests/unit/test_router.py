@@ -3,6 +3,7 @@ the `deploy` options, and the model backends' cache and snapshot checks (no Kafk
 
 from __future__ import annotations
 
+import math
 import pickle
 from datetime import UTC, datetime
 from typing import Any
@@ -385,3 +386,34 @@ def test_ids_without_a_snapshot_never_push_a_model_out_of_the_cache() -> None:
         assert store.model("m") is not None
         assert store.model(f"m/u{entity}") is None
     assert stored.reads == 6
+
+
+class Unusable(ModelBackend):
+    """Answers NaN for a negative amount, a probability of infinity for a zero one."""
+
+    async def load(self) -> None:
+        pass
+
+    async def unload(self) -> None:
+        pass
+
+    def predict(self, features: dict[str, Any], entity_id: str) -> Answer:
+        if features["amount"] < 0:
+            return Answer(self.uri, "1", math.nan, None)
+        probabilities = {"yes": math.inf if features["amount"] == 0 else 0.5}
+        return Answer(self.uri, "1", "yes", probabilities)
+
+
+def test_an_answer_no_prediction_may_hold_fails_that_event_only() -> None:
+    index = DeploymentIndex.empty()
+    index.apply("fraud", DEPLOYMENT)
+    events = [(i, event(f"u{i}", amount=amount)) for i, amount in enumerate([-1.0, 0.0, 2.0])]
+    calls, _ = plan_calls(events, index)
+    backends = {uri: Unusable(uri) for uri in index.model_uris()}
+    predictions, failures = answer_calls(calls, backends)
+
+    assert {p.entity_id for p in predictions} == {"u2"}
+    problems = {position: str(f[0][2]) for position, f in failures.items()}
+    assert problems.keys() == {0, 1}
+    assert "unusable answer: output: Value error, nan is not a finite number" in problems[0]
+    assert "unusable answer: probabilities.yes: Value error, inf is not a finite" in problems[1]
