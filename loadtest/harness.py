@@ -129,7 +129,7 @@ class Run:
         """Publish the workload's set-up records (see `setup_records`); return how many
         snapshots."""
         records = setup_records(
-            workload, models, self.settings.snapshot_hmac_key, per_entity, entity_snapshots
+            workload, models, self.settings.snapshot_keys, per_entity, entity_snapshots
         )
         for topic, values in records.items():
             asyncio.run(publish_all(self.bootstrap, self.topic(topic), values))

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import SettingsError
+from shared.signing import KeyRing
 
 INSECURE_DEV_KEY = "driftline-dev-key-change-me"
 _BROKER_ADDRESS = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
@@ -57,6 +58,9 @@ class DriftlineSettings(BaseSettings):
     """Key that signs model snapshots; a snapshot signed with another key is refused."""
     webhook_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
     """Key that signs webhook bodies (header ``X-Driftline-Signature``)."""
+    state_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
+    """Key that seals the pickled state services keep in tables: a value read back from a
+    changelog without its MAC under this key is never unpickled."""
     data_dir: Path = Path(".driftline")
     """Where workers keep table stores and local files."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -92,6 +96,16 @@ class DriftlineSettings(BaseSettings):
         if not value.startswith(_TABLE_STORES):
             raise ValueError(f"expected one of {', '.join(_TABLE_STORES)}")
         return value
+
+    @property
+    def snapshot_keys(self) -> KeyRing:
+        """The keys that sign and verify model snapshots."""
+        return KeyRing(self.snapshot_hmac_key)
+
+    @property
+    def state_keys(self) -> KeyRing:
+        """The keys that seal and verify table state."""
+        return KeyRing(self.state_hmac_key)
 
     @property
     def bootstrap_servers(self) -> str:
