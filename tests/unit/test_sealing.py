@@ -3,6 +3,7 @@ what it claims to be."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,8 @@ def test_refused_state_is_absent_and_never_unpickled(tmp_path: Path) -> None:
         "driftline_refused_state_total", {"service": "learner", "table": "model_state"}
     )
     assert after == (before or 0) + 3
+    pickle.loads(hostile)  # what loading it would have done
+    assert marker.exists()
 
 
 def test_a_trial_is_kept_as_sealed_json() -> None:
