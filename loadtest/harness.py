@@ -83,6 +83,7 @@ class Run:
             "DRIFTLINE_DATA_DIR": str(self.workdir / "data"),
             "DRIFTLINE_LOG_LEVEL": "info",
             "DRIFTLINE_SNAPSHOT_HMAC_KEY": self.settings.snapshot_hmac_key.get_secret_value(),
+            "DRIFTLINE_ALLOW_DEFAULT_KEYS": "true",  # a private, throw-away Driftline
             "DRIFTLINE_LEARNER_MLFLOW_ENABLED": "false",
         }
 
