@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import pickle
 import signal
 import sys
 import time
@@ -51,6 +50,7 @@ from loadtest.report import write_block
 from loadtest.workload import MODEL_ID, Workload
 from services.processes import ServiceProcess
 from shared.localkafka import KAFKA_VERSION, LocalKafka, default_home
+from shared.sealing import PICKLE, SealedState
 from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
 
@@ -321,7 +321,9 @@ async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effec
         # the learner's state itself: the last record of its table's changelog (its snapshots
         # are published only when it learns, so a successor with nothing left to learn sends none)
         states = await read_records(run.bootstrap, run.changelog("learner", "model_state"))
-        effects.learned = pickle.loads(states[-1].value).n_learned if states else 0
+        sealed = SealedState[Any]("learner", "model_state", run.settings.state_keys, PICKLE)
+        learner = sealed.loads(MODEL_ID.encode(), states[-1].value) if states else None
+        effects.learned = learner.n_learned if learner is not None else 0
 
 
 def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: float) -> Effects:

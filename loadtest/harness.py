@@ -83,6 +83,7 @@ class Run:
             "DRIFTLINE_DATA_DIR": str(self.workdir / "data"),
             "DRIFTLINE_LOG_LEVEL": "info",
             "DRIFTLINE_SNAPSHOT_HMAC_KEY": self.settings.snapshot_hmac_key.get_secret_value(),
+            "DRIFTLINE_ALLOW_DEFAULT_KEYS": "true",  # a private, throw-away Driftline
             "DRIFTLINE_LEARNER_MLFLOW_ENABLED": "false",
         }
 
@@ -134,7 +135,7 @@ class Run:
         """Publish the workload's set-up records (see `setup_records`); return how many
         snapshots."""
         records = setup_records(
-            workload, models, self.settings.snapshot_hmac_key, per_entity, entity_snapshots
+            workload, models, self.settings.snapshot_keys, per_entity, entity_snapshots
         )
         for topic, values in records.items():
             asyncio.run(publish_all(self.bootstrap, self.topic(topic), values))

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 
 import orjson
-from pydantic import SecretStr
 from river import compose, linear_model, preprocessing
 
 from shared.events import (
@@ -25,7 +24,7 @@ from shared.events import (
     WindowedAggregate,
     encode,
 )
-from shared.signing import sign
+from shared.signing import KeyRing, sign_snapshot
 from shared.topics import DEPLOYMENTS, MODEL_SNAPSHOTS, STREAMS, Topic
 
 Record = tuple[bytes, bytes]
@@ -153,22 +152,22 @@ def trained_model(workload: Workload, samples: int = 200) -> compose.Pipeline:
     return model
 
 
-def snapshot(model_id: str, payload: bytes, key: SecretStr) -> ModelSnapshot:
+def snapshot(model_id: str, payload: bytes, keys: KeyRing) -> ModelSnapshot:
     """A signed snapshot of a pickled model, as the learner would publish it."""
-    return ModelSnapshot(
+    unsigned = ModelSnapshot(
         model_id=model_id,
         model_type="logistic_regression",
         sequence=1,
         n_learned=0,
         payload=payload,
-        signature=sign(payload, key),
     )
+    return sign_snapshot(unsigned, keys)
 
 
 def setup_records(
     workload: Workload,
     models: dict[str, str],
-    key: SecretStr,
+    keys: KeyRing,
     per_entity: bool = False,
     entity_snapshots: bool = False,
 ) -> dict[Topic, list[Record]]:
@@ -185,5 +184,5 @@ def setup_records(
     if entity_snapshots:
         model_ids += [f"{MODEL_ID}/{workload.entity_of(i)}" for i in range(workload.entities)]
     payload = pickle.dumps(trained_model(workload))
-    snapshots = [(m.encode(), encode(snapshot(m, payload, key))) for m in model_ids]
+    snapshots = [(m.encode(), encode(snapshot(m, payload, keys))) for m in model_ids]
     return {STREAMS: streams, DEPLOYMENTS: deployments, MODEL_SNAPSHOTS: snapshots}

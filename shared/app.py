@@ -94,7 +94,9 @@ def run_worker(app: faust.App, loglevel: str, shutdown_grace_s: float = 20.0) ->
 
 
 def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) -> faust.App:
-    """A Faust app for `service`: its own consumer group, table store, web port and metrics."""
+    """A Faust app for `service`: its own consumer group, table store, web port and metrics.
+    Refuses the public development keys unless they are allowed (`require_secret_keys`)."""
+    common.require_secret_keys()
     datadir = common.data_dir / service
     datadir.mkdir(parents=True, exist_ok=True)
     app = DriftlineApp(

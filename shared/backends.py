@@ -17,20 +17,25 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
-from pydantic import SecretStr
 
 from shared import metrics
-from shared.errors import ModelError, SignatureError, UnknownModelError, WrongFeaturesError
+from shared.errors import (
+    DriftlineError,
+    ModelError,
+    SignatureError,
+    UnknownModelError,
+    WrongFeaturesError,
+)
 from shared.events import FeatureValue, Label, ModelSnapshot, decode
 from shared.logging import get_logger
-from shared.signing import verify
+from shared.signing import KeyRing, verify_snapshot
 
 log = get_logger(__name__)
 # The classifier path below passes arrays in the model's own input order on purpose.
@@ -250,40 +255,54 @@ class MlflowBackend(ModelBackend):
 class SnapshotStore:
     """Online models' latest verified snapshots, unpickled lazily and kept in a bounded cache.
 
-    `stored` maps model id to the snapshot bytes that `accept` let through (the router's table of
-    ``model-snapshots``); a snapshot is unpickled the first time a prediction needs it. Ids with
-    no snapshot (most entities have no model of their own) are remembered apart, so they never
-    push a model out of its cache; together a hit reads no table (a Faust table read costs a
-    sensor call per event). Whoever writes `stored` calls `forget` for the key it changed.
+    The router's table of ``model-snapshots`` tells `apply` of every record it stores or reads
+    from its changelog; only those whose signature verifies for their key, and whose sequence is
+    not older than the one held, replace it. Anything else (written straight to the changelog,
+    say) is refused with an error log and the previous snapshot keeps serving. A snapshot is
+    verified again and unpickled the first time a prediction needs it.
     """
 
-    def __init__(self, stored: Mapping[bytes, bytes], key: SecretStr, cache_size: int) -> None:
-        self.stored = stored
-        self.key = key
+    def __init__(self, keys: KeyRing, cache_size: int, table: str = "model_snapshots") -> None:
+        self.keys = keys
         self.cache_size = cache_size
+        self.table = table
+        self._verified: dict[bytes, bytes] = {}
         self._models: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
-        self._absent: OrderedDict[bytes, None] = OrderedDict()
-
-    def forget(self, model_id: bytes) -> None:
-        """Drop what the cache holds for `model_id` (its stored snapshot changed)."""
-        self._models.pop(model_id, None)
-        self._absent.pop(model_id, None)
 
     def accept(self, value: bytes | None, topic: str) -> ModelSnapshot | None:
-        """Check a snapshot before it may replace the stored one.
+        """Check a snapshot before it may replace the held one.
 
-        Returns the snapshot if it is newer than the stored one, None if it is older (ignored);
-        raises `SignatureError` (unsigned or badly signed) or `EventDecodeError` (not a snapshot).
+        Returns the snapshot if it is not older than the held one, None if it is (ignored);
+        raises `SignatureError` (unsigned, or signed as another model, sequence or payload) or
+        `EventDecodeError` (not a snapshot).
         """
-        snapshot = decode(ModelSnapshot, value, topic)
-        if not verify(snapshot.payload, snapshot.signature, self.key):
-            raise SignatureError(
-                snapshot.model_id, "unsigned" if not snapshot.signature else "bad signature"
-            )
-        current = self.stored.get(snapshot.model_id.encode())
+        snapshot = self._verify(decode(ModelSnapshot, value, topic))
+        current = self._verified.get(snapshot.model_id.encode())
         if current is not None and orjson.loads(current)["sequence"] > snapshot.sequence:
             return None
         return snapshot
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """Hold `value` as the snapshot of model `key` if `accept` lets it through under that
+        key; else log the refusal (table and key) and keep the held one serving."""
+        try:
+            if value is None:
+                raise SignatureError(key.decode(errors="replace"), "a tombstone (never written)")
+            snapshot = self.accept(value, self.table)
+            if snapshot is not None and snapshot.model_id.encode() != key:
+                raise SignatureError(snapshot.model_id, f"stored under key {key!r}")
+        except DriftlineError as exc:
+            metrics.REFUSED_SNAPSHOTS.labels(str(exc).split(":", 1)[0]).inc()
+            log.error(
+                "stored snapshot refused; the previous one keeps serving",
+                table=self.table,
+                key=key.decode(errors="replace"),
+                reason=str(exc),
+            )
+            return
+        if snapshot is not None:
+            self._verified[key] = value
+            self._models.pop(key, None)
 
     def model(self, model_id: str) -> tuple[Any, int] | None:
         """The unpickled model and its sequence number, or None if it has no snapshot."""
@@ -292,23 +311,22 @@ class SnapshotStore:
         if found is not None:
             self._models.move_to_end(key)
             return found
-        if key in self._absent:
-            self._absent.move_to_end(key)
-            return None
-        stored = self.stored.get(key)
+        stored = self._verified.get(key)
         if stored is None:
-            _remember(self._absent, key, None, self.cache_size)
             return None
-        snapshot = ModelSnapshot.model_validate_json(stored)
+        snapshot = self._verify(ModelSnapshot.model_validate_json(stored))
         found = pickle.loads(snapshot.payload), snapshot.sequence
-        _remember(self._models, key, found, self.cache_size)
+        self._models[key] = found
+        if len(self._models) > self.cache_size:
+            self._models.popitem(last=False)
         return found
 
-
-def _remember(cache: OrderedDict[bytes, Any], key: bytes, value: Any, size: int) -> None:
-    cache[key] = value
-    if len(cache) > size:
-        cache.popitem(last=False)
+    def _verify(self, snapshot: ModelSnapshot) -> ModelSnapshot:
+        if not verify_snapshot(snapshot, self.keys):
+            raise SignatureError(
+                snapshot.model_id, "unsigned" if not snapshot.signature else "bad signature"
+            )
+        return snapshot
 
 
 class OnlineBackend(ModelBackend):

@@ -49,6 +49,15 @@ class SignatureError(DriftlineError):
         super().__init__(f"snapshot of model {model!r} refused: {problem}")
 
 
+class SealError(DriftlineError):
+    """A table value has no valid MAC for its identity (table and key): it is never decoded."""
+
+    def __init__(self, identity: str, problem: str) -> None:
+        self.identity = identity
+        self.problem = problem
+        super().__init__(f"sealed value {identity} refused: {problem}")
+
+
 class ModelError(DriftlineError):
     """A model variant could not answer; `kind` names why (the dead-letter metric's label)."""
 

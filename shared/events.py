@@ -339,8 +339,21 @@ class ModelSnapshot(Event):
     created_at: UtcDatetime = Field(default_factory=utc_now)
     payload: WireBytes
     """The pickled model; read only after `signature` verifies."""
-    signature: str
-    """Hex HMAC-SHA256 of `payload` under the snapshot key."""
+    signature: str = ""
+    """Hex HMAC-SHA256 of `payload` bound to `identity`, under the snapshot key
+    (`shared.signing.sign_snapshot`); empty when unsigned."""
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What the signature binds the payload to: a payload signed as one model id, type,
+        sequence or schema version does not verify as another."""
+        return (
+            "model-snapshot",
+            self.model_id,
+            self.model_type,
+            str(self.sequence),
+            str(self.schema_version),
+        )
 
 
 class RoutingRule(BaseModel):

@@ -68,6 +68,11 @@ REFUSED_SNAPSHOTS = Counter(
     "Model snapshots refused (unsigned, badly signed or undecodable).",
     ["reason"],
 )
+REFUSED_STATE = Counter(
+    "driftline_refused_state_total",
+    "Table values read back without a valid MAC for their table and key: never loaded.",
+    ["service", "table"],
+)
 MODEL_LOADS = Counter(
     "driftline_model_loads_total",
     "Models the router loaded (again after an MLflow alias moved), by model URI.",

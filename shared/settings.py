@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import SettingsError
+from shared.signing import KeyRing
 
 INSECURE_DEV_KEY = "driftline-dev-key-change-me"
 _BROKER_ADDRESS = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:\d{1,5}$")
@@ -57,6 +58,18 @@ class DriftlineSettings(BaseSettings):
     """Key that signs model snapshots; a snapshot signed with another key is refused."""
     webhook_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
     """Key that signs webhook bodies (header ``X-Driftline-Signature``)."""
+    state_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
+    """Key that seals the pickled state services keep in tables: a value read back from a
+    changelog without its MAC under this key is never unpickled."""
+    snapshot_hmac_previous_key: SecretStr | None = None
+    """The snapshot key before the last rotation: verifies what it signed, signs nothing."""
+    webhook_hmac_previous_key: SecretStr | None = None
+    """The webhook key before the last rotation: verifies what it signed, signs nothing."""
+    state_hmac_previous_key: SecretStr | None = None
+    """The state key before the last rotation: verifies what it sealed, seals nothing."""
+    allow_default_keys: bool = False
+    """Development only: let workers run with the public default HMAC keys, which anyone can sign
+    with (the demo and the tests set it); otherwise they refuse to start."""
     data_dir: Path = Path(".driftline")
     """Where workers keep table stores and local files."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -94,6 +107,37 @@ class DriftlineSettings(BaseSettings):
         return value
 
     @property
+    def snapshot_keys(self) -> KeyRing:
+        """The keys that sign and verify model snapshots."""
+        return _ring(self.snapshot_hmac_key, self.snapshot_hmac_previous_key)
+
+    @property
+    def webhook_keys(self) -> KeyRing:
+        """The keys that sign and verify webhook bodies."""
+        return _ring(self.webhook_hmac_key, self.webhook_hmac_previous_key)
+
+    @property
+    def state_keys(self) -> KeyRing:
+        """The keys that seal and verify table state."""
+        return _ring(self.state_hmac_key, self.state_hmac_previous_key)
+
+    def require_secret_keys(self) -> None:
+        """Refuse the public development key, which anyone can sign with, as any HMAC key
+        (current or previous) unless `allow_default_keys` is on; called by every process that
+        signs or verifies (the workers, the retrain job)."""
+        if self.allow_default_keys:
+            return
+        for name in _KEY_FIELDS:
+            key: SecretStr | None = getattr(self, name)
+            if key is not None and key.get_secret_value() == INSECURE_DEV_KEY:
+                raise SettingsError(
+                    env_name(DriftlineSettings, name),
+                    INSECURE_DEV_KEY,
+                    "the public development key; set a secret one (e.g. openssl rand -hex 32), "
+                    "or DRIFTLINE_ALLOW_DEFAULT_KEYS=true for development",
+                )
+
+    @property
     def bootstrap_servers(self) -> str:
         """The broker list as plain ``host:port,...`` for aiokafka and other clients."""
         return self.kafka_broker.removeprefix("kafka://")
@@ -102,6 +146,20 @@ class DriftlineSettings(BaseSettings):
     def faust_broker(self) -> str:
         """The broker list in Faust's URL form."""
         return "kafka://" + self.bootstrap_servers
+
+
+_KEY_FIELDS = (
+    "snapshot_hmac_key",
+    "webhook_hmac_key",
+    "state_hmac_key",
+    "snapshot_hmac_previous_key",
+    "webhook_hmac_previous_key",
+    "state_hmac_previous_key",
+)
+
+
+def _ring(current: SecretStr, previous: SecretStr | None) -> KeyRing:
+    return KeyRing(current, () if previous is None else (previous,))
 
 
 class ServiceSettings(BaseSettings):

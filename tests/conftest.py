@@ -13,6 +13,10 @@ from shared.localkafka import LocalKafka
 from shared.localmlflow import LocalMlflow
 from tests.support.pipeline import Pipeline
 
+# Tests run with the public development keys; every worker they start inherits this. A test of
+# the refusal turns it off explicitly.
+os.environ.setdefault("DRIFTLINE_ALLOW_DEFAULT_KEYS", "true")
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:

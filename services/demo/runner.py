@@ -217,6 +217,7 @@ class Demo:
             "DRIFTLINE_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
             "DRIFTLINE_MLFLOW_TRACKING_URI": self.mlflow.uri,
             "DRIFTLINE_DATA_DIR": str(self.run_info.directory / "data"),
+            "DRIFTLINE_ALLOW_DEFAULT_KEYS": "true",  # a local demo; real keys set are used
             "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "100",
             "DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "2",
             "DRIFTLINE_DRIFT_PROMOTION_EVERY": "50",

@@ -32,7 +32,6 @@ it is sent, the offsets of the other partitions and topics a retrain reads (``fe
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,6 +77,7 @@ from shared.errors import DriftlineError
 from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
 from shared.logging import get_logger
 from shared.replays import lineage_of
+from shared.sealing import PICKLE, SealedState
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
 from shared.webhooks import Delivery, WebhookSender
 
@@ -97,8 +97,11 @@ class MonitorBatch:
     outcome). Each write runs under an event of its key's partition, where its changelog record
     belongs."""
 
-    def __init__(self, table: Any, error_windows: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, table: Any, sealed: SealedState[Monitor], error_windows: dict[str, Any] | None = None
+    ) -> None:
         self.table = table
+        self.sealed = sealed
         self.error_windows = error_windows or {}
         self._touched: dict[bytes, tuple[Monitor, EventT]] = {}
         self._errors: dict[tuple[str, bytes, tuple[Any, ...]], list[Any]] = {}
@@ -108,8 +111,7 @@ class MonitorBatch:
         """The batch's monitor for `key`, else the stored one, else None."""
         if key in self._touched:
             return self._touched[key][0]
-        data = self.table.get(key)
-        return pickle.loads(data) if data is not None else None
+        return self.sealed.loads(key, self.table.get(key))
 
     def updated(self, key: bytes, monitor: Monitor, event: EventT) -> None:
         """Mark `monitor` to be written back, in the partition of `event`."""
@@ -129,7 +131,7 @@ class MonitorBatch:
         """Write every updated monitor and every window's summed errors to their tables."""
         for key, (monitor, event) in self._touched.items():
             with as_current_event(event):
-                self.table[key] = pickle.dumps(monitor)
+                self.table[key] = self.sealed.dumps(key, monitor)
         for (name, key, _), (total, n, time, event) in self._errors.items():
             with as_current_event(event):
                 self.error_windows[name].relative_to(time)[key.decode()].apply(
@@ -167,6 +169,10 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
     add_promotion(app, common, own, dead_letters)
     feature_to_monitor = app.Table("feature_to_monitor", key_type=bytes, value_type=bytes)
     model_to_monitor = app.Table("model_to_monitor", key_type=bytes, value_type=bytes)
+    sealed = {
+        t.name: SealedState[Monitor](SERVICE, t.name, common.state_keys, PICKLE)
+        for t in (feature_to_monitor, model_to_monitor)
+    }
     expires = timedelta(seconds=2 * max(own.error_window_s, own.error_hop_window_s))
     error_windows = {
         f"tumbling_{own.error_window_s:g}s": app.Table(
@@ -257,7 +263,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
         alert ids) instead of finding them `already_seen` and dropping every alert."""
 
         async def handle(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
-            monitors = MonitorBatch(table, windows)
+            monitors = MonitorBatch(table, sealed[table.name], windows)
             findings: list[Finding] = []
             rejected: list[tuple[EventT, str]] = []
             for event in events:

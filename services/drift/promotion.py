@@ -13,7 +13,6 @@ idempotently, on the trial's next event.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 
 import faust
@@ -36,6 +35,7 @@ from shared.rollout import (
     promotion_steps,
     rollback_steps,
 )
+from shared.sealing import SealedState, json_codec
 from shared.topics import DECISIONS, DEPLOYMENTS, PREDICTIONS_LABELED
 
 log = get_logger(__name__)
@@ -54,6 +54,7 @@ def add_promotion(
     deployments_topic = declare_topic(app, DEPLOYMENTS, common)
     deployments: Mapping[str, Deployment] = deployment_table(app, common, dead_letters)
     trials = app.Table("promotion_trials", key_type=bytes, value_type=bytes)
+    sealed = SealedState(service, "promotion_trials", common.state_keys, json_codec(Trial))
     registry = MlflowRegistry(common.mlflow_tracking_uri)
 
     async def publish(deployment: Deployment) -> None:
@@ -98,16 +99,13 @@ def add_promotion(
             if version is None:
                 continue
             key = orjson.dumps([deployment.name, uri.name, version])
-            stored = trials.get(key)
-            trial: Trial = (
-                pickle.loads(stored)
-                if stored is not None
-                else Trial(deployment.name, uri.name, variant.name, version)
+            trial = sealed.loads(key, trials.get(key)) or Trial(
+                deployment.name, uri.name, variant.name, version
             )
             if trial.decided is not None:
                 if not trial.executed:
                     await run(trial, deployment)
-                    trials[key] = pickle.dumps(trial)
+                    trials[key] = sealed.dumps(key, trial)
                 continue
             if trial.already_seen(message.partition, message.offset):
                 continue
@@ -118,9 +116,9 @@ def add_promotion(
                 await send_event(decisions_topic, service, deployment.name, record)
                 metrics.PROMOTION_DECISIONS.labels(deployment.name, decision.action).inc()
                 if trial.settle(decision):
-                    trials[key] = pickle.dumps(trial)
+                    trials[key] = sealed.dumps(key, trial)
                     await run(trial, deployment)
-            trials[key] = pickle.dumps(trial)
+            trials[key] = sealed.dumps(key, trial)
 
     @app.agent(labeled_topic, name="weigh_challengers")
     async def weigh_challengers(stream: faust.Stream) -> None:

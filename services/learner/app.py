@@ -44,6 +44,7 @@ from shared.errors import DriftlineError
 from shared.events import LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
+from shared.sealing import PICKLE, SealedState
 from shared.topics import MODEL_SNAPSHOTS, PREDICTIONS_LABELED
 
 SERVICE = "learner"
@@ -75,6 +76,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
     dead_letters = DeadLetters(app, SERVICE, common)
     deployments = deployment_table(app, common, dead_letters)
     model_state = app.Table("model_state", key_type=bytes, value_type=bytes)
+    sealed: SealedState[OnlineLearner] = SealedState(
+        SERVICE, "model_state", common.state_keys, PICKLE
+    )
     learners: OrderedDict[bytes, tuple[bytes, OnlineLearner]] = OrderedDict()
     to_snapshot: set[bytes] = set()
     to_register: set[bytes] = set()
@@ -103,11 +107,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
         if cached is not None and cached[0] is stored:
             learners.move_to_end(key)
             return cached[1]
-        return pickle.loads(stored)
+        return sealed.loads(key, stored)
 
     def remember(key: bytes, learner: OnlineLearner) -> None:
         """Write the learner to its changelog-backed table and keep it unpickled."""
-        value = pickle.dumps(learner)
+        value = sealed.dumps(key, learner)
         model_state[key] = value
         learners[key] = (value, learner)
         learners.move_to_end(key)
@@ -115,7 +119,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
             learners.popitem(last=False)
 
     async def publish(key: bytes, learner: OnlineLearner) -> None:
-        snapshot = learner.snapshot(key.decode(), common.snapshot_hmac_key)
+        snapshot = learner.snapshot(key.decode(), common.snapshot_keys)
         await send_event(snapshots_topic, SERVICE, snapshot.model_id, snapshot)
         to_snapshot.discard(key)
         if not learner.spec.per_entity:

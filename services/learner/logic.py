@@ -13,7 +13,6 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from pydantic import SecretStr
 from river import metrics, utils
 
 from shared.errors import DriftlineError
@@ -29,7 +28,7 @@ from shared.events import (
 )
 from shared.models.catalog import build_model
 from shared.replays import Applied, lineage_of
-from shared.signing import sign
+from shared.signing import KeyRing, sign_snapshot
 
 
 class LabelError(DriftlineError):
@@ -143,18 +142,17 @@ class OnlineLearner:
         """Every prequential metric's current value."""
         return {name: float(metric.get()) for name, metric in self.metrics.items()}
 
-    def snapshot(self, model_key: str, key: SecretStr) -> ModelSnapshot:
+    def snapshot(self, model_key: str, keys: KeyRing) -> ModelSnapshot:
         """A signed snapshot of the model for the router; its sequence is `n_learned`."""
-        payload = pickle.dumps(self.model)
-        return ModelSnapshot(
+        snapshot = ModelSnapshot(
             model_id=model_key,
             model_type=self.spec.model_type,
             sequence=self.n_learned,
             n_learned=self.n_learned,
             metrics=self.metric_values(),
-            payload=payload,
-            signature=sign(payload, key),
+            payload=pickle.dumps(self.model),
         )
+        return sign_snapshot(snapshot, keys)
 
 
 def learner_for(

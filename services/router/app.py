@@ -4,7 +4,9 @@ Deployments and model snapshots come from compacted topics: the worker that owns
 checks each record and stores it in a global table, which every replica reads through the table's
 changelog, at start (before it reports healthy) and live afterwards, so a new deployment or
 snapshot applies without a restart. A bad deployment or an unsigned or badly signed snapshot is
-dead-lettered, an older snapshot ignored; neither is stored.
+dead-lettered, an older snapshot ignored; neither is stored. A snapshot read back from the table's
+changelog is verified again (`SnapshotStore.apply`): one written there directly is refused and the
+previous one keeps serving.
 """
 
 from __future__ import annotations
@@ -51,14 +53,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
     dead_letters = DeadLetters(app, SERVICE, common)
     index = DeploymentIndex.empty()
     deployment_table(app, common, dead_letters, on_change=index.apply)
+    snapshots = SnapshotStore(common.snapshot_keys, own.online_model_cache_size)
     snapshot_records = watched_global_table(
-        app,
-        "model_snapshots",
-        MODEL_SNAPSHOTS.partitions(common),
-        lambda key, _: snapshots.forget(key),
-    )
-    snapshots = SnapshotStore(
-        snapshot_records, common.snapshot_hmac_key, own.online_model_cache_size
+        app, snapshots.table, MODEL_SNAPSHOTS.partitions(common), snapshots.apply
     )
     models = ModelCache(
         lambda uri: backend_for(uri, common.mlflow_tracking_uri, snapshots),

@@ -87,6 +87,7 @@ def serve_command() -> None:
     one alert at a time, retrying while there are too few labels (settings DRIFTLINE_RETRAIN_*)."""
     common = cfg.load(cfg.DriftlineSettings)
     own = cfg.load(cfg.RetrainSettings)
+    common.require_secret_keys()
     configure_logging("retrain", common.log_level, common.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(common, own))

@@ -5,7 +5,6 @@ write each detector once, bad input dead-lettered."""
 from __future__ import annotations
 
 import asyncio
-import pickle
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from shared.events import LabeledPrediction, VariantOutput, alert_id_for, encode
 from shared.settings import DriftlineSettings, DriftSettings
 from shared.topics import Topic
 from tests.support.faust_doubles import agent_context, capture_sends, isolate_prometheus
+from tests.support.records import stored_state
 
 T0 = 1_780_000_000.0
 LOOKED_UP = {0: 42, 1: 42}
@@ -265,7 +265,10 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
             )
         await _until(lambda: len(sent.values("a.deadletter")) == 1)  # sent after its batch
         table = app.tables["feature_to_monitor"]
-        monitors = {key: pickle.loads(table[key]) for key in (b"pay:amount", b"pay:fee")}
+        monitors = {
+            key: stored_state("drift", "feature_to_monitor", key, table[key])
+            for key in (b"pay:amount", b"pay:fee")
+        }
 
     assert written == [(0, b"pay:amount"), (1, b"pay:fee")]
     assert [m.n_seen for m in monitors.values()] == [3, 3]
@@ -358,7 +361,8 @@ async def test_a_failing_report_loses_none_of_its_batchs_alerts(
             item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
             await agent.put(orjson.dumps({**item, **read_at(0, i)}), key=b"pay:amount")
         await _until(lambda: len(sent.values("a.alerts")) >= len(expected))
-        monitor = pickle.loads(app.tables["feature_to_monitor"][b"pay:amount"])
+        stored = app.tables["feature_to_monitor"][b"pay:amount"]
+        monitor = stored_state("drift", "feature_to_monitor", b"pay:amount", stored)
 
     alerts = sent.values("a.alerts")
     assert [a["position"] for a in alerts] == expected

@@ -22,7 +22,7 @@ from shared.events import (
     encode,
 )
 from shared.settings import DriftlineSettings, LearnerSettings
-from shared.signing import verify
+from shared.signing import KeyRing, verify_snapshot
 from tests.support.faust_doubles import (
     SentRecords,
     agent_context,
@@ -31,6 +31,7 @@ from tests.support.faust_doubles import (
     isolate_prometheus,
 )
 from tests.support.learner_fixtures import DEPLOYMENT, LR
+from tests.support.records import stored_state
 
 KEY = SecretStr("agent-test-key")
 EXAMPLES_TOPIC = "a.driftline-learner-training-examples"
@@ -40,6 +41,11 @@ EXAMPLES_TOPIC = "a.driftline-learner-training-examples"
 def sent(monkeypatch: pytest.MonkeyPatch) -> SentRecords:
     isolate_prometheus(monkeypatch)
     return capture_sends(monkeypatch)
+
+
+def fraud_lr(stored: bytes) -> Any:
+    """The learner of model ``fraud-lr`` as its table holds it."""
+    return stored_state("learner", "model_state", b"fraud-lr", stored)
 
 
 def learner_app(tmp_path: Path) -> Any:
@@ -109,18 +115,18 @@ async def test_examples_are_learned_once_in_batches_with_snapshots_every_n(
         await agent.put(b"not an example", key=b"fraud-lr", wait=False)
         for _ in range(200):
             stored = table.get(b"fraud-lr")
-            if stored is not None and pickle.loads(stored).n_learned == 30:
+            if stored is not None and fraud_lr(stored).n_learned == 30:
                 break
             await asyncio.sleep(0.05)
 
-    learner = pickle.loads(table[b"fraud-lr"])
+    learner = fraud_lr(table[b"fraud-lr"])
     assert learner.n_learned == 30
     assert learner.metric_values() == expected.metric_values()
     snapshots = sent.values("a.model-snapshots")
     assert [s["sequence"] for s in snapshots] == [10, 20, 30]
     last = ModelSnapshot.model_validate(snapshots[-1])
     assert last.metrics == expected.metric_values()
-    assert verify(last.payload, last.signature, KEY)
+    assert verify_snapshot(last, KeyRing(KEY))
     probe = stream[0].features
     assert pickle.loads(last.payload).predict_proba_one(probe) == expected.model.predict_proba_one(
         probe

@@ -25,7 +25,7 @@ from shared.events import (
     encode,
 )
 from shared.settings import DriftlineSettings, RouterSettings
-from shared.signing import sign
+from shared.signing import KeyRing, sign_snapshot
 from tests.support.faust_doubles import (
     SentRecords,
     agent_context,
@@ -48,17 +48,14 @@ class Constant:
 
 
 def snapshot(model_id: str, label: str, sequence: int = 1, key: SecretStr = KEY) -> bytes:
-    payload = pickle.dumps(Constant(label))
-    return encode(
-        ModelSnapshot(
-            model_id=model_id,
-            model_type="constant",
-            sequence=sequence,
-            n_learned=sequence,
-            payload=payload,
-            signature=sign(payload, key),
-        )
+    unsigned = ModelSnapshot(
+        model_id=model_id,
+        model_type="constant",
+        sequence=sequence,
+        n_learned=sequence,
+        payload=pickle.dumps(Constant(label)),
     )
+    return encode(sign_snapshot(unsigned, KeyRing(key)))
 
 
 DEPLOYMENT = Deployment(
@@ -265,17 +262,15 @@ def batched_router(tmp_path: Path, batch: int) -> Any:
         stream="payments",
         variants=[Variant(name="champion", role="champion", model_uri="online:champ")],
     )
-    payload = pickle.dumps(RefusesNegative("champ"))
     champ = ModelSnapshot(
         model_id="champ",
         model_type="constant",
         sequence=1,
         n_learned=1,
-        payload=payload,
-        signature=sign(payload, KEY),
+        payload=pickle.dumps(RefusesNegative("champ")),
     )
     fill_table(app, "deployments", {b"fraud": encode(only_champion)})
-    fill_table(app, "model_snapshots", {b"champ": encode(champ)})
+    fill_table(app, "model_snapshots", {b"champ": encode(sign_snapshot(champ, KeyRing(KEY)))})
     return app
 
 

@@ -15,7 +15,11 @@ from shared.settings import SERVICE_SETTINGS, RetrainSettings, env_variables
 from tests.deploy.conftest import ROOT, run, tool
 from tests.deploy.manifests import REQUIRED_SETTINGS
 
-KEYS = {"DRIFTLINE_SNAPSHOT_HMAC_KEY": "s" * 64, "DRIFTLINE_WEBHOOK_HMAC_KEY": "w" * 64}
+KEYS = {
+    "DRIFTLINE_SNAPSHOT_HMAC_KEY": "s" * 64,
+    "DRIFTLINE_WEBHOOK_HMAC_KEY": "w" * 64,
+    "DRIFTLINE_STATE_HMAC_KEY": "t" * 64,
+}
 
 
 def compose_env(**extra: str) -> dict[str, str]:

@@ -80,7 +80,7 @@ def test_defaults_make_topics_with_the_job_and_generate_hmac_keys(
     env = m.container_env(docs, job["spec"]["template"]["spec"]["containers"][0])
     assert all(variable.source != "configmap" for variable in env.values()), "made after hooks"
     (secret,) = m.of_kind(docs, "Secret")
-    assert set(secret["data"]) == {"snapshot-key", "webhook-key"}
+    assert set(secret["data"]) == {"snapshot-key", "webhook-key", "state-key"}
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert len(m.of_kind(docs, "Deployment")) == len(m.of_kind(docs, "HorizontalPodAutoscaler"))
     assert m.of_kind(docs, "NetworkPolicy") and not m.of_kind(docs, "KafkaTopic")

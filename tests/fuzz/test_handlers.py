@@ -33,6 +33,7 @@ from shared.events import (
     LabeledPrediction,
     OnlineModelSpec,
     Prediction,
+    Provenance,
     RawEvent,
     StreamSchema,
     decode,
@@ -93,6 +94,7 @@ def test_ingestion(raws: list[bytes], schema: bytes) -> None:
 
 
 JOINER = Joiner(JoinPolicy(prediction_ttl_s=100, early_feedback_ttl_s=10, remember_s=50), "fuzz")
+JOINED_AT = Provenance(topic="predictions", partition=0, offset=0)
 
 
 @given(
@@ -110,7 +112,7 @@ def test_feedback_join(steps: list[tuple[bool, bytes]]) -> None:
         try:
             if is_prediction and (prediction := declared(Prediction, data)) is not None:
                 watermark = max(watermark, prediction.event_time.timestamp())
-                state, _ = JOINER.on_prediction(state, prediction, 0, watermark)
+                state, _ = JOINER.on_prediction(state, prediction, JOINED_AT, watermark)
             elif (feedback := declared(Feedback, data)) is not None:
                 origin = Origin(topic="feedback", partition=0, offset=0, value=data)
                 clock = watermark if watermark > -math.inf else feedback.label_time.timestamp()
@@ -170,7 +172,7 @@ def test_learner(records: list[bytes]) -> None:
         if labeled is None:
             continue
         try:
-            examples = training_examples(labeled, LEARNER_DEPLOYMENT, 0, offset)
+            examples = training_examples(labeled, LEARNER_DEPLOYMENT, "labeled", 0, offset)
             for example in examples:
                 learner = learner_for(learners.get(example.model_key), example.spec, 50)
                 learners[example.model_key] = learner

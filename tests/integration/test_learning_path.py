@@ -36,6 +36,7 @@ from shared.events import (
     encode,
 )
 from shared.settings import INSECURE_DEV_KEY
+from shared.signing import KeyRing
 from shared.topics import DEADLETTER, DEPLOYMENTS, FEEDBACK, MODEL_SNAPSHOTS, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
 from tests.support.kafka import Record, consume_until, count_of, produce
@@ -315,7 +316,7 @@ def test_learner_matches_river_through_a_kill_with_1000_entity_models(
     )
 
     # Snapshots verify under the key; a tampered one is refused.
-    store = SnapshotStore({}, SecretStr(INSECURE_DEV_KEY), cache_size=1)
+    store = SnapshotStore(KeyRing(SecretStr(INSECURE_DEV_KEY)), cache_size=1)
     assert store.accept(encode(shared), snapshots_topic) is not None
     tampered = shared.model_copy(update={"payload": shared.payload.replace(b"river", b"rivet", 1)})
     with pytest.raises(SignatureError, match="bad signature"):

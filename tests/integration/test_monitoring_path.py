@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import random
 import signal
 import sys
@@ -29,7 +28,7 @@ from shared.topics import ALERTS, DEADLETTER, FEATURES, PREDICTIONS_LABELED
 from shared.webhooks import ID_HEADER, SIGNATURE_HEADER
 from tests.support.kafka import Record, consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
-from tests.support.records import champion_labeled
+from tests.support.records import champion_labeled, stored_state
 from tests.support.webhook_server import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -106,7 +105,7 @@ def stored_detectors_saw(changelog: str, n: int) -> Callable[[list[Record]], boo
 
     def done(records: list[Record]) -> bool:
         latest = {r.key: r.value for r in records if r.topic == changelog}
-        seen = [pickle.loads(latest[key]).n_seen for key in latest]
+        seen = [stored_state("drift", "feature_to_monitor", k, v).n_seen for k, v in latest.items()]
         return len(seen) == 2 and all(count == n for count in seen)
 
     return done

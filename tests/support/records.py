@@ -1,9 +1,10 @@
 """Records tests send: a variant of the `fraud` deployment predicts one event (feedback tests);
-a champion's labeled answer (drift tests)."""
+a champion's labeled answer (drift tests); what a service's table holds, read back."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.events import (
     FeatureValue,
@@ -13,6 +14,8 @@ from shared.events import (
     VariantOutput,
     prediction_id_for,
 )
+from shared.sealing import PICKLE, SealedState
+from shared.settings import DriftlineSettings
 
 
 def fraud_prediction(event_id: str, at: float, variant: str = "champion") -> Prediction:
@@ -73,3 +76,10 @@ def champion_labeled(
         label_time=at,
         feedback_delay_s=0.0,
     )
+
+
+def stored_state(service: str, table: str, key: bytes, value: bytes) -> Any:
+    """A pickled table value as `service` reads it back under the default settings' state key:
+    unsealed (refused if its seal does not verify: None), then unpickled."""
+    sealed = SealedState[Any](service, table, DriftlineSettings().state_keys, PICKLE)
+    return sealed.loads(key, value)

@@ -19,7 +19,7 @@ from services.learner.logic import (
     training_examples,
 )
 from shared.events import LabeledPrediction, OnlineModelSpec, Provenance
-from shared.signing import verify
+from shared.signing import KeyRing, verify_snapshot
 from tests.support.learner_fixtures import DEPLOYMENT, LR
 
 
@@ -146,10 +146,11 @@ def test_a_snapshot_is_signed_and_carries_the_metrics() -> None:
     learner = OnlineLearner(LR, 100)
     for example in examples(n=20):
         learner.learn(example)
-    key = SecretStr("k")
-    snapshot = learner.snapshot("fraud-lr", key)
+    keys = KeyRing(SecretStr("k"))
+    snapshot = learner.snapshot("fraud-lr", keys)
 
-    assert verify(snapshot.payload, snapshot.signature, key)
+    assert verify_snapshot(snapshot, keys)
+    assert not verify_snapshot(snapshot.model_copy(update={"model_id": "other"}), keys)
     assert (snapshot.sequence, snapshot.n_learned) == (20, 20)
     assert set(snapshot.metrics) == {"accuracy", "log_loss", "rolling_accuracy", "rolling_log_loss"}
 

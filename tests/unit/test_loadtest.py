@@ -21,10 +21,10 @@ from loadtest.relay import transform
 from loadtest.report import BLOCK_END, BLOCK_START, render, table, write_block
 from loadtest.workload import MODEL_ID, Workload, setup_records
 from shared.events import Deployment, FeatureEvent, ModelSnapshot, RawEvent, StreamSchema
-from shared.signing import verify
+from shared.signing import KeyRing, verify_snapshot
 from shared.topics import DEPLOYMENTS, MODEL_SNAPSHOTS, STREAMS
 
-KEY = SecretStr("bench-key")
+KEY = KeyRing(SecretStr("bench-key"))
 
 
 def test_raw_events_are_valid_padded_and_keyed_by_entity() -> None:
@@ -67,7 +67,7 @@ def test_setup_records_declare_deploy_and_sign_every_model() -> None:
         "m1",
         *(f"{MODEL_ID}/entity-{i}" for i in range(4)),
     ]
-    assert all(verify(s.payload, s.signature, KEY) for s in snapshots)
+    assert all(verify_snapshot(s, KEY) for s in snapshots)
 
 
 def test_percentiles_use_the_nearest_rank() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +48,8 @@ from shared.events import (
     Variant,
     encode,
 )
-from shared.signing import sign
+from shared.signing import KeyRing, sign, sign_snapshot
+from tests.support.hostile import marker_pickle
 
 KEY = SecretStr("unit-key")
 DEPLOYMENT = deployment_from_options(
@@ -185,18 +187,18 @@ def test_deploy_options_parse_rules_and_refuse_mistakes_in_one_line() -> None:
         deployment_from_options("d", "s", "online:a", canary="online:b", canary_weight=1.5)
 
 
-def signed_snapshot(model_id: str, model: Any, sequence: int, key: SecretStr = KEY) -> bytes:
-    payload = pickle.dumps(model)
-    return encode(
-        ModelSnapshot(
-            model_id=model_id,
-            model_type="t",
-            sequence=sequence,
-            n_learned=sequence,
-            payload=payload,
-            signature=sign(payload, key),
-        )
+def unsigned_snapshot(model_id: str, model: Any, sequence: int) -> ModelSnapshot:
+    return ModelSnapshot(
+        model_id=model_id,
+        model_type="t",
+        sequence=sequence,
+        n_learned=sequence,
+        payload=pickle.dumps(model),
     )
+
+
+def signed_snapshot(model_id: str, model: Any, sequence: int, key: SecretStr = KEY) -> bytes:
+    return encode(sign_snapshot(unsigned_snapshot(model_id, model, sequence), KeyRing(key)))
 
 
 class Always:
@@ -208,12 +210,11 @@ class Always:
 
 
 def test_snapshots_are_verified_before_stored_and_only_newer_ones_replace() -> None:
-    stored: dict[bytes, bytes] = {}
-    store = SnapshotStore(stored, KEY, cache_size=1)
+    store = SnapshotStore(KeyRing(KEY), cache_size=1)
 
     with pytest.raises(SignatureError, match="bad signature"):
         store.accept(signed_snapshot("m", Always("x"), 1, SecretStr("other")), "t")
-    stored[b"m"] = signed_snapshot("m", Always("a"), 2)
+    store.apply(b"m", signed_snapshot("m", Always("a"), 2))
     assert store.accept(signed_snapshot("m", Always("b"), 1), "t") is None
     assert store.accept(signed_snapshot("m", Always("b"), 3), "t") is not None
     assert store.model("missing") is None
@@ -222,12 +223,11 @@ def test_snapshots_are_verified_before_stored_and_only_newer_ones_replace() -> N
 
 
 def test_online_backend_prefers_the_entitys_model_and_answers_cold_without_one() -> None:
-    stored = {
-        b"m": signed_snapshot("m", Always("shared"), 4),
-        b"m/u1": signed_snapshot("m/u1", Always("own"), 7),
-    }
-    backend = OnlineBackend("online:m", SnapshotStore(stored, KEY, cache_size=10))
-    cold = OnlineBackend("online:none", SnapshotStore(stored, KEY, cache_size=10))
+    store = SnapshotStore(KeyRing(KEY), cache_size=10)
+    store.apply(b"m", signed_snapshot("m", Always("shared"), 4))
+    store.apply(b"m/u1", signed_snapshot("m/u1", Always("own"), 7))
+    backend = OnlineBackend("online:m", store)
+    cold = OnlineBackend("online:none", store)
 
     assert backend.predict({}, "u1") == Answer("m/u1", "7", "own", None)
     assert backend.predict({}, "u2") == Answer("m", "4", "shared", None)
@@ -235,7 +235,7 @@ def test_online_backend_prefers_the_entitys_model_and_answers_cold_without_one()
 
 
 def test_model_uris_pick_their_backend_or_are_refused() -> None:
-    store = SnapshotStore({}, KEY, cache_size=1)
+    store = SnapshotStore(KeyRing(KEY), cache_size=1)
     assert isinstance(backend_for("models:/fraud@champion", "http://x", store), MlflowBackend)
     assert isinstance(backend_for("online:m", "http://x", store), OnlineBackend)
     with pytest.raises(UnknownModelError, match="unknown model: s3://m: unknown scheme"):
@@ -350,42 +350,16 @@ def test_an_mlflow_classifier_scores_a_batch_in_one_call_with_the_per_event_answ
     assert isinstance(broken[2], WrongFeaturesError)
 
 
-class CountingReads(dict[bytes, bytes]):
-    """A snapshot table that counts reads."""
+def test_a_snapshot_is_unpickled_once_until_a_newer_one_is_applied() -> None:
+    store = SnapshotStore(KeyRing(KEY), cache_size=10)
+    store.apply(b"m", signed_snapshot("m", Always("a"), 1))
 
-    reads = 0
-
-    def get(self, key: bytes, default: Any = None) -> Any:
-        self.reads += 1
-        return super().get(key, default)
-
-
-def test_snapshot_cache_reads_the_table_once_per_model_until_told_it_changed() -> None:
-    stored = CountingReads({b"m": signed_snapshot("m", Always("a"), 1)})
-    store = SnapshotStore(stored, KEY, cache_size=10)
-
-    for _ in range(3):
-        assert store.model("m") is not None
-        assert store.model("m/u1") is None
-    assert stored.reads == 2
-    stored[b"m"] = signed_snapshot("m", Always("b"), 2)
-    stored[b"m/u1"] = signed_snapshot("m/u1", Always("own"), 1)
-    store.forget(b"m")
-    store.forget(b"m/u1")
+    first = store.model("m")
+    assert first is not None and store.model("m") is first
+    assert store.model("m/u1") is None
+    store.apply(b"m", signed_snapshot("m", Always("b"), 2))
     model, sequence = store.model("m") or (None, 0)
     assert (model.label, sequence) == ("b", 2)
-    assert store.model("m/u1") is not None
-    assert stored.reads == 4
-
-
-def test_ids_without_a_snapshot_never_push_a_model_out_of_the_cache() -> None:
-    stored = CountingReads({b"m": signed_snapshot("m", Always("a"), 1)})
-    store = SnapshotStore(stored, KEY, cache_size=1)
-
-    for entity in range(5):
-        assert store.model("m") is not None
-        assert store.model(f"m/u{entity}") is None
-    assert stored.reads == 6
 
 
 class Unusable(ModelBackend):
@@ -417,3 +391,35 @@ def test_an_answer_no_prediction_may_hold_fails_that_event_only() -> None:
     assert problems.keys() == {0, 1}
     assert "unusable answer: output: Value error, nan is not a finite number" in problems[0]
     assert "unusable answer: probabilities.yes: Value error, inf is not a finite" in problems[1]
+
+
+def test_a_stored_snapshot_that_is_not_verified_for_its_key_is_refused_unloaded(
+    tmp_path: Path,
+) -> None:
+    store = SnapshotStore(KeyRing(KEY), cache_size=1)
+    store.apply(b"m", signed_snapshot("m", Always("a"), 2))
+    marker = tmp_path / "pwned"
+    hostile = unsigned_snapshot("m", None, 3).model_copy(update={"payload": marker_pickle(marker)})
+    genuine = sign_snapshot(unsigned_snapshot("m", Always("old"), 1), KeyRing(KEY))
+    other = sign_snapshot(unsigned_snapshot("other", Always("o"), 9), KeyRing(KEY))
+    forged = [
+        encode(hostile),
+        # signed the old way, over the payload only
+        encode(hostile.model_copy(update={"signature": sign(hostile.payload, KEY)})),
+        # a genuine payload republished with a huge sequence, or under another model id
+        encode(genuine.model_copy(update={"sequence": 10**30})),
+        encode(other.model_copy(update={"model_id": "m"})),
+        encode(other),  # verified, but stored under another key
+        encode(genuine),  # verified, but older than the one held
+        None,  # a tombstone: the router never deletes a snapshot
+        b"{not json",
+    ]
+    for value in forged:
+        store.apply(b"m", value)
+        assert store.model("other") is None  # evicts m from the cache of one
+        model, sequence = store.model("m") or (None, 0)
+        assert (model.label, sequence) == ("a", 2)
+    assert not marker.exists()
+    store.apply(b"m", signed_snapshot("m", Always("b"), 3))
+    model, sequence = store.model("m") or (None, 0)
+    assert (model.label, sequence) == ("b", 3)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydantic import SecretStr
 
 from shared import settings as cfg
-from shared.errors import SettingsError
+from shared.app import create_app
+from shared.errors import SealError, SettingsError
+from shared.sealing import seal, unseal
+from shared.settings import INSECURE_DEV_KEY, DriftlineSettings, RouterSettings
+from shared.signing import KeyRing
 
 
 def test_defaults_describe_a_local_driftline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,3 +69,30 @@ def test_secrets_do_not_leak_into_reprs(monkeypatch: pytest.MonkeyPatch) -> None
     common = cfg.load(cfg.DriftlineSettings)
     assert "s3cret-value" not in repr(common)
     assert common.snapshot_hmac_key.get_secret_value() == "s3cret-value"
+
+
+def test_workers_refuse_the_public_keys_unless_development_allows_them(tmp_path: Path) -> None:
+    public = DriftlineSettings(allow_default_keys=False, data_dir=tmp_path)
+    with pytest.raises(SettingsError, match=r"DRIFTLINE_SNAPSHOT_HMAC_KEY=.*public development"):
+        public.require_secret_keys()
+    with pytest.raises(SettingsError, match=r"DRIFTLINE_SNAPSHOT_HMAC_KEY=.*public development"):
+        create_app("router", public, RouterSettings())
+    secret = {f"{k}_hmac_key": SecretStr(f"{k}-secret") for k in ("snapshot", "webhook", "state")}
+    DriftlineSettings(allow_default_keys=False, **secret).require_secret_keys()
+    rotated_from_public = DriftlineSettings(
+        allow_default_keys=False, **secret, state_hmac_previous_key=SecretStr(INSECURE_DEV_KEY)
+    )
+    with pytest.raises(SettingsError, match="DRIFTLINE_STATE_HMAC_PREVIOUS_KEY"):
+        rotated_from_public.require_secret_keys()
+    DriftlineSettings(allow_default_keys=True).require_secret_keys()
+
+
+def test_a_previous_key_verifies_but_never_signs() -> None:
+    old, new = SecretStr("old-key"), SecretStr("new-key")
+    sealed_before = seal(b"v", ("t", b"k"), DriftlineSettings(state_hmac_key=old).state_keys)
+    rotated = DriftlineSettings(state_hmac_key=new, state_hmac_previous_key=old).state_keys
+
+    assert unseal(sealed_before, ("t", b"k"), rotated) == b"v"
+    assert seal(b"v", ("t", b"k"), rotated) == seal(b"v", ("t", b"k"), KeyRing(new))
+    with pytest.raises(SealError):
+        unseal(sealed_before, ("t", b"k"), DriftlineSettings(state_hmac_key=new).state_keys)

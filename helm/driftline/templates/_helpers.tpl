@@ -241,6 +241,11 @@ env:
       secretKeyRef:
         name: {{ include "driftline.hmacSecretName" . }}
         key: {{ .Values.hmac.webhookKey }}
+  - name: DRIFTLINE_STATE_HMAC_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "driftline.hmacSecretName" . }}
+        key: {{ .Values.hmac.stateKey }}
   {{- if include "driftline.sasl" . }}
   - name: DRIFTLINE_KAFKA_SASL_PASSWORD
     valueFrom:

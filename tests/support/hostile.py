@@ -1,0 +1,22 @@
+"""What an attacker with write access to a topic would send: bytes that run code when unpickled."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+
+class _Touch:
+    """Unpickles as ``os.system("touch <marker>")``: the marker exists iff the bytes were loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def marker_pickle(marker: Path) -> bytes:
+    """A pickle whose loading creates the file `marker` (and returns the command's exit code)."""
+    return pickle.dumps(_Touch(marker))
