@@ -9,14 +9,16 @@ input once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from shared.events import Provenance
 
 
+@dataclass
 class Applied:
-    """Per lineage, the highest input offset applied (pickled with its consumer's state)."""
+    """Per lineage, the highest input offset applied (kept in its consumer's state)."""
 
-    def __init__(self) -> None:
-        self.offsets: dict[str, int] = {}
+    offsets: dict[str, int] = field(default_factory=dict)
 
     def first_time(self, lineage: str, offset: int) -> bool:
         """Record `offset` of `lineage` as applied; False if it, or a later one, was already."""

@@ -2,9 +2,15 @@
 
 A Faust table is rebuilt from its changelog, a topic anyone with write access to it can append
 to; a pickle from there would run the writer's code when loaded. So every value a service keeps
-in a table is sealed: ``SEAL_FORMAT`` + `shared.signing.mac` of the value bound to
-``("state", service, table, key)`` + the value. `unseal` refuses a value with no seal, a wrong
-MAC, or one sealed for another table or key (copied from elsewhere), before its bytes are used.
+in a table is sealed: ``SEAL_FORMAT`` + its version + `shared.signing.mac` of the value bound
+to ``("state", service, table, key, version)`` + the value. `unseal` refuses a value with no
+seal, a wrong MAC, or one sealed for another table or key (copied from elsewhere), before its
+bytes are used.
+
+The version is the input offset the value was written under. A worker paused past its session
+timeout (a zombie) can still deliver writes it had made after its successor's newer ones;
+`SealedTable` keeps, for each key, the value of the highest version when it is rebuilt from
+its changelog, so such a stale write (or an old value copied back by hand) never wins.
 
 `SealedState` is what a service's agents use: it encodes (pickle or JSON), seals, and on reading
 back turns a refused value into "absent" with an error log naming the table and key, so the
@@ -14,32 +20,50 @@ service goes on as for a key it never had, and the bytes are never loaded.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import faust
+from faust.types import EventT
 from pydantic import TypeAdapter
 
 from shared import metrics
 from shared.errors import SealError
-from shared.logging import get_logger
+from shared.logging import get_logger, message_fields
 from shared.signing import Identity, KeyRing, mac, verify_mac
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-SEAL_FORMAT = b"\x01"
-"""First byte of a sealed value: the seal's layout (this byte, a 32-byte MAC, the value)."""
+SEAL_FORMAT = b"\x02"
+"""First byte of a sealed value: the seal's layout (this byte, an 8-byte signed version, a
+32-byte MAC, the value)."""
+_VERSION_SIZE = 8
 _MAC_SIZE = 32
+_HEADER_SIZE = 1 + _VERSION_SIZE + _MAC_SIZE
 
 
-def seal(value: bytes, identity: Identity, keys: KeyRing) -> bytes:
-    """`value` with a MAC binding it to `identity`, under the current key."""
-    return SEAL_FORMAT + mac(value, identity, keys.current) + value
+def _versioned(identity: Identity, version: bytes) -> Identity:
+    return (*identity, version)
 
 
-def unseal(sealed: bytes, identity: Identity, keys: KeyRing) -> bytes:
-    """The value inside `sealed`, if its MAC verifies for `identity` under any key of `keys`.
+def seal(value: bytes, identity: Identity, keys: KeyRing, version: int) -> bytes:
+    """`value` at `version` with a MAC binding both to `identity`, under the current key."""
+    stamp = version.to_bytes(_VERSION_SIZE, "big", signed=True)
+    return SEAL_FORMAT + stamp + mac(value, _versioned(identity, stamp), keys.current) + value
+
+
+def version_of(sealed: bytes | None) -> int | None:
+    """The version a sealed value says it has, unverified: for values verified before."""
+    if sealed is None or len(sealed) < _HEADER_SIZE or sealed[:1] != SEAL_FORMAT:
+        return None
+    return int.from_bytes(sealed[1 : 1 + _VERSION_SIZE], "big", signed=True)
+
+
+def unseal(sealed: bytes, identity: Identity, keys: KeyRing) -> tuple[int, bytes]:
+    """The version and the value inside `sealed`, if its MAC verifies for `identity` under
+    any key of `keys`.
 
     Raises
     ------
@@ -49,12 +73,13 @@ def unseal(sealed: bytes, identity: Identity, keys: KeyRing) -> bytes:
 
     """
     named = "/".join(p if isinstance(p, str) else repr(p) for p in identity)
-    if len(sealed) < 1 + _MAC_SIZE or sealed[:1] != SEAL_FORMAT:
+    if len(sealed) < _HEADER_SIZE or sealed[:1] != SEAL_FORMAT:
         raise SealError(named, "not sealed")
-    tag, value = sealed[1 : 1 + _MAC_SIZE], sealed[1 + _MAC_SIZE :]
-    if not verify_mac(value, identity, tag, keys):
+    stamp, tag = sealed[1 : 1 + _VERSION_SIZE], sealed[1 + _VERSION_SIZE : _HEADER_SIZE]
+    value = sealed[_HEADER_SIZE:]
+    if not verify_mac(value, _versioned(identity, stamp), tag, keys):
         raise SealError(named, "bad MAC")
-    return value
+    return int.from_bytes(stamp, "big", signed=True), value
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +117,9 @@ class SealedState(Generic[T]):
         """What a value of `key` is sealed as."""
         return ("state", self.service, self.table, key)
 
-    def dumps(self, key: bytes, value: T) -> bytes:
-        """The table bytes of `value` under `key`."""
-        return seal(self.codec.dumps(value), self.identity(key), self.keys)
+    def dumps(self, key: bytes, value: T, version: int) -> bytes:
+        """The table bytes of `value` under `key`, written at input offset `version`."""
+        return seal(self.codec.dumps(value), self.identity(key), self.keys, version)
 
     def loads(self, key: bytes, stored: bytes | None) -> T | None:
         """The value `stored` under `key`, or None when nothing is stored or it is refused.
@@ -102,10 +127,16 @@ class SealedState(Generic[T]):
         A refused value (its seal missing or not verifying) is never decoded: it is logged as an
         error naming the table and key, counted, and the caller starts over as for a new key.
         """
+        verified = self.verified(key, stored)
+        return None if verified is None else self.codec.loads(verified[1])
+
+    def verified(self, key: bytes, stored: bytes | None) -> tuple[int, bytes] | None:
+        """The version and encoded value `stored` under `key`; None when nothing is stored or
+        it is refused (logged and counted), its bytes never decoded."""
         if stored is None:
             return None
         try:
-            value = unseal(stored, self.identity(key), self.keys)
+            return unseal(stored, self.identity(key), self.keys)
         except SealError as exc:
             metrics.child(metrics.REFUSED_STATE, self.service, self.table).inc()
             log.error(
@@ -115,4 +146,55 @@ class SealedState(Generic[T]):
                 reason=exc.problem,
             )
             return None
-        return self.codec.loads(value)
+
+
+class SealedTable(faust.Table):
+    """A Faust table of `SealedState` values that, rebuilt from its changelog (at recovery and
+    on standbys), keeps for each key the value of the highest version, and never takes a value
+    whose seal does not verify: a zombie's stale write or a forged record leaves the value
+    before it in place."""
+
+    sealed: SealedState[Any]
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        """Apply the records of `batch` that are newer than what the table holds."""
+        versions: dict[bytes, int] = {}
+        kept = []
+        for event in batch:
+            message = event.message
+            key, value = message.key, message.value
+            if key is None:
+                continue
+            if value is None:  # a deletion is the writer's own decision: no version to check
+                versions.pop(key, None)
+                kept.append(event)
+                continue
+            verified = self.sealed.verified(key, value)
+            if verified is None:
+                continue
+            held = versions.get(key)
+            if held is None:
+                held = version_of(self.data.get(key))
+            if held is not None and verified[0] < held:
+                log.warning(
+                    "stale table value skipped",
+                    table=self.sealed.table,
+                    key=key.decode(errors="replace"),
+                    version=verified[0],
+                    held=held,
+                    **message_fields(message.topic, message.partition, message.offset),
+                )
+                continue
+            versions[key] = verified[0]
+            kept.append(event)
+        super().apply_changelog_batch(kept)
+
+
+def sealed_table(app: faust.App, sealed: SealedState[Any]) -> SealedTable:
+    """The app's table for `sealed` (named after it), registered like ``app.Table``."""
+    table = SealedTable(
+        app, name=sealed.table, key_type=bytes, value_type=bytes, beacon=app.tables.beacon
+    )
+    table.sealed = sealed
+    app.tables.add(table)
+    return table

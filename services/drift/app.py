@@ -77,7 +77,7 @@ from shared.errors import DriftlineError
 from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
 from shared.logging import get_logger
 from shared.replays import lineage_of
-from shared.sealing import PICKLE, SealedState
+from shared.sealing import PICKLE, SealedState, sealed_table
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
 from shared.webhooks import Delivery, WebhookSender
 
@@ -131,7 +131,7 @@ class MonitorBatch:
         """Write every updated monitor and every window's summed errors to their tables."""
         for key, (monitor, event) in self._touched.items():
             with as_current_event(event):
-                self.table[key] = self.sealed.dumps(key, monitor)
+                self.table[key] = self.sealed.dumps(key, monitor, event.message.offset)
         for (name, key, _), (total, n, time, event) in self._errors.items():
             with as_current_event(event):
                 self.error_windows[name].relative_to(time)[key.decode()].apply(
@@ -167,12 +167,12 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
     )
     dead_letters = DeadLetters(app, SERVICE, common)
     add_promotion(app, common, own, dead_letters)
-    feature_to_monitor = app.Table("feature_to_monitor", key_type=bytes, value_type=bytes)
-    model_to_monitor = app.Table("model_to_monitor", key_type=bytes, value_type=bytes)
     sealed = {
-        t.name: SealedState[Monitor](SERVICE, t.name, common.state_keys, PICKLE)
-        for t in (feature_to_monitor, model_to_monitor)
+        name: SealedState[Monitor](SERVICE, name, common.state_keys, PICKLE)
+        for name in ("feature_to_monitor", "model_to_monitor")
     }
+    feature_to_monitor = sealed_table(app, sealed["feature_to_monitor"])
+    model_to_monitor = sealed_table(app, sealed["model_to_monitor"])
     expires = timedelta(seconds=2 * max(own.error_window_s, own.error_hop_window_s))
     error_windows = {
         f"tumbling_{own.error_window_s:g}s": app.Table(

@@ -28,6 +28,7 @@ from shared.events import Deployment, LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
 from shared.registry import MlflowRegistry
+from shared.replays import lineage_of
 from shared.rollout import (
     Challenger,
     challenger_variants,
@@ -35,7 +36,7 @@ from shared.rollout import (
     promotion_steps,
     rollback_steps,
 )
-from shared.sealing import SealedState, json_codec
+from shared.sealing import SealedState, json_codec, sealed_table
 from shared.topics import DECISIONS, DEPLOYMENTS, PREDICTIONS_LABELED
 
 log = get_logger(__name__)
@@ -53,8 +54,8 @@ def add_promotion(
     decisions_topic = declare_topic(app, DECISIONS, common)
     deployments_topic = declare_topic(app, DEPLOYMENTS, common)
     deployments: Mapping[str, Deployment] = deployment_table(app, common, dead_letters)
-    trials = app.Table("promotion_trials", key_type=bytes, value_type=bytes)
     sealed = SealedState(service, "promotion_trials", common.state_keys, json_codec(Trial))
+    trials = sealed_table(app, sealed)
     registry = MlflowRegistry(common.mlflow_tracking_uri)
 
     async def publish(deployment: Deployment) -> None:
@@ -92,6 +93,7 @@ def add_promotion(
         if deployment is None or not challengers:
             return
         labeled = decode(LabeledPrediction, message.value, message.topic)
+        lineage = lineage_of(labeled.provenance, message.topic, message.partition, message.offset)
         for variant, uri in challengers:
             version = uri.version or next(
                 (o.model_version for o in labeled.outcomes if o.variant == variant.name), None
@@ -105,9 +107,9 @@ def add_promotion(
             if trial.decided is not None:
                 if not trial.executed:
                     await run(trial, deployment)
-                    trials[key] = sealed.dumps(key, trial)
+                    trials[key] = sealed.dumps(key, trial, message.offset)
                 continue
-            if trial.already_seen(message.partition, message.offset):
+            if trial.already_seen(*lineage):
                 continue
             counted = trial.count(labeled, deployment.promotion.tier_feature)
             if counted and trial.challenger.overall.total % own.promotion_every == 0:
@@ -116,9 +118,9 @@ def add_promotion(
                 await send_event(decisions_topic, service, deployment.name, record)
                 metrics.PROMOTION_DECISIONS.labels(deployment.name, decision.action).inc()
                 if trial.settle(decision):
-                    trials[key] = sealed.dumps(key, trial)
+                    trials[key] = sealed.dumps(key, trial, message.offset)
                     await run(trial, deployment)
-            trials[key] = sealed.dumps(key, trial)
+            trials[key] = sealed.dumps(key, trial, message.offset)
 
     @app.agent(labeled_topic, name="weigh_challengers")
     async def weigh_challengers(stream: faust.Stream) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime
 from services.drift.logic import error_of, task_of
 from shared.events import LabeledPrediction, PromotionDecision, PromotionPolicy, VariantOutput
 from shared.promotion import Action, Decision, VariantRecord, decide
+from shared.replays import Applied
 
 
 @dataclass
@@ -42,14 +43,13 @@ class Trial:
     """Event time of the challenger's first counted answer: nothing before it counts."""
     looks: int = 0
     """Looks that ran the significance test so far."""
-    _last_offsets: dict[int, int] = field(default_factory=dict)
+    applied: Applied = field(default_factory=Applied)
+    """What was counted, by lineage (`shared.replays`)."""
 
-    def already_seen(self, partition: int, offset: int) -> bool:
-        """Whether a message at or before this offset was counted (redelivery); remembers it."""
-        if offset <= self._last_offsets.get(partition, -1):
-            return True
-        self._last_offsets[partition] = offset
-        return False
+    def already_seen(self, lineage: str, offset: int) -> bool:
+        """Whether the labeled record at `offset` of `lineage` was counted before (redelivered,
+        or re-sent by a replay upstream); remembers it."""
+        return not self.applied.first_time(lineage, offset)
 
     def count(self, labeled: LabeledPrediction, tier_feature: str | None) -> bool:
         """Count the event's champion and challenger outcomes as evidence; True when a challenger

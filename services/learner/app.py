@@ -44,7 +44,7 @@ from shared.errors import DriftlineError
 from shared.events import LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
-from shared.sealing import PICKLE, SealedState
+from shared.sealing import PICKLE, SealedState, sealed_table
 from shared.topics import MODEL_SNAPSHOTS, PREDICTIONS_LABELED
 
 SERVICE = "learner"
@@ -75,10 +75,10 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
     )
     dead_letters = DeadLetters(app, SERVICE, common)
     deployments = deployment_table(app, common, dead_letters)
-    model_state = app.Table("model_state", key_type=bytes, value_type=bytes)
     sealed: SealedState[OnlineLearner] = SealedState(
         SERVICE, "model_state", common.state_keys, PICKLE
     )
+    model_state = sealed_table(app, sealed)
     learners: OrderedDict[bytes, tuple[bytes, OnlineLearner]] = OrderedDict()
     to_snapshot: set[bytes] = set()
     to_register: set[bytes] = set()
@@ -109,10 +109,12 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
             return cached[1]
         return sealed.loads(key, stored)
 
-    def remember(key: bytes, learner: OnlineLearner) -> None:
-        """Write the learner to its changelog-backed table and keep it unpickled."""
-        value = sealed.dumps(key, learner)
-        model_state[key] = value
+    def remember(key: bytes, learner: OnlineLearner, event: EventT) -> None:
+        """Write the learner to its changelog-backed table, at the offset of `event` (the
+        batch's last example for it), and keep it unpickled."""
+        value = sealed.dumps(key, learner, event.message.offset)
+        with as_current_event(event):
+            model_state[key] = value
         learners[key] = (value, learner)
         learners.move_to_end(key)
         if len(learners) > own.model_cache_size:
@@ -172,8 +174,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
         if published:
             await outputs_delivered(app)
         for key, learner, event in learned_models:
-            with as_current_event(event):
-                remember(key, learner)
+            remember(key, learner, event)
 
     @app.agent(examples_topic, name="learn_from_examples")
     async def learn_from_examples(stream: faust.Stream) -> None:

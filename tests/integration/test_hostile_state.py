@@ -225,7 +225,7 @@ async def test_the_drift_worker_refuses_forged_detectors_and_trials(
     await produce(
         pipe.bootstrap,
         changelog(pipe, "drift", "model_to_monitor"),
-        [(model_key, seal(marker_pickle(markers[1]), other_key, state_keys))],
+        [(model_key, seal(marker_pickle(markers[1]), other_key, state_keys, 0))],
     )
     await produce(
         pipe.bootstrap, changelog(pipe, "drift", "promotion_trials"), [(trial_key, forged_trial)]

@@ -4,8 +4,10 @@ what it claims to be."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
+import faust
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
@@ -13,7 +15,15 @@ from pydantic import SecretStr
 from services.drift.trials import Trial
 from shared.errors import SealError
 from shared.events import ModelSnapshot
-from shared.sealing import PICKLE, SealedState, json_codec, seal, unseal
+from shared.sealing import (
+    PICKLE,
+    SealedState,
+    json_codec,
+    seal,
+    sealed_table,
+    unseal,
+    version_of,
+)
 from shared.signing import KeyRing, mac, sign, sign_snapshot, verify_snapshot
 from tests.support.hostile import marker_pickle
 
@@ -22,9 +32,12 @@ IDENTITY = ("state", "learner", "model_state", b"fraud-lr")
 
 
 def test_a_sealed_value_unseals_only_as_itself_under_its_key() -> None:
-    sealed = seal(b"value", IDENTITY, KEYS)
+    sealed = seal(b"value", IDENTITY, KEYS, 41)
 
-    assert unseal(sealed, IDENTITY, KEYS) == b"value"
+    assert unseal(sealed, IDENTITY, KEYS) == (41, b"value")
+    assert version_of(sealed) == 41
+    with pytest.raises(SealError, match="bad MAC"):  # the version is sealed too
+        unseal(sealed[:1] + (10**6).to_bytes(8, "big") + sealed[9:], IDENTITY, KEYS)
     with pytest.raises(SealError, match="bad MAC"):
         unseal(sealed, ("state", "learner", "model_state", b"other-model"), KEYS)
     with pytest.raises(SealError, match="bad MAC"):
@@ -55,11 +68,13 @@ def test_refused_state_is_absent_and_never_unpickled(tmp_path: Path) -> None:
         "driftline_refused_state_total", {"service": "learner", "table": "model_state"}
     )
 
-    assert state.loads(b"m", state.dumps(b"m", {"n": 1})) == {"n": 1}
+    assert state.loads(b"m", state.dumps(b"m", {"n": 1}, 0)) == {"n": 1}
     assert state.loads(b"m", None) is None
     assert state.loads(b"m", hostile) is None
-    assert state.loads(b"m", seal(hostile, ("state", "learner", "model_state", b"x"), KEYS)) is None
-    assert state.loads(b"m", state.dumps(b"other", {"n": 2})) is None
+    assert (
+        state.loads(b"m", seal(hostile, ("state", "learner", "model_state", b"x"), KEYS, 0)) is None
+    )
+    assert state.loads(b"m", state.dumps(b"other", {"n": 2}, 0)) is None
     assert not marker.exists()
     after = REGISTRY.get_sample_value(
         "driftline_refused_state_total", {"service": "learner", "table": "model_state"}
@@ -73,8 +88,8 @@ def test_a_trial_is_kept_as_sealed_json() -> None:
     state = SealedState("drift", "promotion_trials", KEYS, json_codec(Trial))
     trial = Trial("fraud", "fraud-model", "canary", "4")
     trial.challenger.add(True, "premium")
-    trial.already_seen(0, 17)
-    stored = state.dumps(b"k", trial)
+    trial.already_seen("labeled[0]", 17)
+    stored = state.dumps(b"k", trial, 17)
 
     assert b'"deployment":"fraud"' in stored
     assert state.loads(b"k", stored) == trial
@@ -99,3 +114,50 @@ def test_a_snapshot_signature_covers_its_identity_and_payload(change: dict[str, 
     assert verify_snapshot(snapshot, KEYS)
     assert not verify_snapshot(snapshot.model_copy(update=change), KEYS)
     assert not verify_snapshot(snapshot.model_copy(update={"signature": "zz\ud800"}), KEYS)
+
+
+@dataclass(frozen=True)
+class _Message:
+    key: bytes
+    value: bytes | None
+    topic: str = "a.driftline-learner-model_state-changelog"
+    partition: int = 0
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class _Event:
+    message: _Message
+
+    @property
+    def key(self) -> bytes:
+        return self.message.key
+
+    @property
+    def value(self) -> bytes | None:
+        return self.message.value
+
+
+def test_a_table_rebuilt_from_its_changelog_keeps_the_newest_verified_value(
+    tmp_path: Path,
+) -> None:
+    """A zombie (a worker paused past its session timeout) may deliver a write made before
+    its successor's newer ones; a forged record may follow them. Neither replaces the value of
+    the highest version, and a deletion still applies."""
+    app = faust.App("sealing-test", store="memory://", datadir=str(tmp_path))
+    state = SealedState[dict[str, int]]("learner", "model_state", KEYS, PICKLE)
+    table = sealed_table(app, state)
+    records = [
+        (b"m", state.dumps(b"m", {"n": 5}, 50)),
+        (b"m", state.dumps(b"m", {"n": 9}, 90)),  # the successor's newer write
+        (b"m", state.dumps(b"m", {"n": 3}, 30)),  # the zombie's stale write, delivered later
+        (b"m", seal(pickle.dumps({"n": 99}), state.identity(b"m"), KeyRing(SecretStr("x")), 99)),
+        (b"gone", state.dumps(b"gone", {"n": 1}, 10)),
+        (b"gone", None),
+    ]
+
+    table.apply_changelog_batch([_Event(_Message(k, v)) for k, v in records[:3]])
+    table.apply_changelog_batch([_Event(_Message(k, v)) for k, v in records[3:]])
+
+    assert state.loads(b"m", table.data[b"m"]) == {"n": 9}
+    assert b"gone" not in table.data

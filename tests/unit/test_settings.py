@@ -89,10 +89,10 @@ def test_workers_refuse_the_public_keys_unless_development_allows_them(tmp_path:
 
 def test_a_previous_key_verifies_but_never_signs() -> None:
     old, new = SecretStr("old-key"), SecretStr("new-key")
-    sealed_before = seal(b"v", ("t", b"k"), DriftlineSettings(state_hmac_key=old).state_keys)
+    sealed_before = seal(b"v", ("t", b"k"), DriftlineSettings(state_hmac_key=old).state_keys, 1)
     rotated = DriftlineSettings(state_hmac_key=new, state_hmac_previous_key=old).state_keys
 
-    assert unseal(sealed_before, ("t", b"k"), rotated) == b"v"
-    assert seal(b"v", ("t", b"k"), rotated) == seal(b"v", ("t", b"k"), KeyRing(new))
+    assert unseal(sealed_before, ("t", b"k"), rotated) == (1, b"v")
+    assert seal(b"v", ("t", b"k"), rotated, 1) == seal(b"v", ("t", b"k"), KeyRing(new), 1)
     with pytest.raises(SealError):
         unseal(sealed_before, ("t", b"k"), DriftlineSettings(state_hmac_key=new).state_keys)

@@ -108,10 +108,10 @@ def test_outcomes_are_counted_in_their_tier() -> None:
 
 def test_a_redelivered_message_is_seen_once_per_partition() -> None:
     trial = _trial()
-    assert not trial.already_seen(0, 5)
-    assert trial.already_seen(0, 5)
-    assert trial.already_seen(0, 4)
-    assert not trial.already_seen(1, 0)
+    assert not trial.already_seen("labeled[0]", 5)
+    assert trial.already_seen("labeled[0]", 5)
+    assert trial.already_seen("labeled[0]", 4)
+    assert not trial.already_seen("labeled[1]", 0)
 
 
 def _decision(action: Action) -> Decision:
