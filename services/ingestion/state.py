@@ -28,8 +28,9 @@ class Segment:
     """Latest event time among its changes: it expires with the state it holds."""
     seen: list[tuple[str, int, int]] = field(default_factory=list)
     """(dedup key, dedup window index, source offset) of each new event id."""
-    added: list[tuple[str, int, float]] = field(default_factory=list)
-    """(bucket key, bucket index, value) of each value added to an aggregate bucket."""
+    added: list[tuple[str, int, float, int]] = field(default_factory=list)
+    """(bucket key, bucket index, value, source offset) of each value added to an aggregate
+    bucket."""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -39,6 +40,8 @@ class Segment:
     @classmethod
     def from_bytes(cls, stored: bytes) -> Segment:
         first, last, newest, seen, added = orjson.loads(stored)
+        # a segment written before changes carried their offsets: they lie within it
+        added = [a if len(a) == 4 else [*a, first] for a in added]
         return cls(first, last, newest, [tuple(s) for s in seen], [tuple(a) for a in added])
 
 
@@ -92,7 +95,7 @@ class PartitionState:
             return
         bucket = int(event_time // self.bucket_s)
         self._add(key, bucket, value)
-        self._change(offset, event_time).added.append((key, bucket, value))
+        self._change(offset, event_time).added.append((key, bucket, value, offset))
 
     def window(
         self, key: str, event_time: float, minutes: int, adding: float | None = None
@@ -136,13 +139,21 @@ class PartitionState:
         return expired
 
     def load(self, segments: Iterable[tuple[str, bytes]]) -> None:
-        """Rebuild from the segments this partition's table holds (any order)."""
+        """Rebuild from the segments this partition's table holds (any order).
+
+        Segments may overlap: a worker paused past its session timeout (a zombie) can still
+        write the segment of a batch its successor replayed in batches of other bounds. Each
+        change is applied once: those at or below the offsets of the segments before it are
+        skipped."""
         decoded = [(key, Segment.from_bytes(stored)) for key, stored in segments]
-        for key, segment in sorted(decoded, key=lambda s: s[1].first_offset):
+        for key, segment in sorted(decoded, key=lambda s: (s[1].first_offset, s[1].last_offset)):
+            before = self.applied_offset
             for dedup_key, window, offset in segment.seen:
-                self._seen.setdefault(window, {})[dedup_key] = offset
-            for bucket_key, bucket, value in segment.added:
-                self._add(bucket_key, bucket, value)
+                if offset > before:
+                    self._seen.setdefault(window, {})[dedup_key] = offset
+            for bucket_key, bucket, value, offset in segment.added:
+                if offset > before:
+                    self._add(bucket_key, bucket, value)
             self.applied_offset = max(self.applied_offset, segment.last_offset)
             self.newest = max(self.newest, segment.newest)
             self._segments.append((key, segment.newest))

@@ -86,8 +86,32 @@ def test_segments_rebuild_the_same_state_in_any_order() -> None:
         1,
         1_001.0,
         seen=[("s\x1fe0", 1, 0), ("s\x1fe1", 1, 1)],
-        added=[("s\x1fu1\x1famount", 16, 0.0), ("s\x1fu1\x1famount", 16, 1.0)],
+        added=[("s\x1fu1\x1famount", 16, 0.0, 0), ("s\x1fu1\x1famount", 16, 1.0, 1)],
     )
+
+
+def test_overlapping_segments_of_a_zombie_and_its_successor_count_each_record_once() -> None:
+    """A worker paused past its session timeout saves the segment of offsets 0-5 after its
+    successor replayed them in batches of other bounds: each value is still counted once."""
+
+    def segments(bounds: list[range]) -> list[tuple[str, bytes]]:
+        state = fresh(partition=2)
+        saved = []
+        for batch in bounds:
+            state.applied_offset = batch.start - 1
+            for offset in batch:
+                state.remember(f"s\x1fe{offset}", 1_000.0 + offset, offset)
+                state.add("s\x1fu1\x1famount", 1_000.0 + offset, float(offset), offset)
+            saved.append(state.seal())
+        return saved
+
+    zombie, successor = segments([range(0, 6)]), segments([range(0, 2), range(2, 4), range(4, 9)])
+    for order in (zombie + successor, successor + zombie, successor[::-1] + zombie):
+        rebuilt = fresh(partition=2)
+        rebuilt.load(order)
+
+        assert rebuilt.applied_offset == 8
+        assert rebuilt.window("s\x1fu1\x1famount", 1_010.0, minutes=5) == (9.0, 36.0)
 
 
 def test_state_and_segments_beyond_the_retention_expire() -> None:
