@@ -335,6 +335,21 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
         self._read_offset[tp] = offset or None  # as Faust's own seek sets it
         self.fetch_guard.seek_ended(tp, offset)
 
+    def ack(self, message: Message) -> bool:
+        """Acknowledge a stream record only if its stream took it.
+
+        A stream that pulls a record from its queue while flow control is suspended (a
+        rebalance) or from an earlier generation skips it unprocessed, and faust-streaming
+        acknowledges it all the same: the next commit passed over it. In the zombie test a
+        rebalance came while a worker's queue held 1,350 labeled records, and all of them
+        were skipped and committed, never learned. A record a stream takes is tracked before
+        it is processed; an untracked one stays unacknowledged, so the commit stops before it
+        and the seek after the rebalance fetches it again.
+        """
+        if not message.tracked and self.app.topics.acks_enabled_for(message.topic):
+            return False
+        return super().ack(message)
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         """Faust's fetch, less the stream records `FetchGuard` refuses; partitions whose
         refused records must come again are sought back first."""

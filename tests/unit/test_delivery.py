@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
 from shared.app import create_app
 from shared.delivery import (
@@ -197,3 +198,25 @@ def test_partitions_of_another_assignment_or_unguarded_are_not_tracked() -> None
     guard.seek_ended(LABELED, 0)
     assert guard.guards(OTHER)
     assert not guard.admit(OTHER, 5, guard.eras(), False)
+
+
+async def test_a_record_its_stream_skipped_unprocessed_is_never_acknowledged(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """faust-streaming skips a record pulled during a rebalance (flow control suspended) or
+    from an earlier generation, and acknowledged it anyway: commits passed over it."""
+    isolate_prometheus(monkeypatch)
+    app = create_app("acks", DriftlineSettings(data_dir=tmp_path), IngestionSettings())
+    app.topics._acking_topics.add("labeled")  # what subscribing a stream to it does
+    consumer = app.consumer
+    tp = TP("labeled", 0)
+    skipped, taken = (
+        ConsumerMessage("labeled", 0, offset, 0.0, 0, None, b"", b"", None, tp=tp)
+        for offset in (5, 6)
+    )
+    taken.tracked = True  # what a stream does with a record it processes
+
+    assert not consumer.ack(skipped)
+    assert consumer.ack(taken)
+    assert (skipped.acked, taken.acked) == (False, True)
+    assert list(consumer._acked[tp]) == [6]
