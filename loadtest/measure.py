@@ -33,6 +33,7 @@ class OutputRecord:
 
     timestamp_ms: int
     value: bytes
+    key: bytes | None = None
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -136,7 +137,9 @@ async def read_records(
         while time.monotonic() < deadline and await _behind(consumer, ends):
             for messages in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
                 records.extend(
-                    OutputRecord(m.timestamp, m.value) for m in messages if m.timestamp >= since_ms
+                    OutputRecord(m.timestamp, m.value, m.key)
+                    for m in messages
+                    if m.timestamp >= since_ms
                 )
     finally:
         await consumer.stop()
