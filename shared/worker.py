@@ -22,16 +22,18 @@ import os
 import sys
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.admin import NewTopic
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TopicT
 from mode.utils.times import want_seconds
 
 from shared.admin import ensure_topics
 from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from shared.app import DriftlineApp
 
 log = get_logger(__name__)
 
@@ -80,20 +82,11 @@ def _topic_config(channel: TopicT) -> dict[str, str]:
     return config
 
 
-def kafka_client_options(app: faust.AppT) -> dict[str, Any]:
-    """aiokafka client arguments for the brokers and credentials `app` uses."""
-    transport = app.transport
-    return {
-        "bootstrap_servers": server_list(transport.url, transport.default_port),
-        **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context),
-    }
-
-
-async def create_internal_topics(app: faust.AppT, timeout: float = 60.0) -> list[str]:
+async def create_internal_topics(app: DriftlineApp, timeout: float = 60.0) -> list[str]:
     """Create `app`'s internal topics that do not exist yet and wait until the broker lists all
     of them; return the names created."""
     wanted = internal_topics(app)
-    created = await ensure_topics(wanted, timeout=timeout, **kafka_client_options(app))
+    created = await ensure_topics(app.kafka_access, wanted, timeout=timeout)
     log.info("internal topics ready", topics=[t.name for t in wanted], created=created)
     return created
 
@@ -159,8 +152,10 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
 class DriftlineWorker(faust.Worker):
     """Faust's worker with the start, stop and logging behaviour of the module's docstring."""
 
+    app: DriftlineApp
+
     def __init__(
-        self, app: faust.App, *, loglevel: str, shutdown_grace_s: float, **kwargs: Any
+        self, app: DriftlineApp, *, loglevel: str, shutdown_grace_s: float, **kwargs: Any
     ) -> None:
         super().__init__(app, loglevel=loglevel, redirect_stdouts=False, quiet=True, **kwargs)
         self.spinner = None  # writes terminal codes to stdout, outside the log

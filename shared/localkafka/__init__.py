@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+
 from shared.errors import DriftlineError, KafkaStartError
+from shared.kafka_clients import KafkaAccess, admin_client
 from shared.pidfile import owned_pid, stop_group
 
 KAFKA_VERSION = "4.0.2"
@@ -104,7 +107,7 @@ class LocalKafka:
 
     def is_up(self, timeout: float = 3.0) -> bool:
         """Whether a broker answers a metadata request on this port."""
-        return asyncio.run(_broker_answers(self.bootstrap, timeout))
+        return asyncio.run(_broker_answers(KafkaAccess(self.bootstrap), timeout))
 
     def pid(self) -> int | None:
         """The pid of the broker this tool started, if that process still runs."""
@@ -226,14 +229,9 @@ class LocalKafka:
         return (errors or lines or ["the broker's log is empty"])[-1].strip()
 
 
-async def _broker_answers(bootstrap: str, timeout: float) -> bool:
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
+async def _broker_answers(access: KafkaAccess, timeout: float) -> bool:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a refused probe is an answer
-    client = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
+    client = admin_client(access, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(client.start(), timeout)
         await asyncio.wait_for(client.describe_cluster(), timeout)
