@@ -11,9 +11,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.protocol.admin import CreateAclsRequest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from shared.access import Acl
 from shared.delivery import DURABLE_PRODUCER_SETTINGS
 from shared.errors import DriftlineError
 from shared.events import Deployment
@@ -180,8 +182,8 @@ def durable_producer(settings: DriftlineSettings, **options: Any) -> AIOKafkaPro
 async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes) -> None:
     """Write one record (e.g. a deployment or stream declaration) and wait until it is stored."""
     writer = durable_producer(settings)
-    await writer.start()
     try:
+        await writer.start()
         await writer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)
     finally:
         await writer.stop()
@@ -227,3 +229,48 @@ async def offsets_at_time(
     for partition, at in found.items():
         offsets[partition.topic][partition.partition] = ends[partition] if at is None else at.offset
     return offsets
+
+
+_RESOURCE_TYPES = {"topic": 2, "group": 3, "transactionalId": 5}
+_PATTERN_TYPES = {"literal": 3, "prefix": 4}
+_OPERATIONS = {
+    "All": 2,
+    "Read": 3,
+    "Write": 4,
+    "Create": 5,
+    "Delete": 6,
+    "Alter": 7,
+    "Describe": 8,
+    "DescribeConfigs": 10,
+    "AlterConfigs": 11,
+}
+_ALLOW = 3
+
+
+async def create_acls(target: Target, bindings: Sequence[tuple[str, Acl]]) -> None:
+    """Allow each (user, ACL) of `bindings` from any host; an ACL that exists already is left
+    as it is. aiokafka's admin client has no call for it, so the CreateAcls request (v1, with
+    pattern types) is sent as aiokafka's own protocol classes define it."""
+    admin = admin_client(target)
+    await admin.start()
+    try:
+        for user, acl in bindings:
+            for operation in acl.operations:
+                request = CreateAclsRequest(
+                    _RESOURCE_TYPES[acl.resource_type],
+                    acl.name,
+                    _PATTERN_TYPES[acl.pattern],
+                    f"User:{user}",
+                    "*",
+                    _OPERATIONS[operation],
+                    _ALLOW,
+                )
+                response = await admin._send_request(request)
+                ((error_code, message),) = response.creation_responses
+                if error_code:
+                    raise DriftlineError(
+                        f"cannot allow {operation} on {acl.resource_type} {acl.name!r} "
+                        f"({acl.pattern}) to {user}: {for_code(error_code).__name__} {message}"
+                    )
+    finally:
+        await admin.close()

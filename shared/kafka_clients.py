@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types.auth import CredentialsT
 from pydantic import SecretStr
 
-from shared.errors import SettingsError
+from shared.errors import DriftlineError, SettingsError
 from shared.settings import DriftlineSettings, env_name
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -80,6 +80,10 @@ class KafkaAccess:
         file (or the system's CAs), or None without TLS."""
         if not self.tls:
             return None
+        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
+            raise DriftlineError(
+                f"CA file {self.ssl_cafile} (DRIFTLINE_KAFKA_SSL_CAFILE) does not exist"
+            )
         return ssl.create_default_context(cafile=self.ssl_cafile)
 
     def client_options(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaError
 from faust.types import TopicT
 from mode.utils.times import want_seconds
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+CANNOT_USE_KAFKA_EXIT = 2
+"""Exit status of a worker the brokers refused (or never answered) before it started."""
 SHUTDOWN_TIMED_OUT_EXIT = 70
 """Exit status of a worker the watchdog ended (``EX_SOFTWARE``): its stop did not finish."""
 
@@ -162,9 +165,22 @@ class DriftlineWorker(faust.Worker):
         self.watchdog = ShutdownWatchdog(shutdown_grace_s)
 
     async def on_execute(self) -> None:
-        """Before the app starts: its internal topics exist and are listed."""
+        """Before the app starts: its internal topics exist and are listed. A broker that
+        refuses this worker (wrong password, CA or address) ends it here with one error record
+        and exit status 2: aiokafka's record before it names the reason."""
         await super().on_execute()
-        await create_internal_topics(self.app)
+        try:
+            await create_internal_topics(self.app)
+        except KafkaError as exc:
+            access = self.app.kafka_access
+            log.error(
+                "cannot use Kafka; check the DRIFTLINE_KAFKA_* settings",
+                broker=access.bootstrap_servers,
+                user=access.sasl_username,
+                security_protocol=access.security_protocol,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            raise SystemExit(CANNOT_USE_KAFKA_EXIT) from None
 
     def _on_sigterm(self) -> None:
         self.watchdog.start("SIGTERM")
