@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka.admin import AIOKafkaAdminClient
 
+from shared import kafka_clients
 from shared.events import FeatureEvent, LabeledPrediction, VariantOutput
+from shared.kafka_clients import KafkaAccess
 from shared.topics import FEATURES, PREDICTIONS_LABELED
 from tests.support.kafka import produce
 from tests.support.pipeline import Pipeline
@@ -68,7 +69,7 @@ def feature_event(i: int, t0: float, rng: random.Random) -> FeatureEvent:
 
 async def committed(bootstrap: str, group: str) -> dict[str, int]:
     """Offsets the group has committed, summed per topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)

@@ -40,8 +40,6 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import typer
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from loadtest.generator import FeedbackPlan, generate
 from loadtest.harness import Run, load_average
@@ -49,6 +47,8 @@ from loadtest.measure import partition_lag, partitions_of, read_records
 from loadtest.report import write_block
 from loadtest.workload import MODEL_ID, Workload
 from services.processes import ServiceProcess
+from shared import kafka_clients
+from shared.kafka_clients import KafkaAccess
 from shared.localkafka import KAFKA_VERSION, LocalKafka, default_home
 from shared.sealing import PICKLE, SealedState
 from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS
@@ -275,8 +275,8 @@ async def wait_caught_up(
         group: [await partitions_of(bootstrap, topic) for topic in topics]
         for group, topics in groups.items()
     }
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
+    consumer = kafka_clients.consumer(KafkaAccess(bootstrap))
     await admin.start()
     await consumer.start()
     deadline = time.monotonic() + timeout

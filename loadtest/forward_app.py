@@ -15,7 +15,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared import settings as cfg
-from shared.app import create_app, run_worker
+from shared.app import DriftlineApp, create_app, run_worker
 
 
 class ForwardSettings(cfg.ServiceSettings):
@@ -33,7 +33,7 @@ class ForwardSettings(cfg.ServiceSettings):
     """App name (and so consumer group): forwarders in a chain need one each."""
 
 
-def build(common: cfg.DriftlineSettings, own: ForwardSettings) -> faust.App:
+def build(common: cfg.DriftlineSettings, own: ForwardSettings) -> DriftlineApp:
     """The forwarder app: one agent, no tables."""
     app = create_app(own.name, common, own)
     partitions = common.topic_partitions

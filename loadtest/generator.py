@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from aiokafka import AIOKafkaProducer
 
 from loadtest.workload import Record
+from shared import kafka_clients
+from shared.kafka_clients import KafkaAccess
 
 _TICK_SECONDS = 0.002
 
@@ -62,8 +64,8 @@ async def generate(
     With `rate` None, as fast as possible (the producer's buffer is the only brake); otherwise
     spread evenly at `rate` per second, in small bursts every couple of milliseconds.
     """
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=256 * 1024, acks=1
+    producer = kafka_clients.producer(
+        KafkaAccess(bootstrap), linger_ms=linger_ms, max_batch_size=256 * 1024, acks=1
     )
     await producer.start()
     due: deque[tuple[float, int]] = deque()

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from loadtest.generator import FeedbackPlan, generate
@@ -37,7 +36,9 @@ from loadtest.measure import (
 )
 from loadtest.workload import Record, Workload, setup_records
 from services.processes import ServiceProcess
+from shared import kafka_clients
 from shared.admin import create_topics
+from shared.kafka_clients import KafkaAccess
 from shared.settings import DriftlineSettings
 from shared.topics import MODEL_SNAPSHOTS, Topic
 
@@ -202,7 +203,7 @@ class Run:
 
 
 async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
     await admin.start()
     try:
         mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -214,7 +215,7 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
 
 async def create_plain_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     """Create topics outside Driftline's table (the references' source and target)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
     await admin.start()
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
@@ -225,8 +226,8 @@ async def create_plain_topics(bootstrap: str, names: list[str], partitions: int)
 
 async def publish_all(bootstrap: str, topic: str, records: list[Record]) -> None:
     """Write set-up records (declarations, deployments, snapshots) and wait until stored."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024
+    producer = kafka_clients.producer(
+        KafkaAccess(bootstrap), linger_ms=5, max_request_size=4 * 1024 * 1024
     )
     await producer.start()
     try:

@@ -24,6 +24,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from shared import kafka_clients
+from shared.kafka_clients import KafkaAccess
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,7 +80,7 @@ def _epoch_ms(value: str | float) -> float:
 
 async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
     """The partitions of `topic`, from the cluster's metadata (none if it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
@@ -89,7 +92,7 @@ async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
 async def topic_end(bootstrap: str, topic: str) -> int:
     """Records in `topic` so far (sum of its partitions' end offsets)."""
     partitions = await partitions_of(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = kafka_clients.consumer(KafkaAccess(bootstrap))
     await consumer.start()
     try:
         return sum((await consumer.end_offsets(partitions)).values())
@@ -103,7 +106,7 @@ async def wait_for_records(
     """Poll `topic`'s end offsets until it holds `expected` records or `timeout` passes; return
     how many it holds. The topic may not exist yet (a table's changelog is made by its worker).
     Cheap enough to run beside a benchmark without disturbing it."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = kafka_clients.consumer(KafkaAccess(bootstrap))
     await consumer.start()
     deadline = time.monotonic() + timeout
     partitions: list[TopicPartition] = []
@@ -124,8 +127,8 @@ async def read_records(
     """The records of `topic` written at or after `since_ms` (epoch ms), up to its current end,
     in timestamp order."""
     partitions = await partitions_of(bootstrap, topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    consumer = kafka_clients.consumer(
+        KafkaAccess(bootstrap), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     records: list[OutputRecord] = []
@@ -186,8 +189,8 @@ class LagSampler:
             for topics in self.groups.values()
             for topic in topics
         }
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        admin = kafka_clients.admin_client(KafkaAccess(self.bootstrap))
+        consumer = kafka_clients.consumer(KafkaAccess(self.bootstrap))
         await admin.start()
         await consumer.start()
         started = time.monotonic()

@@ -16,8 +16,11 @@ from typing import Annotated
 
 import orjson
 import typer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
+
+from shared import kafka_clients
+from shared.kafka_clients import KafkaAccess
 
 
 def transform(value: bytes) -> bytes:
@@ -32,10 +35,10 @@ async def relay(
 ) -> int:
     """Forward `count` records of `source` to the same partition of `target`; return how many
     were forwarded before `max_seconds` ran out."""
-    consumer = AIOKafkaConsumer(
-        source, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest"
+    consumer = kafka_clients.consumer(
+        KafkaAccess(bootstrap), source, group_id=group, auto_offset_reset="earliest"
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    producer = kafka_clients.producer(KafkaAccess(bootstrap), linger_ms=5, acks=1)
     await consumer.start()
     await producer.start()
     forwarded = 0

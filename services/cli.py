@@ -12,6 +12,7 @@ import sys
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from threadpoolctl import threadpool_limits
 
@@ -77,15 +78,40 @@ register_promotion(app)
 register_retrain(app)
 
 
+SecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--secure",
+        help="TLS and SASL/SCRAM-SHA-512 only, a user per service and ACLs (shared/access.py).",
+    ),
+]
+
+
 @kafka_app.command("start")
-def kafka_start(port: PortOption = 9092) -> None:
-    """Fetch Kafka's jars if needed and start the broker; does nothing if one answers."""
-    broker = LocalKafka(port=port)
+def kafka_start(port: PortOption = 9092, secure: SecureOption = False) -> None:
+    """Fetch Kafka's jars if needed and start the broker; does nothing if one answers. With
+    --secure, also grant every principal its ACLs for DRIFTLINE_TOPIC_PREFIX and print the
+    settings that connect as the operator."""
+    broker = LocalKafka(port=port, secure=secure)
     if broker.is_up(timeout=1.0):
         console.print(f"Kafka already answers on {broker.bootstrap}")
-        return
-    seconds = broker.start()
-    console.print(f"Kafka {broker.bootstrap} up in {seconds:.1f}s (log: {broker.log_path})")
+    else:
+        seconds = broker.start()
+        console.print(f"Kafka {broker.bootstrap} up in {seconds:.1f}s (log: {broker.log_path})")
+    if secure:
+        prefix = cfg.load(cfg.DriftlineSettings).topic_prefix
+        granted = broker.grant(prefix)
+        console.print(f"granted {granted} ACLs for topic prefix {prefix!r}")
+        console.print("# connect as the operator (the CLI):", highlight=False)
+        for name, value in broker.client_env("operator").items():
+            console.print(f"export {name}={value}", highlight=False, soft_wrap=True)
+        passwords = broker.security.passwords_path
+        console.print(
+            "# each service, the retrain job and producers connect as their own user "
+            f"(DRIFTLINE_KAFKA_SASL_USERNAME=<service>); passwords: {passwords}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @kafka_app.command("stop")
@@ -96,9 +122,9 @@ def kafka_stop(port: PortOption = 9092) -> None:
 
 
 @kafka_app.command("status")
-def kafka_status(port: PortOption = 9092) -> None:
+def kafka_status(port: PortOption = 9092, secure: SecureOption = False) -> None:
     """Say whether a broker answers; exit 1 if none does."""
-    broker = LocalKafka(port=port)
+    broker = LocalKafka(port=port, secure=secure)
     if broker.is_up():
         console.print(f"Kafka answers on {broker.bootstrap} (pid {broker.pid() or 'not ours'})")
         return
@@ -142,12 +168,21 @@ def settings_list() -> None:
 
 def main() -> None:
     """Entry point: run the command; a `DriftlineError` becomes one line on stderr and its exit
-    code (2, or 3 for "try again later")."""
+    code (2, or 3 for "try again later"), and so does a broker's refusal (wrong credentials or
+    CA, a denied ACL, no broker at the address): the settings are the user's to fix."""
     try:
         app()
     except DriftlineError as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except KafkaError as exc:
+        errors.print(
+            f"[red]error:[/red] Kafka: {exc} "
+            "(check the DRIFTLINE_KAFKA_* settings and the broker's ACLs)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

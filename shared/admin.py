@@ -11,12 +11,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.protocol.admin import CreateAclsRequest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from shared.access import Acl
 from shared.delivery import DURABLE_PRODUCER_SETTINGS
 from shared.errors import DriftlineError
 from shared.events import Deployment
+from shared.kafka_clients import Target, admin_client, consumer, producer
 from shared.logging import get_logger
 from shared.records import Check, R, check_deployment
 from shared.settings import DriftlineSettings
@@ -36,16 +39,15 @@ async def create_topics(settings: DriftlineSettings) -> list[str]:
         )
         for topic in ALL_TOPICS
     ]
-    return await ensure_topics(wanted, bootstrap_servers=settings.bootstrap_servers)
+    return await ensure_topics(settings, wanted)
 
 
 async def ensure_topics(
-    wanted: Sequence[NewTopic], *, timeout: float = 30.0, **client_options: Any
+    target: Target, wanted: Sequence[NewTopic], *, timeout: float = 30.0
 ) -> list[str]:
     """Create the topics of `wanted` that do not exist yet, then wait until the broker's
-    metadata lists every one of them; return the names created. `client_options` configure
-    the admin client (``bootstrap_servers``, security)."""
-    admin = AIOKafkaAdminClient(**client_options)
+    metadata lists every one of them; return the names created."""
+    admin = admin_client(target)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -79,21 +81,21 @@ async def start_reader(
 ) -> AIOKafkaConsumer:
     """A started consumer of `topic` outside any consumer group (no service's offsets move),
     subscribed or left for the caller to assign; a broker out of reach is one clear error."""
-    consumer = AIOKafkaConsumer(
+    reader = consumer(
+        settings,
         *([topic] if subscribe else []),
-        bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
         group_id=None,
         **options,
     )
     try:
-        await consumer.start()
+        await reader.start()
     except KafkaError as exc:
-        await consumer.stop()
+        await reader.stop()
         raise DriftlineError(
             f"cannot read {topic} from {settings.bootstrap_servers}: {exc}"
         ) from None
-    return consumer
+    return reader
 
 
 async def read_topic(
@@ -174,19 +176,17 @@ async def live_deployments(settings: DriftlineSettings) -> dict[str, Deployment]
 def durable_producer(settings: DriftlineSettings, **options: Any) -> AIOKafkaProducer:
     """An (unstarted) producer whose records count as sent once every in-sync replica has them,
     written once however often a batch is retried: what every Driftline producer uses."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, **DURABLE_PRODUCER_SETTINGS, **options
-    )
+    return producer(settings, **DURABLE_PRODUCER_SETTINGS, **options)
 
 
 async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes) -> None:
     """Write one record (e.g. a deployment or stream declaration) and wait until it is stored."""
-    producer = durable_producer(settings)
-    await producer.start()
+    writer = durable_producer(settings)
     try:
-        await producer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)
+        await writer.start()
+        await writer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)
     finally:
-        await producer.stop()
+        await writer.stop()
 
 
 async def partition_counts(settings: DriftlineSettings, *topics: Topic) -> dict[str, int]:
@@ -194,7 +194,7 @@ async def partition_counts(settings: DriftlineSettings, *topics: Topic) -> dict[
     that joined topics are co-partitioned. Asks the cluster for these topics' metadata: a plain
     consumer's cached metadata lists no partitions for topics it has not subscribed to."""
     names = [topic.full_name(settings) for topic in topics]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = admin_client(settings)
     await admin.start()
     try:
         described = await admin.describe_topics(names)
@@ -216,18 +216,61 @@ async def offsets_at_time(
     up timestamp 0, which every record is at or after: the broker takes no negative times."""
     counts = await partition_counts(settings, *topics)
     partitions = [TopicPartition(name, p) for name, n in counts.items() for p in range(n)]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
+    reader = consumer(settings, enable_auto_commit=False, group_id=None)
+    await reader.start()
     try:
         # Ends first: a record written after this look-up lies at or after the end it saw.
-        ends = await consumer.end_offsets(partitions)
+        ends = await reader.end_offsets(partitions)
         millis = max(0, int(time.timestamp() * 1000))
-        found = await consumer.offsets_for_times({partition: millis for partition in partitions})
+        found = await reader.offsets_for_times({partition: millis for partition in partitions})
     finally:
-        await consumer.stop()
+        await reader.stop()
     offsets: dict[str, dict[int, int]] = {name: {} for name in counts}
     for partition, at in found.items():
         offsets[partition.topic][partition.partition] = ends[partition] if at is None else at.offset
     return offsets
+
+
+_RESOURCE_TYPES = {"topic": 2, "group": 3, "transactionalId": 5}
+_PATTERN_TYPES = {"literal": 3, "prefix": 4}
+_OPERATIONS = {
+    "All": 2,
+    "Read": 3,
+    "Write": 4,
+    "Create": 5,
+    "Delete": 6,
+    "Alter": 7,
+    "Describe": 8,
+    "DescribeConfigs": 10,
+    "AlterConfigs": 11,
+}
+_ALLOW = 3
+
+
+async def create_acls(target: Target, bindings: Sequence[tuple[str, Acl]]) -> None:
+    """Allow each (user, ACL) of `bindings` from any host; an ACL that exists already is left
+    as it is. aiokafka's admin client has no call for it, so the CreateAcls request (v1, with
+    pattern types) is sent as aiokafka's own protocol classes define it."""
+    admin = admin_client(target)
+    await admin.start()
+    try:
+        for user, acl in bindings:
+            for operation in acl.operations:
+                request = CreateAclsRequest(
+                    _RESOURCE_TYPES[acl.resource_type],
+                    acl.name,
+                    _PATTERN_TYPES[acl.pattern],
+                    f"User:{user}",
+                    "*",
+                    _OPERATIONS[operation],
+                    _ALLOW,
+                )
+                response = await admin._send_request(request)
+                ((error_code, message),) = response.creation_responses
+                if error_code:
+                    raise DriftlineError(
+                        f"cannot allow {operation} on {acl.resource_type} {acl.name!r} "
+                        f"({acl.pattern}) to {user}: {for_code(error_code).__name__} {message}"
+                    )
+    finally:
+        await admin.close()

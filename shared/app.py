@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import ssl
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from shared import delivery, metrics
 from shared.delivery import DriftlineConsumer, DurableProducer, OutputsLostError
 from shared.errors import DriftlineError
 from shared.events import DeadLetter, Event, encode
+from shared.kafka_clients import KafkaAccess, faust_credentials
 from shared.logging import batch_fields, get_logger, logging_config, message_fields
 from shared.settings import DriftlineSettings, ServiceSettings
 from shared.topics import DEADLETTER, Topic
@@ -62,6 +62,9 @@ class DriftlineApp(faust.App):
     stream partitions are fetched without holes (see `shared.delivery`): Faust has no setting
     for the first two outside ``exactly_once``, none for the last."""
 
+    kafka_access: KafkaAccess
+    """How its clients reach the brokers: the worker's admin client connects the same way."""
+
     def _new_producer(self) -> DurableProducer:
         return DurableProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
@@ -76,7 +79,7 @@ class DriftlineApp(faust.App):
         )
 
 
-def run_worker(app: faust.App, loglevel: str, shutdown_grace_s: float = 20.0) -> None:
+def run_worker(app: DriftlineApp, loglevel: str, shutdown_grace_s: float = 20.0) -> None:
     """Run `app`'s Faust worker until it is stopped (see `shared.worker`: its internal topics
     are created first, its stop takes at most `shutdown_grace_s` after a signal, and every
     exception is one log record).
@@ -93,16 +96,17 @@ def run_worker(app: faust.App, loglevel: str, shutdown_grace_s: float = 20.0) ->
     ).execute_from_commandline()
 
 
-def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) -> faust.App:
+def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) -> DriftlineApp:
     """A Faust app for `service`: its own consumer group, table store, web port and metrics.
     Refuses the public development keys unless they are allowed (`require_secret_keys`)."""
     common.require_secret_keys()
+    access = KafkaAccess.of(common)
     datadir = common.data_dir / service
     datadir.mkdir(parents=True, exist_ok=True)
     app = DriftlineApp(
         f"{common.topic_prefix}driftline-{service}",
         broker=common.faust_broker,
-        broker_credentials=_credentials(common),
+        broker_credentials=faust_credentials(access),
         store=common.store,
         topic_partitions=common.topic_partitions,
         topic_replication_factor=common.topic_replication_factor,
@@ -122,6 +126,7 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
         worker_redirect_stdouts=False,
         logging_config=logging_config(service, common.log_level, common.log_format),
     )
+    app.kafka_access = access
     setup_prometheus_sensors(app, name_prefix="faust")
 
     @app.page("/health")
@@ -358,23 +363,3 @@ async def send_records(topic: TopicT, service: str, records: Sequence[tuple[byte
 
 async def _produce(app: faust.AppT, topic: str, key: bytes, value: bytes) -> None:
     await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
-
-
-def _credentials(common: DriftlineSettings) -> Any:
-    protocol = common.kafka_security_protocol
-    context = (
-        ssl.create_default_context(cafile=common.kafka_ssl_cafile)
-        if protocol in ("SSL", "SASL_SSL")
-        else None
-    )
-    if protocol.startswith("SASL"):
-        password = common.kafka_sasl_password
-        return faust.SASLCredentials(
-            username=common.kafka_sasl_username,
-            password=password.get_secret_value() if password else None,
-            mechanism=common.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return None

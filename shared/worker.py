@@ -22,19 +22,24 @@ import os
 import sys
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.admin import NewTopic
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+from aiokafka.errors import KafkaError
 from faust.types import TopicT
 from mode.utils.times import want_seconds
 
 from shared.admin import ensure_topics
 from shared.logging import get_logger
 
+if TYPE_CHECKING:
+    from shared.app import DriftlineApp
+
 log = get_logger(__name__)
 
+CANNOT_USE_KAFKA_EXIT = 2
+"""Exit status of a worker the brokers refused (or never answered) before it started."""
 SHUTDOWN_TIMED_OUT_EXIT = 70
 """Exit status of a worker the watchdog ended (``EX_SOFTWARE``): its stop did not finish."""
 
@@ -80,20 +85,11 @@ def _topic_config(channel: TopicT) -> dict[str, str]:
     return config
 
 
-def kafka_client_options(app: faust.AppT) -> dict[str, Any]:
-    """aiokafka client arguments for the brokers and credentials `app` uses."""
-    transport = app.transport
-    return {
-        "bootstrap_servers": server_list(transport.url, transport.default_port),
-        **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context),
-    }
-
-
-async def create_internal_topics(app: faust.AppT, timeout: float = 60.0) -> list[str]:
+async def create_internal_topics(app: DriftlineApp, timeout: float = 60.0) -> list[str]:
     """Create `app`'s internal topics that do not exist yet and wait until the broker lists all
     of them; return the names created."""
     wanted = internal_topics(app)
-    created = await ensure_topics(wanted, timeout=timeout, **kafka_client_options(app))
+    created = await ensure_topics(app.kafka_access, wanted, timeout=timeout)
     log.info("internal topics ready", topics=[t.name for t in wanted], created=created)
     return created
 
@@ -159,17 +155,32 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
 class DriftlineWorker(faust.Worker):
     """Faust's worker with the start, stop and logging behaviour of the module's docstring."""
 
+    app: DriftlineApp
+
     def __init__(
-        self, app: faust.App, *, loglevel: str, shutdown_grace_s: float, **kwargs: Any
+        self, app: DriftlineApp, *, loglevel: str, shutdown_grace_s: float, **kwargs: Any
     ) -> None:
         super().__init__(app, loglevel=loglevel, redirect_stdouts=False, quiet=True, **kwargs)
         self.spinner = None  # writes terminal codes to stdout, outside the log
         self.watchdog = ShutdownWatchdog(shutdown_grace_s)
 
     async def on_execute(self) -> None:
-        """Before the app starts: its internal topics exist and are listed."""
+        """Before the app starts: its internal topics exist and are listed. A broker that
+        refuses this worker (wrong password, CA or address) ends it here with one error record
+        and exit status 2: aiokafka's record before it names the reason."""
         await super().on_execute()
-        await create_internal_topics(self.app)
+        try:
+            await create_internal_topics(self.app)
+        except KafkaError as exc:
+            access = self.app.kafka_access
+            log.error(
+                "cannot use Kafka; check the DRIFTLINE_KAFKA_* settings",
+                broker=access.bootstrap_servers,
+                user=access.sasl_username,
+                security_protocol=access.security_protocol,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            raise SystemExit(CANNOT_USE_KAFKA_EXIT) from None
 
     def _on_sigterm(self) -> None:
         self.watchdog.start("SIGTERM")

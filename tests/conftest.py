@@ -4,6 +4,7 @@ one that answers on DRIFTLINE_TEST_KAFKA_PORT) and gives each test its own topic
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,23 @@ def kafka_bootstrap() -> Iterator[str]:
     yield broker.bootstrap
     if not already_up:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka() -> Iterator[LocalKafka]:
+    """A broker of its own with TLS, SASL/SCRAM-SHA-512 and ACLs (``driftline kafka start
+    --secure``) on DRIFTLINE_TEST_SECURE_KAFKA_PORT (29094) and the port after it, made afresh
+    for this run and stopped after it, whatever failed."""
+    port = int(os.environ.get("DRIFTLINE_TEST_SECURE_KAFKA_PORT", "29094"))
+    broker = LocalKafka(port=port, controller_port=port + 1, secure=True)
+    broker.stop()  # one a crashed run left behind
+    shutil.rmtree(broker.workdir, ignore_errors=True)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,12 @@ from pathlib import Path
 import orjson
 import pandas as pd
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from services.demo.observer import DemoObserver
 from services.demo.scenario import FEATURES, STREAM, Labeled, Scenario, replay, training_rows
 from services.processes import ServiceProcess, free_port
+from shared import kafka_clients
 from shared.admin import create_topics, durable_producer, publish
 from shared.events import (
     Deployment,
@@ -301,10 +302,9 @@ class Demo:
             self.topic(DECISIONS): "decisions",
             self.topic(DEADLETTER): "deadletter",
         }
-        consumer = AIOKafkaConsumer(
-            *names, bootstrap_servers=self.settings.bootstrap_servers,
-            auto_offset_reset="earliest", group_id=None,
-        )  # fmt: skip
+        consumer = kafka_clients.consumer(
+            self.settings, *names, auto_offset_reset="earliest", group_id=None
+        )
         await consumer.start()
         try:
             async for message in consumer:

@@ -65,6 +65,7 @@ from shared.admin import offsets_at_time
 from shared.app import (
     BatchHandler,
     DeadLetters,
+    DriftlineApp,
     as_current_event,
     consume,
     consume_batches,
@@ -151,7 +152,7 @@ Detect = Callable[[EventT, MonitorBatch], Iterable[Finding]]
 """Feeds one event's values to the batch's monitors; the findings."""
 
 
-def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> faust.App:
+def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp:
     """The drift Faust app with its agents, detector tables and webhook sender."""
     check_settings(own.detectors, own.concept_detectors)
     app = create_app(SERVICE, common, own)

@@ -26,6 +26,7 @@ from shared.admin import partition_counts
 from shared.app import (
     BufferedTable,
     DeadLetters,
+    DriftlineApp,
     consume_batches,
     create_app,
     declare_topic,
@@ -56,7 +57,7 @@ class NotCopartitionedError(DriftlineError):
         )
 
 
-def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> faust.App:
+def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> DriftlineApp:
     """The feedback Faust app: one agent over both co-partitioned topics, one join table."""
     app = create_app(SERVICE, common, own)
     predictions_name, feedback_name = PREDICTIONS.full_name(common), FEEDBACK.full_name(common)

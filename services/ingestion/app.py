@@ -31,6 +31,7 @@ from shared import metrics
 from shared import settings as cfg
 from shared.app import (
     DeadLetters,
+    DriftlineApp,
     as_current_event,
     consume_batches,
     create_app,
@@ -46,7 +47,7 @@ from shared.topics import EVENTS_RAW, FEATURES, STREAMS
 SERVICE = "ingestion"
 
 
-def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> faust.App:
+def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> DriftlineApp:
     """The ingestion Faust app with its agent and tables."""
     app = create_app(SERVICE, common, own)
     raw_topic = declare_topic(app, EVENTS_RAW, common)

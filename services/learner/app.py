@@ -33,6 +33,7 @@ from shared import metrics
 from shared import settings as cfg
 from shared.app import (
     DeadLetters,
+    DriftlineApp,
     as_current_event,
     consume,
     create_app,
@@ -59,7 +60,7 @@ class UnknownDeploymentError(DriftlineError):
         super().__init__(f"unknown deployment {name!r}: publish it on the deployments topic first")
 
 
-def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> faust.App:
+def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineApp:
     """The learner Faust app: its agents, the model table, snapshot and MLflow timers."""
     app = create_app(SERVICE, common, own)
     labeled_topic = declare_topic(app, PREDICTIONS_LABELED, common)

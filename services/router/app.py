@@ -27,6 +27,7 @@ from shared import metrics
 from shared import settings as cfg
 from shared.app import (
     DeadLetters,
+    DriftlineApp,
     consume,
     consume_batches,
     create_app,
@@ -44,7 +45,7 @@ SERVICE = "router"
 log = get_logger(__name__)
 
 
-def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> faust.App:
+def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineApp:
     """The router Faust app: its agent, the deployments and snapshots tables, the refresh timer."""
     app = create_app(SERVICE, common, own)
     features_topic = declare_topic(app, FEATURES, common)

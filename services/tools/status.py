@@ -8,8 +8,6 @@ from typing import Annotated
 
 import httpx
 import typer
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
@@ -17,6 +15,7 @@ from shared import settings as cfg
 from shared.admin import live_deployments, read_topic
 from shared.errors import EventDecodeError
 from shared.events import Deployment, PromotionDecision, decode
+from shared.kafka_clients import admin_client, consumer
 from shared.logging import configure_logging
 from shared.topics import DECISIONS
 
@@ -36,22 +35,22 @@ def service_health(host: str) -> dict[str, str]:
 
 async def consumer_lag(common: cfg.DriftlineSettings) -> dict[tuple[str, str], int]:
     """Messages not yet processed, per (consumer group, topic), for Driftline's groups."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=common.bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=common.bootstrap_servers)
+    admin = admin_client(common)
+    offsets = consumer(common)
     await admin.start()
-    await consumer.start()
+    await offsets.start()
     try:
         prefix = f"{common.topic_prefix}driftline-"
         groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
         lag: dict[tuple[str, str], int] = defaultdict(int)
         for group in groups:
             committed = await admin.list_consumer_group_offsets(group)
-            ends = await consumer.end_offsets(list(committed))
+            ends = await offsets.end_offsets(list(committed))
             for partition, offset in committed.items():
                 lag[(group, partition.topic)] += max(ends[partition] - offset.offset, 0)
         return dict(lag)
     finally:
-        await consumer.stop()
+        await offsets.stop()
         await admin.close()
 
 

@@ -4,6 +4,9 @@ Apache's own jars come from Maven Central (``org.apache.kafka:kafka_2.13`` with 
 backend, see ``pom.xml`` beside this file), are cached under the Driftline home, and run with
 ``java`` as a combined broker+controller on 127.0.0.1. Kafka 4.0.x is the line faust-streaming's
 live-broker checks run against and the one aiokafka >= 0.13 negotiates with.
+
+A secure broker (`LocalKafka(secure=True)`, ``driftline kafka start --secure``) listens with
+TLS and SASL/SCRAM-SHA-512 only and lets ACLs decide (see `shared.localkafka.security`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+from pydantic import SecretStr
+
+from shared.access import PRINCIPALS, acls
+from shared.admin import create_acls
 from shared.errors import DriftlineError, KafkaStartError
+from shared.kafka_clients import KafkaAccess, admin_client
+from shared.localkafka.security import ADMIN, MECHANISM, SecureFiles
 from shared.pidfile import owned_pid, stop_group
 
 KAFKA_VERSION = "4.0.2"
@@ -40,6 +50,8 @@ class LocalKafka:
     port: int = 9092
     controller_port: int | None = None
     home: Path = field(default_factory=default_home)
+    secure: bool = False
+    """TLS and SASL/SCRAM-SHA-512 with ACLs instead of plaintext for anyone."""
 
     @property
     def bootstrap(self) -> str:
@@ -60,6 +72,47 @@ class LocalKafka:
     def log_path(self) -> Path:
         """The broker's own log."""
         return self.workdir / "broker.log"
+
+    @property
+    def security(self) -> SecureFiles:
+        """The secure broker's CA, certificates and passwords."""
+        return SecureFiles(self.workdir / "security")
+
+    def access(self, user: str = ADMIN) -> KafkaAccess:
+        """How `user` (a principal of `shared.access`, or the admin) reaches this broker."""
+        if not self.secure:
+            return KafkaAccess(self.bootstrap)
+        return KafkaAccess(
+            self.bootstrap,
+            security_protocol="SASL_SSL",
+            sasl_mechanism=MECHANISM,
+            sasl_username=user,
+            sasl_password=SecretStr(self.security.passwords()[user]),
+            ssl_cafile=self.security.ca_pem,
+        )
+
+    def client_env(self, user: str) -> dict[str, str]:
+        """The DRIFTLINE_KAFKA_* variables that connect a process as `user`."""
+        access = self.access(user)
+        env = {
+            "DRIFTLINE_KAFKA_BROKER": access.bootstrap_servers,
+            "DRIFTLINE_KAFKA_SECURITY_PROTOCOL": access.security_protocol,
+        }
+        if access.sasl_password is not None:
+            env |= {
+                "DRIFTLINE_KAFKA_SASL_MECHANISM": access.sasl_mechanism,
+                "DRIFTLINE_KAFKA_SASL_USERNAME": user,
+                "DRIFTLINE_KAFKA_SASL_PASSWORD": access.sasl_password.get_secret_value(),
+                "DRIFTLINE_KAFKA_SSL_CAFILE": str(access.ssl_cafile),
+            }
+        return env
+
+    def grant(self, topic_prefix: str = "") -> int:
+        """Give every principal of `shared.access` its ACLs for the Driftline whose topics
+        start with `topic_prefix` (idempotent); return how many ACLs that is."""
+        bindings = [(p.name, acl) for p in PRINCIPALS for acl in acls(p, topic_prefix)]
+        asyncio.run(create_acls(self.access(), bindings))
+        return len(bindings)
 
     @property
     def _pid_path(self) -> Path:
@@ -104,7 +157,7 @@ class LocalKafka:
 
     def is_up(self, timeout: float = 3.0) -> bool:
         """Whether a broker answers a metadata request on this port."""
-        return asyncio.run(_broker_answers(self.bootstrap, timeout))
+        return asyncio.run(_broker_answers(self.access(), timeout))
 
     def pid(self) -> int | None:
         """The pid of the broker this tool started, if that process still runs."""
@@ -113,6 +166,8 @@ class LocalKafka:
     def start(self, timeout: float = 90.0) -> float:
         """Start the broker unless one answers already; return the seconds it took to answer."""
         began = time.monotonic()
+        if self.secure:
+            self.security.ensure_certificates()
         if self.is_up(timeout=1.0):
             return 0.0
         libs = self.ensure_jars()
@@ -174,11 +229,12 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    "inter.broker.listener.name=PLAINTEXT",
+                    *(
+                        self.security.broker_config(self.port, controller)
+                        if self.secure
+                        else self._plaintext_listeners(controller)
+                    ),
                     f"log.dirs={self.workdir / 'data'}",
                     "num.partitions=1",
                     "offsets.topic.replication.factor=1",
@@ -196,6 +252,14 @@ class LocalKafka:
             )
         )
 
+    def _plaintext_listeners(self, controller: int) -> list[str]:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+        ]
+
     def _format_storage(self, libs: Path) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
@@ -208,6 +272,7 @@ class LocalKafka:
                 cluster_id,
                 "-c",
                 str(self._config_path),
+                *(self.security.scram_arguments() if self.secure else []),
             ],
             capture_output=True,
             text=True,
@@ -226,14 +291,9 @@ class LocalKafka:
         return (errors or lines or ["the broker's log is empty"])[-1].strip()
 
 
-async def _broker_answers(bootstrap: str, timeout: float) -> bool:
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
+async def _broker_answers(access: KafkaAccess, timeout: float) -> bool:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a refused probe is an answer
-    client = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
+    client = admin_client(access, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(client.start(), timeout)
         await asyncio.wait_for(client.describe_cluster(), timeout)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shared import access
 from shared.settings import SERVICE_SETTINGS, DriftlineSettings, RetrainSettings, env_variables
 from shared.topics import ALL_TOPICS
 from tests.deploy import manifests as m
@@ -135,39 +136,49 @@ def test_the_retrain_url_joins_the_drift_webhook_urls_of_the_values(
     m.check_retrain_job(as_json)
 
 
-def test_strimzi_scenario_has_every_topic_and_a_user_with_acls(
+def kafka_users(docs: list[m.Manifest]) -> dict[str, list[dict[str, typing.Any]]]:
+    """Each rendered KafkaUser's ACLs by the principal it is for."""
+    users = {}
+    for user in m.of_kind(docs, "KafkaUser"):
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        assert user["spec"]["authorization"]["type"] == "simple"
+        users[user["metadata"]["annotations"]["driftline.io/principal"]] = user
+    return users
+
+
+@pytest.mark.parametrize("prefix", ["prod.", ""])
+def test_the_kafka_users_are_the_access_declaration(prefix: str) -> None:
+    docs = m.load_all(
+        helm_template(
+            "--set", "strimzi.user.enabled=true,strimzi.topics.enabled=true",
+            "--set", "topicsJob.enabled=false,kafka.securityProtocol=SASL_SSL",
+            "--set", f"topics.prefix={prefix}",
+        )
+    )  # fmt: skip
+    users = kafka_users(docs)
+    assert {name: user["spec"]["authorization"]["acls"] for name, user in users.items()} == {
+        p.name: [acl.strimzi() for acl in access.acls(p, prefix)] for p in access.PRINCIPALS
+    }
+    assert all(user["metadata"]["name"] == f"driftline-{name}" for name, user in users.items())
+
+
+def test_strimzi_scenario_runs_each_workload_as_its_own_user(
     helm_renderings: dict[str, Path], load: Load
 ) -> None:
     docs = load(helm_renderings["strimzi-sasl-values.yaml"])
     assert len(m.of_kind(docs, "KafkaTopic")) == len(ALL_TOPICS)
     assert not m.of_kind(docs, "Job")
-    (user,) = m.of_kind(docs, "KafkaUser")
-    assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
-    settings = m.settings_configmap(docs)
-    assert settings["DRIFTLINE_KAFKA_SASL_USERNAME"] == user["metadata"]["name"]
-    acls = {
-        (a["resource"]["type"], a["resource"]["name"])
-        for a in user["spec"]["authorization"]["acls"]
-    }
-    assert ("topic", "prod.") in acls and ("group", "prod.driftline-") in acls
-    assert all(a["operations"] for a in user["spec"]["authorization"]["acls"])
-
-
-def test_a_user_without_prefix_gets_each_topic_by_name() -> None:
-    docs = m.load_all(
-        helm_template(
-            "--set", "strimzi.user.enabled=true,strimzi.topics.enabled=true",
-            "--set", "kafka.securityProtocol=SASL_PLAINTEXT,topicsJob.enabled=false",
-        )
-    )  # fmt: skip
-    m.check_topics(docs)
-    (user,) = m.of_kind(docs, "KafkaUser")
-    literal = {
-        a["resource"]["name"]
-        for a in user["spec"]["authorization"]["acls"]
-        if a["resource"].get("patternType") == "literal"
-    }
-    assert literal == {topic.name for topic in ALL_TOPICS}
+    users = {user["metadata"]["name"] for user in m.of_kind(docs, "KafkaUser")}
+    assert "DRIFTLINE_KAFKA_SASL_USERNAME" not in m.settings_configmap(docs)
+    ran = set()
+    for _, container in m.workloads(docs):
+        env = m.container_env(docs, container)
+        principal = m.component_of(container)
+        ran.add(principal)
+        assert env["DRIFTLINE_KAFKA_SASL_USERNAME"].value == f"driftline-prod-{principal}"
+        assert env["DRIFTLINE_KAFKA_SASL_USERNAME"].value in users
+        assert env["DRIFTLINE_KAFKA_SASL_PASSWORD"].source == "secret"
+    assert ran == {*SERVICE_SETTINGS, "retrain"}
 
 
 def test_whole_numbers_of_values_files_reach_the_settings_without_an_exponent() -> None:

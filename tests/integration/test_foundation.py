@@ -10,9 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 
+from shared import kafka_clients
 from shared.admin import create_topics, partition_counts, publish
 from shared.errors import KafkaStartError
 from shared.events import (
@@ -28,6 +29,7 @@ from shared.events import (
     prediction_id_for,
     utc_now,
 )
+from shared.kafka_clients import KafkaAccess
 from shared.localkafka import LocalKafka
 from shared.settings import DriftlineSettings
 from shared.topics import (
@@ -199,7 +201,7 @@ def test_feedback_worker_refuses_topics_that_are_not_copartitioned(pipeline: Pip
     )
 
     async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=pipeline.bootstrap)
+        admin = kafka_clients.admin_client(KafkaAccess(pipeline.bootstrap))
         await admin.start()
         try:
             await admin.create_topics([NewTopic(FEEDBACK.full_name(skewed), 3, 1)])

@@ -11,12 +11,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from services.drift.app import build as build_drift
 from services.processes import ServiceProcess, free_port
+from shared import kafka_clients
 from shared.admin import create_topics
+from shared.kafka_clients import KafkaAccess
 from shared.localkafka import LocalKafka
 from shared.settings import DriftlineSettings, DriftSettings
 from shared.worker import create_internal_topics, internal_topics
@@ -33,7 +35,7 @@ def _records(log_path: Path) -> list[dict]:
 
 
 async def _topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
     await admin.start()
     try:
         resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
@@ -112,7 +114,7 @@ async def test_a_send_that_fails_for_good_stops_the_worker_before_its_input_comm
     """The target refuses records over 1 KB: the worker forwards a 10 KB one, the broker
     rejects its batch, and the commit that follows refuses to pass over it."""
     source, target = pipeline.prefix + "relay.in", pipeline.prefix + "relay.out"
-    admin = AIOKafkaAdminClient(bootstrap_servers=pipeline.bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(pipeline.bootstrap))
     await admin.start()
     try:
         await admin.create_topics(
@@ -143,7 +145,7 @@ async def test_a_send_that_fails_for_good_stops_the_worker_before_its_input_comm
     exit_code = await asyncio.to_thread(forwarder.process.wait, 90)
 
     assert exit_code != 0
-    admin = AIOKafkaAdminClient(bootstrap_servers=pipeline.bootstrap)
+    admin = kafka_clients.admin_client(KafkaAccess(pipeline.bootstrap))
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(f"{pipeline.prefix}driftline-forward")

@@ -1,4 +1,6 @@
-"""Talking to the real test broker like an outside user: plain aiokafka producers and consumers."""
+"""Talking to the real test broker like an outside user: plain aiokafka producers and consumers.
+
+Each helper takes the broker as ``host:port`` (plaintext) or as a `KafkaAccess` (TLS, SASL)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from shared import kafka_clients
 from shared.events import Event, encode
+from shared.kafka_clients import KafkaAccess
+
+Broker = str | KafkaAccess
+"""A plaintext ``host:port``, or how to reach a secured broker as whom."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class Record:
 
 
 async def produce(
-    bootstrap: str,
+    bootstrap: Broker,
     topic: str,
     messages: Iterable[tuple[bytes | str | None, bytes | Event]],
     timestamps: Iterable[float] | None = None,
@@ -40,7 +46,7 @@ async def produce(
     writing each event the moment it happens would; else the producer's clock does. A stamp
     older than the topic's retention gets its record deleted at the broker's next retention
     check, before a slow consumer may have read it."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = kafka_clients.producer(_access(bootstrap), linger_ms=5)
     await producer.start()
     try:
         futures = []
@@ -58,15 +64,15 @@ async def produce(
 
 
 async def consume_until(
-    bootstrap: str,
+    bootstrap: Broker,
     topics: list[str],
     done: Callable[[list[Record]], bool],
     timeout: float = 60.0,
 ) -> list[Record]:
     """Read `topics` from the beginning until `done(records)` holds; fail after `timeout`."""
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.consumer(
+        _access(bootstrap),
         *topics,
-        bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -90,11 +96,11 @@ async def consume_until(
     return records
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+async def end_offsets(bootstrap: Broker, topic: str) -> dict[int, int]:
     """The next offset of every partition of `topic`."""
     # Subscribed, or the consumer's metadata lists no partitions of `topic` (and a consumer
     # stopped right after start raises CancelledError in aiokafka 0.14).
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None)
+    consumer = kafka_clients.consumer(_access(bootstrap), topic, group_id=None)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -107,3 +113,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 def count_of(topic: str, n: int) -> Callable[[list[Record]], bool]:
     """A `done` predicate: at least `n` records from `topic`."""
     return lambda records: sum(r.topic == topic for r in records) >= n
+
+
+def _access(broker: Broker) -> KafkaAccess:
+    return KafkaAccess(broker) if isinstance(broker, str) else broker

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from services.processes import ServiceStartError
@@ -19,19 +20,30 @@ from tests.support.workers import Worker
 class Pipeline:
     """Topic names, settings and worker processes for one test; `close` stops the workers."""
 
-    def __init__(self, bootstrap: str, workdir: Path, partitions: int = 2) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        workdir: Path,
+        partitions: int = 2,
+        kafka_env: Mapping[str, str] | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        """`kafka_env` (DRIFTLINE_KAFKA_* variables) connects the test's own clients and every
+        worker, unless a worker's start gives its own: a secured broker's operator, say.
+        `prefix` (random by default) names the test's topics and groups."""
         self.bootstrap = bootstrap
         self.workdir = workdir
-        self.prefix = f"t{uuid.uuid4().hex[:10]}."
+        self.prefix = prefix or f"t{uuid.uuid4().hex[:10]}."
         self.env = {
             "DRIFTLINE_KAFKA_BROKER": bootstrap,
             "DRIFTLINE_TOPIC_PREFIX": self.prefix,
             "DRIFTLINE_TOPIC_PARTITIONS": str(partitions),
             "DRIFTLINE_DATA_DIR": str(workdir / "data"),
             "DRIFTLINE_LOG_LEVEL": "info",
+            **(kafka_env or {}),
         }
         self.settings = DriftlineSettings(
-            kafka_broker=bootstrap, topic_prefix=self.prefix, topic_partitions=partitions
+            **{name.removeprefix("DRIFTLINE_").lower(): value for name, value in self.env.items()}
         )
         self.workers: list[Worker] = []
         asyncio.run(create_topics(self.settings))

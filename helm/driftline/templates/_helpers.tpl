@@ -141,7 +141,8 @@ Namespace of the Strimzi resources.
 {{- end }}
 
 {{/*
-Name of the KafkaUser (and of the Secret Strimzi makes for it).
+Base name of the KafkaUsers: each principal of shared/access.py gets `<base>-<principal>` (and
+Strimzi a Secret of that name).
 */}}
 {{- define "driftline.kafkaUserName" -}}
 {{- default (include "driftline.fullname" .) .Values.strimzi.user.name }}
@@ -162,24 +163,26 @@ Name of the KafkaUser (and of the Secret Strimzi makes for it).
 {{- end }}
 
 {{/*
-SASL user name: the value, else the KafkaUser's name.
+SASL user name of a principal (a service, retrain, operator): its own KafkaUser's with
+`strimzi.user.enabled`, else the one of the values. Call with (dict "root" $ "principal" <name>).
 */}}
 {{- define "driftline.saslUsername" -}}
-{{- if .Values.kafka.sasl.username }}
-{{- .Values.kafka.sasl.username }}
-{{- else if .Values.strimzi.user.enabled }}
-{{- include "driftline.kafkaUserName" . }}
+{{- if .root.Values.strimzi.user.enabled }}
+{{- printf "%s-%s" (include "driftline.kafkaUserName" .root) .principal }}
+{{- else }}
+{{- .root.Values.kafka.sasl.username }}
 {{- end }}
 {{- end }}
 
 {{/*
-Secret with the SASL password: the value, else the KafkaUser's Secret.
+Secret with a principal's SASL password: its KafkaUser's with `strimzi.user.enabled`, else the
+one of the values. Call with (dict "root" $ "principal" <name>).
 */}}
 {{- define "driftline.saslSecretName" -}}
-{{- if .Values.kafka.sasl.existingSecret }}
-{{- .Values.kafka.sasl.existingSecret }}
-{{- else if .Values.strimzi.user.enabled }}
-{{- include "driftline.kafkaUserName" . }}
+{{- if .root.Values.strimzi.user.enabled }}
+{{- printf "%s-%s" (include "driftline.kafkaUserName" .root) .principal }}
+{{- else }}
+{{- .root.Values.kafka.sasl.existingSecret }}
 {{- end }}
 {{- end }}
 
@@ -205,10 +208,11 @@ Secret with the HMAC keys.
 Stops a rendering whose values cannot work, with the reason.
 */}}
 {{- define "driftline.validate" -}}
-{{- if and (include "driftline.sasl" .) (not (include "driftline.saslUsername" .)) }}
+{{- $operator := dict "root" . "principal" "operator" }}
+{{- if and (include "driftline.sasl" .) (not (include "driftline.saslUsername" $operator)) }}
 {{- fail "kafka.securityProtocol is SASL_*: set kafka.sasl.username and kafka.sasl.existingSecret, or strimzi.user.enabled" }}
 {{- end }}
-{{- if and (include "driftline.sasl" .) (not (include "driftline.saslSecretName" .)) }}
+{{- if and (include "driftline.sasl" .) (not (include "driftline.saslSecretName" $operator)) }}
 {{- fail "kafka.securityProtocol is SASL_*: set kafka.sasl.existingSecret (the Secret with the SASL password)" }}
 {{- end }}
 {{- if and .Values.strimzi.user.enabled (not (include "driftline.sasl" .)) }}
@@ -223,10 +227,12 @@ Stops a rendering whose values cannot work, with the reason.
 {{- end }}
 
 {{/*
-Settings, Secrets and volume mounts of a Driftline container, shared by the workers and the
-topics Job.
+Settings and Secrets of a Driftline worker container, which connects to Kafka as its principal
+(shared/access.py). Call with (dict "root" $ "principal" <name>).
 */}}
 {{- define "driftline.containerEnv" -}}
+{{- $principal := . }}
+{{- with .root }}
 envFrom:
   - configMapRef:
       name: {{ include "driftline.fullname" . }}-settings
@@ -246,25 +252,36 @@ env:
       secretKeyRef:
         name: {{ include "driftline.hmacSecretName" . }}
         key: {{ .Values.hmac.stateKey }}
-  {{- if include "driftline.sasl" . }}
-  - name: DRIFTLINE_KAFKA_SASL_PASSWORD
-    valueFrom:
-      secretKeyRef:
-        name: {{ include "driftline.saslSecretName" . }}
-        key: {{ .Values.kafka.sasl.passwordKey }}
-  {{- end }}
+  {{- include "driftline.saslEnv" $principal | nindent 2 }}
   {{- with .Values.mlflow.existingSecret }}
   - name: MLFLOW_TRACKING_USERNAME
     valueFrom:
       secretKeyRef:
         name: {{ . }}
-        key: {{ $.Values.mlflow.usernameKey }}
+        key: {{ $principal.root.Values.mlflow.usernameKey }}
   - name: MLFLOW_TRACKING_PASSWORD
     valueFrom:
       secretKeyRef:
         name: {{ . }}
-        key: {{ $.Values.mlflow.passwordKey }}
+        key: {{ $principal.root.Values.mlflow.passwordKey }}
   {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A principal's SASL user and password variables (none without SASL). Call with (dict "root" $
+"principal" <name>).
+*/}}
+{{- define "driftline.saslEnv" -}}
+{{- if include "driftline.sasl" .root }}
+- name: DRIFTLINE_KAFKA_SASL_USERNAME
+  value: {{ include "driftline.saslUsername" . | quote }}
+- name: DRIFTLINE_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "driftline.saslSecretName" . }}
+      key: {{ .root.Values.kafka.sasl.passwordKey }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -311,7 +328,6 @@ DRIFTLINE_KAFKA_BROKER: {{ .Values.kafka.bootstrapServers | quote }}
 DRIFTLINE_KAFKA_SECURITY_PROTOCOL: {{ .Values.kafka.securityProtocol | quote }}
 {{- if include "driftline.sasl" . }}
 DRIFTLINE_KAFKA_SASL_MECHANISM: {{ .Values.kafka.sasl.mechanism | quote }}
-DRIFTLINE_KAFKA_SASL_USERNAME: {{ include "driftline.saslUsername" . | quote }}
 {{- end }}
 {{- if and (include "driftline.tls" .) (include "driftline.caSecretName" .) }}
 DRIFTLINE_KAFKA_SSL_CAFILE: /etc/driftline/kafka-ca/ca.crt
@@ -405,7 +421,7 @@ spec:
           image: {{ include "driftline.image" $root }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args: [{{ join ", " .args }}]
-          {{- include "driftline.containerEnv" $root | nindent 10 }}
+          {{- include "driftline.containerEnv" (dict "root" $root "principal" .component) | nindent 10 }}
             {{- include "driftline.componentEnv" . | nindent 12 }}
           ports:
             - name: http
