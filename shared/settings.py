@@ -57,7 +57,8 @@ class DriftlineSettings(BaseSettings):
     snapshot_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
     """Key that signs model snapshots; a snapshot signed with another key is refused."""
     webhook_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
-    """Key that signs webhook bodies (header ``X-Driftline-Signature``)."""
+    """Key that signs webhooks (Standard Webhooks ``webhook-signature`` over id, timestamp and
+    body)."""
     state_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
     """Key that seals the pickled state services keep in tables: a value read back from a
     changelog without its MAC under this key is never unpickled."""
@@ -67,6 +68,9 @@ class DriftlineSettings(BaseSettings):
     """The webhook key before the last rotation: verifies what it signed, signs nothing."""
     state_hmac_previous_key: SecretStr | None = None
     """The state key before the last rotation: verifies what it sealed, seals nothing."""
+    webhook_tolerance_s: float = Field(default=300.0, gt=0, le=86_400)
+    """A received webhook whose ``webhook-timestamp`` is further than this from the receiver's
+    clock is refused (401): a captured request cannot be replayed later."""
     allow_default_keys: bool = False
     """Development only: let workers run with the public default HMAC keys, which anyone can sign
     with (the demo and the tests set it); otherwise they refuse to start."""

@@ -28,9 +28,8 @@ from shared.events import Deployment, DriftAlert, decode, encode
 from shared.registry import register_sklearn_model, set_alias
 from shared.retraining import ALERT_TAG, CHALLENGER, DEPLOYMENT_TAG, NotEnoughLabelsError, retrain
 from shared.settings import DriftlineSettings, RetrainSettings
-from shared.signing import sign
 from shared.topics import ALERTS, DEPLOYMENTS, PREDICTIONS_LABELED
-from shared.webhooks import SIGNATURE_HEADER
+from shared.webhooks import signed_headers
 from tests.support.kafka import consume_until, count_of, end_offsets, produce
 from tests.support.pipeline import Pipeline
 from tests.support.retraining import concept_alert, labeled, loans_deployment
@@ -211,9 +210,8 @@ async def test_the_webhook_job_retrains_once_enough_labels_have_come(
         url = f"http://127.0.0.1:{own.web_port}/retrain"
         async with httpx.AsyncClient() as http:
             unsigned = await http.post(url, content=body)
-            signed = await http.post(
-                url, content=body, headers={SIGNATURE_HEADER: sign(body, settings.webhook_hmac_key)}
-            )
+            headers = signed_headers(alert.alert_id, body, settings.webhook_hmac_key, time.time())
+            signed = await http.post(url, content=body, headers=headers)
         assert unsigned.status_code == 401
         assert signed.status_code == 202
         await asyncio.sleep(1.5)

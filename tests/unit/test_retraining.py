@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import orjson
 import pandas as pd
@@ -35,9 +37,9 @@ from shared.retraining import (
     with_challenger,
 )
 from shared.settings import DriftlineSettings, RetrainSettings
-from shared.signing import sign
-from shared.webhooks import SIGNATURE_HEADER
+from shared.webhooks import Delivery, WebhookSender, signed_headers
 from tests.support.retraining import concept_alert, labeled, loans_deployment
+from tests.support.webhook_server import WebhookReceiver
 
 OFFSETS = {"predictions.labeled": {0: 5}}
 
@@ -205,8 +207,13 @@ def test_a_result_survives_its_json_for_ci() -> None:
     assert RetrainResult.from_json(result.to_json()) == result
 
 
-async def _post(job: RetrainJob, body: bytes, signature: str | None) -> tuple[int, dict]:
-    headers = {SIGNATURE_HEADER: signature} if signature is not None else {}
+def _signed(body: bytes, settings: DriftlineSettings, at: float | None = None) -> dict[str, str]:
+    """Headers the drift service would send with `body` (now, unless `at` says when)."""
+    sent_at = time.time() if at is None else at
+    return signed_headers("alert-1", body, settings.webhook_hmac_key, sent_at)
+
+
+async def _post(job: RetrainJob, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
     async with TestClient(TestServer(job.web_app())) as client:
         response = await client.post("/retrain", data=body, headers=headers)
         return response.status, await response.json()
@@ -216,22 +223,63 @@ async def test_the_job_answers_401_400_ignores_other_alerts_and_202_once_per_ale
     common = DriftlineSettings()
     job = RetrainJob(common, RetrainSettings())
     good = encode(concept_alert(OFFSETS, 1000.0))
-    key = common.webhook_hmac_key
-    assert (await _post(job, good, None))[0] == 401
-    assert (await _post(job, good, sign(good + b" ", key)))[0] == 401
-    assert (await _post(job, b"{}", sign(b"{}", key)))[0] == 400
+    assert await _post(job, good, {}) == (
+        401,
+        {
+            "error": "webhook refused: missing header webhook-id, webhook-timestamp, "
+            "webhook-signature"
+        },
+    )
+    assert (await _post(job, good, _signed(good + b" ", common)))[0] == 401
+    stale = await _post(job, good, _signed(good, common, at=time.time() - 301))
+    assert stale[0] == 401 and "outside the tolerance of 300 s" in stale[1]["error"]
+    assert (await _post(job, b"{}", _signed(b"{}", common)))[0] == 400
     data = encode(concept_alert(OFFSETS, 1000.0, kind="data", alert_id="data-1"))
-    status, answer = await _post(job, data, sign(data, key))
+    status, answer = await _post(job, data, _signed(data, common))
     assert (status, answer["alert_id"], answer["status"]) == (200, "data-1", "ignored")
     assert "only concept-drift alerts" in answer["reason"]
     for _ in range(2):
-        assert await _post(job, good, sign(good, key)) == (
+        assert await _post(job, good, _signed(good, common)) == (
             202,
             {"alert_id": "alert-1", "status": "accepted"},
         )
     async with TestClient(TestServer(job.web_app())) as client:
         health = await (await client.get("/health")).json()
     assert health == {"status": "ok", "pending": 1}, "a repeated post is not queued again"
+
+
+async def test_a_captured_post_replayed_past_the_tolerance_is_refused() -> None:
+    """A post the drift service really sent, captured on the way and replayed to the job: within
+    the tolerance it is the same delivery again (same id); past it, 401."""
+    common = DriftlineSettings(webhook_tolerance_s=1)
+    own = RetrainSettings(web_port=free_port())
+    job = RetrainJob(common, own)
+    body = encode(concept_alert(OFFSETS, 1000.0, kind="data", alert_id="data-1"))
+    given_up: list[str] = []
+
+    async def give_up(_: Delivery, reason: str) -> None:
+        given_up.append(reason)
+
+    await job.start()
+    try:
+        async with WebhookReceiver(keys=common.webhook_keys) as wire:
+            sender = WebhookSender([wire.url("/retrain")], common.webhook_hmac_key, give_up)
+            await sender.start()
+            sender.submit("data:pay:amount", body, "data-1")
+            [captured] = await wire.wait_for("/retrain", 1)
+            await sender.stop()
+        url = f"http://127.0.0.1:{own.web_port}/retrain"
+        async with httpx.AsyncClient() as http:
+            at_once = await http.post(url, content=captured.body, headers=captured.headers)
+            await asyncio.sleep(2.5)
+            later = await http.post(url, content=captured.body, headers=captured.headers)
+    finally:
+        await job.stop()
+
+    assert (at_once.status_code, at_once.json()["status"]) == (200, "ignored")
+    assert later.status_code == 401
+    assert "outside the tolerance of 1 s (a replay, or a clock is wrong)" in later.json()["error"]
+    assert not given_up
 
 
 async def test_the_job_answers_400_to_an_alert_whose_time_lies_outside_utc() -> None:
@@ -241,7 +289,7 @@ async def test_the_job_answers_400_to_an_alert_whose_time_lies_outside_utc() -> 
     alert = orjson.loads(encode(concept_alert(OFFSETS, 1000.0)))
     alert["event_time"] = "0001-01-01T00:00:00+14:00"
     body = orjson.dumps(alert)
-    status, answer = await _post(job, body, sign(body, common.webhook_hmac_key))
+    status, answer = await _post(job, body, _signed(body, common))
     assert status == 400
     assert "event_time" in answer["error"] and "outside years 1 to 9999" in answer["error"]
 
@@ -269,10 +317,10 @@ async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finish
     body = encode(concept_alert(OFFSETS, 1000.0))
     await job.start()
     try:
-        first = await _post(job, body, sign(body, common.webhook_hmac_key))
+        first = await _post(job, body, _signed(body, common))
         await asyncio.wait_for(done.wait(), 10)
         assert job.pending == 0, "finished as soon as retrain returned"
-        again = await _post(job, body, sign(body, common.webhook_hmac_key))
+        again = await _post(job, body, _signed(body, common))
         await asyncio.sleep(0.1)
     finally:
         await job.stop()
