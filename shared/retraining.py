@@ -429,6 +429,7 @@ async def retrain(settings: DriftlineSettings, alert: DriftAlert | str) -> Retra
         raise NotRetrainableError(
             alert.alert_id, f"deployment {alert.deployment!r} is not on the deployments topic"
         )
+    trainer = load_trainer(deployment.retrain.trainer, settings.allowed_trainers)
     name = registered_model_name(deployment)
     tracking_uri = settings.mlflow_tracking_uri
     earlier = await asyncio.to_thread(find_earlier, tracking_uri, name, alert.alert_id)
@@ -442,7 +443,6 @@ async def retrain(settings: DriftlineSettings, alert: DriftAlert | str) -> Retra
             alert.alert_id, deployment.name, len(read.rows), spec.min_samples, window.start_time
         )
     features, labels = build_frame(read.rows)
-    trainer = load_trainer(spec.trainer)
     try:
         model, metrics = await asyncio.to_thread(fit_and_evaluate, trainer, features, labels)
     except Exception as exc:

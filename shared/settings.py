@@ -54,6 +54,9 @@ class DriftlineSettings(BaseSettings):
     """Faust's processing guarantee; consumers are idempotent either way."""
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     """MLflow tracking server and model registry."""
+    allowed_trainers: frozenset[str] = frozenset({"shared.trainers:gradient_boosting"})
+    """JSON list of the ``module:function`` trainers a deployment's ``retrain.trainer`` may name;
+    retraining refuses any other (a deployment record must not choose the code that runs)."""
     snapshot_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
     """Key that signs model snapshots; a snapshot signed with another key is refused."""
     webhook_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)

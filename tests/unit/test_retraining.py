@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -15,12 +16,14 @@ import pandas as pd
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from structlog.testing import capture_logs
 
 import services.tools.retrain_job
+import shared.retraining
 from services.processes import free_port
 from services.tools.retrain_job import RetrainJob
 from shared.errors import DriftlineError
-from shared.events import DriftAlert, Variant, encode
+from shared.events import Deployment, DriftAlert, Variant, encode
 from shared.retraining import (
     CHALLENGER,
     HOLDOUT_SHARE,
@@ -37,6 +40,7 @@ from shared.retraining import (
     with_challenger,
 )
 from shared.settings import DriftlineSettings, RetrainSettings
+from shared.trainers import TrainerNotAllowedError, gradient_boosting, load_trainer
 from shared.webhooks import Delivery, WebhookSender, signed_headers
 from tests.support.retraining import concept_alert, labeled, loans_deployment
 from tests.support.webhook_server import WebhookReceiver
@@ -331,6 +335,51 @@ async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finish
         {"alert_id": "alert-1", "status": "done", "outcome": "retrained: version 4"},
     )
     assert calls == ["alert-1"]
+
+
+def test_only_allowed_trainers_are_loaded_and_others_are_never_imported() -> None:
+    allowed = DriftlineSettings().allowed_trainers
+    assert load_trainer("shared.trainers:gradient_boosting", allowed) is gradient_boosting
+    sys.modules.pop("this", None)
+    with pytest.raises(TrainerNotAllowedError) as caught:
+        load_trainer("this:s", allowed)
+    assert "this" not in sys.modules, "refused before its module is imported"
+    assert str(caught.value) == (
+        "trainer 'this:s' is not allowed: retraining runs only the trainers in "
+        "DRIFTLINE_ALLOWED_TRAINERS (shared.trainers:gradient_boosting)"
+    )
+    with pytest.raises(DriftlineError, match=r"'no\.such:module' not found"):
+        load_trainer("no.such:module", {"no.such:module"})
+
+
+async def test_the_job_refuses_a_deployment_whose_trainer_is_not_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whoever writes `deployments` must not choose the code the job runs: the retrain fails
+    with the reason, in the log and in the job's answer to the alert posted again."""
+    common = DriftlineSettings()
+    hostile = loans_deployment(trainer="os:system")
+
+    async def live_deployments(_: DriftlineSettings) -> dict[str, Deployment]:
+        return {hostile.name: hostile}
+
+    monkeypatch.setattr(shared.retraining, "live_deployments", live_deployments)
+    job = RetrainJob(common, RetrainSettings(web_port=free_port()))
+    body = encode(concept_alert(OFFSETS, 1000.0))
+    await job.start()
+    try:
+        with capture_logs() as logs:
+            assert (await _post(job, body, _signed(body, common)))[0] == 202
+            async with asyncio.timeout(10):
+                while job.pending:
+                    await asyncio.sleep(0.05)
+        status, answer = await _post(job, body, _signed(body, common))
+    finally:
+        await job.stop()
+    assert (status, answer["status"]) == (200, "done")
+    assert answer["outcome"].startswith("failed: trainer 'os:system' is not allowed")
+    [failed] = [e for e in logs if e["event"] == "retrain failed"]
+    assert "trainer 'os:system' is not allowed" in failed["reason"]
 
 
 async def test_the_job_answers_live_like_the_workers_for_the_liveness_probe() -> None:
