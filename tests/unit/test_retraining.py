@@ -23,7 +23,8 @@ import shared.retraining
 from services.processes import free_port
 from services.tools.retrain_job import RetrainJob
 from shared.errors import DriftlineError
-from shared.events import Deployment, DriftAlert, Variant, encode
+from shared.events import Deployment, DriftAlert, Variant, alert_id_for, encode
+from shared.registry import UnsearchableError, filter_value
 from shared.retraining import (
     CHALLENGER,
     HOLDOUT_SHARE,
@@ -335,6 +336,21 @@ async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finish
         {"alert_id": "alert-1", "status": "done", "outcome": "retrained: version 4"},
     )
     assert calls == ["alert-1"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["loans' and name != '", 'say "hi"', "back\\slash", "tick`", "new\nline", "", "x" * 257],
+)
+def test_a_value_that_mlflow_filters_cannot_hold_safely_is_refused(value: str) -> None:
+    with pytest.raises(UnsearchableError, match=r"model name .* cannot be searched for in MLflow"):
+        filter_value("model name", value)
+
+
+def test_names_and_ids_are_quoted_into_filters() -> None:
+    alert_id = alert_id_for("concept:loans:1", "loans", "DDM", "drift", 12)
+    assert filter_value("alert id", alert_id) == f"'{alert_id}'"
+    assert filter_value("model name", "driftline-demo_loans v2.1") == "'driftline-demo_loans v2.1'"
 
 
 def test_only_allowed_trainers_are_loaded_and_others_are_never_imported() -> None:
