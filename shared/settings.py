@@ -334,6 +334,23 @@ class RetrainSettings(ServiceSettings):
     """How long after its webhook an alert is retried before the job gives it up."""
 
 
+class MlflowCredentials(BaseSettings):
+    """Credentials for MLflow's basic-auth app, in MLflow's own client variables (prefix
+    ``MLFLOW_TRACKING_``): every MLflow client in a Driftline process (router, learner, drift,
+    retrain job, CLI) reads them from the environment by itself, so they are set there only."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLFLOW_TRACKING_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    username: str | None = None
+    """MLflow user Driftline acts as; the local server (`driftline mlflow start`) makes it its
+    admin, ``driftline`` when unset."""
+    password: SecretStr | None = None
+    """That user's password; when unset the local server makes one up and keeps it beside its
+    database (see `driftline mlflow start`)."""
+
+
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
     "ingestion": IngestionSettings,
     "router": RouterSettings,
@@ -357,6 +374,7 @@ def env_variables() -> dict[str, str]:
         DriftlineSettings,
         *SERVICE_SETTINGS.values(),
         RetrainSettings,
+        MlflowCredentials,
     ]
     return {
         env_name(cls, name): (field.description or "")

@@ -161,8 +161,10 @@ class Demo:
             if started_kafka:
                 await asyncio.to_thread(self.kafka.start)
             started_mlflow = not await asyncio.to_thread(self.mlflow.is_up, 1.0)
-            if started_mlflow:
-                await asyncio.to_thread(self.mlflow.start)
+            await asyncio.to_thread(self.mlflow.start)
+            # MLflow clients take credentials from the environment only: this process's (the
+            # first champion) and the services' and retrain commands', which inherit it.
+            os.environ.update(self.mlflow.client_env())
             yield
         finally:
             await asyncio.to_thread(self._stop_services)
