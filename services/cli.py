@@ -137,10 +137,21 @@ MlflowPortOption = Annotated[int, typer.Option(help="Port of the local MLflow se
 
 @mlflow_app.command("start")
 def mlflow_start(port: MlflowPortOption = 5000) -> None:
-    """Start a local MLflow server (SQLite backend); does nothing if one answers."""
+    """Start a local MLflow server (SQLite backend, basic auth); does nothing if one answers."""
     server = LocalMlflow(port=port)
     seconds = server.start()
     console.print(f"MLflow {server.uri} up in {seconds:.1f}s (log: {server.log_path})")
+    password = (
+        f"$(cat {server.password_path})"
+        if server.credentials.password is None
+        else "<your MLFLOW_TRACKING_PASSWORD>"
+    )
+    console.print(
+        "basic auth is on; clients need: export "
+        f"MLFLOW_TRACKING_USERNAME={server.username} MLFLOW_TRACKING_PASSWORD={password}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @mlflow_app.command("stop")

@@ -49,6 +49,14 @@ class SignatureError(DriftlineError):
         super().__init__(f"snapshot of model {model!r} refused: {problem}")
 
 
+class WebhookRefusedError(DriftlineError):
+    """A webhook request is not signed by a known key within the time tolerance: answer 401."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"webhook refused: {reason}")
+
+
 class SealError(DriftlineError):
     """A table value has no valid MAC for its identity (table and key): it is never decoded."""
 

@@ -1,8 +1,10 @@
 """Writing to the MLflow model registry: log a trained batch model as a run, register it as a
-new version, and move aliases (``champion``, ``challenger``), which routers follow."""
+new version, and move aliases (``champion``, ``challenger``), which routers follow; and quoting
+values safely into MLflow search filters."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +24,31 @@ class RegistryError(DriftlineError):
     def __init__(self, uri: str, action: str, problem: str) -> None:
         self.uri = uri
         super().__init__(f"MLflow at {uri} could not {action}: {problem}")
+
+
+_SEARCHABLE = re.compile(r"[\w.:@/+ -]{1,256}")
+"""Values a search filter may hold: MLflow's filter parser knows no escapes (a quote ends a
+value, a backslash derails its lexer), so anything else is refused instead of quoted."""
+
+
+class UnsearchableError(DriftlineError):
+    """A name or id cannot be put safely into an MLflow search filter."""
+
+    def __init__(self, what: str, value: str) -> None:
+        self.what = what
+        self.value = value
+        super().__init__(
+            f"{what} {value[:80]!r} cannot be searched for in MLflow: only letters, digits, "
+            "spaces and _ . : @ / + - may appear in it"
+        )
+
+
+def filter_value(what: str, value: str) -> str:
+    """`value` as a quoted literal of an MLflow search filter (`what` names it in the error):
+    never build a filter from a name or id any other way."""
+    if not _SEARCHABLE.fullmatch(value):
+        raise UnsearchableError(what, value)
+    return f"'{value}'"
 
 
 def register_sklearn_model(

@@ -44,7 +44,7 @@ from shared.events import (
     utc_now,
 )
 from shared.logging import get_logger, message_fields
-from shared.registry import register_sklearn_model, set_alias
+from shared.registry import filter_value, register_sklearn_model, set_alias
 from shared.rollout import CHALLENGER_ALIAS, CHAMPION_ALIAS, REJECTED_TAG, champion_model
 from shared.settings import DriftlineSettings
 from shared.topics import ALERTS, DEPLOYMENTS, PREDICTIONS_LABELED
@@ -367,21 +367,22 @@ class EarlierRetrain:
 
 def find_earlier(tracking_uri: str, model_name: str, alert_id: str) -> EarlierRetrain | None:
     """The version an earlier retrain of `alert_id` registered in `model_name`, if any: found
-    by its run's alert tag, set when the run started (blocking: call it in a worker thread)."""
+    by its run's alert tag, set when the run started (blocking: call it in a worker thread).
+    An id or name that cannot be searched for safely is an `UnsearchableError`."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    of_alert = f"tags.`{ALERT_TAG}` = {filter_value('alert id', alert_id)}"
+    of_model = f"name = {filter_value('model name', model_name)}"
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         experiment = client.get_experiment_by_name(model_name)
         if experiment is None:
             return None
-        runs = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`{ALERT_TAG}` = '{alert_id}'"
-        )
+        runs = client.search_runs([experiment.experiment_id], filter_string=of_alert)
         for run in runs:
             versions = client.search_model_versions(
-                f"name = '{model_name}' and run_id = '{run.info.run_id}'"
+                f"{of_model} and run_id = {filter_value('run id', run.info.run_id)}"
             )
             if versions:
                 aliases = client.get_registered_model(model_name).aliases
@@ -429,6 +430,7 @@ async def retrain(settings: DriftlineSettings, alert: DriftAlert | str) -> Retra
         raise NotRetrainableError(
             alert.alert_id, f"deployment {alert.deployment!r} is not on the deployments topic"
         )
+    trainer = load_trainer(deployment.retrain.trainer, settings.allowed_trainers)
     name = registered_model_name(deployment)
     tracking_uri = settings.mlflow_tracking_uri
     earlier = await asyncio.to_thread(find_earlier, tracking_uri, name, alert.alert_id)
@@ -442,7 +444,6 @@ async def retrain(settings: DriftlineSettings, alert: DriftAlert | str) -> Retra
             alert.alert_id, deployment.name, len(read.rows), spec.min_samples, window.start_time
         )
     features, labels = build_frame(read.rows)
-    trainer = load_trainer(spec.trainer)
     try:
         model, metrics = await asyncio.to_thread(fit_and_evaluate, trainer, features, labels)
     except Exception as exc:

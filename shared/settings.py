@@ -54,10 +54,14 @@ class DriftlineSettings(BaseSettings):
     """Faust's processing guarantee; consumers are idempotent either way."""
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     """MLflow tracking server and model registry."""
+    allowed_trainers: frozenset[str] = frozenset({"shared.trainers:gradient_boosting"})
+    """JSON list of the ``module:function`` trainers a deployment's ``retrain.trainer`` may name;
+    retraining refuses any other (a deployment record must not choose the code that runs)."""
     snapshot_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
     """Key that signs model snapshots; a snapshot signed with another key is refused."""
     webhook_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
-    """Key that signs webhook bodies (header ``X-Driftline-Signature``)."""
+    """Key that signs webhooks (Standard Webhooks ``webhook-signature`` over id, timestamp and
+    body)."""
     state_hmac_key: SecretStr = SecretStr(INSECURE_DEV_KEY)
     """Key that seals the pickled state services keep in tables: a value read back from a
     changelog without its MAC under this key is never unpickled."""
@@ -67,6 +71,9 @@ class DriftlineSettings(BaseSettings):
     """The webhook key before the last rotation: verifies what it signed, signs nothing."""
     state_hmac_previous_key: SecretStr | None = None
     """The state key before the last rotation: verifies what it sealed, seals nothing."""
+    webhook_tolerance_s: float = Field(default=300.0, gt=0, le=86_400)
+    """A received webhook whose ``webhook-timestamp`` is further than this from the receiver's
+    clock is refused (401): a captured request cannot be replayed later."""
     allow_default_keys: bool = False
     """Development only: let workers run with the public default HMAC keys, which anyone can sign
     with (the demo and the tests set it); otherwise they refuse to start."""
@@ -327,6 +334,23 @@ class RetrainSettings(ServiceSettings):
     """How long after its webhook an alert is retried before the job gives it up."""
 
 
+class MlflowCredentials(BaseSettings):
+    """Credentials for MLflow's basic-auth app, in MLflow's own client variables (prefix
+    ``MLFLOW_TRACKING_``): every MLflow client in a Driftline process (router, learner, drift,
+    retrain job, CLI) reads them from the environment by itself, so they are set there only."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLFLOW_TRACKING_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    username: str | None = None
+    """MLflow user Driftline acts as; the local server (`driftline mlflow start`) makes it its
+    admin, ``driftline`` when unset."""
+    password: SecretStr | None = None
+    """That user's password; when unset the local server makes one up and keeps it beside its
+    database (see `driftline mlflow start`)."""
+
+
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
     "ingestion": IngestionSettings,
     "router": RouterSettings,
@@ -350,6 +374,7 @@ def env_variables() -> dict[str, str]:
         DriftlineSettings,
         *SERVICE_SETTINGS.values(),
         RetrainSettings,
+        MlflowCredentials,
     ]
     return {
         env_name(cls, name): (field.description or "")

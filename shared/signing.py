@@ -2,7 +2,8 @@
 
 Two kinds of tag:
 
-- `sign` / `verify`: hex HMAC-SHA256 of a webhook body.
+- `webhook_signature`: a Standard Webhooks ``v1`` signature, base64 HMAC-SHA256 of
+  ``{webhook id}.{unix timestamp}.{body}`` (the headers around it live in `shared.webhooks`).
 - `mac` / `verify_mac`: HMAC-SHA256 of a value bound to its identity (what it claims to be, e.g.
   a table and key, or a snapshot's model id and sequence), so bytes that verify as one thing are
   refused as another. Model snapshots and sealed table values (`shared.sealing`) use these.
@@ -13,6 +14,7 @@ is rotated without refusing what was signed just before.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -25,7 +27,10 @@ from shared.events import ModelSnapshot
 Identity = Sequence[str | bytes]
 """What a value claims to be, part by part (e.g. ``("state", "learner", "model_state", key)``)."""
 _MAC_DOMAIN = b"driftline-mac-v1"
-"""Starts every `mac` message: such a tag is never a valid `sign` tag, even under one key."""
+"""Starts every `mac` message, so that no other HMAC made with the same key (a webhook
+signature's message starts with its id) is a valid `mac` tag."""
+WEBHOOK_SIGNATURE_VERSION = "v1"
+"""The Standard Webhooks signature scheme: HMAC-SHA256, base64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +46,27 @@ class KeyRing:
         return (self.current, *self.previous)
 
 
-def sign(payload: bytes, key: SecretStr) -> str:
-    """Hex HMAC-SHA256 of `payload`."""
-    return hmac.new(key.get_secret_value().encode(), payload, hashlib.sha256).hexdigest()
+def webhook_signature(webhook_id: str, timestamp: int, body: bytes, key: SecretStr) -> str:
+    """``v1,<base64 HMAC-SHA256 of "{webhook_id}.{timestamp}.{body}">`` (Standard Webhooks).
+
+    The key's UTF-8 bytes are the HMAC secret (the spec's ``whsec_`` base64 form is not used).
+    """
+    message = f"{webhook_id}.{timestamp}.".encode("utf-8", "surrogatepass") + body
+    digest = hmac.new(key.get_secret_value().encode(), message, hashlib.sha256).digest()
+    return f"{WEBHOOK_SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
-def verify(payload: bytes, signature: str | None, key: SecretStr) -> bool:
-    """Whether `signature` is `payload`'s HMAC under `key` (constant-time comparison).
+def webhook_signature_matches(
+    webhook_id: str, timestamp: int, body: bytes, signatures: str, keys: KeyRing
+) -> bool:
+    """Whether any of the space-separated `signatures` is the body's signature under any key.
 
     Compared as bytes: `hmac.compare_digest` raises TypeError for a text holding any non-ASCII
-    character, which a forged header or snapshot may carry (lone surrogates from JSON too).
+    character, which a forged header may carry.
     """
-    if not signature:
-        return False
-    expected = sign(payload, key).encode()
-    return hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass"))
+    expected = [webhook_signature(webhook_id, timestamp, body, key).encode() for key in keys.all]
+    given = [s.encode("utf-8", "surrogatepass") for s in signatures.split()]
+    return any(hmac.compare_digest(e, g) for e in expected for g in given)
 
 
 def mac(value: bytes, identity: Identity, key: SecretStr) -> bytes:

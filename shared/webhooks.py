@@ -1,14 +1,17 @@
 """Signed JSON webhooks, delivered beside the stream so a webhook that is down never blocks it.
 
 `WebhookSender.submit` only puts the body on a bounded queue per URL and returns; one asyncio
-task per URL posts it with an HMAC header (``X-Driftline-Signature``, hex SHA-256 of the body
-under `DriftlineSettings.webhook_hmac_key`), retries with exponential backoff, and hands it to
-`on_give_up` after the last attempt (the caller dead-letters it). A receiver verifies with
-`shared.signing.verify(body, header, key)`.
+task per URL posts it, retries with exponential backoff, and hands it to `on_give_up` after the
+last attempt (the caller dead-letters it).
 
-Each post also names what it delivers in ``webhook-id`` (as the Standard Webhooks spec calls
-it): the same id on every retry, and on a re-send after a crash (a drift alert's id derives from
-what fired it), so a receiver acts once per id.
+Every post is signed as the Standard Webhooks spec says (`signed_headers`): ``webhook-id`` names
+what it delivers, the same on every retry and on a re-send after a crash (a drift alert's id
+derives from what fired it), so a receiver acts once per id; ``webhook-timestamp`` is when it
+was sent (unix seconds, fresh on each attempt); ``webhook-signature`` is ``v1,<base64 HMAC>``
+over id, timestamp and body under `DriftlineSettings.webhook_hmac_key`. A receiver calls
+`verify_request`, which accepts the current or the previous key and refuses a timestamp further
+than `DriftlineSettings.webhook_tolerance_s` from its clock, so a captured request cannot be
+replayed later (within the tolerance, the id tells a replay apart).
 
 Deliveries waiting in memory are lost if the process dies: alerts stay on their topic, the
 webhook is a notification on top of it.
@@ -18,22 +21,62 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
 from pydantic import SecretStr
 
 from shared import metrics
+from shared.errors import WebhookRefusedError
 from shared.logging import get_logger
-from shared.signing import sign
+from shared.signing import KeyRing, webhook_signature, webhook_signature_matches
 
 log = get_logger(__name__)
 
-SIGNATURE_HEADER = "X-Driftline-Signature"
 ID_HEADER = "webhook-id"
-"""What a post delivers, stable across retries and replays (Standard Webhooks' name)."""
+"""What a post delivers, stable across retries and replays."""
+TIMESTAMP_HEADER = "webhook-timestamp"
+"""When the post was signed, in unix seconds."""
+SIGNATURE_HEADER = "webhook-signature"
+"""Space-separated ``v1,<base64>`` signatures of id, timestamp and body."""
 MAX_BACKOFF_S = 60.0
+
+
+def signed_headers(webhook_id: str, body: bytes, key: SecretStr, now: float) -> dict[str, str]:
+    """The Standard Webhooks headers of `body` sent at `now` (unix seconds)."""
+    timestamp = int(now)
+    return {
+        ID_HEADER: webhook_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: webhook_signature(webhook_id, timestamp, body, key),
+    }
+
+
+def verify_request(
+    headers: Mapping[str, str], body: bytes, keys: KeyRing, tolerance_s: float, now: float
+) -> str:
+    """The webhook id of a request signed by one of `keys` within `tolerance_s` of `now`;
+    otherwise `WebhookRefusedError` saying why. `headers` must look names up case-insensitively
+    (as aiohttp's and httpx's do)."""
+    missing = [h for h in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER) if not headers.get(h)]
+    if missing:
+        raise WebhookRefusedError(f"missing header {', '.join(missing)}")
+    webhook_id, stamp = headers[ID_HEADER], headers[TIMESTAMP_HEADER]
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        raise WebhookRefusedError(f"{TIMESTAMP_HEADER} {stamp[:40]!r} is not unix seconds")
+    timestamp = int(stamp)
+    if abs(int(now) - timestamp) > tolerance_s:
+        raise WebhookRefusedError(
+            f"{TIMESTAMP_HEADER} {timestamp} is {int(now) - timestamp:+d} s from this receiver's "
+            f"clock, outside the tolerance of {tolerance_s:g} s (a replay, or a clock is wrong)"
+        )
+    if not webhook_signature_matches(webhook_id, timestamp, body, headers[SIGNATURE_HEADER], keys):
+        raise WebhookRefusedError(
+            f"no {SIGNATURE_HEADER} verifies under the current or previous webhook key"
+        )
+    return webhook_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,16 +176,15 @@ class WebhookSender:
     async def post(self, delivery: Delivery) -> str | None:
         """Post with retries; None once delivered, else the last problem."""
         assert self._client is not None, "start() the sender first"
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(delivery.body, self.key),
-            ID_HEADER: delivery.id,
-        }
         problem = ""
         for attempt in range(self.attempts):
             if attempt:
                 metrics.WEBHOOK_DELIVERIES.labels("retried").inc()
                 await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
+            headers = {
+                "Content-Type": "application/json",
+                **signed_headers(delivery.id, delivery.body, self.key, time.time()),
+            }
             try:
                 response = await self._client.post(
                     delivery.url, content=delivery.body, headers=headers

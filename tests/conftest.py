@@ -49,15 +49,33 @@ def secure_kafka() -> Iterator[LocalKafka]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Tracking URI of a real MLflow server (SQLite) started for this test run."""
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlflow]:
+    """A real MLflow server (SQLite, basic auth) started for this test run. Its credentials are
+    in this process's environment meanwhile, as a deployment sets them: every MLflow client of
+    the tests and of the processes they start uses them."""
     server = LocalMlflow(
         port=int(os.environ.get("DRIFTLINE_TEST_MLFLOW_PORT", "15000")),
         home=tmp_path_factory.mktemp("mlflow"),
     )
-    server.start()
-    yield server.uri
-    server.stop()
+    credentials = server.client_env()
+    before = {name: os.environ.get(name) for name in credentials}
+    os.environ.update(credentials)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(mlflow_server: LocalMlflow) -> str:
+    """Tracking URI of the test run's MLflow server."""
+    return mlflow_server.uri
 
 
 @pytest.fixture

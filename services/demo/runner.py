@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from services.demo.scenario import FEATURES, STREAM, Labeled, Scenario, replay, 
 from services.processes import ServiceProcess, free_port
 from shared import kafka_clients
 from shared.admin import create_topics, durable_producer, publish
+from shared.errors import WebhookRefusedError
 from shared.events import (
     Deployment,
     DriftAlert,
@@ -49,7 +51,6 @@ from shared.localmlflow import LocalMlflow
 from shared.registry import register_sklearn_model, set_alias
 from shared.retraining import RetrainResult
 from shared.settings import DriftlineSettings
-from shared.signing import verify
 from shared.topics import (
     ALERTS,
     DEADLETTER,
@@ -63,12 +64,12 @@ from shared.topics import (
     Topic,
 )
 from shared.trainers import gradient_boosting
+from shared.webhooks import verify_request
 
 SERVICES = ("ingestion", "router", "feedback", "learner", "drift")
 MODEL_NAME = "driftline-demo-loans"
 CHAMPION = "champion"
 DEPLOYMENT = "loans"
-SIGNATURE_HEADER = "X-Driftline-Signature"
 
 
 @dataclass
@@ -161,8 +162,10 @@ class Demo:
             if started_kafka:
                 await asyncio.to_thread(self.kafka.start)
             started_mlflow = not await asyncio.to_thread(self.mlflow.is_up, 1.0)
-            if started_mlflow:
-                await asyncio.to_thread(self.mlflow.start)
+            await asyncio.to_thread(self.mlflow.start)
+            # MLflow clients take credentials from the environment only: this process's (the
+            # first champion) and the services' and retrain commands', which inherit it.
+            os.environ.update(self.mlflow.client_env())
             yield
         finally:
             await asyncio.to_thread(self._stop_services)
@@ -334,9 +337,14 @@ class Demo:
 
         async def receive(request: web.Request) -> web.Response:
             body = await request.read()
-            signature = request.headers.get(SIGNATURE_HEADER)
-            if not verify(body, signature, self.settings.webhook_hmac_key):
-                return web.Response(status=401, text="bad signature")
+            settings = self.settings
+            try:
+                verify_request(
+                    request.headers, body, settings.webhook_keys, settings.webhook_tolerance_s,
+                    time.time(),
+                )  # fmt: skip
+            except WebhookRefusedError as exc:
+                return web.Response(status=401, text=str(exc))
             self.observer.webhook_calls += 1
             alert = DriftAlert.model_validate(orjson.loads(body))
             if (alert.kind, alert.level, alert.model_name) == ("concept", "drift", MODEL_NAME):

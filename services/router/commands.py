@@ -131,14 +131,19 @@ def list_models() -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from shared.registry import UnsearchableError, filter_value
+
     uri = cfg.load(cfg.DriftlineSettings).mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         for model in client.search_registered_models():
-            versions = sorted(
-                int(v.version) for v in client.search_model_versions(f"name='{model.name}'")
-            )
             aliases = ", ".join(f"@{a}={v}" for a, v in sorted(model.aliases.items()))
+            try:
+                of_model = f"name = {filter_value('model name', model.name)}"
+            except UnsearchableError as exc:
+                console.print(f"{model.name!r}  versions=?  {aliases}  ({exc})", highlight=False)
+                continue
+            versions = sorted(int(v.version) for v in client.search_model_versions(of_model))
             shown = ",".join(map(str, versions))
             console.print(f"{model.name}  versions={shown}  {aliases}", highlight=False)
     except MlflowException as exc:

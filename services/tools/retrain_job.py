@@ -4,7 +4,9 @@ The drift service posts each alert, signed, to ``DRIFTLINE_DRIFT_WEBHOOK_URLS``;
 job's ``POST /retrain``, a retrainable alert is answered 202 at once and retrained in the
 background, one retrain at a time. While its window holds too few labels the alert is tried again
 every `RetrainSettings.retry_every_s` until `retry_for_s` after it arrived (each attempt is
-logged). A bad signature is answered 401, a body that is no alert 400, and an alert a retrain
+logged). A request without a valid signature under the current or previous webhook key, or
+signed further than `DriftlineSettings.webhook_tolerance_s` from now (a replay), is answered
+401 with the reason, a body that is no alert 400, and an alert a retrain
 cannot act on (data drift, a warning, no window or deployment) 200 "ignored" with the reason:
 it was delivered and there is nothing to do, so the drift service must not retry it or
 dead-letter it. Alerts waiting in
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -28,13 +31,12 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.errors import DriftlineError, EventDecodeError
+from shared.errors import DriftlineError, EventDecodeError, WebhookRefusedError
 from shared.events import DriftAlert, decode
 from shared.logging import get_logger
 from shared.retraining import NotEnoughLabelsError, NotRetrainableError, check_retrainable, retrain
 from shared.settings import DriftlineSettings, RetrainSettings
-from shared.signing import verify
-from shared.webhooks import SIGNATURE_HEADER
+from shared.webhooks import verify_request
 
 log = get_logger(__name__)
 
@@ -57,7 +59,8 @@ class RetrainJob:
     Parameters
     ----------
     common
-        Kafka, topics and MLflow to retrain with; its webhook key verifies the posts.
+        Kafka, topics and MLflow to retrain with; its webhook keys and tolerance verify the
+        posts.
     own
         Where to listen and how to retry.
 
@@ -106,8 +109,14 @@ class RetrainJob:
     async def receive(self, request: web.Request) -> web.Response:
         """Verify, check and queue one posted alert."""
         body = await request.read()
-        if not verify(body, request.headers.get(SIGNATURE_HEADER), self.common.webhook_hmac_key):
-            return web.json_response({"error": "bad or missing signature"}, status=401)
+        common = self.common
+        try:
+            verify_request(
+                request.headers, body, common.webhook_keys, common.webhook_tolerance_s, time.time()
+            )
+        except WebhookRefusedError as exc:
+            log.warning("webhook refused", reason=exc.reason, remote=request.remote)
+            return web.json_response({"error": str(exc)}, status=401)
         try:
             alert = decode(DriftAlert, body, "webhook body")
             check_retrainable(alert)

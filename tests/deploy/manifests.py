@@ -342,13 +342,20 @@ def check_network_policy(docs: list[Manifest]) -> None:
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     assert [p["port"] for rule in spec["ingress"] for p in rule["ports"]] == ["http"]
     egress_ports = {p["port"] for rule in spec["egress"] for p in rule.get("ports", [])}
+    peered_ports = {p["port"] for rule in spec["egress"] if rule.get("to") for p in rule["ports"]}
+    anywhere_ports = {
+        p["port"] for rule in spec["egress"] if not rule.get("to") for p in rule["ports"]
+    }
     broker = settings_configmap(docs)["DRIFTLINE_KAFKA_BROKER"].removeprefix("kafka://")
     for address in broker.split(","):
         port = int(address.rsplit(":", 1)[1])
-        assert port in egress_ports, f"the NetworkPolicy blocks Kafka at {address}"
+        assert port in peered_ports, f"the NetworkPolicy blocks Kafka at {address}"
+        assert port not in anywhere_ports, f"the NetworkPolicy lets Kafka's port {port} anywhere"
     mlflow = urlsplit(settings_configmap(docs)["DRIFTLINE_MLFLOW_TRACKING_URI"])
     mlflow_port = mlflow.port or (443 if mlflow.scheme == "https" else 80)
-    assert mlflow_port in egress_ports, f"the NetworkPolicy blocks MLflow at {mlflow.netloc}"
+    assert mlflow_port in peered_ports, f"the NetworkPolicy blocks MLflow at {mlflow.netloc}"
+    if mlflow.scheme == "http":
+        assert mlflow_port not in anywhere_ports, f"MLflow's port {mlflow_port} is open anywhere"
     assert 53 in egress_ports, "the NetworkPolicy blocks DNS"
 
 

@@ -19,11 +19,13 @@ KEYS = {
     "DRIFTLINE_SNAPSHOT_HMAC_KEY": "s" * 64,
     "DRIFTLINE_WEBHOOK_HMAC_KEY": "w" * 64,
     "DRIFTLINE_STATE_HMAC_KEY": "t" * 64,
+    "MLFLOW_TRACKING_PASSWORD": "p" * 48,
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "f" * 64,
 }
 
 
 def compose_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIFTLINE_", "MLFLOW_"))}
     return {**env, **extra}
 
 
@@ -38,17 +40,34 @@ def compose() -> dict[str, Any]:
     return resolved()
 
 
-def test_compose_needs_the_hmac_keys() -> None:
+@pytest.mark.parametrize("secret", list(KEYS))
+def test_compose_needs_the_hmac_keys_and_the_mlflow_secrets(secret: str) -> None:
     command = [tool("docker-compose"), "--file", ROOT / "docker-compose.yml", "config", "--quiet"]
+    others = {name: value for name, value in KEYS.items() if name != secret}
     done = subprocess.run(
         [str(arg) for arg in command],
         capture_output=True,
         text=True,
-        env=compose_env(),
+        env=compose_env(**others),
         check=False,
     )
     assert done.returncode != 0
-    assert "DRIFTLINE_SNAPSHOT_HMAC_KEY" in done.stderr
+    assert secret in done.stderr
+
+
+def test_mlflow_runs_its_basic_auth_app_and_every_client_acts_as_its_admin(
+    compose: dict[str, Any],
+) -> None:
+    mlflow = compose["services"]["mlflow"]
+    dockerfile = (ROOT / "deploy" / "mlflow" / "Dockerfile").read_text()
+    assert '"--app-name", "basic-auth"' in dockerfile and "COPY basic_auth.ini" in dockerfile
+    auth = mlflow["environment"]
+    admin = (auth["MLFLOW_AUTH_ADMIN_USERNAME"], auth["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    assert admin == ("driftline", KEYS["MLFLOW_TRACKING_PASSWORD"])
+    assert any(v["type"] == "volume" and v["target"] == "/mlflow/auth" for v in mlflow["volumes"])
+    for service in [*SERVICE_SETTINGS, "topics"]:
+        env = compose["services"][service]["environment"]
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == admin
 
 
 def test_every_service_runs_as_its_own_worker(compose: dict[str, Any]) -> None:

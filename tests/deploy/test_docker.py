@@ -48,10 +48,10 @@ def test_dockerignore_lets_in_what_the_build_copies() -> None:
         assert f"!{source.rstrip('/')}" in ignore.replace("/\n", "\n"), source
 
 
-def test_mlflow_server_runs_the_version_the_services_use() -> None:
+def test_mlflow_server_runs_the_version_the_services_use_with_its_auth_app() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("mlflow==")]
-    assert pin in (ROOT / "deploy" / "mlflow" / "Dockerfile").read_text()
+    (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("mlflow[auth]==")]
+    assert f'"{pin}"' in (ROOT / "deploy" / "mlflow" / "Dockerfile").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,23 @@ def test_retrain_job_runs_retrain_serve_with_its_settings_and_takes_the_drift_we
     }  # fmt: skip
 
 
+def test_kafka_and_mlflow_ports_are_open_only_towards_the_peers_of_the_values() -> None:
+    kafka = [{"podSelector": {"matchLabels": {"app": "kafka"}}}]
+    mlflow = [{"namespaceSelector": {"matchLabels": {"team": "ml"}}}]
+    docs = m.load_all(
+        helm_template(
+            "--set-json", f"networkPolicy.kafkaTo={json.dumps(kafka)}",
+            "--set-json", f"networkPolicy.mlflowTo={json.dumps(mlflow)}",
+            "--set-json", "networkPolicy.egressPorts=[]",
+        )
+    )  # fmt: skip
+    [policy] = [p for p in m.of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "driftline"]
+    to = {
+        tuple(p["port"] for p in rule["ports"]): rule.get("to") for rule in policy["spec"]["egress"]
+    }
+    assert to == {(53, 53): to[(53, 53)], (9092, 9093): kafka, (5000, 443): mlflow}
+
+
 def test_the_retrain_url_joins_the_drift_webhook_urls_of_the_values(
     helm_renderings: dict[str, Path], load: Load
 ) -> None:

@@ -31,10 +31,10 @@ from shared.events import (
     encode,
 )
 from shared.sealing import seal
-from shared.signing import sign, sign_snapshot
+from shared.signing import sign_snapshot
 from shared.topics import DEADLETTER, DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
-from tests.support.hostile import marker_pickle
+from tests.support.hostile import marker_pickle, payload_only_signature
 from tests.support.kafka import consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
 from tests.support.workers import Worker
@@ -128,7 +128,9 @@ async def test_the_router_refuses_forged_snapshots_and_keeps_serving_the_previou
     unsigned = snapshot("m", 6, hostile)
     forged_snapshots = [
         unsigned,
-        unsigned.model_copy(update={"signature": sign(hostile, pipe.settings.snapshot_hmac_key)}),
+        unsigned.model_copy(
+            update={"signature": payload_only_signature(hostile, pipe.settings.snapshot_hmac_key)}
+        ),
         genuine.model_copy(update={"sequence": 10**30}),
         other.model_copy(update={"model_id": "m"}),
     ]

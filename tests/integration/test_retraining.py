@@ -25,12 +25,18 @@ from services.processes import free_port
 from services.tools.retrain_job import RetrainJob
 from shared.admin import publish, read_compacted
 from shared.events import Deployment, DriftAlert, decode, encode
-from shared.registry import register_sklearn_model, set_alias
-from shared.retraining import ALERT_TAG, CHALLENGER, DEPLOYMENT_TAG, NotEnoughLabelsError, retrain
+from shared.registry import UnsearchableError, register_sklearn_model, set_alias
+from shared.retraining import (
+    ALERT_TAG,
+    CHALLENGER,
+    DEPLOYMENT_TAG,
+    NotEnoughLabelsError,
+    find_earlier,
+    retrain,
+)
 from shared.settings import DriftlineSettings, RetrainSettings
-from shared.signing import sign
 from shared.topics import ALERTS, DEPLOYMENTS, PREDICTIONS_LABELED
-from shared.webhooks import SIGNATURE_HEADER
+from shared.webhooks import signed_headers
 from tests.support.kafka import consume_until, count_of, end_offsets, produce
 from tests.support.pipeline import Pipeline
 from tests.support.retraining import concept_alert, labeled, loans_deployment
@@ -174,6 +180,26 @@ async def test_retrain_reads_exactly_the_window_registers_logs_and_deploys_a_cha
     assert sorted(v.version for v in versions) == ["1", "2"]
 
 
+def test_hostile_names_and_alert_ids_never_reach_an_mlflow_filter(
+    pipeline: Pipeline, mlflow_uri: str, champion: str
+) -> None:
+    """Filters were built by formatting names into quotes: an alert id or model name holding a
+    quote rewrote the query. Now such a value is refused by name, and `models list` still lists
+    every other model."""
+    with pytest.raises(UnsearchableError, match=r"alert id .* cannot be searched for in MLflow"):
+        find_earlier(mlflow_uri, champion, "x' and tags.`driftline.deployment` != 'y")
+    with pytest.raises(UnsearchableError, match="model name"):
+        find_earlier(mlflow_uri, f"{champion}' and run_id != '", "alert-1")
+    tag = uuid.uuid4().hex[:8]
+    hostile = f'o\'brien \\ "{tag}"'
+    MlflowClient(tracking_uri=mlflow_uri).create_registered_model(hostile)
+    listed = driftline(pipeline, mlflow_uri, "models", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{champion}  versions=1  @champion=1" in listed.stdout
+    [line] = [shown for shown in listed.stdout.splitlines() if tag in shown]
+    assert "versions=?" in line and "cannot be searched for in MLflow" in line
+
+
 async def test_a_window_with_too_few_labels_is_a_clear_error(
     pipeline: Pipeline, mlflow_uri: str, champion: str
 ) -> None:
@@ -211,9 +237,8 @@ async def test_the_webhook_job_retrains_once_enough_labels_have_come(
         url = f"http://127.0.0.1:{own.web_port}/retrain"
         async with httpx.AsyncClient() as http:
             unsigned = await http.post(url, content=body)
-            signed = await http.post(
-                url, content=body, headers={SIGNATURE_HEADER: sign(body, settings.webhook_hmac_key)}
-            )
+            headers = signed_headers(alert.alert_id, body, settings.webhook_hmac_key, time.time())
+            signed = await http.post(url, content=body, headers=headers)
         assert unsigned.status_code == 401
         assert signed.status_code == 202
         await asyncio.sleep(1.5)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import pickle
 from pathlib import Path
+
+from pydantic import SecretStr
 
 
 class _Touch:
@@ -20,3 +24,8 @@ class _Touch:
 def marker_pickle(marker: Path) -> bytes:
     """A pickle whose loading creates the file `marker` (and returns the command's exit code)."""
     return pickle.dumps(_Touch(marker))
+
+
+def payload_only_signature(payload: bytes, key: SecretStr) -> str:
+    """A snapshot signature made the old way, hex HMAC over the payload alone (no identity)."""
+    return hmac.new(key.get_secret_value().encode(), payload, hashlib.sha256).hexdigest()

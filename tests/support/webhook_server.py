@@ -1,13 +1,20 @@
-"""A local webhook receiver for tests: records what was posted and answers a chosen status."""
+"""A local webhook receiver for tests: verifies each post as every Driftline receiver does,
+records what it accepted (and why it refused the rest) and answers a chosen status."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from services.processes import free_port
+from shared.errors import WebhookRefusedError
+from shared.settings import INSECURE_DEV_KEY
+from shared.signing import KeyRing
+from shared.webhooks import verify_request
 
 
 @dataclass
@@ -21,10 +28,15 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """An aiohttp server on 127.0.0.1; each path answers `status` (default 200) and is recorded."""
+    """An aiohttp server on 127.0.0.1. A post signed by `keys` within `tolerance_s` is recorded
+    in `received` and answered `status` for its path (default 200); any other is answered 401
+    and its reason recorded in `refused`."""
 
     status: dict[str, int] = field(default_factory=dict)
+    keys: KeyRing = field(default_factory=lambda: KeyRing(SecretStr(INSECURE_DEV_KEY)))
+    tolerance_s: float = 300.0
     received: list[Received] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,16 +58,22 @@ class WebhookReceiver:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.received.append(Received(request.path, dict(request.headers), await request.read()))
+        body = await request.read()
+        try:
+            verify_request(request.headers, body, self.keys, self.tolerance_s, time.time())
+        except WebhookRefusedError as exc:
+            self.refused.append(exc.reason)
+            return web.Response(status=401, text=str(exc))
+        self.received.append(Received(request.path, dict(request.headers), body))
         self._arrived.set()
         return web.Response(status=self.status.get(request.path, 200))
 
     def on(self, path: str) -> list[Received]:
-        """The requests that reached `path`, in order."""
+        """The accepted requests that reached `path`, in order."""
         return [r for r in self.received if r.path == path]
 
     async def wait_for(self, path: str, n: int, timeout: float = 60.0) -> list[Received]:
-        """Wait until `path` got `n` requests; fail after `timeout`."""
+        """Wait until `path` accepted `n` requests; fail after `timeout`."""
         async with asyncio.timeout(timeout):
             while len(self.on(path)) < n:
                 self._arrived.clear()

@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
+import time
 from datetime import UTC, datetime
 
+import httpx
 import numpy as np
 import orjson
 import pandas as pd
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from structlog.testing import capture_logs
 
 import services.tools.retrain_job
+import shared.retraining
 from services.processes import free_port
 from services.tools.retrain_job import RetrainJob
 from shared.errors import DriftlineError
-from shared.events import DriftAlert, Variant, encode
+from shared.events import Deployment, DriftAlert, Variant, alert_id_for, encode
+from shared.registry import UnsearchableError, filter_value
 from shared.retraining import (
     CHALLENGER,
     HOLDOUT_SHARE,
@@ -35,9 +41,10 @@ from shared.retraining import (
     with_challenger,
 )
 from shared.settings import DriftlineSettings, RetrainSettings
-from shared.signing import sign
-from shared.webhooks import SIGNATURE_HEADER
+from shared.trainers import TrainerNotAllowedError, gradient_boosting, load_trainer
+from shared.webhooks import Delivery, WebhookSender, signed_headers
 from tests.support.retraining import concept_alert, labeled, loans_deployment
+from tests.support.webhook_server import WebhookReceiver
 
 OFFSETS = {"predictions.labeled": {0: 5}}
 
@@ -205,8 +212,13 @@ def test_a_result_survives_its_json_for_ci() -> None:
     assert RetrainResult.from_json(result.to_json()) == result
 
 
-async def _post(job: RetrainJob, body: bytes, signature: str | None) -> tuple[int, dict]:
-    headers = {SIGNATURE_HEADER: signature} if signature is not None else {}
+def _signed(body: bytes, settings: DriftlineSettings, at: float | None = None) -> dict[str, str]:
+    """Headers the drift service would send with `body` (now, unless `at` says when)."""
+    sent_at = time.time() if at is None else at
+    return signed_headers("alert-1", body, settings.webhook_hmac_key, sent_at)
+
+
+async def _post(job: RetrainJob, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
     async with TestClient(TestServer(job.web_app())) as client:
         response = await client.post("/retrain", data=body, headers=headers)
         return response.status, await response.json()
@@ -216,22 +228,63 @@ async def test_the_job_answers_401_400_ignores_other_alerts_and_202_once_per_ale
     common = DriftlineSettings()
     job = RetrainJob(common, RetrainSettings())
     good = encode(concept_alert(OFFSETS, 1000.0))
-    key = common.webhook_hmac_key
-    assert (await _post(job, good, None))[0] == 401
-    assert (await _post(job, good, sign(good + b" ", key)))[0] == 401
-    assert (await _post(job, b"{}", sign(b"{}", key)))[0] == 400
+    assert await _post(job, good, {}) == (
+        401,
+        {
+            "error": "webhook refused: missing header webhook-id, webhook-timestamp, "
+            "webhook-signature"
+        },
+    )
+    assert (await _post(job, good, _signed(good + b" ", common)))[0] == 401
+    stale = await _post(job, good, _signed(good, common, at=time.time() - 301))
+    assert stale[0] == 401 and "outside the tolerance of 300 s" in stale[1]["error"]
+    assert (await _post(job, b"{}", _signed(b"{}", common)))[0] == 400
     data = encode(concept_alert(OFFSETS, 1000.0, kind="data", alert_id="data-1"))
-    status, answer = await _post(job, data, sign(data, key))
+    status, answer = await _post(job, data, _signed(data, common))
     assert (status, answer["alert_id"], answer["status"]) == (200, "data-1", "ignored")
     assert "only concept-drift alerts" in answer["reason"]
     for _ in range(2):
-        assert await _post(job, good, sign(good, key)) == (
+        assert await _post(job, good, _signed(good, common)) == (
             202,
             {"alert_id": "alert-1", "status": "accepted"},
         )
     async with TestClient(TestServer(job.web_app())) as client:
         health = await (await client.get("/health")).json()
     assert health == {"status": "ok", "pending": 1}, "a repeated post is not queued again"
+
+
+async def test_a_captured_post_replayed_past_the_tolerance_is_refused() -> None:
+    """A post the drift service really sent, captured on the way and replayed to the job: within
+    the tolerance it is the same delivery again (same id); past it, 401."""
+    common = DriftlineSettings(webhook_tolerance_s=1)
+    own = RetrainSettings(web_port=free_port())
+    job = RetrainJob(common, own)
+    body = encode(concept_alert(OFFSETS, 1000.0, kind="data", alert_id="data-1"))
+    given_up: list[str] = []
+
+    async def give_up(_: Delivery, reason: str) -> None:
+        given_up.append(reason)
+
+    await job.start()
+    try:
+        async with WebhookReceiver(keys=common.webhook_keys) as wire:
+            sender = WebhookSender([wire.url("/retrain")], common.webhook_hmac_key, give_up)
+            await sender.start()
+            sender.submit("data:pay:amount", body, "data-1")
+            [captured] = await wire.wait_for("/retrain", 1)
+            await sender.stop()
+        url = f"http://127.0.0.1:{own.web_port}/retrain"
+        async with httpx.AsyncClient() as http:
+            at_once = await http.post(url, content=captured.body, headers=captured.headers)
+            await asyncio.sleep(2.5)
+            later = await http.post(url, content=captured.body, headers=captured.headers)
+    finally:
+        await job.stop()
+
+    assert (at_once.status_code, at_once.json()["status"]) == (200, "ignored")
+    assert later.status_code == 401
+    assert "outside the tolerance of 1 s (a replay, or a clock is wrong)" in later.json()["error"]
+    assert not given_up
 
 
 async def test_the_job_answers_400_to_an_alert_whose_time_lies_outside_utc() -> None:
@@ -241,7 +294,7 @@ async def test_the_job_answers_400_to_an_alert_whose_time_lies_outside_utc() -> 
     alert = orjson.loads(encode(concept_alert(OFFSETS, 1000.0)))
     alert["event_time"] = "0001-01-01T00:00:00+14:00"
     body = orjson.dumps(alert)
-    status, answer = await _post(job, body, sign(body, common.webhook_hmac_key))
+    status, answer = await _post(job, body, _signed(body, common))
     assert status == 400
     assert "event_time" in answer["error"] and "outside years 1 to 9999" in answer["error"]
 
@@ -269,10 +322,10 @@ async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finish
     body = encode(concept_alert(OFFSETS, 1000.0))
     await job.start()
     try:
-        first = await _post(job, body, sign(body, common.webhook_hmac_key))
+        first = await _post(job, body, _signed(body, common))
         await asyncio.wait_for(done.wait(), 10)
         assert job.pending == 0, "finished as soon as retrain returned"
-        again = await _post(job, body, sign(body, common.webhook_hmac_key))
+        again = await _post(job, body, _signed(body, common))
         await asyncio.sleep(0.1)
     finally:
         await job.stop()
@@ -283,6 +336,66 @@ async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finish
         {"alert_id": "alert-1", "status": "done", "outcome": "retrained: version 4"},
     )
     assert calls == ["alert-1"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["loans' and name != '", 'say "hi"', "back\\slash", "tick`", "new\nline", "", "x" * 257],
+)
+def test_a_value_that_mlflow_filters_cannot_hold_safely_is_refused(value: str) -> None:
+    with pytest.raises(UnsearchableError, match=r"model name .* cannot be searched for in MLflow"):
+        filter_value("model name", value)
+
+
+def test_names_and_ids_are_quoted_into_filters() -> None:
+    alert_id = alert_id_for("concept:loans:1", "loans", "DDM", "drift", 12)
+    assert filter_value("alert id", alert_id) == f"'{alert_id}'"
+    assert filter_value("model name", "driftline-demo_loans v2.1") == "'driftline-demo_loans v2.1'"
+
+
+def test_only_allowed_trainers_are_loaded_and_others_are_never_imported() -> None:
+    allowed = DriftlineSettings().allowed_trainers
+    assert load_trainer("shared.trainers:gradient_boosting", allowed) is gradient_boosting
+    sys.modules.pop("this", None)
+    with pytest.raises(TrainerNotAllowedError) as caught:
+        load_trainer("this:s", allowed)
+    assert "this" not in sys.modules, "refused before its module is imported"
+    assert str(caught.value) == (
+        "trainer 'this:s' is not allowed: retraining runs only the trainers in "
+        "DRIFTLINE_ALLOWED_TRAINERS (shared.trainers:gradient_boosting)"
+    )
+    with pytest.raises(DriftlineError, match=r"'no\.such:module' not found"):
+        load_trainer("no.such:module", {"no.such:module"})
+
+
+async def test_the_job_refuses_a_deployment_whose_trainer_is_not_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whoever writes `deployments` must not choose the code the job runs: the retrain fails
+    with the reason, in the log and in the job's answer to the alert posted again."""
+    common = DriftlineSettings()
+    hostile = loans_deployment(trainer="os:system")
+
+    async def live_deployments(_: DriftlineSettings) -> dict[str, Deployment]:
+        return {hostile.name: hostile}
+
+    monkeypatch.setattr(shared.retraining, "live_deployments", live_deployments)
+    job = RetrainJob(common, RetrainSettings(web_port=free_port()))
+    body = encode(concept_alert(OFFSETS, 1000.0))
+    await job.start()
+    try:
+        with capture_logs() as logs:
+            assert (await _post(job, body, _signed(body, common)))[0] == 202
+            async with asyncio.timeout(10):
+                while job.pending:
+                    await asyncio.sleep(0.05)
+        status, answer = await _post(job, body, _signed(body, common))
+    finally:
+        await job.stop()
+    assert (status, answer["status"]) == (200, "done")
+    assert answer["outcome"].startswith("failed: trainer 'os:system' is not allowed")
+    [failed] = [e for e in logs if e["event"] == "retrain failed"]
+    assert "trainer 'os:system' is not allowed" in failed["reason"]
 
 
 async def test_the_job_answers_live_like_the_workers_for_the_liveness_probe() -> None:

@@ -48,8 +48,8 @@ from shared.events import (
     Variant,
     encode,
 )
-from shared.signing import KeyRing, sign, sign_snapshot
-from tests.support.hostile import marker_pickle
+from shared.signing import KeyRing, sign_snapshot
+from tests.support.hostile import marker_pickle, payload_only_signature
 
 KEY = SecretStr("unit-key")
 DEPLOYMENT = deployment_from_options(
@@ -405,7 +405,9 @@ def test_a_stored_snapshot_that_is_not_verified_for_its_key_is_refused_unloaded(
     forged = [
         encode(hostile),
         # signed the old way, over the payload only
-        encode(hostile.model_copy(update={"signature": sign(hostile.payload, KEY)})),
+        encode(
+            hostile.model_copy(update={"signature": payload_only_signature(hostile.payload, KEY)})
+        ),
         # a genuine payload republished with a huge sequence, or under another model id
         encode(genuine.model_copy(update={"sequence": 10**30})),
         encode(other.model_copy(update={"model_id": "m"})),
