@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import shutil
 import signal
 import sys
 import time
@@ -62,12 +63,15 @@ class Fault:
     """One fault: at `at_s` seconds into the sending, `action` on `service`'s worker."""
 
     at_s: float
-    action: Literal["kill", "stop", "add", "remove", "restart"]
+    action: Literal["kill", "wipe", "stop", "add", "remove", "restart", "terminate"]
     """``kill``: SIGKILL the worker and start its successor at once, as a crash would.
     ``add``: start one more worker of the service (scale out); ``remove``: stop its newest
     worker with SIGTERM (scale in), its partitions handed to the others. ``restart`` (service
     ``broker``): stop the broker for `for_s` seconds and start it again on the same storage;
-    the workers are left to recover on their own.
+    the workers are left to recover on their own. ``wipe``: as ``kill``, and the worker's local
+    data directory is deleted before its successor starts. ``terminate`` (service ``broker``):
+    stop the broker, SIGTERM every worker (each must exit within `STOP_WITHOUT_BROKER_S`), then
+    start the broker and a successor of each service.
     ``stop``: SIGSTOP the worker and start its successor at once, as for a hung node; SIGCONT
     it `for_s` later, past its session timeout, so it comes back as a zombie that still holds
     the records it had batched, and then stays as a second worker."""
@@ -94,10 +98,17 @@ class Scenario:
         return EVENTS_RAW if "ingestion" in self.services else FEATURES
 
 
-def kill_each(services: Iterable[str], first_s: float, every_s: float, rounds: int = 1) -> tuple:
-    """SIGKILL each service in turn, `every_s` apart, `rounds` times over."""
+def kill_each(
+    services: Iterable[str],
+    first_s: float,
+    every_s: float,
+    rounds: int = 1,
+    action: Literal["kill", "wipe"] = "kill",
+) -> tuple:
+    """SIGKILL each service in turn, `every_s` apart, `rounds` times over (``wipe``: and delete
+    its data directory)."""
     names = list(services) * rounds
-    return tuple(Fault(first_s + i * every_s, "kill", s) for i, s in enumerate(names))
+    return tuple(Fault(first_s + i * every_s, action, s) for i, s in enumerate(names))
 
 
 SESSION_TIMEOUT_S = 60.0
@@ -128,6 +139,10 @@ def plan(quick: bool) -> list[Scenario]:
                  3_000, 140.0, stop_each(learning, 5.0, 4.0, for_s=SESSION_TIMEOUT_S + 15)),
         Scenario("T3 broker stopped for 10 s and restarted", everything, 6_000, 140.0,
                  (Fault(10.0, "restart", "broker", 10.0),)),
+        Scenario("T5 kill each of the five services and wipe its data directory", everything,
+                 6_000, 140.0, kill_each(everything, 5.0, 4.0, action="wipe")),
+        Scenario("T7 SIGTERM every worker with the broker gone, then restart all", everything,
+                 6_000, 140.0, (Fault(15.0, "terminate", "broker"),)),
         Scenario("T4 scale each of the five services 1 -> 2 -> 1", everything, 6_000, 140.0,
                  tuple(Fault(4.0 + 2 * i, "add", s) for i, s in enumerate(everything))
                  + tuple(Fault(24.0 + 2 * i, "remove", s) for i, s in enumerate(everything))),
@@ -164,6 +179,8 @@ class Effects:
     behind: dict[str, int] = field(default_factory=dict)
     """Where groups had not caught up by the timeout: group topic[partition] -> records left."""
     faults: list[str] = field(default_factory=list)
+    slow_exits: list[str] = field(default_factory=list)
+    """Workers that took longer than `STOP_WITHOUT_BROKER_S` to exit after SIGTERM."""
 
     @property
     def lost(self) -> int:
@@ -191,8 +208,13 @@ class Effects:
 
     @property
     def passed(self) -> bool:
-        """Nothing lost, nothing done twice, everything caught up."""
-        return self.lost == 0 and self.duplicated == 0 and self.caught_up_s is not None
+        """Nothing lost, nothing done twice, everything caught up, every stop in time."""
+        return (
+            self.lost == 0
+            and self.duplicated == 0
+            and self.caught_up_s is not None
+            and not self.slow_exits
+        )
 
 
 def live_worker(run: Run, service: str) -> ServiceProcess:
@@ -204,41 +226,79 @@ def live_worker(run: Run, service: str) -> ServiceProcess:
     )
 
 
-async def inject(run: Run, faults: tuple[Fault, ...], began: float, done: list[str]) -> None:
+async def inject(run: Run, faults: tuple[Fault, ...], began: float, effects: Effects) -> None:
     """Carry out `faults` at their times (measured from `began`, a monotonic time)."""
     resumes: list[asyncio.Task[None]] = []
     paused: list[ServiceProcess] = []
 
+    def note(what: str) -> None:
+        effects.faults.append(f"{time.monotonic() - began:.1f}s {what}")
+
     async def resume_later(worker: ServiceProcess, fault: Fault) -> None:
         await asyncio.sleep(fault.for_s)
         worker.resume()
-        done.append(f"{time.monotonic() - began:.1f}s resume {fault.service}")
+        note(f"resume {fault.service}")
 
     try:
         for fault in sorted(faults, key=lambda f: f.at_s):
             await asyncio.sleep(max(0.0, began + fault.at_s - time.monotonic()))
             if fault.action == "restart":
                 await restart_broker(run.bootstrap, fault.for_s)
-                done.append(f"{time.monotonic() - began:.1f}s broker back")
+                note("broker back")
+                continue
+            if fault.action == "terminate":
+                slow = await terminate_without_broker(run)
+                effects.slow_exits += slow
+                note(f"every worker stopped with the broker gone; slow: {slow or 'none'}")
                 continue
             worker = live_worker(run, fault.service)
             if fault.action == "remove":
                 await asyncio.to_thread(run.stop, worker)
-            elif fault.action == "kill":
+            elif fault.action in ("kill", "wipe"):
                 await asyncio.to_thread(run.kill, worker)
+                if fault.action == "wipe":
+                    shutil.rmtree(run.workdir / "data" / fault.service, ignore_errors=True)
             elif fault.action == "stop":
                 worker.pause()
                 paused.append(worker)
                 resumes.append(asyncio.create_task(resume_later(worker, fault)))
             if fault.action != "remove":
                 run.spawn(fault.service)
-            done.append(f"{time.monotonic() - began:.1f}s {fault.action} {fault.service}")
+            note(f"{fault.action} {fault.service}")
         await asyncio.gather(*resumes)
     finally:
         for task in resumes:
             task.cancel()
         for worker in paused:
             worker.resume()  # never leave a stopped worker behind, whatever failed
+
+
+STOP_WITHOUT_BROKER_S = 30.0
+"""How long a worker may take to exit after SIGTERM when its broker is gone (issue 15, T7)."""
+
+
+async def terminate_without_broker(run: Run) -> list[str]:
+    """Stop the broker, SIGTERM every running worker at once, then start the broker and a
+    successor of each service; the workers that took longer than `STOP_WITHOUT_BROKER_S` to
+    exit, with their times."""
+    broker = LocalKafka(port=int(run.bootstrap.rsplit(":", 1)[1]), home=default_home())
+    await asyncio.to_thread(broker.stop)
+    running = [w for w in run.workers if w.process is not None and w.process.poll() is None]
+
+    async def timed_stop(worker: ServiceProcess) -> float:
+        began = time.monotonic()
+        await asyncio.to_thread(run.stop, worker, STOP_WITHOUT_BROKER_S + 30)
+        return time.monotonic() - began
+
+    took = await asyncio.gather(*(timed_stop(w) for w in running))
+    await asyncio.to_thread(broker.start)
+    for service in dict.fromkeys(w.service for w in running):
+        run.spawn(service)
+    return [
+        f"{w.service} {t:.0f}s"
+        for w, t in zip(running, took, strict=True)
+        if t > STOP_WITHOUT_BROKER_S
+    ]
 
 
 async def restart_broker(bootstrap: str, down_s: float) -> None:
@@ -379,7 +439,7 @@ async def _send_with_faults(
     run: Run, workload: Workload, scenario: Scenario, make: Any, effects: Effects
 ) -> None:
     began = time.monotonic()
-    faults = asyncio.create_task(inject(run, scenario.faults, began, effects.faults))
+    faults = asyncio.create_task(inject(run, scenario.faults, began, effects))
     try:
         await generate(
             run.bootstrap,

@@ -114,9 +114,10 @@ class Run:
         worker.kill()
         self._spawned.pop(self._names()[self.workers.index(worker)], None)
 
-    def stop(self, worker: ServiceProcess) -> None:
-        """Stop `worker` with SIGTERM (its partitions go to the others), as a scale-in would."""
-        worker.stop(timeout=30.0)
+    def stop(self, worker: ServiceProcess, timeout: float = 30.0) -> None:
+        """Stop `worker` with SIGTERM (its partitions go to the others), as a scale-in would;
+        SIGKILL it after `timeout`."""
+        worker.stop(timeout=timeout)
         self._spawned.pop(self._names()[self.workers.index(worker)], None)
 
     def wait_ready(self) -> None:
