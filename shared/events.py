@@ -249,6 +249,9 @@ class LabeledPrediction(Event):
     provenance: Provenance | None = None
     """The prediction or feedback message that completed the join (absent in records written
     before it was added)."""
+    late_variant: bool = False
+    """True for a variant whose prediction came after the event was labeled: the event itself
+    (features and label) was in an earlier record, which online models learned from."""
 
 
 class DataWindow(BaseModel):

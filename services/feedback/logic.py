@@ -124,10 +124,14 @@ class Outcome:
 
 
 def label_predictions(
-    predictions: list[Prediction], feedback: Feedback, provenance: Provenance
+    predictions: list[Prediction],
+    feedback: Feedback,
+    provenance: Provenance,
+    late_variant: bool = False,
 ) -> LabeledPrediction:
     """One labeled record for an event: every given variant's output beside the ground truth,
-    made by the message at `provenance`."""
+    made by the message at `provenance` (`late_variant`: a prediction that came after the event
+    was labeled)."""
     first = predictions[0]
     return LabeledPrediction(
         event_id=first.event_id,
@@ -141,6 +145,7 @@ def label_predictions(
         label_time=feedback.label_time,
         feedback_delay_s=(feedback.label_time - first.event_time).total_seconds(),
         provenance=provenance,
+        late_variant=late_variant,
     )
 
 
@@ -224,7 +229,8 @@ class Joiner:
             return state, outcome
         if state.status == "labeled":
             assert state.feedback is not None
-            outcome.labeled.append(label_predictions([prediction], state.feedback, provenance))
+            late = label_predictions([prediction], state.feedback, provenance, late_variant=True)
+            outcome.labeled.append(late)
         else:
             outcome.expired.append(prediction)
         return state.model_copy(update={"variants": [*state.variants, variant]}), outcome

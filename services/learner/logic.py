@@ -62,7 +62,10 @@ def training_examples(
     labeled: LabeledPrediction, deployment: Deployment, topic: str, partition: int, offset: int
 ) -> list[TrainingExample]:
     """One example per online model of `deployment`, for the labeled prediction read at
-    `topic`, `partition` and `offset`."""
+    `topic`, `partition` and `offset`; none for a late variant's record, whose event the
+    models learned from an earlier one."""
+    if labeled.late_variant:
+        return []
     lineage, lineage_offset = lineage_of(labeled.provenance, topic, partition, offset)
     examples = []
     for spec in deployment.online_models:

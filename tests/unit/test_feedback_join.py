@@ -176,3 +176,4 @@ def test_each_labeled_record_names_the_message_that_completed_its_join() -> None
 
     assert [r.provenance for r in by_feedback.labeled] == [ORIGIN.provenance]
     assert [r.provenance for r in by_late_variant.labeled] == [late_at]
+    assert [r.late_variant for r in by_feedback.labeled + by_late_variant.labeled] == [False, True]

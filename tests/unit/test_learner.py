@@ -69,6 +69,12 @@ def test_an_example_is_applied_under_the_provenance_of_its_labeled_prediction() 
     assert {(e.lineage, e.lineage_offset) for e in found} == {("feedback[3]>labeled[1]", 7)}
 
 
+def test_a_late_variants_labeled_record_teaches_no_model_the_event_again() -> None:
+    late = labeled(entity="u9").model_copy(update={"late_variant": True})
+
+    assert training_examples(late, DEPLOYMENT, "labeled", 0, 7) == []
+
+
 def test_a_labeled_prediction_resent_by_a_feedback_replay_is_not_learned_twice() -> None:
     learner = OnlineLearner(LR, 100)
     stream = [
