@@ -100,8 +100,16 @@ async def put_from(
 def fill_table(app: faust.App, table_name: str, items: dict[bytes, bytes]) -> None:
     """Put records into a table's store as if read from its changelog (e.g. a global table fed
     by a compacted topic), without going through an agent."""
+    apply_changelog(app, table_name, list(items.items()))
+
+
+def apply_changelog(
+    app: faust.App, table_name: str, records: list[tuple[bytes, bytes | None]]
+) -> None:
+    """Apply `records` (key, value; None deletes) to a table as one batch of its changelog, in
+    order, as recovery or a standby does."""
     table = app.tables[table_name]
-    table.apply_changelog_batch([_ChangelogEvent(key, value) for key, value in items.items()])
+    table.apply_changelog_batch([_ChangelogEvent(key, value) for key, value in records])
 
 
 @dataclass(frozen=True)

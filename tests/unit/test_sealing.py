@@ -4,7 +4,6 @@ what it claims to be."""
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import faust
@@ -25,6 +24,7 @@ from shared.sealing import (
     version_of,
 )
 from shared.signing import KeyRing, mac, sign_snapshot, verify_snapshot
+from tests.support.faust_doubles import apply_changelog
 from tests.support.hostile import marker_pickle
 
 KEYS = KeyRing(SecretStr("state-key"))
@@ -115,28 +115,6 @@ def test_a_snapshot_signature_covers_its_identity_and_payload(change: dict[str, 
     assert not verify_snapshot(snapshot.model_copy(update={"signature": "zz\ud800"}), KEYS)
 
 
-@dataclass(frozen=True)
-class _Message:
-    key: bytes
-    value: bytes | None
-    topic: str = "a.driftline-learner-model_state-changelog"
-    partition: int = 0
-    offset: int = 0
-
-
-@dataclass(frozen=True)
-class _Event:
-    message: _Message
-
-    @property
-    def key(self) -> bytes:
-        return self.message.key
-
-    @property
-    def value(self) -> bytes | None:
-        return self.message.value
-
-
 def test_a_table_rebuilt_from_its_changelog_keeps_the_newest_verified_value(
     tmp_path: Path,
 ) -> None:
@@ -155,8 +133,8 @@ def test_a_table_rebuilt_from_its_changelog_keeps_the_newest_verified_value(
         (b"gone", None),
     ]
 
-    table.apply_changelog_batch([_Event(_Message(k, v)) for k, v in records[:3]])
-    table.apply_changelog_batch([_Event(_Message(k, v)) for k, v in records[3:]])
+    apply_changelog(app, "model_state", records[:3])
+    apply_changelog(app, "model_state", records[3:])
 
     assert state.loads(b"m", table.data[b"m"]) == {"n": 9}
     assert b"gone" not in table.data
