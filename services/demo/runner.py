@@ -86,6 +86,9 @@ class DemoConfig:
     """Labeled outcomes champion and challenger each need before the policy decides."""
     drain_timeout: float = 60.0
     """How long to wait for the last labels to be joined after the replay ends."""
+    switch_timeout: float = 900.0
+    """How long the replay goes on after `n_events` while the loop (alert, retrain, promotion,
+    the new champion's tail) has not closed: a busy machine closes it later, not never."""
 
 
 @dataclass
@@ -256,7 +259,7 @@ class Demo:
         self.replay_start = datetime.now(UTC)
         try:
             for item in replay(scenario, self.replay_start):
-                if not self._keep_replaying(item.index):
+                if not self._keep_replaying(item.index, loop.time() - began):
                     break
                 due = began + item.index / scenario.rate
                 await asyncio.sleep(max(0.0, due - loop.time()))
@@ -274,13 +277,14 @@ class Demo:
         finally:
             await producer.stop()
 
-    def _keep_replaying(self, index: int) -> bool:
+    def _keep_replaying(self, index: int, seconds: float) -> bool:
         """Until `n_events`; then on until the retrained champion has served its tail (the
-        drift service may still be catching up on the labels); never past three times `n_events`."""
+        drift service may still be catching up on the labels, a retrain may still run), for at
+        most `switch_timeout` seconds beyond the time `n_events` take at the scenario's rate."""
         scenario = self.config.scenario
         if index < scenario.n_events:
             return True
-        if index >= 3 * scenario.n_events:
+        if seconds > scenario.n_events / scenario.rate + self.config.switch_timeout:
             return False
         served_from = self.observer.switches[-1].served_from if self.observer.switches else None
         return served_from is None or index - served_from < scenario.tail_after_switch
@@ -380,20 +384,23 @@ class Demo:
             alert.alert_id,
             "--json",
         ]
+        log_path = self.run_info.directory / "logs" / "retrain.log"
         while True:
             # One OpenMP thread: on a machine busy with five workers, a broker and MLflow, the
             # trainer's spinning thread pool made a fit of a few hundred rows take half a minute.
-            process = await asyncio.create_subprocess_exec(
-                *command, env={**os.environ, **self._service_env(), "OMP_NUM_THREADS": "1"},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            try:
-                out, err = await process.communicate()
-            except asyncio.CancelledError:
-                process.kill()
-                await process.wait()
-                raise
-            problem = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            with log_path.open("ab") as log:  # beside the services' logs, as it runs
+                process = await asyncio.create_subprocess_exec(
+                    *command, env={**os.environ, **self._service_env(), "OMP_NUM_THREADS": "1"},
+                    stdout=asyncio.subprocess.PIPE, stderr=log,
+                )  # fmt: skip
+                try:
+                    out, _ = await process.communicate()
+                except asyncio.CancelledError:
+                    process.kill()
+                    await process.wait()
+                    raise
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            problem = lines[-1:] or ["no output"]
             if process.returncode == 0:
                 break
             if process.returncode != 3:

@@ -16,6 +16,7 @@ from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS, PREDICTIO
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(1200)  # idle, three minutes; a busy machine closes the loop later
 async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
     kafka_bootstrap: str, mlflow_uri: str, tmp_path: Path
 ) -> None:
@@ -30,6 +31,7 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
         retrain_min_rows=200,
         promotion_min_samples=150,
         drain_timeout=120.0,
+        switch_timeout=600.0,
     )
     demo = Demo(config, on_tick=lambda observer: None)
 
