@@ -28,13 +28,15 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -63,7 +65,7 @@ class Fault:
     """One fault: at `at_s` seconds into the sending, `action` on `service`'s worker."""
 
     at_s: float
-    action: Literal["kill", "wipe", "stop", "add", "remove", "restart", "terminate"]
+    action: Literal["kill", "wipe", "stop", "add", "remove", "restart", "terminate", "cold"]
     """``kill``: SIGKILL the worker and start its successor at once, as a crash would.
     ``add``: start one more worker of the service (scale out); ``remove``: stop its newest
     worker with SIGTERM (scale in), its partitions handed to the others. ``restart`` (service
@@ -71,7 +73,9 @@ class Fault:
     the workers are left to recover on their own. ``wipe``: as ``kill``, and the worker's local
     data directory is deleted before its successor starts. ``terminate`` (service ``broker``):
     stop the broker, SIGTERM every worker (each must exit within `STOP_WITHOUT_BROKER_S`), then
-    start the broker and a successor of each service.
+    start the broker and a successor of each service. ``cold`` (service ``all``): SIGTERM every
+    worker, start one of each service and wait until each is ready (at most
+    `COLD_START_READY_S`); the next fault waits for it.
     ``stop``: SIGSTOP the worker and start its successor at once, as for a hung node; SIGCONT
     it `for_s` later, past its session timeout, so it comes back as a zombie that still holds
     the records it had batched, and then stays as a second worker."""
@@ -90,6 +94,10 @@ class Scenario:
     """Events per second the generator sends (labels follow one second later)."""
     faults: tuple[Fault, ...]
     partitions: int = 4
+    busy_cpus: int = 0
+    """CPU-bound processes kept running beside the pipeline for the whole run."""
+    runs: int | None = None
+    """Runs of a full `make chaos` when not the default (a scenario that repeats its fault)."""
 
     @property
     def input_topic(self) -> Any:
@@ -143,6 +151,9 @@ def plan(quick: bool) -> list[Scenario]:
                  6_000, 140.0, kill_each(everything, 5.0, 4.0, action="wipe")),
         Scenario("T7 SIGTERM every worker with the broker gone, then restart all", everything,
                  6_000, 140.0, (Fault(15.0, "terminate", "broker"),)),
+        Scenario("T6 twenty cold starts of the five services with two busy CPUs", everything,
+                 4_000, 10.0, tuple(Fault(5.0 + i, "cold", "all") for i in range(20)),
+                 busy_cpus=2, runs=1),
         Scenario("T4 scale each of the five services 1 -> 2 -> 1", everything, 6_000, 140.0,
                  tuple(Fault(4.0 + 2 * i, "add", s) for i, s in enumerate(everything))
                  + tuple(Fault(24.0 + 2 * i, "remove", s) for i, s in enumerate(everything))),
@@ -246,6 +257,10 @@ async def inject(run: Run, faults: tuple[Fault, ...], began: float, effects: Eff
                 await restart_broker(run.bootstrap, fault.for_s)
                 note("broker back")
                 continue
+            if fault.action == "cold":
+                took = await cold_start(run)
+                note(f"cold start, every worker ready in {took:.0f}s")
+                continue
             if fault.action == "terminate":
                 slow = await terminate_without_broker(run)
                 effects.slow_exits += slow
@@ -299,6 +314,39 @@ async def terminate_without_broker(run: Run) -> list[str]:
         for w, t in zip(running, took, strict=True)
         if t > STOP_WITHOUT_BROKER_S
     ]
+
+
+COLD_START_READY_S = 180.0
+"""How long a cold-started worker may take to be ready (issue 15, T6: every start must be)."""
+
+
+async def cold_start(run: Run) -> float:
+    """SIGTERM every running worker, start one of each service, wait until all are ready
+    (`ServiceStartError` if one is not within `COLD_START_READY_S`); the seconds it took."""
+    began = time.monotonic()
+    running = [w for w in run.workers if w.process is not None and w.process.poll() is None]
+    await asyncio.gather(*(asyncio.to_thread(run.stop, w) for w in running))
+    for service in dict.fromkeys(w.service for w in running):
+        run.spawn(service)
+    await asyncio.to_thread(run.wait_ready, COLD_START_READY_S)
+    return time.monotonic() - began
+
+
+@contextlib.contextmanager
+def busy_cpus(count: int) -> Iterator[None]:
+    """`count` CPU-bound processes running meanwhile, each in its own process group, killed
+    on the way out whatever happened."""
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+        for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(burner.pid, signal.SIGKILL)
+            burner.wait()
 
 
 async def restart_broker(bootstrap: str, down_s: float) -> None:
@@ -420,15 +468,18 @@ def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: f
     workload = Workload(run=run.prefix)
     effects = Effects(events=scenario.events)
     try:
-        snapshots = run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
-        run.start_services({s: 1 for s in scenario.services}, 1, 1, snapshots)
-        make = workload.raw_event if scenario.input_topic is EVENTS_RAW else workload.feature_event
-        asyncio.run(_send_with_faults(run, workload, scenario, make, effects))
-        sent_at = time.monotonic()
-        groups = input_topics(run, scenario.services)
-        effects.behind = asyncio.run(wait_caught_up(bootstrap, groups, timeout_s))
-        if not effects.behind:
-            effects.caught_up_s = round(time.monotonic() - sent_at, 1)
+        with busy_cpus(scenario.busy_cpus):
+            snapshots = run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
+            run.start_services({s: 1 for s in scenario.services}, 1, 1, snapshots)
+            make = (
+                workload.raw_event if scenario.input_topic is EVENTS_RAW else workload.feature_event
+            )
+            asyncio.run(_send_with_faults(run, workload, scenario, make, effects))
+            sent_at = time.monotonic()
+            groups = input_topics(run, scenario.services)
+            effects.behind = asyncio.run(wait_caught_up(bootstrap, groups, timeout_s))
+            if not effects.behind:
+                effects.caught_up_s = round(time.monotonic() - sent_at, 1)
         asyncio.run(check(run, workload, scenario, effects))
     finally:
         run.close()
@@ -449,6 +500,7 @@ async def _send_with_faults(
             rate=scenario.rate,
             max_seconds=scenario.events / scenario.rate * 3 + 60,
             feedback=FeedbackPlan(run.topic(FEEDBACK), workload.feedback, delay_s=1.0),
+            durable=True,
         )
         await faults
     finally:
@@ -539,7 +591,7 @@ def main(
         for scenario in plan(quick):
             if only and not any(o in scenario.name for o in only):
                 continue
-            for index in range(1, runs + 1):
+            for index in range(1, (scenario.runs if not quick and scenario.runs else runs) + 1):
                 print(f"[{time.monotonic() - began:6.1f}s] {scenario.name} run {index} ...",
                       file=sys.stderr, flush=True)  # fmt: skip
                 row: dict[str, Any] = {"scenario": scenario.name, "run": index}

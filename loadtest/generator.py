@@ -11,16 +11,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-
-from aiokafka import AIOKafkaProducer
 
 from loadtest.workload import Record
 from shared import kafka_clients
 from shared.kafka_clients import KafkaAccess
 
 _TICK_SECONDS = 0.002
+
+
+DURABLE_DELIVERY_S = 300
+"""How long a durable generator's record may wait for the broker."""
+
+
+class UnacknowledgedError(Exception):
+    """A durable generator's records were not all acknowledged: the run tells nothing."""
+
+    def __init__(self, failed: int, first: BaseException) -> None:
+        super().__init__(f"{failed} record(s) not acknowledged by the broker, first: {first!r}")
 
 
 @dataclass(frozen=True)
@@ -58,16 +67,32 @@ async def generate(
     feedback: FeedbackPlan | None = None,
     first: int = 0,
     linger_ms: int = 1,
+    durable: bool = False,
 ) -> GeneratorReport:
     """Send records `first` .. `first + count - 1` built by `make(i, None)` to `topic`.
 
     With `rate` None, as fast as possible (the producer's buffer is the only brake); otherwise
     spread evenly at `rate` per second, in small bursts every couple of milliseconds.
+    `durable` (fault tests): idempotent with ``acks=all``, each record retried for up to
+    `DURABLE_DELIVERY_S` (a broker restart), and `UnacknowledgedError` if any was not
+    delivered, so an outage of the broker never passes for a loss of the pipeline's.
     """
+    options: dict[str, object] = (
+        {"acks": "all", "enable_idempotence": True, "request_timeout_ms": DURABLE_DELIVERY_S * 1000}
+        if durable
+        else {"acks": 1}
+    )
     producer = kafka_clients.producer(
-        KafkaAccess(bootstrap), linger_ms=linger_ms, max_batch_size=256 * 1024, acks=1
+        KafkaAccess(bootstrap), linger_ms=linger_ms, max_batch_size=256 * 1024, **options
     )
     await producer.start()
+    deliveries: list[asyncio.Future[object]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        delivery = await producer.send(topic, key=key, value=value)
+        if durable:
+            deliveries.append(delivery)
+
     due: deque[tuple[float, int]] = deque()
     feedback_sent = sent = 0
     started = time.monotonic()
@@ -77,22 +102,29 @@ async def generate(
             wanted = count if rate is None else min(count, int(elapsed * rate) + 1)
             while sent < wanted:
                 key, value = make(first + sent, None)
-                await producer.send(topic, key=key, value=value)
+                await send(topic, key, value)
                 if feedback is not None and sent % feedback.every == 0:
                     due.append((time.monotonic() + feedback.delay_s, first + sent))
                 sent += 1
                 if rate is None and sent % 1000 == 0:
-                    feedback_sent += await _send_due(producer, feedback, due)
-            feedback_sent += await _send_due(producer, feedback, due)
+                    feedback_sent += await _send_due(send, feedback, due)
+            feedback_sent += await _send_due(send, feedback, due)
             if rate is not None:
                 await asyncio.sleep(_TICK_SECONDS)
         seconds = time.monotonic() - started
         while due and time.monotonic() - started < max_seconds + (
             feedback.delay_s if feedback else 0
         ):
-            feedback_sent += await _send_due(producer, feedback, due)
+            feedback_sent += await _send_due(send, feedback, due)
             await asyncio.sleep(_TICK_SECONDS)
         await producer.flush()
+        failed = [
+            r
+            for r in await asyncio.gather(*deliveries, return_exceptions=True)
+            if isinstance(r, BaseException)
+        ]
+        if failed:
+            raise UnacknowledgedError(len(failed), failed[0])
     finally:
         await producer.stop()
     return GeneratorReport(
@@ -101,7 +133,9 @@ async def generate(
 
 
 async def _send_due(
-    producer: AIOKafkaProducer, plan: FeedbackPlan | None, due: deque[tuple[float, int]]
+    send: Callable[[str, bytes | None, bytes], Awaitable[None]],
+    plan: FeedbackPlan | None,
+    due: deque[tuple[float, int]],
 ) -> int:
     """Send the feedback whose time has come; return how many."""
     if plan is None:
@@ -110,6 +144,6 @@ async def _send_due(
     sent = 0
     while due and due[0][0] <= now:
         key, value = plan.make(due.popleft()[1])
-        await producer.send(plan.topic, key=key, value=value)
+        await send(plan.topic, key, value)
         sent += 1
     return sent

@@ -120,11 +120,12 @@ class Run:
         worker.stop(timeout=timeout)
         self._spawned.pop(self._names()[self.workers.index(worker)], None)
 
-    def wait_ready(self) -> None:
-        """Wait until every spawned worker is healthy; record each one's start-up time."""
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Wait until every spawned worker is healthy (`ServiceStartError` if one is not within
+        `timeout`); record each one's start-up time."""
         for name, worker in zip(self._names(), self.workers, strict=True):
             if name in self._spawned:
-                worker.wait_ready(timeout=180.0)
+                worker.wait_ready(timeout=timeout)
                 self.startup_s[name] = round(time.monotonic() - self._spawned.pop(name), 2)
 
     def publish_setup(
