@@ -17,6 +17,7 @@ means, and how it ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -124,7 +125,10 @@ class ShutdownWatchdog:
             stopping_because=reason,
         )
         for handler in logging.getLogger().handlers:
-            handler.flush()
+            # a stream closed under us (a pipe whose reader is gone) must not keep the process
+            # alive: the exit is what this is for, and there is nowhere left to report to
+            with contextlib.suppress(OSError, ValueError):
+                handler.flush()
         os._exit(SHUTDOWN_TIMED_OUT_EXIT)
 
 

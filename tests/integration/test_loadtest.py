@@ -32,7 +32,7 @@ EVENTS = 200
 async def test_quick_load_run_measures_every_event(pipeline: Pipeline) -> None:
     workload = Workload(run=pipeline.prefix, entities=20, features=4, payload_bytes=300)
     records = setup_records(
-        workload, {"bench-deployment": MODEL_ID}, pipeline.settings.snapshot_hmac_key
+        workload, {"bench-deployment": MODEL_ID}, pipeline.settings.snapshot_keys
     )
     for topic, values in records.items():
         await publish_all(pipeline.bootstrap, pipeline.topic(topic), values)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sklearn.linear_model import LinearRegression, LogisticRegression
-from structlog.testing import capture_logs
+from structlog.testing import CapturingLogger
 
 import services.tools.retrain_job
 import shared.retraining
@@ -380,22 +380,25 @@ async def test_the_job_refuses_a_deployment_whose_trainer_is_not_allowed(
         return {hostile.name: hostile}
 
     monkeypatch.setattr(shared.retraining, "live_deployments", live_deployments)
+    # the job's own logger, whatever an earlier test configured (structlog caches loggers)
+    logged = CapturingLogger()
+    monkeypatch.setattr(services.tools.retrain_job, "log", logged)
     job = RetrainJob(common, RetrainSettings(web_port=free_port()))
     body = encode(concept_alert(OFFSETS, 1000.0))
     await job.start()
     try:
-        with capture_logs() as logs:
-            assert (await _post(job, body, _signed(body, common)))[0] == 202
-            async with asyncio.timeout(10):
-                while job.pending:
-                    await asyncio.sleep(0.05)
+        assert (await _post(job, body, _signed(body, common)))[0] == 202
+        async with asyncio.timeout(10):
+            while job.pending:
+                await asyncio.sleep(0.05)
         status, answer = await _post(job, body, _signed(body, common))
     finally:
         await job.stop()
     assert (status, answer["status"]) == (200, "done")
     assert answer["outcome"].startswith("failed: trainer 'os:system' is not allowed")
-    [failed] = [e for e in logs if e["event"] == "retrain failed"]
-    assert "trainer 'os:system' is not allowed" in failed["reason"]
+    [failed] = [c for c in logged.calls if c.args == ("retrain failed",)]
+    assert (failed.method_name, failed.kwargs["alert_id"]) == ("error", "alert-1")
+    assert "trainer 'os:system' is not allowed" in failed.kwargs["reason"]
 
 
 async def test_the_job_answers_live_like_the_workers_for_the_liveness_probe() -> None:

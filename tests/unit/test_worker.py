@@ -3,6 +3,7 @@ what ready means, the shutdown watchdog, one log record per uncaught exception."
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from pathlib import Path
@@ -116,6 +117,24 @@ def test_the_watchdog_ends_the_process_after_the_grace_period(
 
     assert exited.wait(5)
     assert codes == [shared.worker.SHUTDOWN_TIMED_OUT_EXIT]
+
+
+def test_the_watchdog_exits_even_when_its_log_stream_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker whose stderr pipe lost its reader must still exit: flushing the closed stream
+    raised in the timer thread, and the process stayed."""
+    exited = threading.Event()
+    monkeypatch.setattr(shared.worker.os, "_exit", lambda code: exited.set())
+    closed = io.StringIO()
+    closed.close()
+    handler = logging.StreamHandler(closed)
+    logging.getLogger().addHandler(handler)
+    try:
+        ShutdownWatchdog(grace_s=0.01).start("SIGTERM")
+        assert exited.wait(5)
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 def test_an_uncaught_exception_in_a_thread_is_one_log_record(
