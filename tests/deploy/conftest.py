@@ -50,8 +50,13 @@ def run(args: list[str | Path], *, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
+MLFLOW_SECRET = ("--set", "mlflow.existingSecret=mlflow-basic-auth")
+"""The one value the chart has no default for (`helm_template` passes it first)."""
+
+
 def helm_template(*extra: str) -> str:
-    """`helm template` of the chart as release ``driftline`` with extra arguments."""
+    """`helm template` of the chart as release ``driftline`` with the MLflow Secret (the one
+    required value) and extra arguments."""
     return run(
         [
             tool("helm"),
@@ -62,6 +67,7 @@ def helm_template(*extra: str) -> str:
             "driftline",
             "--kube-version",
             KUBE_VERSION,
+            *MLFLOW_SECRET,
             *extra,
         ]
     )

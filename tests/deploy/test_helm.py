@@ -231,6 +231,8 @@ def test_whole_numbers_of_values_files_reach_the_settings_without_an_exponent() 
         ("retrainJob.replicas=2", "/retrainJob/replicas"),
         ("retrainJob.port=0", "/retrainJob/port"),
         ("retrainJob.trainer=x", "'trainer' not allowed"),
+        ("mlflow.existingSecret=", "mlflow.existingSecret: name the Secret"),
+        ("mlflow.allowAnonymous=yes", "/mlflow/allowAnonymous"),
         (
             "strimzi.user.enabled=true,kafka.securityProtocol=SASL_SSL,strimzi.topics.enabled=true",
             "topicsJob.enabled=false",

@@ -224,6 +224,9 @@ Stops a rendering whose values cannot work, with the reason.
 {{- if not (regexMatch "^[A-Za-z0-9._-]*$" .Values.topics.prefix) }}
 {{- fail "topics.prefix: only letters, digits, '.', '_' and '-' may appear in a topic name" }}
 {{- end }}
+{{- if not (or .Values.mlflow.existingSecret .Values.mlflow.allowAnonymous) }}
+{{- fail "mlflow.existingSecret: name the Secret with MLflow's basic-auth credentials (or set mlflow.allowAnonymous=true for an MLflow without authentication)" }}
+{{- end }}
 {{- end }}
 
 {{/*
