@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from services.processes import free_port
 from shared.localkafka import LocalKafka
+from tests.support.signals import interruptible
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +73,12 @@ def test_ctrl_c_stops_everything_the_demo_started(kafka_bootstrap: str, tmp_path
     env = {**os.environ, "DRIFTLINE_HOME": str(tmp_path / "home")}
     with (tmp_path / "demo.out").open("wb") as out:
         demo = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=interruptible,
         )
     started: set[int] = set()
     try:
@@ -88,8 +95,12 @@ def test_ctrl_c_stops_everything_the_demo_started(kafka_bootstrap: str, tmp_path
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while (left := [pid for pid in started if _alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+        deadline = time.monotonic() + 10
+        while (left := [pid for pid in started if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left_behind = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+        for pid in left:  # the test leaves nothing running either, whatever failed
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    assert left_behind == []
     assert LocalKafka(port=kafka_port).is_up()

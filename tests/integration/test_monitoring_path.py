@@ -29,6 +29,7 @@ from shared.webhooks import ID_HEADER
 from tests.support.kafka import Record, consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
 from tests.support.records import champion_labeled, stored_state
+from tests.support.signals import interruptible
 from tests.support.webhook_server import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -203,11 +204,17 @@ async def test_drift_alerts_match_river_and_reach_webhooks_and_the_cli(pipeline:
         env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=interruptible,
     )
-    assert tail.stdout is not None
-    tailed = [orjson.loads(await asyncio.wait_for(tail.stdout.readline(), 60)) for _ in alerts]
-    tail.send_signal(signal.SIGINT)
-    assert await asyncio.wait_for(tail.wait(), 30) == 0
+    try:
+        assert tail.stdout is not None
+        tailed = [orjson.loads(await asyncio.wait_for(tail.stdout.readline(), 60)) for _ in alerts]
+        tail.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(tail.wait(), 30) == 0
+    finally:
+        if tail.returncode is None:  # nothing is left running, whatever failed
+            tail.kill()
+            await tail.wait()
     assert sorted(a["alert_id"] for a in tailed) == sorted(a["alert_id"] for a in alerts)
 
 
