@@ -37,6 +37,7 @@ from shared.topics import PREDICTIONS_LABELED as LABELED
 from tests.support.hostile import marker_pickle, payload_only_signature
 from tests.support.kafka import consume_until, count_of, produce
 from tests.support.pipeline import Pipeline
+from tests.support.records import unsigned_snapshot
 from tests.support.workers import Worker
 
 pytestmark = pytest.mark.integration
@@ -75,13 +76,7 @@ async def until_refused(worker: Worker, table: str, key: str, n: int = 1) -> Non
 
 
 def snapshot(model_id: str, sequence: int, payload: bytes) -> ModelSnapshot:
-    return ModelSnapshot(
-        model_id=model_id,
-        model_type="logistic_regression",
-        sequence=sequence,
-        n_learned=sequence,
-        payload=payload,
-    )
+    return unsigned_snapshot(model_id, sequence, payload, model_type="logistic_regression")
 
 
 def trained() -> bytes:

@@ -1,5 +1,6 @@
 """Records tests send: a variant of the `fraud` deployment predicts one event (feedback tests);
-a champion's labeled answer (drift tests); what a service's table holds, read back."""
+a champion's labeled answer (drift tests); a model snapshot before it is signed; what a
+service's table holds, read back."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shared.events import (
     FeatureValue,
     Label,
     LabeledPrediction,
+    ModelSnapshot,
     Prediction,
     VariantOutput,
     prediction_id_for,
@@ -83,3 +85,16 @@ def stored_state(service: str, table: str, key: bytes, value: bytes) -> Any:
     unsealed (refused if its seal does not verify: None), then unpickled."""
     sealed = SealedState[Any](service, table, DriftlineSettings().state_keys, PICKLE)
     return sealed.loads(key, value)
+
+
+def unsigned_snapshot(
+    model_id: str, sequence: int, payload: bytes, model_type: str = "t"
+) -> ModelSnapshot:
+    """A snapshot of `payload` (a pickled model) at `sequence`, not signed yet."""
+    return ModelSnapshot(
+        model_id=model_id,
+        model_type=model_type,
+        sequence=sequence,
+        n_learned=sequence,
+        payload=payload,
+    )

@@ -43,13 +43,13 @@ from shared.errors import (
 from shared.events import (
     Deployment,
     FeatureEvent,
-    ModelSnapshot,
     RoutingRule,
     Variant,
     encode,
 )
 from shared.signing import KeyRing, sign_snapshot
 from tests.support.hostile import marker_pickle, payload_only_signature
+from tests.support.records import unsigned_snapshot
 
 KEY = SecretStr("unit-key")
 DEPLOYMENT = deployment_from_options(
@@ -187,18 +187,10 @@ def test_deploy_options_parse_rules_and_refuse_mistakes_in_one_line() -> None:
         deployment_from_options("d", "s", "online:a", canary="online:b", canary_weight=1.5)
 
 
-def unsigned_snapshot(model_id: str, model: Any, sequence: int) -> ModelSnapshot:
-    return ModelSnapshot(
-        model_id=model_id,
-        model_type="t",
-        sequence=sequence,
-        n_learned=sequence,
-        payload=pickle.dumps(model),
-    )
-
-
 def signed_snapshot(model_id: str, model: Any, sequence: int, key: SecretStr = KEY) -> bytes:
-    return encode(sign_snapshot(unsigned_snapshot(model_id, model, sequence), KeyRing(key)))
+    return encode(
+        sign_snapshot(unsigned_snapshot(model_id, sequence, pickle.dumps(model)), KeyRing(key))
+    )
 
 
 class Always:
@@ -399,9 +391,9 @@ def test_a_stored_snapshot_that_is_not_verified_for_its_key_is_refused_unloaded(
     store = SnapshotStore(KeyRing(KEY), cache_size=1)
     store.apply(b"m", signed_snapshot("m", Always("a"), 2))
     marker = tmp_path / "pwned"
-    hostile = unsigned_snapshot("m", None, 3).model_copy(update={"payload": marker_pickle(marker)})
-    genuine = sign_snapshot(unsigned_snapshot("m", Always("old"), 1), KeyRing(KEY))
-    other = sign_snapshot(unsigned_snapshot("other", Always("o"), 9), KeyRing(KEY))
+    hostile = unsigned_snapshot("m", 3, marker_pickle(marker))
+    genuine = sign_snapshot(unsigned_snapshot("m", 1, pickle.dumps(Always("old"))), KeyRing(KEY))
+    other = sign_snapshot(unsigned_snapshot("other", 9, pickle.dumps(Always("o"))), KeyRing(KEY))
     forged = [
         encode(hostile),
         # signed the old way, over the payload only
