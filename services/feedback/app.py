@@ -35,7 +35,7 @@ from shared.app import (
     send_event,
 )
 from shared.errors import DriftlineError
-from shared.events import Feedback, Prediction, decode
+from shared.events import Feedback, Prediction, Provenance, decode
 from shared.logging import get_logger
 from shared.topics import FEEDBACK, PREDICTIONS, PREDICTIONS_LABELED
 
@@ -119,13 +119,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
     def join(event: EventT, table: BufferedTable) -> Outcome:
         message = event.message
         partition = message.partition
-        origin = Origin(
-            topic=message.topic,
-            partition=partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value or b"",
-        )
         if message.topic == predictions_name:
             prediction = decode(Prediction, message.value, message.topic)
             known, stamp = watermark(partition), prediction.event_time.timestamp()
@@ -134,12 +127,21 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
             watermarks[partition] = now
             key = prediction.event_id.encode()
             state = _state(table.get(key))
-            new, outcome = joiner.on_prediction(state, prediction, origin.provenance, now)
+            at = Provenance(topic=message.topic, partition=partition, offset=message.offset)
+            new, outcome = joiner.on_prediction(state, prediction, at, now)
         else:
             feedback = decode(Feedback, message.value, message.topic)
             known = watermark(partition)
             now = feedback.label_time.timestamp() if known is None else known
             key = feedback.event_id.encode()
+            # kept whole (bytes too): it is dead-lettered if its prediction never comes
+            origin = Origin(
+                topic=message.topic,
+                partition=partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value or b"",
+            )
             new, outcome = joiner.on_feedback(_state(table.get(key)), feedback, origin, now)
         table.put(key, _stored(new), event)
         known = watermarks.get(partition)
