@@ -208,11 +208,26 @@ async def consume(
         message = event.message
         metrics.child(metrics.EVENTS_IN, service, message.topic).inc()
         started = time.perf_counter()
-        try:
-            await handle(event)
-        except Exception as exc:
-            await dead_letters.send(event, failure_reason(event, exc))
+        with unacknowledged_if_interrupted(stream, [event]):
+            try:
+                await handle(event)
+            except Exception as exc:
+                await dead_letters.send(event, failure_reason(event, exc))
         processing.observe(time.perf_counter() - started)
+
+
+@contextmanager
+def unacknowledged_if_interrupted(stream: faust.Stream, events: Sequence[EventT]) -> Iterator[None]:
+    """Leave `events` unacknowledged if their handling ends in an exception (an agent cancelled
+    at a stop or a rebalance, a dead letter that could not be sent): faust-streaming would
+    acknowledge them as the stream closes, and a commit would pass records never handled."""
+    try:
+        yield
+    except BaseException:
+        consumer = stream.app.consumer
+        if isinstance(consumer, DriftlineConsumer):
+            consumer.abandon(event.message for event in events)
+        raise
 
 
 def failure_reason(event: EventT, exc: Exception) -> str:
@@ -255,20 +270,21 @@ async def consume_batches(
         started = time.perf_counter()
         for event in events:
             metrics.child(metrics.EVENTS_IN, service, event.message.topic).inc()
-        try:
-            rejected = await handle(events)
-        except OutputsLostError:
-            raise  # the worker is stopping; the batch is replayed from the last commit
-        except Exception:
-            log.exception(
-                "batch handler failed; handling its events one by one",
-                **batch_fields(
-                    (e.message.topic, e.message.partition, e.message.offset) for e in events
-                ),
-            )
-            rejected = [r for event in events for r in await _handle_alone(event, handle)]
-        for event, reason in rejected:
-            await dead_letters.send(event, reason)
+        with unacknowledged_if_interrupted(stream, events):
+            try:
+                rejected = await handle(events)
+            except OutputsLostError:
+                raise  # the worker is stopping; the batch is replayed from the last commit
+            except Exception:
+                log.exception(
+                    "batch handler failed; handling its events one by one",
+                    **batch_fields(
+                        (e.message.topic, e.message.partition, e.message.offset) for e in events
+                    ),
+                )
+                rejected = [r for event in events for r in await _handle_alone(event, handle)]
+            for event, reason in rejected:
+                await dead_letters.send(event, reason)
         processing.observe((time.perf_counter() - started) / len(events))
 
 

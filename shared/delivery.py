@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -266,6 +268,10 @@ class FetchGuard:
         """Each partition's era now; take it before a fetch and pass it to `admit`."""
         return {tp: position.era for tp, position in self._positions.items()}
 
+    def expected(self, tp: TP) -> int | None:
+        """The offset the stream of `tp` resumes at (see `_Position.next_offset`)."""
+        return self._positions[tp].next_offset
+
     def admit(self, tp: TP, offset: int, eras: Mapping[TP, int], rebalancing: bool) -> bool:
         """Whether the record at `offset` of `tp`, fetched in `eras`, goes to the stream."""
         position = self._positions[tp]
@@ -285,6 +291,113 @@ class FetchGuard:
         }
 
 
+@dataclass(slots=True)
+class _Ledger:
+    frontier: int | None = None
+    """Every offset below it is done; None until the partition's start is known (the committed
+    offset, or with none the first record fetched)."""
+    done: set[int] = field(default_factory=set)
+    """Offsets at or above the frontier that their streams processed."""
+    absent: dict[int, int] = field(default_factory=dict)
+    """Ranges of offsets the broker does not have (start -> end, exclusive): a fetch went from
+    one to the next record over them (compaction, transaction markers)."""
+    stuck_at: int | None = None
+    """The frontier at the last check, if records beyond it were processed already."""
+
+
+class StreamProgress:
+    """Which offsets of each stream partition are done, so no commit passes a record its
+    stream never processed.
+
+    Faust derives its commits from acknowledged offsets plus "gaps" it infers from jumps in its
+    own read position, and skips its check for a hole at the head when the committed offset is
+    0 or missing. Under load both let commits pass records that a rebalance, a cleared stream
+    queue or a restarted agent dropped: kill and stall tests lost hundreds of records with
+    every group caught up. Here an offset is done only when its stream processed it (its final
+    acknowledgement) or when a fetch went past it because the broker does not have it; a commit
+    is held at the first offset that is neither (`limit`). A stream partition processes its
+    records in order, so a hole below processed records never fills by itself: `stuck` names
+    the partitions to fetch again from their hole.
+    """
+
+    def __init__(self) -> None:
+        self._ledgers: dict[TP, _Ledger] = {}
+
+    def assigned(self, partitions: Iterable[TP]) -> None:
+        """A new assignment: each partition starts where the group's commit stands."""
+        self._ledgers = {tp: _Ledger() for tp in partitions}
+
+    def tracks(self, tp: TP) -> bool:
+        """Whether `tp` is a stream partition of the current assignment."""
+        return tp in self._ledgers
+
+    def started(self, tp: TP, committed: int | None) -> None:
+        """The group's committed offset of `tp` (None: nothing committed) after the seek that
+        follows an assignment; later seeks of the same assignment keep what was done."""
+        ledger = self._ledgers.get(tp)
+        if ledger is not None and ledger.frontier is None and not ledger.done:
+            ledger.frontier = committed
+
+    def fetched(self, tp: TP, offset: int, expected: int | None) -> None:
+        """A record at `offset` was given to its stream, fetched from position `expected` (None:
+        the reset policy's start): offsets between them are not on the broker."""
+        ledger = self._ledgers.get(tp)
+        if ledger is None:
+            return
+        if ledger.frontier is None:
+            ledger.frontier = offset if expected is None else min(expected, offset)
+        if expected is not None and offset > expected:
+            start = max(expected, ledger.frontier)
+            if start < offset:
+                ledger.absent[start] = max(ledger.absent.get(start, offset), offset)
+        self._advance(ledger)
+
+    def processed(self, tp: TP, offset: int) -> None:
+        """Every stream given the record at `offset` has processed it."""
+        ledger = self._ledgers.get(tp)
+        if ledger is None or ledger.frontier is None or offset < ledger.frontier:
+            return
+        ledger.done.add(offset)
+        self._advance(ledger)
+
+    @staticmethod
+    def _advance(ledger: _Ledger) -> None:
+        at = ledger.frontier
+        if at is None:
+            return
+        while True:
+            if at in ledger.done:
+                ledger.done.discard(at)
+                at += 1
+            elif at in ledger.absent:
+                at = max(at + 1, ledger.absent.pop(at))
+            else:
+                break
+        ledger.frontier = at
+
+    def limit(self, tp: TP) -> int | None:
+        """The highest offset a commit of `tp` may name (every record below it is done); None
+        when nothing may be committed yet."""
+        return self._ledgers[tp].frontier
+
+    def stuck(self) -> dict[TP, int]:
+        """Partitions with records processed beyond a hole that stood since the last call, each
+        with the hole's offset: the records there are no longer coming and must be fetched
+        again. Call it at least a commit interval apart, so a record still on its way counts
+        only when its successors are processed before it."""
+        stuck: dict[TP, int] = {}
+        for tp, ledger in self._ledgers.items():
+            frontier = ledger.frontier if ledger.done else None
+            if frontier is not None and frontier == ledger.stuck_at:
+                stuck[tp] = frontier
+            ledger.stuck_at = frontier
+        return stuck
+
+    def behind(self, tp: TP) -> int:
+        """How many records of `tp` beyond its hole were processed already."""
+        return len(self._ledgers[tp].done)
+
+
 class SeekGuardedConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer whose stream partitions are fetched without holes (see
     `FetchGuard`); table changelogs, read by recovery with its own seeks, are left alone."""
@@ -292,13 +405,18 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.fetch_guard = FetchGuard()
+        self.progress = StreamProgress()
+        self._abandoned: weakref.WeakSet[Message] = weakref.WeakSet()
+        self._holes_checked = time.monotonic()
 
     def _stream_partitions(self, partitions: Iterable[TP]) -> list[TP]:
         acks_enabled_for = self.app.topics.acks_enabled_for
         return [tp for tp in partitions if acks_enabled_for(tp.topic)]
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        self.fetch_guard.assigned(self._stream_partitions(assigned))
+        streams = self._stream_partitions(assigned)
+        self.fetch_guard.assigned(streams)
+        self.progress.assigned(streams)
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
@@ -312,7 +430,9 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
         committed = await super().seek_to_committed()
         for tp in streams:
             offset = committed.get(tp)
-            await self._seek_stream(tp, offset if offset is not None and offset >= 0 else None)
+            start = offset if offset is not None and offset >= 0 else None
+            self.progress.started(tp, start)
+            await self._seek_stream(tp, start)
         return committed
 
     async def seek(self, partition: TP, offset: int) -> None:
@@ -346,14 +466,47 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
         it is processed; an untracked one stays unacknowledged, so the commit stops before it
         and the seek after the rebalance fetches it again.
         """
-        if not message.tracked and self.app.topics.acks_enabled_for(message.topic):
-            return False
+        if self.app.topics.acks_enabled_for(message.topic):
+            if not message.tracked or message in self._abandoned:
+                return False
+            self.progress.processed(message.tp, message.offset)
         return super().ack(message)
+
+    def abandon(self, messages: Iterable[Message]) -> None:
+        """Never acknowledge these records: their handling was interrupted (an agent cancelled
+        or crashed mid-batch), and faust-streaming acknowledges a micro-batch's records when
+        its generator closes, processed or not. Commits stop before them and the partition is
+        fetched again from there (see `StreamProgress.stuck`)."""
+        self._abandoned.update(messages)
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        """Commit no stream partition past its first record not done (`StreamProgress.limit`);
+        a held commit is logged with the partition, Faust's offset and where it was held."""
+        progress = self.progress
+        allowed: dict[TP, int] = {}
+        for tp, offset in offsets.items():
+            limit = progress.limit(tp) if progress.tracks(tp) else offset
+            if limit is not None and limit < offset:
+                log.warning(
+                    "commit held at the first record its stream has not processed",
+                    partition=f"{tp.topic}[{tp.partition}]",
+                    offset=offset,
+                    held_at=limit,
+                )
+            committed = self._committed_offset.get(tp)
+            if limit is not None and (committed is None or min(offset, limit) > committed):
+                allowed[tp] = min(offset, limit)
+        if not allowed:
+            return False
+        return await super()._commit_offsets(allowed, start_new_transaction)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         """Faust's fetch, less the stream records `FetchGuard` refuses; partitions whose
         refused records must come again are sought back first."""
         guard = self.fetch_guard
+        progress = self.progress
         app = self.app
         refetches = {} if app.rebalancing else guard.refetches()
         for tp, offset in refetches.items():
@@ -365,10 +518,35 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
             )
             guard.seek_started(tp)
             await self._seek_stream(tp, offset)
+        if not app.rebalancing:
+            await self._refetch_holes()
         eras = guard.eras()
         async for tp, message in super().getmany(timeout):
-            if not guard.guards(tp) or guard.admit(tp, message.offset, eras, app.rebalancing):
+            if not guard.guards(tp):
                 yield tp, message
+                continue
+            expected = guard.expected(tp)
+            if guard.admit(tp, message.offset, eras, app.rebalancing):
+                progress.fetched(tp, message.offset, expected)
+                yield tp, message
+
+    async def _refetch_holes(self) -> None:
+        """Once a commit interval, fetch again each stream partition whose stream went on past
+        a record that never reached it (dropped by a rebalance, a cleared queue or an abandoned
+        batch): without this its commits would stay held there until the next rebalance."""
+        now = time.monotonic()
+        if now - self._holes_checked < self.app.conf.broker_commit_interval:
+            return
+        self._holes_checked = now
+        for tp, offset in self.progress.stuck().items():
+            log.warning(
+                "records were processed past one their stream never got; fetching from it again",
+                partition=f"{tp.topic}[{tp.partition}]",
+                offset=offset,
+                processed_beyond=self.progress.behind(tp),
+            )
+            self.fetch_guard.seek_started(tp)
+            await self._seek_stream(tp, offset)
 
 
 class DriftlineConsumer(CommitGatedConsumer, SeekGuardedConsumer):

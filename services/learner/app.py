@@ -36,6 +36,7 @@ from shared.app import (
     DriftlineApp,
     as_current_event,
     consume,
+    consume_batches,
     create_app,
     declare_topic,
     outputs_delivered,
@@ -132,15 +133,15 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
                     learner.spec.model_id, name.removeprefix("rolling_"), window
                 ).set(value)
 
-    async def learn_batch(batch: Sequence[EventT]) -> None:
+    async def learn_batch(batch: Sequence[EventT]) -> list[tuple[EventT, str]]:
+        rejected: list[tuple[EventT, str]] = []
         by_model: dict[bytes, list[tuple[EventT, TrainingExample]]] = {}
         for event in batch:
             message = event.message
-            metrics.EVENTS_IN.labels(SERVICE, message.topic).inc()
             try:
                 example = decode(TrainingExample, message.value, message.topic)
             except DriftlineError as exc:
-                await dead_letters.send(event, str(exc))
+                rejected.append((event, str(exc)))
                 continue
             by_model.setdefault(example.model_key.encode(), []).append((event, example))
         learned_models: list[tuple[bytes, OnlineLearner, EventT]] = []
@@ -155,11 +156,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
                         metrics.REDELIVERED_EXAMPLES.labels(example.spec.model_id).inc()
                         continue
                 except DriftlineError as exc:
-                    await dead_letters.send(event, str(exc))
+                    rejected.append((event, str(exc)))
                     continue
                 except Exception as exc:
                     log.exception("model failed to learn", model=example.model_key)
-                    await dead_letters.send(event, f"model failed: {type(exc).__name__}: {exc}")
+                    rejected.append((event, f"model failed: {type(exc).__name__}: {exc}"))
                     continue
                 learned += 1
                 if learner.n_learned % own.snapshot_every == 0:
@@ -176,11 +177,13 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
             await outputs_delivered(app)
         for key, learner, event in learned_models:
             remember(key, learner, event)
+        return rejected
 
     @app.agent(examples_topic, name="learn_from_examples")
     async def learn_from_examples(stream: faust.Stream) -> None:
-        async for batch in stream.take_events(own.batch_size, within=own.batch_within_s):
-            await learn_batch(batch)
+        await consume_batches(
+            stream, SERVICE, dead_letters, learn_batch, own.batch_size, own.batch_within_s
+        )
 
     @app.timer(own.snapshot_every_s, name="publish_pending_snapshots")
     async def publish_pending_snapshots() -> None:

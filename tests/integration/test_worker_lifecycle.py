@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -23,7 +24,8 @@ from shared.localkafka import LocalKafka
 from shared.settings import DriftlineSettings, DriftSettings
 from shared.worker import create_internal_topics, internal_topics
 from tests.support.faust_doubles import isolate_prometheus
-from tests.support.kafka import produce
+from tests.support.interrupted_app import INTERRUPT
+from tests.support.kafka import consume_until, produce
 from tests.support.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -161,6 +163,67 @@ async def test_a_send_that_fails_for_good_stops_the_worker_before_its_input_comm
     crashes = [r for r in records if "Crashed reason=DeliveryFailedError" in r.get("event", "")]
     assert len(crashes) == 1
     assert "Traceback" in crashes[0]["exception"]  # the traceback inside its one record
+
+
+async def test_a_batch_interrupted_mid_way_is_fetched_again_and_nothing_is_lost(
+    pipeline: Pipeline,
+) -> None:
+    """An agent cancelled mid-batch (as a rebalance or a stop cancels it) is restarted by Faust,
+    which acknowledges the interrupted batch as its generator closes: the commit passed those
+    records and they were never forwarded. They stay unacknowledged, the commit holds before
+    them, and once later records are processed the partition is fetched again from the hole."""
+    source, target = pipeline.prefix + "interrupted.in", pipeline.prefix + "interrupted.out"
+    admin = kafka_clients.admin_client(KafkaAccess(pipeline.bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(source, 1, 1), NewTopic(target, 1, 1)])
+    finally:
+        await admin.close()
+    values = [f"r{i}".encode() for i in range(60)]
+    values[30] = INTERRUPT
+    worker = ServiceProcess(
+        "interrupted",
+        {
+            **pipeline.env,
+            "DRIFTLINE_INTERRUPTED_SOURCE": source,
+            "DRIFTLINE_INTERRUPTED_TARGET": target,
+            "DRIFTLINE_INTERRUPTED_MARKER": str(pipeline.workdir / "interrupted"),
+        },
+        pipeline.workdir / "interrupted.log",
+        argv=["-m", "tests.support.interrupted_app"],
+    )
+    pipeline.workers.append(worker)
+    await asyncio.to_thread(worker.start)
+    await produce(pipeline.bootstrap, source, [(b"k", value) for value in values])
+
+    forwarded = await consume_until(
+        pipeline.bootstrap, [target], lambda got: set(values) <= {r.value for r in got}, 120
+    )
+
+    assert (pipeline.workdir / "interrupted").exists()  # the handler was interrupted once
+    assert set(values) <= {record.value for record in forwarded}
+    group = f"{pipeline.prefix}driftline-interrupted"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if await _committed(pipeline.bootstrap, group, source) == len(values):
+            break
+        await asyncio.sleep(0.5)
+    assert await _committed(pipeline.bootstrap, group, source) == len(values)
+    events = [r.get("event", "") for r in _records(worker.log_path)]
+    refetched = "records were processed past one their stream never got"
+    assert any(event.startswith(refetched) for event in events)
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    """The group's committed offset of partition 0 of `topic`."""
+    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    meta = offsets.get(TopicPartition(topic, 0))
+    return None if meta is None else meta.offset
 
 
 def test_sigterm_ends_a_worker_whose_broker_is_gone_within_30_seconds(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from shared.delivery import (
     DriftlineConsumer,
     DurableProducer,
     FetchGuard,
+    StreamProgress,
 )
 from shared.settings import DriftlineSettings, IngestionSettings
 from tests.support.faust_doubles import isolate_prometheus
@@ -220,3 +221,114 @@ async def test_a_record_its_stream_skipped_unprocessed_is_never_acknowledged(
     assert consumer.ack(taken)
     assert (skipped.acked, taken.acked) == (False, True)
     assert list(consumer._acked[tp]) == [6]
+
+
+def _progress(committed: int | None) -> StreamProgress:
+    progress = StreamProgress()
+    progress.assigned([LABELED])
+    progress.started(LABELED, committed)
+    return progress
+
+
+def test_a_commit_stops_at_the_first_record_not_processed() -> None:
+    progress = _progress(10)
+    for offset in range(10, 20):
+        progress.fetched(LABELED, offset, offset)
+    for offset in (10, 11, 13, 14):
+        progress.processed(LABELED, offset)
+    assert progress.limit(LABELED) == 12
+    progress.processed(LABELED, 12)
+    assert progress.limit(LABELED) == 15
+
+
+def test_offsets_the_broker_does_not_have_count_as_done_once_a_fetch_went_past_them() -> None:
+    progress = _progress(10)
+    progress.fetched(LABELED, 10, 10)
+    progress.fetched(LABELED, 15, 11)  # 11-14 compacted away, or transaction markers
+    progress.processed(LABELED, 10)
+    assert progress.limit(LABELED) == 15  # 11-14 are not there; 15 is not processed yet
+    progress.processed(LABELED, 15)
+    assert progress.limit(LABELED) == 16
+
+
+def test_a_jump_in_faust_s_own_read_position_is_not_taken_for_absent_records() -> None:
+    """Processing 30 while 20-29 were fetched but dropped unprocessed moves nothing."""
+    progress = _progress(20)
+    for offset in range(20, 31):
+        progress.fetched(LABELED, offset, offset)
+    progress.processed(LABELED, 30)
+    assert progress.limit(LABELED) == 20
+
+
+def test_with_nothing_committed_the_first_record_fetched_is_the_start() -> None:
+    progress = _progress(None)
+    assert progress.limit(LABELED) is None  # nothing may be committed yet
+    progress.fetched(LABELED, 7, None)  # the log starts at 7 (older records deleted)
+    assert progress.limit(LABELED) == 7
+    progress.processed(LABELED, 7)
+    assert progress.limit(LABELED) == 8
+
+
+def test_a_hole_below_processed_records_is_stuck_from_the_second_look() -> None:
+    progress = _progress(0)
+    for offset in range(0, 5):
+        progress.fetched(LABELED, offset, offset)
+    progress.processed(LABELED, 0)
+    assert progress.stuck() == {}  # nothing processed beyond the frontier: no hole
+    progress.processed(LABELED, 3)  # 1 and 2 were dropped before their stream got them
+    assert progress.stuck() == {}  # maybe still on their way
+    assert progress.stuck() == {LABELED: 1}
+    assert progress.behind(LABELED) == 1
+    progress.processed(LABELED, 1)  # fetched again
+    assert progress.stuck() == {}
+    progress.processed(LABELED, 2)
+    assert progress.limit(LABELED) == 4 and progress.stuck() == {}
+
+
+def test_a_new_assignment_starts_from_the_group_s_commit_and_forgets_the_last() -> None:
+    progress = _progress(0)
+    progress.fetched(LABELED, 0, 0)
+    progress.processed(LABELED, 0)
+    progress.assigned([LABELED])
+    progress.started(LABELED, 500)  # another worker processed up to here meanwhile
+    progress.processed(LABELED, 3)  # a late acknowledgement from before the rebalance
+    assert progress.limit(LABELED) == 500
+    progress.started(LABELED, 400)  # a later seek of the same assignment changes nothing
+    assert progress.limit(LABELED) == 500
+    assert not progress.tracks(OTHER)
+
+
+async def test_commits_hold_at_the_first_record_no_stream_processed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Faust's gaps and its head check (skipped when the committed offset is 0) let a commit
+    pass records a stream never got; the consumer's own record holds it."""
+    isolate_prometheus(monkeypatch)
+    app = create_app("acks", DriftlineSettings(data_dir=tmp_path), IngestionSettings())
+    app.topics._acking_topics.add(LABELED.topic)
+    consumer = app.consumer
+    assert isinstance(consumer, DriftlineConsumer)
+    consumer.progress.assigned([LABELED])
+    consumer.progress.started(LABELED, 0)
+    messages = [
+        ConsumerMessage(LABELED.topic, 0, offset, 0.0, 0, None, b"", b"", None, tp=LABELED)
+        for offset in range(4)
+    ]
+    for message in messages:
+        consumer.progress.fetched(LABELED, message.offset, message.offset)
+        message.tracked = True
+    consumer.abandon([messages[1]])  # its batch was interrupted
+    for message in messages:
+        consumer.ack(message)
+    assert consumer.progress.limit(LABELED) == 1
+    committed: dict[TP, int] = {}
+
+    async def commit(offsets: dict[TP, int]) -> bool:
+        committed.update(offsets)
+        return True
+
+    monkeypatch.setattr(consumer, "_commit", commit)
+    monkeypatch.setattr(consumer, "assignment", lambda: {LABELED})
+    assert await consumer._commit_offsets({LABELED: 4})
+    assert committed == {LABELED: 1}
+    assert not await consumer._commit_offsets({LABELED: 4})  # nothing beyond the last commit
