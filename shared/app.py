@@ -15,13 +15,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import faust
+from faust import streams as faust_streams
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT, TopicT
 from faust.web import Request, Response, View
 
-from shared import delivery, metrics
+from shared import delivery, failpoints, metrics
 from shared.delivery import DriftlineConsumer, DurableProducer, OutputsLostError
 from shared.errors import DriftlineError
 from shared.events import DeadLetter, Event, encode
@@ -55,6 +56,14 @@ def _with_short_fetch_wait(create: Callable[..., Any]) -> Callable[..., Any]:
 AIOKafkaConsumerThread._create_worker_consumer = _with_short_fetch_wait(  # type: ignore[method-assign]
     AIOKafkaConsumerThread._create_worker_consumer
 )
+
+
+# Streams iterate in Python, as faust-streaming does with NO_CYTHON set: its Cython iterator
+# inlines `Consumer.ack`, so `DriftlineConsumer.ack` never saw an `events()` stream's records.
+# That path acknowledged the records a stream skipped during a rebalance (commits passed them:
+# the loaded kill tests' losses in every `consume` agent), and its records never reached
+# `StreamProgress`, whose commits then held at the first one for good.
+faust_streams._CStreamIterator = None
 
 
 class DriftlineApp(faust.App):
@@ -307,8 +316,10 @@ def as_current_event(event: EventT) -> Iterator[None]:
 
 async def outputs_delivered(app: faust.AppT) -> None:
     """Wait until the batch's outputs are acknowledged, before writing the state that records
-    them (see `shared.delivery.outputs_delivered`)."""
+    them (see `shared.delivery.outputs_delivered`); the failpoint ``outputs-delivered`` stops
+    the worker right there, for fault tests."""
     await delivery.outputs_delivered(app)
+    failpoints.reached("outputs-delivered")
 
 
 class BufferedTable:

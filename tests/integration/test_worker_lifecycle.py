@@ -165,13 +165,16 @@ async def test_a_send_that_fails_for_good_stops_the_worker_before_its_input_comm
     assert "Traceback" in crashes[0]["exception"]  # the traceback inside its one record
 
 
-async def test_a_batch_interrupted_mid_way_is_fetched_again_and_nothing_is_lost(
-    pipeline: Pipeline,
+@pytest.mark.parametrize("mode", ["batches", "events"])
+async def test_a_handler_interrupted_mid_way_is_fetched_again_and_nothing_is_lost(
+    pipeline: Pipeline, mode: str
 ) -> None:
     """An agent cancelled mid-batch (as a rebalance or a stop cancels it) is restarted by Faust,
-    which acknowledges the interrupted batch as its generator closes: the commit passed those
+    which acknowledges what it was handling as its generator closes: the commit passed those
     records and they were never forwarded. They stay unacknowledged, the commit holds before
-    them, and once later records are processed the partition is fetched again from the hole."""
+    them, and once later records are processed the partition is fetched again from the hole.
+    One by one (`consume`) too, where faust-streaming's Cython iterator acknowledged records
+    without `DriftlineConsumer.ack`."""
     source, target = pipeline.prefix + "interrupted.in", pipeline.prefix + "interrupted.out"
     admin = kafka_clients.admin_client(KafkaAccess(pipeline.bootstrap))
     await admin.start()
@@ -188,6 +191,7 @@ async def test_a_batch_interrupted_mid_way_is_fetched_again_and_nothing_is_lost(
             "DRIFTLINE_INTERRUPTED_SOURCE": source,
             "DRIFTLINE_INTERRUPTED_TARGET": target,
             "DRIFTLINE_INTERRUPTED_MARKER": str(pipeline.workdir / "interrupted"),
+            "DRIFTLINE_INTERRUPTED_MODE": mode,
         },
         pipeline.workdir / "interrupted.log",
         argv=["-m", "tests.support.interrupted_app"],
