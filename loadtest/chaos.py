@@ -50,7 +50,7 @@ from loadtest.measure import partition_lag, partitions_of, read_records
 from loadtest.report import write_block
 from loadtest.workload import MODEL_ID, Workload
 from services.processes import ServiceProcess
-from shared import kafka_clients
+from shared import failpoints, kafka_clients
 from shared.kafka_clients import KafkaAccess
 from shared.localkafka import KAFKA_VERSION, LocalKafka, default_home
 from shared.sealing import PICKLE, SealedState
@@ -65,7 +65,9 @@ class Fault:
     """One fault: at `at_s` seconds into the sending, `action` on `service`'s worker."""
 
     at_s: float
-    action: Literal["kill", "wipe", "stop", "add", "remove", "restart", "terminate", "cold"]
+    action: Literal[
+        "kill", "wipe", "stop", "add", "remove", "restart", "terminate", "cold", "failpoint"
+    ]
     """``kill``: SIGKILL the worker and start its successor at once, as a crash would.
     ``add``: start one more worker of the service (scale out); ``remove``: stop its newest
     worker with SIGTERM (scale in), its partitions handed to the others. ``restart`` (service
@@ -78,7 +80,11 @@ class Fault:
     `COLD_START_READY_S`); the next fault waits for it.
     ``stop``: SIGSTOP the worker and start its successor at once, as for a hung node; SIGCONT
     it `for_s` later, past its session timeout, so it comes back as a zombie that still holds
-    the records it had batched, and then stays as a second worker."""
+    the records it had batched, and then stays as a second worker.
+    ``failpoint``: SIGKILL the worker and start a successor armed to exit on its third pass
+    through ``outputs-delivered`` (`shared.failpoints`): after a micro-batch's outputs were
+    acknowledged, before the state recording them is written; once it has exited (within
+    `for_s`), start a plain successor."""
     service: str
     for_s: float = 0.0
 
@@ -154,6 +160,9 @@ def plan(quick: bool) -> list[Scenario]:
         Scenario("T6 twenty cold starts of the five services with two busy CPUs", everything,
                  4_000, 10.0, tuple(Fault(5.0 + i, "cold", "all") for i in range(20)),
                  busy_cpus=2, runs=1),
+        Scenario("T8 exit between a batch's delivered outputs and its state", everything,
+                 6_000, 140.0, tuple(Fault(5.0 + 4 * i, "failpoint", s, 60.0)
+                                     for i, s in enumerate(("ingestion", "feedback", "learner")))),
         Scenario("T4 scale each of the five services 1 -> 2 -> 1", everything, 6_000, 140.0,
                  tuple(Fault(4.0 + 2 * i, "add", s) for i, s in enumerate(everything))
                  + tuple(Fault(24.0 + 2 * i, "remove", s) for i, s in enumerate(everything))),
@@ -250,6 +259,17 @@ async def inject(run: Run, faults: tuple[Fault, ...], began: float, effects: Eff
         worker.resume()
         note(f"resume {fault.service}")
 
+    async def replace_when_exited(worker: ServiceProcess, fault: Fault) -> None:
+        assert worker.process is not None
+        try:
+            status = await asyncio.to_thread(worker.process.wait, fault.for_s)
+        except subprocess.TimeoutExpired:
+            note(f"{fault.service}'s failpoint not reached in {fault.for_s:.0f}s")
+            return
+        run.kill(worker)  # exited already: only forgets it, and reaps what it left running
+        run.spawn(fault.service)
+        note(f"{fault.service} exited at its failpoint ({status}); successor started")
+
     try:
         for fault in sorted(faults, key=lambda f: f.at_s):
             await asyncio.sleep(max(0.0, began + fault.at_s - time.monotonic()))
@@ -277,6 +297,13 @@ async def inject(run: Run, faults: tuple[Fault, ...], began: float, effects: Eff
                 worker.pause()
                 paused.append(worker)
                 resumes.append(asyncio.create_task(resume_later(worker, fault)))
+            elif fault.action == "failpoint":
+                await asyncio.to_thread(run.kill, worker)
+                run.spawn(fault.service, **{failpoints.ENV: "outputs-delivered=3"})
+                armed = live_worker(run, fault.service)
+                resumes.append(asyncio.create_task(replace_when_exited(armed, fault)))
+                note(f"failpoint armed in {fault.service}")
+                continue
             if fault.action != "remove":
                 run.spawn(fault.service)
             note(f"{fault.action} {fault.service}")
