@@ -15,12 +15,20 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka.errors import TopicAuthorizationFailedError
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import kafka_clients
 from shared.events import Deployment, Feedback, ModelSnapshot, OnlineModelSpec, Variant
 from shared.kafka_clients import KafkaAccess
 from shared.localkafka import LocalKafka
-from shared.topics import EVENTS_RAW, FEEDBACK, MODEL_SNAPSHOTS, PREDICTIONS
+from shared.topics import (
+    EVENTS_RAW,
+    FEATURES,
+    FEEDBACK,
+    MODEL_SNAPSHOTS,
+    PREDICTIONS,
+    PREDICTIONS_LABELED,
+)
 from tests.support.kafka import consume_until, produce
 from tests.support.pipeline import Pipeline
 from tests.support.workers import Worker
@@ -88,6 +96,7 @@ async def test_the_pipeline_runs_over_sasl_ssl_each_service_as_its_own_user(
         ("ingestion", {}),
         ("router", {}),
         ("feedback", {}),
+        ("drift", {}),
         (
             "learner",
             {
@@ -131,6 +140,29 @@ async def test_the_pipeline_runs_over_sasl_ssl_each_service_as_its_own_user(
         await asyncio.sleep(2)
     snapshots = await consume_until(operator, [pipe.topic(MODEL_SNAPSHOTS)], lambda r: len(r) >= 1)
     assert ModelSnapshot.model_validate_json(snapshots[0].value).model_id == "fraud-lr"
+
+    # The drift worker, as its own user, read every feature and labeled event (and its own
+    # feature-values topic in between) without a dead letter.
+    drift = next(worker for worker in pipe.workers if worker.service == "drift")
+    wanted = {pipe.topic(FEATURES): len(events), pipe.topic(PREDICTIONS_LABELED): len(events)}
+    deadline = time.monotonic() + 120
+    while True:
+        consumed = events_in(drift.metrics(), "drift")
+        if all(consumed.get(topic, 0) >= n for topic, n in wanted.items()):
+            break
+        assert time.monotonic() < deadline, f"drift consumed only {consumed} in 120 s"
+        await asyncio.sleep(1)
+    assert "driftline_dead_letters_total{" not in drift.metrics()
+
+
+def events_in(exposition: str, service: str) -> dict[str, float]:
+    """``driftline_events_in_total`` of `service` by topic, from a worker's metrics page."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "driftline_events_in_total" and sample.labels["service"] == service:
+                counts[sample.labels["topic"]] = sample.value
+    return counts
 
 
 def test_a_wrong_password_is_one_clear_line_within_30_s(
