@@ -509,7 +509,11 @@ def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: f
                 effects.caught_up_s = round(time.monotonic() - sent_at, 1)
         asyncio.run(check(run, workload, scenario, effects))
     finally:
-        run.close()
+        kept = not effects.passed
+        run.close(keep_topics=kept)
+        if kept:
+            print(f"{scenario.name}: topics of the failed run kept under {run.prefix}.*",
+                  file=sys.stderr, flush=True)  # fmt: skip
     return effects
 
 

@@ -197,11 +197,13 @@ class Run:
             if worker.process is not None and worker.process.poll() is None
         }
 
-    def close(self) -> None:
-        """Stop the workers and delete every topic of this run."""
+    def close(self, keep_topics: bool = False) -> None:
+        """Stop the workers and delete every topic of this run, unless `keep_topics` (a failed
+        run's records are the evidence)."""
         for worker in self.workers:
             worker.stop(timeout=15.0)
-        asyncio.run(_delete_topics(self.bootstrap, self.prefix))
+        if not keep_topics:
+            asyncio.run(_delete_topics(self.bootstrap, self.prefix))
 
 
 async def _delete_topics(bootstrap: str, prefix: str) -> None:

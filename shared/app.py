@@ -214,6 +214,8 @@ async def consume(
     """
     processing = metrics.child(metrics.PROCESSING_SECONDS, service)
     async for event in stream.events():
+        if not in_order(stream, event):
+            continue
         message = event.message
         metrics.child(metrics.EVENTS_IN, service, message.topic).inc()
         started = time.perf_counter()
@@ -223,6 +225,15 @@ async def consume(
             except Exception as exc:
                 await dead_letters.send(event, failure_reason(event, exc))
         processing.observe(time.perf_counter() - started)
+
+
+def in_order(stream: faust.Stream, event: EventT) -> bool:
+    """Whether `event` is the next record of its partition, which its stream may process now;
+    one that came too early is left for a refetch (`DriftlineConsumer.take`)."""
+    consumer = stream.app.consumer
+    if not isinstance(consumer, DriftlineConsumer):
+        return True
+    return consumer.take(event.message, stream.prefix)
 
 
 @contextmanager
@@ -235,7 +246,7 @@ def unacknowledged_if_interrupted(stream: faust.Stream, events: Sequence[EventT]
     except BaseException:
         consumer = stream.app.consumer
         if isinstance(consumer, DriftlineConsumer):
-            consumer.abandon(event.message for event in events)
+            consumer.abandon((event.message for event in events), stream.prefix)
         raise
 
 
@@ -275,7 +286,10 @@ async def consume_batches(
     outputs were lost (`OutputsLostError`): then the worker stops and replays the batch.
     """
     processing = metrics.child(metrics.PROCESSING_SECONDS, service)
-    async for events in stream.take_events(max_events, within_seconds):
+    async for taken in stream.take_events(max_events, within_seconds):
+        events = [event for event in taken if in_order(stream, event)]
+        if not events:
+            continue
         started = time.perf_counter()
         for event in events:
             metrics.child(metrics.EVENTS_IN, service, event.message.topic).inc()

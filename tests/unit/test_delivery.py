@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
@@ -20,7 +22,9 @@ from shared.delivery import (
     DeliveryFailedError,
     DriftlineConsumer,
     DurableProducer,
+    Fetched,
     FetchGuard,
+    FetchTrackingThread,
     StreamProgress,
 )
 from shared.settings import DriftlineSettings, IngestionSettings
@@ -191,6 +195,24 @@ def test_nothing_is_admitted_during_a_rebalance_and_it_is_fetched_again_after() 
     assert guard.admit(OTHER, 100, eras, False)
 
 
+def test_after_a_refused_record_the_later_ones_of_its_fetch_are_refused_too() -> None:
+    """A stream must never be given a record after one it missed."""
+    guard = _sought(100)
+    eras = guard.eras()
+    assert guard.admit(LABELED, 100, eras, False)
+    assert not guard.admit(LABELED, 101, eras, True)  # a rebalance began
+    assert not guard.admit(LABELED, 102, eras, False)  # it ended: 101 is still missing
+    assert guard.refetches() == {LABELED: 101}
+
+
+def test_a_stream_asks_for_the_records_it_missed_once() -> None:
+    guard = _sought(100)
+    assert guard.refetch(LABELED, 95)
+    assert not guard.refetch(LABELED, 95)  # asked already
+    assert guard.refetches() == {LABELED: 95}
+    assert not guard.admit(LABELED, 130, guard.eras(), False)  # still on its way from before
+
+
 def test_partitions_of_another_assignment_or_unguarded_are_not_tracked() -> None:
     guard = _sought(5)
     guard.assigned([OTHER])
@@ -232,8 +254,7 @@ def _progress(committed: int | None) -> StreamProgress:
 
 def test_a_commit_stops_at_the_first_record_not_processed() -> None:
     progress = _progress(10)
-    for offset in range(10, 20):
-        progress.fetched(LABELED, offset, offset)
+    progress.returned(LABELED, range(10, 20), 10)
     for offset in (10, 11, 13, 14):
         progress.processed(LABELED, offset)
     assert progress.limit(LABELED) == 12
@@ -243,27 +264,33 @@ def test_a_commit_stops_at_the_first_record_not_processed() -> None:
 
 def test_offsets_the_broker_does_not_have_count_as_done_once_a_fetch_went_past_them() -> None:
     progress = _progress(10)
-    progress.fetched(LABELED, 10, 10)
-    progress.fetched(LABELED, 15, 11)  # 11-14 compacted away, or transaction markers
+    progress.returned(LABELED, [10], 10)
+    progress.returned(LABELED, [15, 16, 19], 11)  # 11-14, 17, 18: compacted, or markers
     progress.processed(LABELED, 10)
     assert progress.limit(LABELED) == 15  # 11-14 are not there; 15 is not processed yet
-    progress.processed(LABELED, 15)
-    assert progress.limit(LABELED) == 16
-
-
-def test_a_jump_in_faust_s_own_read_position_is_not_taken_for_absent_records() -> None:
-    """Processing 30 while 20-29 were fetched but dropped unprocessed moves nothing."""
-    progress = _progress(20)
-    for offset in range(20, 31):
-        progress.fetched(LABELED, offset, offset)
-    progress.processed(LABELED, 30)
+    for offset in (15, 16):
+        progress.processed(LABELED, offset)
+    assert progress.limit(LABELED) == 19
+    progress.processed(LABELED, 19)
     assert progress.limit(LABELED) == 20
+
+
+def test_records_the_broker_returned_but_no_stream_got_hold_the_commit() -> None:
+    """Faust drops fetched records on their way to the streams (a paused partition's, the
+    rest of a fetch when flow stops): its streams then see a jump from 24 to 30, but the
+    broker has 25-29, and they were never processed."""
+    progress = _progress(20)
+    progress.returned(LABELED, range(20, 25), 20)
+    progress.returned(LABELED, range(25, 31), 25)
+    for offset in (20, 21, 22, 23, 24, 30):
+        progress.processed(LABELED, offset)
+    assert progress.limit(LABELED) == 25
 
 
 def test_with_nothing_committed_the_first_record_fetched_is_the_start() -> None:
     progress = _progress(None)
     assert progress.limit(LABELED) is None  # nothing may be committed yet
-    progress.fetched(LABELED, 7, None)  # the log starts at 7 (older records deleted)
+    progress.returned(LABELED, [7, 8], None)  # the log starts at 7 (older records deleted)
     assert progress.limit(LABELED) == 7
     progress.processed(LABELED, 7)
     assert progress.limit(LABELED) == 8
@@ -271,8 +298,7 @@ def test_with_nothing_committed_the_first_record_fetched_is_the_start() -> None:
 
 def test_a_hole_below_processed_records_is_stuck_from_the_second_look() -> None:
     progress = _progress(0)
-    for offset in range(0, 5):
-        progress.fetched(LABELED, offset, offset)
+    progress.returned(LABELED, range(0, 5), 0)
     progress.processed(LABELED, 0)
     assert progress.stuck() == {}  # nothing processed beyond the frontier: no hole
     progress.processed(LABELED, 3)  # 1 and 2 were dropped before their stream got them
@@ -287,7 +313,7 @@ def test_a_hole_below_processed_records_is_stuck_from_the_second_look() -> None:
 
 def test_a_new_assignment_starts_from_the_group_s_commit_and_forgets_the_last() -> None:
     progress = _progress(0)
-    progress.fetched(LABELED, 0, 0)
+    progress.returned(LABELED, [0], 0)
     progress.processed(LABELED, 0)
     progress.assigned([LABELED])
     progress.started(LABELED, 500)  # another worker processed up to here meanwhile
@@ -296,6 +322,27 @@ def test_a_new_assignment_starts_from_the_group_s_commit_and_forgets_the_last() 
     progress.started(LABELED, 400)  # a later seek of the same assignment changes nothing
     assert progress.limit(LABELED) == 500
     assert not progress.tracks(OTHER)
+
+
+def test_a_stream_takes_its_partition_s_records_in_order() -> None:
+    progress = _progress(10)
+    progress.returned(LABELED, [10, 11, 15, 16], 10)  # 12-14 are not on the broker
+    assert progress.take(LABELED, 10, "agent") == "next"
+    assert progress.take(LABELED, 12, "agent") == "early"  # 11 never reached the stream
+    assert progress.next_to_take(LABELED, "agent") == 11
+    assert [progress.take(LABELED, o, "agent") for o in (11, 15, 16)] == ["next"] * 3
+    assert progress.take(LABELED, 15, "agent") == "taken"  # a refetch for another stream
+
+
+def test_each_stream_of_a_partition_keeps_its_own_place() -> None:
+    progress = _progress(0)
+    progress.returned(LABELED, range(0, 4), 0)
+    assert [progress.take(LABELED, o, "detect") for o in range(4)] == ["next"] * 4
+    assert progress.take(LABELED, 0, "weigh") == "next"
+    assert progress.take(LABELED, 2, "weigh") == "early"
+    progress.untake(LABELED, 1, "detect")  # its batch 1-3 was interrupted
+    assert progress.next_to_take(LABELED, "detect") == 1
+    assert progress.next_to_take(LABELED, "weigh") == 1
 
 
 async def test_commits_hold_at_the_first_record_no_stream_processed(
@@ -314,10 +361,10 @@ async def test_commits_hold_at_the_first_record_no_stream_processed(
         ConsumerMessage(LABELED.topic, 0, offset, 0.0, 0, None, b"", b"", None, tp=LABELED)
         for offset in range(4)
     ]
+    consumer.progress.returned(LABELED, [message.offset for message in messages], 0)
     for message in messages:
-        consumer.progress.fetched(LABELED, message.offset, message.offset)
         message.tracked = True
-    consumer.abandon([messages[1]])  # its batch was interrupted
+    consumer.abandon([messages[1]], "agent")  # its batch was interrupted
     for message in messages:
         consumer.ack(message)
     assert consumer.progress.limit(LABELED) == 1
@@ -332,3 +379,125 @@ async def test_commits_hold_at_the_first_record_no_stream_processed(
     assert await consumer._commit_offsets({LABELED: 4})
     assert committed == {LABELED: 1}
     assert not await consumer._commit_offsets({LABELED: 4})  # nothing beyond the last commit
+
+
+async def test_where_each_fetch_began_is_noted_in_the_consumer_s_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Seeks and fetches both run in the consumer's thread: there, where a fetch began is
+    known exactly, so a jump in it is the broker's (compaction, transaction markers)."""
+    thread = _consumer(monkeypatch, tmp_path)._thread
+    assert isinstance(thread, FetchTrackingThread)
+    seeks: list[tuple[object, int]] = []
+    aiokafka = SimpleNamespace(seek=lambda tp, offset: seeks.append((tp, offset)))
+    monkeypatch.setattr(thread, "_ensure_consumer", lambda: aiokafka)
+    fetches = iter([[10, 11], [14], [3]])
+
+    async def fetch(*args: object, **kwargs: object) -> dict[TP, list[SimpleNamespace]]:
+        return {LABELED: [SimpleNamespace(offset=offset) for offset in next(fetches)]}
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_fetch_records", fetch)
+    await thread.seek_stream(LABELED, 10, False)
+    first = await thread._fetch_records(aiokafka, {LABELED})
+    assert isinstance(first, Fetched) and first.starts == {LABELED: 10}
+    second = await thread._fetch_records(aiokafka, {LABELED})
+    assert isinstance(second, Fetched) and second.starts == {LABELED: 12}  # 12, 13: no records
+    await thread.seek_stream(LABELED, 3, False)
+    third = await thread._fetch_records(aiokafka, {LABELED})
+    assert isinstance(third, Fetched) and third.starts == {LABELED: 3}
+    assert seeks == [(LABELED, 10), (LABELED, 3)]
+
+
+async def test_only_the_broker_s_own_fetches_tell_which_offsets_are_absent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A jump within a fetch, or from where it began, is a gap on the broker; records of a
+    fetch that a seek overtook, or that began where it is not known, say nothing."""
+    consumer = _consumer(monkeypatch, tmp_path, returned=False)
+    guard, progress = consumer.fetch_guard, consumer.progress
+    results: list[tuple[dict[TP, list[SimpleNamespace]], dict[TP, int | None]]] = [
+        ({LABELED: [SimpleNamespace(offset=o) for o in (0, 1, 4)]}, {LABELED: 0}),
+        ({LABELED: [SimpleNamespace(offset=9)]}, {LABELED: None}),  # began at an unknown place
+    ]
+
+    async def fetch(active: set[TP] | None, timeout: float) -> Fetched:
+        records, starts = results.pop(0)
+        return Fetched(records, starts)
+
+    monkeypatch.setattr(consumer._thread, "getmany", fetch)
+    await consumer._getmany({LABELED}, 1.0)
+    for offset in (0, 1):
+        progress.processed(LABELED, offset)
+    assert progress.limit(LABELED) == 4  # 2 and 3 are not on the broker
+    await consumer._getmany({LABELED}, 1.0)
+    progress.processed(LABELED, 4)
+    assert progress.limit(LABELED) == 5  # 5-8 were not shown missing
+
+    async def overtaken(active: set[TP] | None, timeout: float) -> Fetched:
+        guard.seek_started(LABELED)  # a seek ran while this fetch was on its way
+        guard.seek_ended(LABELED, 5)
+        return Fetched({LABELED: [SimpleNamespace(offset=20)]}, {LABELED: 5})
+
+    monkeypatch.setattr(consumer._thread, "getmany", overtaken)
+    await consumer._getmany({LABELED}, 1.0)
+    assert progress.limit(LABELED) == 5
+
+
+def _consumer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, returned: bool = True
+) -> DriftlineConsumer:
+    isolate_prometheus(monkeypatch)
+    app = create_app("order", DriftlineSettings(data_dir=tmp_path), IngestionSettings())
+    app.topics._acking_topics.add(LABELED.topic)
+    consumer = app.consumer
+    assert isinstance(consumer, DriftlineConsumer)
+    consumer.fetch_guard.assigned([LABELED])
+    consumer.progress.assigned([LABELED])
+    consumer.progress.started(LABELED, 0)
+    consumer.fetch_guard.seek_ended(LABELED, 0)
+    if returned:
+        consumer.progress.returned(LABELED, range(0, 6), 0)
+    return consumer
+
+
+def _message(offset: int) -> ConsumerMessage:
+    message = ConsumerMessage(LABELED.topic, 0, offset, 0.0, 0, None, b"", b"", None, tp=LABELED)
+    message.tracked = True
+    return message
+
+
+def test_a_record_that_comes_too_early_is_left_unacknowledged_and_the_gap_fetched_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Records 1-2 were dropped on their way to the stream (a cleared queue): 3 must not be
+    processed before them, or the outputs of 1-2 would come after 3's downstream, where
+    they look like replays."""
+    consumer = _consumer(monkeypatch, tmp_path)
+    first, early = _message(0), _message(3)
+    consumer._admitted_in[early] = consumer.fetch_guard.era(LABELED) or 0
+    assert consumer.take(first, "agent")
+    assert not consumer.take(early, "agent")
+    assert consumer.fetch_guard.refetches() == {LABELED: 1}
+    consumer.ack(first)
+    consumer.ack(early)
+    assert consumer.progress.limit(LABELED) == 1  # 3 was not processed
+
+    consumer.fetch_guard.seek_started(LABELED)  # the refetch
+    consumer.fetch_guard.seek_ended(LABELED, 1)
+    stale = _message(4)  # still queued from before the refetch: no second one is asked for
+    consumer._admitted_in[stale] = -1
+    assert not consumer.take(stale, "agent")
+    assert consumer.fetch_guard.refetches() == {}
+    assert all(consumer.take(_message(offset), "agent") for offset in (1, 2, 3))
+
+
+def test_an_interrupted_batch_is_taken_again_before_anything_after_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    consumer = _consumer(monkeypatch, tmp_path)
+    batch = [_message(offset) for offset in (0, 1, 2)]
+    assert all(consumer.take(message, "agent") for message in batch)
+    consumer.abandon(batch[1:], "agent")  # cancelled after the first record
+    assert consumer.fetch_guard.refetches() == {LABELED: 1}
+    assert not consumer.take(_message(3), "agent")  # queued behind the batch
+    assert consumer.take(_message(1), "agent")
