@@ -8,12 +8,14 @@ value into one `SettingsError` line instead of a validation traceback.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from shared.errors import SettingsError
 from shared.signing import KeyRing
@@ -383,11 +385,21 @@ def env_variables() -> dict[str, str]:
     }
 
 
+_SOURCE_FIELD = re.compile(r'field "(?P<field>\w+)"')
+
+
 def load(cls: type[S]) -> S:
-    """Read `cls` from the environment; a bad value raises one readable `SettingsError`."""
+    """Read `cls` from the environment; a bad value raises one readable `SettingsError` naming
+    the variable, whether pydantic refuses the value or pydantic-settings cannot even parse it
+    (a JSON setting that is not JSON)."""
     try:
         return cls()
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         raise SettingsError(env_name(cls, field), first.get("input"), first["msg"]) from None
+    except SourceError as exc:
+        match = _SOURCE_FIELD.search(str(exc))
+        variable = env_name(cls, match["field"]) if match else "a DRIFTLINE_* variable"
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise SettingsError(variable, os.environ.get(variable), f"expected JSON{cause}") from None

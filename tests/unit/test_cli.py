@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.workers import free_port
 
 
@@ -29,6 +31,17 @@ def test_bad_environment_setting_is_one_line_and_exit_2() -> None:
         "error: setting DRIFTLINE_TOPIC_PARTITIONS='lots': Input should be a valid integer, "
         "unable to parse string as an integer"
     ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DRIFTLINE_DRIFT_WEBHOOK_URLS", "http://x"), ("DRIFTLINE_DRIFT_DETECTORS", "{bad")],
+)
+def test_a_json_setting_that_is_not_json_is_one_line_and_exit_2(variable: str, value: str) -> None:
+    result = _driftline("drift", "worker", **{variable: value})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: setting {variable}={value!r}: expected JSON: ")
 
 
 def test_unknown_command_is_a_usage_error_without_traceback() -> None:
