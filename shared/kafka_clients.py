@@ -11,16 +11,18 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from faust.types.auth import CredentialsT
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import SecretStr
 
-from shared.errors import DriftlineError, SettingsError
+from shared.errors import DriftlineError, SettingsError, UnavailableError
 from shared.settings import DriftlineSettings, env_name
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -129,6 +131,8 @@ def admin_client(target: Target, **options: Any) -> AIOKafkaAdminClient:
 
 def faust_credentials(target: Target) -> CredentialsT | None:
     """Faust's ``broker_credentials`` for the same access (None for plaintext)."""
+    import faust  # workers only: the CLI's clients do without Faust
+
     access = access_of(target)
     if access.sasl:
         return faust.SASLCredentials(
@@ -140,6 +144,18 @@ def faust_credentials(target: Target) -> CredentialsT | None:
     if access.tls:
         return faust.SSLCredentials(access.ssl_context())
     return None
+
+
+def kafka_failure(exc: KafkaError, target: Target) -> DriftlineError:
+    """What a failed Kafka call means to the user: the brokers out of reach or too slow (aiokafka
+    calls the error retriable, or it is a timeout) is `UnavailableError`, retry later (exit 3);
+    anything else (credentials, CA, a denied ACL) is theirs to fix (exit 2)."""
+    servers = access_of(target).bootstrap_servers
+    if exc.retriable or isinstance(exc, KafkaTimeoutError):
+        return UnavailableError("Kafka", servers, str(exc))
+    return DriftlineError(
+        f"Kafka at {servers}: {exc} (check the DRIFTLINE_KAFKA_* settings and the broker's ACLs)"
+    )
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -16,8 +16,12 @@ _PRE_CHAIN: list[Any] = [
 ]
 
 
-def logging_config(service: str, level: str = "info", fmt: str = "json") -> dict[str, Any]:
-    """A `logging.config.dictConfig` that renders every record (ours and libraries') alike.
+def logging_config(
+    service: str, level: str = "info", fmt: str = "json", kafka_client_level: str = "warning"
+) -> dict[str, Any]:
+    """A `logging.config.dictConfig` that renders every record (ours and libraries') alike;
+    aiokafka's own records from `kafka_client_level` up (a CLI, which reports a failed call in
+    one line of its own, raises it to ``critical``).
 
     Faust's worker applies it itself (`logging_config` setting), so its own setup does not undo it.
     """
@@ -57,15 +61,17 @@ def logging_config(service: str, level: str = "info", fmt: str = "json") -> dict
             "default": {"class": "logging.StreamHandler", "formatter": "structlog"},
         },
         "root": {"handlers": ["default"], "level": level.upper()},
-        "loggers": {"aiokafka": {"level": "WARNING"}},
+        "loggers": {"aiokafka": {"level": kafka_client_level.upper()}},
     }
 
 
-def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
+def configure_logging(
+    service: str, level: str = "info", fmt: str = "json", kafka_client_level: str = "warning"
+) -> None:
     """Apply :func:`logging_config` now (CLI commands and tests that run no Faust worker)."""
     import logging.config
 
-    logging.config.dictConfig(logging_config(service, level, fmt))
+    logging.config.dictConfig(logging_config(service, level, fmt, kafka_client_level))
 
 
 def message_fields(topic: str, partition: int, offset: int) -> dict[str, Any]:

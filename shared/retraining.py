@@ -30,7 +30,6 @@ from aiokafka.structs import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from shared.admin import live_deployments, partition_counts, publish, read_topic, start_reader
-from shared.backends import RegistryUri, pinned_uri
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
     DataWindow,
@@ -44,6 +43,7 @@ from shared.events import (
     utc_now,
 )
 from shared.logging import get_logger, message_fields
+from shared.model_uris import RegistryUri, pinned_uri
 from shared.registry import filter_value, register_sklearn_model, set_alias
 from shared.rollout import CHALLENGER_ALIAS, CHAMPION_ALIAS, REJECTED_TAG, champion_model
 from shared.settings import DriftlineSettings
