@@ -122,7 +122,8 @@ def kafka_start(port: PortOption = 9092, secure: SecureOption = False) -> None:
     if broker.is_up(timeout=1.0):
         console.print(f"Kafka already answers on {broker.bootstrap}")
     else:
-        seconds = broker.start()
+        with console.status(f"starting Kafka on {broker.bootstrap}") as progress:
+            seconds = broker.start(on_step=lambda step: progress.update(f"Kafka: {step}"))
         console.print(f"Kafka {broker.bootstrap} up in {seconds:.1f}s (log: {broker.log_path})")
     if secure:
         prefix = cfg.load(cfg.DriftlineSettings).topic_prefix
