@@ -207,9 +207,10 @@ def topics_create() -> None:
 
 @app.command("settings")
 def settings_list(as_json: JsonOption = False) -> None:
-    """List every environment variable Driftline reads: its type, default, current value (as
-    set in this environment; secrets masked) and meaning. --json: an array of
-    ``{"variable", "type", "default", "value", "description"}``."""
+    """List every environment variable Driftline reads, with type, default, value and meaning.
+
+    The value is as set in this environment (secrets masked).
+    --json: an array of {"variable", "type", "default", "value", "description"}."""
     docs = cfg.setting_docs(os.environ)
     if as_json:
         print_json(docs)

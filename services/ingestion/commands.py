@@ -52,8 +52,9 @@ def declare(
 
 @streams_app.command("list")
 def list_streams(as_json: JsonOption = False) -> None:
-    """List the declared streams with their features; --json: an array of stream declarations
-    as on the topic."""
+    """List the declared streams with their features.
+
+    --json: an array of stream declarations as on the topic."""
     from shared.admin import live_streams
 
     settings = cfg.load(cfg.DriftlineSettings)

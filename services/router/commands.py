@@ -143,9 +143,10 @@ def deploy(
     shadow: Annotated[list[str] | None, typer.Option(help="Shadow model URI, repeatable.")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Deployment JSON.")] = None,
 ) -> None:
-    """Create or replace a deployment; routers apply it without a restart. Its model URIs, its
-    stream and its MLflow models are checked first (exit 2 if one is wrong, 3 if Kafka or
-    MLflow cannot be reached)."""
+    """Create or replace a deployment; routers apply it without a restart.
+
+    Its model URIs, its stream and its MLflow models are checked first: exit 2 if one is
+    wrong, 3 if Kafka or MLflow cannot be reached, and nothing is published."""
     from shared.admin import publish
     from shared.events import encode
     from shared.topics import DEPLOYMENTS
@@ -183,8 +184,9 @@ def variants_line(deployment: Deployment) -> str:
 
 @deployments_app.command("list")
 def list_deployments(as_json: JsonOption = False) -> None:
-    """List live deployments (the compacted topic read to its end); --json: an array of
-    deployment records as on the topic."""
+    """List live deployments (the compacted topic read to its end).
+
+    --json: an array of deployment records as on the topic."""
     from shared.admin import live_deployments
 
     settings = cfg.load(cfg.DriftlineSettings)
@@ -232,8 +234,9 @@ def delete_deployment(
 
 @models_app.command("list")
 def list_models(as_json: JsonOption = False) -> None:
-    """List registered models with their versions and aliases; --json: an array of
-    ``{"name", "versions", "aliases"}`` (versions as strings, aliases by name)."""
+    """List registered models with their versions and aliases.
+
+    --json: an array of {"name", "versions", "aliases"} (versions as strings, aliases by name)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 

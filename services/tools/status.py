@@ -151,8 +151,11 @@ def status_command(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the services' health, consumer lag per topic, the current deployments and the latest
-    promotion decision on each. Exits 3 (after the health) if Kafka is out of reach."""
+    """Show the services' health, consumer lag, deployments and promotion decisions.
+
+    Health comes first, over HTTP; the rest is read from Kafka: if Kafka is out of reach, the
+    command exits 3 after showing the health. --json: {"services", "lag", "deployments",
+    "decisions"} (see the README)."""
     common = cfg.load(cfg.DriftlineSettings)
     quiet_logging(common)  # skipped records, on stderr
     console = stdout()

@@ -155,9 +155,11 @@ def trace_command(
     event_id: Annotated[str, typer.Argument(help="The event id producers gave the event.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Follow one event through events.raw, features, predictions, feedback,
-    predictions.labeled, dead letters and the alerts after it; exit 1 if no record names it.
-    --json: an array of ``{"topic", "partition", "offset", "written_at", "record"}``."""
+    """Follow one event through the topics and the alerts after it.
+
+    It reads events.raw, features, predictions, feedback, predictions.labeled, dead letters and
+    alerts; exit 1 if no record names the event.
+    --json: an array of {"topic", "partition", "offset", "written_at", "record"}."""
     common = cfg.load(cfg.DriftlineSettings)
     steps = asyncio.run(trace(common, event_id))
     if as_json:
