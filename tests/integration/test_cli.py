@@ -66,7 +66,7 @@ async def _probe_until(pipeline: Pipeline, topic: str, what: str) -> Record:
 async def test_deploy_checks_listings_and_a_deleted_deployment_is_no_longer_served(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    pipeline.start("router")
+    router = pipeline.start("router")
 
     def driftline(*args: str) -> tuple[int, str]:
         result = pipeline.driftline(*args)
@@ -102,6 +102,17 @@ async def test_deploy_checks_listings_and_a_deleted_deployment_is_no_longer_serv
         "fraud",
         "fraud-lr",
     )
+    router_url = f"http://127.0.0.1:{router.port}/health"
+    status = pipeline.driftline(
+        "status", "--json", DRIFTLINE_HEALTH_URLS=json.dumps({"router": router_url})
+    )
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert {"service": "router", "url": router_url, "health": "ok"} in report["services"]
+    assert [d["name"] for d in report["deployments"]] == ["fraud"]
+    assert report["decisions"] == []
+    # the router's offsets may not be committed yet: lag lists only the groups that have some
+    assert {row["group"] for row in report["lag"]} <= {f"{pipeline.prefix}driftline-router"}
 
     assert driftline("deployments", "delete", "fraud", "--dry-run") == (
         0,
