@@ -181,10 +181,14 @@ class MlflowRegistry:
             raise UnknownModelError(uri, exc.message.splitlines()[0]) from None
 
     def has_version(self, model_name: str, version: str) -> bool:
-        """Whether `model_name` has version `version`."""
+        """Whether `model_name` has version `version`; MLflow out of reach is an
+        `UnavailableError`, not a no."""
         try:
             self._client.get_model_version(model_name, version)
-        except mlflow.exceptions.MlflowException:
+        except mlflow.exceptions.MlflowException as exc:
+            failure = registry_failure(self.tracking_uri, f"read {model_name}/{version}", exc)
+            if isinstance(failure, UnavailableError):
+                raise failure from None
             return False
         return True
 

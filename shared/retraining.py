@@ -44,7 +44,7 @@ from shared.events import (
 )
 from shared.logging import get_logger, message_fields
 from shared.model_uris import RegistryUri, pinned_uri
-from shared.registry import filter_value, register_sklearn_model, set_alias
+from shared.registry import filter_value, register_sklearn_model, registry_failure, set_alias
 from shared.rollout import CHALLENGER_ALIAS, CHAMPION_ALIAS, REJECTED_TAG, champion_model
 from shared.settings import DriftlineSettings
 from shared.topics import ALERTS, DEPLOYMENTS, PREDICTIONS_LABELED
@@ -394,7 +394,9 @@ def find_earlier(tracking_uri: str, model_name: str, alert_id: str) -> EarlierRe
                     rejected=REJECTED_TAG in versions[0].tags,
                 )
     except MlflowException as exc:
-        raise DriftlineError(f"MLflow at {tracking_uri}: {exc.message.splitlines()[0]}") from None
+        raise registry_failure(
+            tracking_uri, f"look up earlier retrains of {alert_id!r}", exc
+        ) from None
     return None
 
 
