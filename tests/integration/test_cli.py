@@ -8,10 +8,12 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from shared.events import FeatureEvent
 from shared.topics import DEADLETTER, FEATURES, PREDICTIONS
@@ -102,6 +104,15 @@ async def test_deploy_checks_listings_and_a_deleted_deployment_is_no_longer_serv
         "fraud",
         "fraud-lr",
     )
+    event_id = served.json()["event_id"]
+    journey = json.loads(pipeline.driftline("trace", event_id, "--json").stdout)
+    assert [(step["topic"], step["record"]["event_id"]) for step in journey] == [
+        ("features", event_id),
+        ("predictions", event_id),
+    ]
+    never = pipeline.driftline("trace", "never-sent", "--json")
+    assert (never.returncode, never.stdout.strip()) == (1, "[]")
+
     router_url = f"http://127.0.0.1:{router.port}/health"
     status = pipeline.driftline(
         "status", "--json", DRIFTLINE_HEALTH_URLS=json.dumps({"router": router_url})
@@ -154,3 +165,11 @@ def test_deploy_refuses_a_model_mlflow_does_not_have(
     [line] = result.stderr.splitlines()
     assert line.startswith("error: unknown model: models:/no-such-model@champion: ")
     assert pipeline.driftline("deployments", "list", "--json").stdout.strip() == "[]"
+
+    name = f"empty-{uuid.uuid4().hex[:8]}"
+    MlflowClient(mlflow_uri).create_registered_model(name)
+    listed = pipeline.driftline(
+        "models", "list", "--json", DRIFTLINE_MLFLOW_TRACKING_URI=mlflow_uri
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert {"name": name, "versions": [], "aliases": {}} in json.loads(listed.stdout)
