@@ -58,7 +58,7 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Driftline: real-time MLOps on Kafka."""
+    """The options before any command: only --version so far."""
 
 
 def _run_worker(service: str) -> None:
