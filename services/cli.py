@@ -13,7 +13,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
-import logging
 import os
 import sys
 from typing import Annotated, NoReturn
@@ -29,6 +28,7 @@ from services.tools.status import register as register_status
 from services.tools.terminal import JsonOption, print_json, stdout
 from services.tools.trace import register as register_trace
 from shared import settings as cfg
+from shared.client_logs import hold_kafka_client_logs
 from shared.errors import DriftlineError
 
 app = typer.Typer(no_args_is_help=True, help="Driftline: real-time MLOps on Kafka.")
@@ -238,8 +238,8 @@ def main() -> None:
     """Entry point: run the command; a `DriftlineError` becomes one line on stderr and its exit
     code (2 for a mistake, 3 for "try again later"), and so does a Kafka client's error: a
     broker out of reach is 3, a refusal (wrong credentials or CA, a denied ACL) is 2. aiokafka
-    logs nothing of its own below critical: the command's one line says what failed."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    prints nothing of its own: the command's one line says what failed."""
+    hold_kafka_client_logs()
     try:
         app()
     except DriftlineError as exc:

@@ -16,12 +16,8 @@ _PRE_CHAIN: list[Any] = [
 ]
 
 
-def logging_config(
-    service: str, level: str = "info", fmt: str = "json", kafka_client_level: str = "warning"
-) -> dict[str, Any]:
-    """A `logging.config.dictConfig` that renders every record (ours and libraries') alike;
-    aiokafka's own records from `kafka_client_level` up (a CLI, which reports a failed call in
-    one line of its own, raises it to ``critical``).
+def logging_config(service: str, level: str = "info", fmt: str = "json") -> dict[str, Any]:
+    """A `logging.config.dictConfig` that renders every record (ours and libraries') alike.
 
     Faust's worker applies it itself (`logging_config` setting), so its own setup does not undo it.
     """
@@ -61,17 +57,15 @@ def logging_config(
             "default": {"class": "logging.StreamHandler", "formatter": "structlog"},
         },
         "root": {"handlers": ["default"], "level": level.upper()},
-        "loggers": {"aiokafka": {"level": kafka_client_level.upper()}},
+        "loggers": {"aiokafka": {"level": "WARNING"}},
     }
 
 
-def configure_logging(
-    service: str, level: str = "info", fmt: str = "json", kafka_client_level: str = "warning"
-) -> None:
+def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
     """Apply :func:`logging_config` now (CLI commands and tests that run no Faust worker)."""
     import logging.config
 
-    logging.config.dictConfig(logging_config(service, level, fmt, kafka_client_level))
+    logging.config.dictConfig(logging_config(service, level, fmt))
 
 
 def message_fields(topic: str, partition: int, offset: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pydantic_core
 import typer
 from rich.console import Console
 
+from shared.client_logs import hold_kafka_client_logs
 from shared.errors import DriftlineError
 from shared.settings import DriftlineSettings
 
@@ -61,7 +62,8 @@ def quiet_logging(settings: DriftlineSettings) -> None:
     a failed Kafka call is reported once, by the command, as one line."""
     from shared.logging import configure_logging
 
-    configure_logging("cli", settings.log_level, settings.log_format, kafka_client_level="critical")
+    configure_logging("cli", settings.log_level, settings.log_format)
+    hold_kafka_client_logs()
 
 
 def bound_mlflow_requests() -> None:

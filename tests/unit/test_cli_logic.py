@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import io
+import logging
 import os
 
 import mlflow.exceptions
@@ -15,6 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, SaslAuthent
 from services.tools import terminal
 from services.tools.status import health_urls
 from shared import settings as cfg
+from shared.client_logs import KAFKA_CLIENT_ERRORS, HeldErrors
 from shared.errors import DriftlineError, SettingsError, UnavailableError
 from shared.kafka_clients import KafkaAccess, kafka_failure
 from shared.registry import RegistryError, registry_failure
@@ -33,6 +35,21 @@ def test_a_refused_login_is_the_users_to_fix() -> None:
     failure = kafka_failure(SaslAuthenticationFailed("bad password"), BROKERS)
     assert not isinstance(failure, UnavailableError) and failure.exit_code == 2
     assert "check the DRIFTLINE_KAFKA_* settings" in str(failure)
+
+
+def test_a_refusal_aiokafka_swallowed_while_bootstrapping_is_still_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = HeldErrors()
+    logger = logging.getLogger("test.aiokafka.client")
+    monkeypatch.setattr(logger, "handlers", [held])
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.error('Unable connect to "%s:%s": %s', "k1", 9092, SaslAuthenticationFailed("no"))
+    monkeypatch.setattr(KAFKA_CLIENT_ERRORS, "errors", held.errors)
+
+    failure = kafka_failure(KafkaConnectionError("Unable to bootstrap from k1"), BROKERS)
+    assert failure.exit_code == 2
+    assert str(failure).startswith("Kafka at k1:9092,k2:9092: [Error 58] SaslAuthenticationFailed")
 
 
 def _mlflow_error(context: Exception | None) -> mlflow.exceptions.MlflowException:
