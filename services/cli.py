@@ -1,31 +1,35 @@
 """The `driftline` command: run a service's worker, manage the local broker, create topics.
 
-A user mistake prints one line and exits 2; tracebacks are for bugs only.
+A user mistake prints one line and exits 2, a server out of reach one line and exit 3;
+tracebacks are for bugs only. Start-up imports only typer, rich and the settings: each command
+imports what it needs (Kafka, MLflow, Faust, scikit-learn) when it runs, so `driftline --help`
+stays fast (``tests/unit/test_cli.py`` checks which modules it loads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.metadata
 import importlib.util
+import json
+import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.console import Console
-from threadpoolctl import threadpool_limits
+from rich.table import Table
 
 from services.demo.commands import register as register_demo
 from services.tools.promotion import register as register_promotion
 from services.tools.retrain import register as register_retrain
 from services.tools.status import register as register_status
+from services.tools.terminal import JsonOption, print_json, stdout
 from services.tools.trace import register as register_trace
 from shared import settings as cfg
-from shared.app import run_worker
+from shared.client_logs import hold_kafka_client_logs
 from shared.errors import DriftlineError
-from shared.localkafka import LocalKafka
-from shared.localmlflow import LocalMlflow
 
 app = typer.Typer(no_args_is_help=True, help="Driftline: real-time MLOps on Kafka.")
 kafka_app = typer.Typer(no_args_is_help=True, help="A local single-node Kafka for development.")
@@ -41,7 +45,27 @@ _FAUST_LOGLEVEL = {"debug": "debug", "info": "info", "warning": "warn", "error":
 PortOption = Annotated[int, typer.Option(help="Port of the local broker.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"driftline {importlib.metadata.version('driftline')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """The options before any command: only --version so far."""
+
+
 def _run_worker(service: str) -> None:
+    from threadpoolctl import threadpool_limits
+
+    from shared.app import run_worker
+
     # A worker scores one event at a time: native thread pools (OpenMP in scikit-learn's
     # gradient boosting, BLAS) only add hand-off cost there, measured at 20x on a busy host.
     # Scale out with partitions and workers instead.
@@ -92,11 +116,14 @@ def kafka_start(port: PortOption = 9092, secure: SecureOption = False) -> None:
     """Fetch Kafka's jars if needed and start the broker; does nothing if one answers. With
     --secure, also grant every principal its ACLs for DRIFTLINE_TOPIC_PREFIX and print the
     settings that connect as the operator."""
+    from shared.localkafka import LocalKafka
+
     broker = LocalKafka(port=port, secure=secure)
     if broker.is_up(timeout=1.0):
         console.print(f"Kafka already answers on {broker.bootstrap}")
     else:
-        seconds = broker.start()
+        with console.status(f"starting Kafka on {broker.bootstrap}") as progress:
+            seconds = broker.start(on_step=lambda step: progress.update(f"Kafka: {step}"))
         console.print(f"Kafka {broker.bootstrap} up in {seconds:.1f}s (log: {broker.log_path})")
     if secure:
         prefix = cfg.load(cfg.DriftlineSettings).topic_prefix
@@ -117,6 +144,8 @@ def kafka_start(port: PortOption = 9092, secure: SecureOption = False) -> None:
 @kafka_app.command("stop")
 def kafka_stop(port: PortOption = 9092) -> None:
     """Stop the broker that `driftline kafka start` started on this port."""
+    from shared.localkafka import LocalKafka
+
     stopped = LocalKafka(port=port).stop()
     console.print("Kafka stopped" if stopped else "no broker started by driftline runs here")
 
@@ -124,6 +153,8 @@ def kafka_stop(port: PortOption = 9092) -> None:
 @kafka_app.command("status")
 def kafka_status(port: PortOption = 9092, secure: SecureOption = False) -> None:
     """Say whether a broker answers; exit 1 if none does."""
+    from shared.localkafka import LocalKafka
+
     broker = LocalKafka(port=port, secure=secure)
     if broker.is_up():
         console.print(f"Kafka answers on {broker.bootstrap} (pid {broker.pid() or 'not ours'})")
@@ -138,6 +169,8 @@ MlflowPortOption = Annotated[int, typer.Option(help="Port of the local MLflow se
 @mlflow_app.command("start")
 def mlflow_start(port: MlflowPortOption = 5000) -> None:
     """Start a local MLflow server (SQLite backend, basic auth); does nothing if one answers."""
+    from shared.localmlflow import LocalMlflow
+
     server = LocalMlflow(port=port)
     seconds = server.start()
     console.print(f"MLflow {server.uri} up in {seconds:.1f}s (log: {server.log_path})")
@@ -157,6 +190,8 @@ def mlflow_start(port: MlflowPortOption = 5000) -> None:
 @mlflow_app.command("stop")
 def mlflow_stop(port: MlflowPortOption = 5000) -> None:
     """Stop the MLflow server that `driftline mlflow start` started on this port."""
+    from shared.localmlflow import LocalMlflow
+
     stopped = LocalMlflow(port=port).stop()
     console.print("MLflow stopped" if stopped else "no MLflow server of ours runs here")
 
@@ -171,29 +206,54 @@ def topics_create() -> None:
 
 
 @app.command("settings")
-def settings_list() -> None:
-    """List every environment variable Driftline reads."""
-    for name, description in cfg.env_variables().items():
-        console.print(f"[bold]{name}[/bold]  {description}", highlight=False)
+def settings_list(as_json: JsonOption = False) -> None:
+    """List every environment variable Driftline reads, with type, default, value and meaning.
+
+    The value is as set in this environment (secrets masked).
+    --json: an array of {"variable", "type", "default", "value", "description"}."""
+    docs = cfg.setting_docs(os.environ)
+    if as_json:
+        print_json(docs)
+        return
+    table = Table("variable", "type", "default", "value", "meaning")
+    for doc in docs:
+        default = doc.default if isinstance(doc.default, str) else json.dumps(doc.default)
+        table.add_row(doc.variable, doc.type, default, doc.value or "-", doc.description)
+    stdout().print(table, highlight=False)
+
+
+def _kafka_failure(exc: Exception) -> DriftlineError | None:
+    """What a Kafka client's error means to the user, None for any other error (aiokafka is
+    imported here, on failure only, to keep start-up light)."""
+    from aiokafka.errors import KafkaError
+
+    from shared.kafka_clients import kafka_failure
+
+    if not isinstance(exc, KafkaError):
+        return None
+    return kafka_failure(exc, cfg.load(cfg.DriftlineSettings))
 
 
 def main() -> None:
     """Entry point: run the command; a `DriftlineError` becomes one line on stderr and its exit
-    code (2, or 3 for "try again later"), and so does a broker's refusal (wrong credentials or
-    CA, a denied ACL, no broker at the address): the settings are the user's to fix."""
+    code (2 for a mistake, 3 for "try again later"), and so does a Kafka client's error: a
+    broker out of reach is 3, a refusal (wrong credentials or CA, a denied ACL) is 2. aiokafka
+    prints nothing of its own: the command's one line says what failed."""
+    hold_kafka_client_logs()
     try:
         app()
     except DriftlineError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KafkaError as exc:
-        errors.print(
-            f"[red]error:[/red] Kafka: {exc} "
-            "(check the DRIFTLINE_KAFKA_* settings and the broker's ACLs)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(2)
+        _fail(exc)
+    except Exception as exc:
+        failure = _kafka_failure(exc)
+        if failure is None:
+            raise
+        _fail(failure)
+
+
+def _fail(exc: DriftlineError) -> NoReturn:
+    errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from shared.access import Acl
 from shared.delivery import DURABLE_PRODUCER_SETTINGS
 from shared.errors import DriftlineError
-from shared.events import Deployment
-from shared.kafka_clients import Target, admin_client, consumer, producer
+from shared.events import Deployment, StreamSchema
+from shared.kafka_clients import Target, admin_client, consumer, kafka_failure, producer
 from shared.logging import get_logger
-from shared.records import Check, R, check_deployment
+from shared.records import Check, R, check_declaration, check_deployment
 from shared.settings import DriftlineSettings
-from shared.topics import ALL_TOPICS, DEPLOYMENTS, Topic
+from shared.topics import ALL_TOPICS, DEPLOYMENTS, STREAMS, Topic
 
 log = get_logger(__name__)
 
@@ -92,9 +92,7 @@ async def start_reader(
         await reader.start()
     except KafkaError as exc:
         await reader.stop()
-        raise DriftlineError(
-            f"cannot read {topic} from {settings.bootstrap_servers}: {exc}"
-        ) from None
+        raise kafka_failure(exc, settings) from None
     return reader
 
 
@@ -173,14 +171,20 @@ async def live_deployments(settings: DriftlineSettings) -> dict[str, Deployment]
     return await read_checked(settings, DEPLOYMENTS, check_deployment)
 
 
+async def live_streams(settings: DriftlineSettings) -> dict[str, StreamSchema]:
+    """The streams declared now, by name, as ingestion workers see them."""
+    return await read_checked(settings, STREAMS, check_declaration)
+
+
 def durable_producer(settings: DriftlineSettings, **options: Any) -> AIOKafkaProducer:
     """An (unstarted) producer whose records count as sent once every in-sync replica has them,
     written once however often a batch is retried: what every Driftline producer uses."""
     return producer(settings, **DURABLE_PRODUCER_SETTINGS, **options)
 
 
-async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes) -> None:
-    """Write one record (e.g. a deployment or stream declaration) and wait until it is stored."""
+async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes | None) -> None:
+    """Write one record (e.g. a deployment or stream declaration; None: a tombstone, which
+    removes the key) and wait until it is stored."""
     writer = durable_producer(settings)
     try:
         await writer.start()

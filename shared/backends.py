@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import re
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -35,6 +34,14 @@ from shared.errors import (
 )
 from shared.events import FeatureValue, Label, ModelSnapshot, decode
 from shared.logging import get_logger
+from shared.model_uris import (
+    MLFLOW_FORM,
+    ONLINE_FORM,
+    ONLINE_PREFIX,
+    RegistryUri,
+    check_model_uri,
+    pinned_uri,
+)
 from shared.signing import KeyRing, verify_snapshot
 
 log = get_logger(__name__)
@@ -46,31 +53,6 @@ warnings.filterwarnings(
 Probabilities = dict[str, float] | None
 Row = tuple[dict[str, FeatureValue], str]
 """One event's features and entity id, as a model backend takes them."""
-_MLFLOW_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-
-
-ONLINE_PREFIX = "online:"
-"""Model URIs of online models: ``online:<model id>``."""
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryUri:
-    """A ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` URI, taken apart."""
-
-    name: str
-    alias: str | None
-    version: str | None
-
-    @classmethod
-    def parse(cls, uri: str) -> RegistryUri | None:
-        """The parts of an MLflow registry URI; None for any other URI (e.g. ``online:``)."""
-        match = _MLFLOW_URI.match(uri)
-        return None if match is None else cls(match["name"], match["alias"], match["version"])
-
-
-def pinned_uri(model_name: str, version: str) -> str:
-    """``models:/<name>/<version>``: one version, whatever the aliases do."""
-    return f"models:/{model_name}/{version}"
 
 
 COLD_VERSION = "cold"
@@ -137,7 +119,7 @@ class MlflowBackend(ModelBackend):
         super().__init__(uri)
         parsed = RegistryUri.parse(uri)
         if parsed is None:
-            raise UnknownModelError(uri, "expected models:/<name>@<alias> or models:/<name>/<n>")
+            raise UnknownModelError(uri, MLFLOW_FORM)
         self.name = parsed.name
         self.alias = parsed.alias
         self.pinned_version = parsed.version
@@ -336,7 +318,7 @@ class OnlineBackend(ModelBackend):
         super().__init__(uri)
         self.model_id = uri.removeprefix(ONLINE_PREFIX)
         if not self.model_id:
-            raise UnknownModelError(uri, "expected online:<model id>")
+            raise UnknownModelError(uri, ONLINE_FORM)
         self.snapshots = snapshots
 
     async def load(self) -> None:
@@ -370,11 +352,10 @@ class OnlineBackend(ModelBackend):
 
 def backend_for(uri: str, tracking_uri: str, snapshots: SnapshotStore) -> ModelBackend:
     """The backend a model URI asks for, by its scheme."""
-    if uri.startswith("models:/"):
-        return MlflowBackend(uri, tracking_uri)
+    check_model_uri(uri)
     if uri.startswith(ONLINE_PREFIX):
         return OnlineBackend(uri, snapshots)
-    raise UnknownModelError(uri, "unknown scheme; use models:/... (MLflow) or online:... (River)")
+    return MlflowBackend(uri, tracking_uri)
 
 
 class ModelCache:

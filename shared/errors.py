@@ -22,6 +22,27 @@ class SettingsError(DriftlineError):
         super().__init__(f"setting {variable}={shown}: {problem}")
 
 
+class UnavailableError(DriftlineError):
+    """A server Driftline needs (the Kafka brokers, MLflow) does not answer: nothing is wrong
+    with the request, so scripts and CI retry later (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, what: str, where: str, reason: str) -> None:
+        self.what = what
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{what} at {where} is unavailable ({reason}); retry later")
+
+
+class UnknownDeploymentError(DriftlineError):
+    """No live deployment has the name an operator gave."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown deployment {name!r}: `driftline deployments list` shows them")
+
+
 class EventDecodeError(DriftlineError):
     """A message's bytes are not a valid event of the topic's schema."""
 

@@ -11,16 +11,19 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from faust.types.auth import CredentialsT
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import SecretStr
 
-from shared.errors import DriftlineError, SettingsError
+from shared.client_logs import KAFKA_CLIENT_ERRORS
+from shared.errors import DriftlineError, SettingsError, UnavailableError
 from shared.settings import DriftlineSettings, env_name
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -129,6 +132,8 @@ def admin_client(target: Target, **options: Any) -> AIOKafkaAdminClient:
 
 def faust_credentials(target: Target) -> CredentialsT | None:
     """Faust's ``broker_credentials`` for the same access (None for plaintext)."""
+    import faust  # workers only: the CLI's clients do without Faust
+
     access = access_of(target)
     if access.sasl:
         return faust.SASLCredentials(
@@ -140,6 +145,34 @@ def faust_credentials(target: Target) -> CredentialsT | None:
     if access.tls:
         return faust.SSLCredentials(access.ssl_context())
     return None
+
+
+def kafka_failure(exc: KafkaError, target: Target) -> DriftlineError:
+    """What a failed Kafka call means to the user: the brokers out of reach or too slow (aiokafka
+    calls the error retriable, or it is a timeout) is `UnavailableError`, retry later (exit 3);
+    anything else (credentials, CA, a denied ACL) is theirs to fix (exit 2), also when aiokafka
+    swallowed it while bootstrapping and raised a bare connection error instead (it logged the
+    refusal: `shared.client_logs`)."""
+    servers = access_of(target).bootstrap_servers
+    refusals = [e for e in KAFKA_CLIENT_ERRORS.errors if _refusal(e)]
+    cause: BaseException = (
+        refusals[-1] if isinstance(exc, KafkaConnectionError) and refusals else exc
+    )
+    if not _refusal(cause):
+        return UnavailableError("Kafka", servers, str(cause))
+    return DriftlineError(
+        f"Kafka at {servers}: {cause} (check the DRIFTLINE_KAFKA_* settings and the broker's ACLs)"
+    )
+
+
+def _refusal(exc: BaseException) -> bool:
+    """Whether trying again cannot help: a TLS failure (a CA that does not sign the broker's
+    certificate), or a Kafka error that is neither retriable nor a timeout."""
+    if isinstance(exc, ssl.SSLError):
+        return True
+    return (
+        isinstance(exc, KafkaError) and not exc.retriable and not isinstance(exc, KafkaTimeoutError)
+    )
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -57,7 +57,8 @@ def logging_config(service: str, level: str = "info", fmt: str = "json") -> dict
             "default": {"class": "logging.StreamHandler", "formatter": "structlog"},
         },
         "root": {"handlers": ["default"], "level": level.upper()},
-        "loggers": {"aiokafka": {"level": "WARNING"}},
+        # propagate: a process whose CLI held aiokafka's records back (shared.client_logs) logs them
+        "loggers": {"aiokafka": {"level": "WARNING", "propagate": True}},
     }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from shared.errors import EventDecodeError
-from shared.events import Deployment, decode
+from shared.events import Deployment, StreamSchema, decode
 
 R = TypeVar("R")
 Check = Callable[[bytes | None, bytes | None, str], R | None]
@@ -27,3 +27,14 @@ def check_deployment(key: bytes | None, value: bytes | None, topic: str) -> Depl
     if key != deployment.name.encode():
         raise EventDecodeError(topic, f"key {key!r} is not the deployment name {deployment.name!r}")
     return None if deployment.deleted else deployment
+
+
+def check_declaration(key: bytes | None, value: bytes | None, topic: str) -> StreamSchema | None:
+    """A record of the ``streams`` topic as a declaration keyed by its stream, or None for a
+    tombstone (the stream's declaration is removed)."""
+    if value is None:
+        return None
+    schema = decode(StreamSchema, value, topic)
+    if key != schema.name.encode():
+        raise EventDecodeError(topic, f"key {key!r} is not the stream name {schema.name!r}")
+    return schema

@@ -10,12 +10,10 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import sklearn
-import skops
-import skops.io
+import requests
 from mlflow import MlflowClient
 
-from shared.errors import DriftlineError
+from shared.errors import DriftlineError, UnavailableError, UnknownModelError
 
 
 class RegistryError(DriftlineError):
@@ -24,6 +22,21 @@ class RegistryError(DriftlineError):
     def __init__(self, uri: str, action: str, problem: str) -> None:
         self.uri = uri
         super().__init__(f"MLflow at {uri} could not {action}: {problem}")
+
+
+_UNREACHABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError)
+
+
+def registry_failure(
+    uri: str, action: str, exc: mlflow.exceptions.MlflowException
+) -> DriftlineError:
+    """What a failed MLflow call means to the user: the server out of reach (no connection, a
+    timeout, retries used up) is `UnavailableError`, retry later (exit 3); else a `RegistryError`
+    with the server's first line."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, _UNREACHABLE):
+        return UnavailableError("MLflow", uri, f"could not {action}: {type(cause).__name__}")
+    return RegistryError(uri, action, exc.message.splitlines()[0])
 
 
 _SEARCHABLE = re.compile(r"[\w.:@/+ -]{1,256}")
@@ -67,6 +80,10 @@ def register_sklearn_model(
     (every tree model) unless they are declared trusted: `model` was trained in this process by
     our own trainer, so its types are declared trusted here, and only here.
     """
+    import sklearn  # here: reading the registry (the CLI, the router) needs no scikit-learn
+    import skops
+    import skops.io
+
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     # Named, MLflow's requirement inference (which reloads the model in a subprocess) is skipped:
     # it took 10 of the 12 s a registration cost on this machine.
@@ -86,7 +103,7 @@ def register_sklearn_model(
                 pip_requirements=requirements,
             )
     except mlflow.exceptions.MlflowException as exc:
-        raise RegistryError(tracking_uri, f"register {model_name!r}", str(exc)) from None
+        raise registry_failure(tracking_uri, f"register {model_name!r}", exc) from None
     return str(info.registered_model_version)
 
 
@@ -95,7 +112,7 @@ def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> N
     try:
         MlflowClient(tracking_uri).set_registered_model_alias(model_name, alias, version)
     except mlflow.exceptions.MlflowException as exc:
-        raise RegistryError(tracking_uri, f"set {model_name}@{alias}", str(exc)) from None
+        raise registry_failure(tracking_uri, f"set {model_name}@{alias}", exc) from None
 
 
 class OnlineModelPyfunc(mlflow.pyfunc.PythonModel):
@@ -130,7 +147,7 @@ def register_online_model(
                 pip_requirements=["river==0.26.1"],
             )
     except mlflow.exceptions.MlflowException as exc:
-        raise RegistryError(tracking_uri, f"register {model_name!r}", str(exc)) from None
+        raise registry_failure(tracking_uri, f"register {model_name!r}", exc) from None
     return str(info.registered_model_version)
 
 
@@ -147,14 +164,31 @@ class MlflowRegistry:
         try:
             model = self._client.get_registered_model(model_name)
         except mlflow.exceptions.MlflowException as exc:
-            raise RegistryError(self.tracking_uri, f"read {model_name!r}", str(exc)) from None
+            raise registry_failure(self.tracking_uri, f"read {model_name!r}", exc) from None
         return {alias: str(version) for alias, version in model.aliases.items()}
 
+    def resolve(self, uri: str, name: str, alias: str | None, version: str | None) -> str:
+        """The version `uri` (``models:/name@alias`` or ``models:/name/version``) names now;
+        `UnknownModelError` if there is none, `UnavailableError` if MLflow does not answer."""
+        try:
+            if alias is not None:
+                return str(self._client.get_model_version_by_alias(name, alias).version)
+            return str(self._client.get_model_version(name, str(version)).version)
+        except mlflow.exceptions.MlflowException as exc:
+            failure = registry_failure(self.tracking_uri, f"resolve {uri}", exc)
+            if isinstance(failure, UnavailableError):
+                raise failure from None
+            raise UnknownModelError(uri, exc.message.splitlines()[0]) from None
+
     def has_version(self, model_name: str, version: str) -> bool:
-        """Whether `model_name` has version `version`."""
+        """Whether `model_name` has version `version`; MLflow out of reach is an
+        `UnavailableError`, not a no."""
         try:
             self._client.get_model_version(model_name, version)
-        except mlflow.exceptions.MlflowException:
+        except mlflow.exceptions.MlflowException as exc:
+            failure = registry_failure(self.tracking_uri, f"read {model_name}/{version}", exc)
+            if isinstance(failure, UnavailableError):
+                raise failure from None
             return False
         return True
 
@@ -169,15 +203,13 @@ class MlflowRegistry:
         try:
             self._client.delete_registered_model_alias(model_name, alias)
         except mlflow.exceptions.MlflowException as exc:
-            raise RegistryError(
-                self.tracking_uri, f"delete {model_name}@{alias}", str(exc)
-            ) from None
+            raise registry_failure(self.tracking_uri, f"delete {model_name}@{alias}", exc) from None
 
     def tag_version(self, model_name: str, version: str, key: str, value: str) -> None:
         """Set a tag on one version of `model_name`."""
         try:
             self._client.set_model_version_tag(model_name, version, key, value)
         except mlflow.exceptions.MlflowException as exc:
-            raise RegistryError(
-                self.tracking_uri, f"tag {model_name} version {version}", str(exc)
+            raise registry_failure(
+                self.tracking_uri, f"tag {model_name} version {version}", exc
             ) from None

@@ -30,7 +30,6 @@ from aiokafka.structs import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from shared.admin import live_deployments, partition_counts, publish, read_topic, start_reader
-from shared.backends import RegistryUri, pinned_uri
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
     DataWindow,
@@ -44,7 +43,8 @@ from shared.events import (
     utc_now,
 )
 from shared.logging import get_logger, message_fields
-from shared.registry import filter_value, register_sklearn_model, set_alias
+from shared.model_uris import RegistryUri, pinned_uri
+from shared.registry import filter_value, register_sklearn_model, registry_failure, set_alias
 from shared.rollout import CHALLENGER_ALIAS, CHAMPION_ALIAS, REJECTED_TAG, champion_model
 from shared.settings import DriftlineSettings
 from shared.topics import ALERTS, DEPLOYMENTS, PREDICTIONS_LABELED
@@ -394,7 +394,9 @@ def find_earlier(tracking_uri: str, model_name: str, alert_id: str) -> EarlierRe
                     rejected=REJECTED_TAG in versions[0].tags,
                 )
     except MlflowException as exc:
-        raise DriftlineError(f"MLflow at {tracking_uri}: {exc.message.splitlines()[0]}") from None
+        raise registry_failure(
+            tracking_uri, f"look up earlier retrains of {alert_id!r}", exc
+        ) from None
     return None
 
 

@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.backends import RegistryUri, pinned_uri
 from shared.errors import DriftlineError
 from shared.events import Deployment, Variant, utc_now
 from shared.logging import get_logger
+from shared.model_uris import RegistryUri, pinned_uri
 
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"

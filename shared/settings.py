@@ -8,12 +8,18 @@ value into one `SettingsError` line instead of a validation traceback.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from shared.errors import SettingsError
 from shared.signing import KeyRing
@@ -85,6 +91,9 @@ class DriftlineSettings(BaseSettings):
     """``json`` for machines, ``console`` for people."""
     web_host: str = "127.0.0.1"
     """Address the workers' HTTP endpoints (metrics, health) bind to; 0.0.0.0 in containers."""
+    health_urls: dict[str, str] = Field(default_factory=dict)
+    """JSON: a service's health URL for `driftline status` where it is not on the status host's
+    web port, e.g. ``{"router": "http://driftline-router:6062/health"}`` on Kubernetes."""
     shutdown_grace_s: float = Field(default=20.0, gt=0, le=600)
     """Longest a worker's stop may take after SIGTERM or SIGINT before it exits anyway (a broker
     out of reach can hold a clean stop forever); keep it below the pod's termination grace
@@ -97,6 +106,16 @@ class DriftlineSettings(BaseSettings):
         bad = [a for a in addresses if not _BROKER_ADDRESS.match(a)]
         if bad:
             raise ValueError(f"expected host:port[,host:port...], got {', '.join(bad)!r}")
+        return value
+
+    @field_validator("health_urls")
+    @classmethod
+    def _check_health_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(SERVICE_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"no service {', '.join(unknown)}; services: {', '.join(SERVICE_SETTINGS)}"
+            )
         return value
 
     @field_validator("topic_prefix")
@@ -368,26 +387,98 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
     return (cls.model_config.get("env_prefix") or "").upper() + field.upper()
 
 
+def _settings_classes() -> list[type[BaseSettings]]:
+    return [DriftlineSettings, *SERVICE_SETTINGS.values(), RetrainSettings, MlflowCredentials]
+
+
 def env_variables() -> dict[str, str]:
     """Every environment variable Driftline reads, with its one-line description."""
-    classes: list[type[BaseSettings]] = [
-        DriftlineSettings,
-        *SERVICE_SETTINGS.values(),
-        RetrainSettings,
-        MlflowCredentials,
-    ]
     return {
         env_name(cls, name): (field.description or "")
-        for cls in classes
+        for cls in _settings_classes()
         for name, field in cls.model_fields.items()
     }
 
 
+MASKED = "**********"
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One environment variable as `driftline settings` shows it."""
+
+    variable: str
+    type: str
+    """What it takes: ``int``, ``a|b`` for a choice, ``JSON list[str]``, ``secret``..."""
+    default: Any
+    """Its default as JSON (secrets masked)."""
+    value: str | None
+    """What the environment sets it to now, as written (secrets masked); None when unset."""
+    description: str
+
+
+def type_name(annotation: Any) -> str:
+    """A setting's type as a user writes it.
+
+    Examples
+    --------
+    >>> type_name(Literal["json", "console"]), type_name(int | None), type_name(dict[str, str])
+    ('json|console', 'int (optional)', 'JSON dict[str, str]')
+
+    """
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "|".join(str(arg) for arg in args)
+    if origin in (Union, UnionType):
+        kept = [type_name(arg) for arg in args if arg is not type(None)]
+        return " | ".join(kept) + (" (optional)" if type(None) in args else "")
+    if origin is not None:
+        inner = ", ".join(type_name(arg).removeprefix("JSON ") for arg in args)
+        return f"JSON {origin.__name__}[{inner}]"
+    if annotation is SecretStr:
+        return "secret"
+    return "any" if annotation is Any else getattr(annotation, "__name__", str(annotation))
+
+
+def setting_docs(environ: Mapping[str, str]) -> list[SettingDoc]:
+    """Every environment variable Driftline reads: its type, default, value in `environ` and
+    meaning."""
+    docs = []
+    for cls in _settings_classes():
+        for name, field in cls.model_fields.items():
+            variable = env_name(cls, name)
+            secret = "secret" in type_name(field.annotation)
+            value = environ.get(variable)
+            default = field.get_default(call_default_factory=True)
+            docs.append(
+                SettingDoc(
+                    variable=variable,
+                    type=type_name(field.annotation),
+                    default=MASKED
+                    if secret and default is not None
+                    else to_jsonable_python(default),
+                    value=MASKED if secret and value is not None else value,
+                    description=" ".join((field.description or "").split()),
+                )
+            )
+    return docs
+
+
+_SOURCE_FIELD = re.compile(r'field "(?P<field>\w+)"')
+
+
 def load(cls: type[S]) -> S:
-    """Read `cls` from the environment; a bad value raises one readable `SettingsError`."""
+    """Read `cls` from the environment; a bad value raises one readable `SettingsError` naming
+    the variable, whether pydantic refuses the value or pydantic-settings cannot even parse it
+    (a JSON setting that is not JSON)."""
     try:
         return cls()
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         raise SettingsError(env_name(cls, field), first.get("input"), first["msg"]) from None
+    except SourceError as exc:
+        match = _SOURCE_FIELD.search(str(exc))
+        variable = env_name(cls, match["field"]) if match else "a DRIFTLINE_* variable"
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise SettingsError(variable, os.environ.get(variable), f"expected JSON{cause}") from None

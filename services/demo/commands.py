@@ -12,11 +12,6 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from services.demo.report import first_concept_drift, plot, summary
-from services.demo.runner import Demo, DemoConfig
-from services.demo.scenario import Scenario
-from services.demo.view import render
-
 
 def register(app: typer.Typer) -> None:
     """Add the `demo` command to the `driftline` CLI."""
@@ -45,6 +40,12 @@ def demo(
     webhook fires, lets the promotion policy weigh the challenger on live labels, and writes a
     report and a PNG. Exits 1 if the drift was missed or the champion never moved.
     """
+    # Imported here: the demo brings scikit-learn, MLflow and matplotlib, which `--help` must not.
+    from services.demo.report import first_concept_drift, plot, summary
+    from services.demo.runner import Demo, DemoConfig
+    from services.demo.scenario import Scenario
+    from services.demo.view import render
+
     if not 0 < drift_at < events:
         raise typer.BadParameter("--drift-at must lie inside the stream (0 < drift-at < events)")
     scenario = Scenario(n_events=events, drift_at=drift_at, rate=rate, label_delay=label_delay)

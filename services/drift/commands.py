@@ -16,14 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.tools.terminal import print_empty, stdout
 from shared import settings as cfg
-from shared.admin import read_topic
 from shared.errors import DriftlineError, EventDecodeError
 from shared.events import DriftAlert, decode, utc_now
 from shared.topics import ALERTS
 
 alerts_app = typer.Typer(no_args_is_help=True, help="Drift alerts on the alerts topic.")
-console = Console()
 errors = Console(stderr=True)
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -56,6 +55,8 @@ async def read_alerts(
     common: cfg.DriftlineSettings, from_beginning: bool, until_end: bool
 ) -> AsyncIterator[DriftAlert]:
     """Alerts from the topic in arrival order; stops at the end when `until_end`, else waits."""
+    from shared.admin import read_topic
+
     topic = ALERTS.full_name(common)
     records = read_topic(common, topic, from_beginning=from_beginning, until_end=until_end)
     async for message in records:
@@ -118,10 +119,13 @@ def list_alerts(
         for alert in found:
             typer.echo(alert.model_dump_json())
         return
+    if not found:
+        print_empty(stdout(), "alerts")
+        return
     table = Table("event time", "kind", "level", "what", "detector", "position", "escalated")
     for alert in found:
         table.add_row(*_row(alert))
-    console.print(table)
+    stdout().print(table)
 
 
 @alerts_app.command("tail")
@@ -133,6 +137,7 @@ def tail_alerts(
 ) -> None:
     """Print alerts as they arrive until Ctrl-C."""
     common = cfg.load(cfg.DriftlineSettings)
+    console = stdout()
 
     async def follow() -> None:
         async for alert in read_alerts(common, from_beginning, until_end=False):

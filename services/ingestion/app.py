@@ -19,7 +19,6 @@ import faust
 from faust.types import TP, EventT
 
 from services.ingestion.logic import (
-    check_declaration,
     event_timestamp,
     ingest_event,
     parse_raw_event,
@@ -42,6 +41,7 @@ from shared.app import (
 )
 from shared.events import FeatureEvent, encode
 from shared.global_tables import checked_global_table
+from shared.records import check_declaration
 from shared.topics import EVENTS_RAW, FEATURES, STREAMS
 
 SERVICE = "ingestion"

@@ -8,18 +8,14 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
-from services.ingestion.logic import check_declaration
+from services.tools.terminal import JsonOption, print_empty, print_json, quiet_logging, stdout
 from shared import settings as cfg
-from shared.admin import publish, read_checked
 from shared.errors import DriftlineError
 from shared.events import StreamSchema, describe_problem, encode
-from shared.logging import configure_logging
 from shared.topics import STREAMS
 
 streams_app = typer.Typer(no_args_is_help=True, help="Declared streams (what raw events hold).")
-console = Console()
 
 
 def register(app: typer.Typer) -> None:
@@ -46,17 +42,30 @@ def declare(
     file: Annotated[Path, typer.Option("--file", "-f", help="JSON file of a StreamSchema.")],
 ) -> None:
     """Declare (or re-declare) a stream; ingestion workers apply it without a restart."""
+    from shared.admin import publish
+
     schema = load_schema(file)
     settings = cfg.load(cfg.DriftlineSettings)
     asyncio.run(publish(settings, STREAMS, schema.name, encode(schema)))
-    console.print(f"declared stream {schema.name} ({len(schema.features)} features)")
+    stdout().print(f"declared stream {schema.name} ({len(schema.features)} features)")
 
 
 @streams_app.command("list")
-def list_streams() -> None:
-    """List the declared streams with their features."""
+def list_streams(as_json: JsonOption = False) -> None:
+    """List the declared streams with their features.
+
+    --json: an array of stream declarations as on the topic."""
+    from shared.admin import live_streams
+
     settings = cfg.load(cfg.DriftlineSettings)
-    configure_logging("cli", settings.log_level, settings.log_format)  # skipped records, on stderr
-    for schema in asyncio.run(read_checked(settings, STREAMS, check_declaration)).values():
+    quiet_logging(settings)  # skipped records, on stderr
+    found = sorted(asyncio.run(live_streams(settings)).values(), key=lambda s: s.name)
+    if as_json:
+        print_json(found)
+        return
+    console = stdout()
+    if not found:
+        print_empty(console, "declared streams")
+    for schema in found:
         features = ", ".join(f"{f.name}:{f.type}" for f in schema.features)
         console.print(f"{schema.name}  {features}", highlight=False)

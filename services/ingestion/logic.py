@@ -81,17 +81,6 @@ def stream_schema(schema: StreamSchema | None, stream: str, horizon: int) -> Str
     return schema
 
 
-def check_declaration(key: bytes | None, value: bytes | None, topic: str) -> StreamSchema | None:
-    """A record of the ``streams`` topic as a declaration keyed by its stream, or None for a
-    tombstone (the stream's declaration is removed)."""
-    if value is None:
-        return None
-    schema = decode(StreamSchema, value, topic)
-    if key != schema.name.encode():
-        raise EventDecodeError(topic, f"key {key!r} is not the stream name {schema.name!r}")
-    return schema
-
-
 def validate_features(raw: RawEvent, schema: StreamSchema) -> dict[str, FeatureValue]:
     """The declared features of `raw`, checked; undeclared fields are left out."""
     features: dict[str, FeatureValue] = {}

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.backends import ONLINE_PREFIX, Answer, ModelBackend
+from shared.backends import Answer, ModelBackend
 from shared.errors import DriftlineError, ModelError
 from shared.events import (
     Deployment,
@@ -29,6 +29,7 @@ from shared.events import (
     describe_problem,
     prediction_id_for,
 )
+from shared.model_uris import ONLINE_PREFIX
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq,

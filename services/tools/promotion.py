@@ -1,44 +1,49 @@
 """`driftline promote` and `driftline rollback`: an operator overrides the promotion policy.
 
-Each publishes a `PromotionDecision` by ``operator`` on ``decisions``, then runs the action's
-steps (`shared.rollout`): a command interrupted half way is completed by running it again.
+Each first works out the decision (which challenger, which champion) and says it; asks before
+it changes production (``--yes`` to skip; without a terminal it refuses unless given
+``--yes``); then publishes a `PromotionDecision` by ``operator`` on ``decisions`` and runs the
+action's steps (`shared.rollout`): a command interrupted half way is completed by running it
+again. ``--dry-run`` stops after saying what it would do.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from shared import settings as cfg
-from shared.admin import live_deployments, publish
-from shared.errors import DriftlineError
-from shared.events import Deployment, PromotionAction, PromotionDecision, encode
-from shared.logging import configure_logging
-from shared.registry import MlflowRegistry
-from shared.rollout import (
-    CHAMPION_ALIAS,
-    NoChallengerError,
-    execute,
-    find_challenger,
-    promotion_steps,
-    rollback_steps,
+from services.tools.terminal import (
+    DryRunOption,
+    JsonOption,
+    YesOption,
+    bound_mlflow_requests,
+    confirm,
+    print_json,
+    quiet_logging,
+    stdout,
 )
-from shared.topics import DECISIONS, DEPLOYMENTS
+from shared import settings as cfg
+from shared.errors import UnknownDeploymentError
+from shared.events import Deployment, PromotionAction, PromotionDecision
 
-console = Console()
+if TYPE_CHECKING:
+    from shared.registry import MlflowRegistry
+    from shared.rollout import Challenger
+
 DeploymentOption = Annotated[str, typer.Option("--deployment", help="Deployment name.")]
 OPERATOR_REASON = "operator override"
 
 
-class UnknownDeploymentError(DriftlineError):
-    """No live deployment has the name an operator gave."""
+@dataclass(frozen=True)
+class Override:
+    """What an operator's promote or rollback will do, worked out before anything changes."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(f"unknown deployment {name!r}: `driftline deployments list` shows them")
+    deployment: Deployment
+    challenger: Challenger
+    decision: PromotionDecision
 
 
 def register(app: typer.Typer) -> None:
@@ -47,16 +52,21 @@ def register(app: typer.Typer) -> None:
     app.command("rollback")(rollback_command)
 
 
-async def override(
-    common: cfg.DriftlineSettings, name: str, action: PromotionAction, version: str | None
-) -> PromotionDecision:
-    """Decide `action` on the deployment's challenger (or `version`) as an operator, publish the
-    decision and run it (each step logged on stderr); returns the decision."""
-    configure_logging("cli", common.log_level, common.log_format)
+async def plan(
+    common: cfg.DriftlineSettings,
+    registry: MlflowRegistry,
+    name: str,
+    action: PromotionAction,
+    version: str | None,
+) -> Override:
+    """Decide `action` on the deployment's challenger (or `version`) as an operator, changing
+    nothing yet."""
+    from shared.admin import live_deployments
+    from shared.rollout import CHAMPION_ALIAS, NoChallengerError, find_challenger
+
     deployment = (await live_deployments(common)).get(name)
     if deployment is None:
         raise UnknownDeploymentError(name)
-    registry = MlflowRegistry(common.mlflow_tracking_uri)
     challenger = await asyncio.to_thread(find_challenger, deployment, registry, version)
     aliases = await asyncio.to_thread(registry.aliases, challenger.model_name)
     champion_version = aliases.get(CHAMPION_ALIAS)
@@ -72,18 +82,70 @@ async def override(
         reason=OPERATOR_REASON,
         decided_by="operator",
     )
-    await publish(common, DECISIONS, name, encode(decision))
+    return Override(deployment, challenger, decision)
+
+
+async def carry_out(
+    common: cfg.DriftlineSettings, registry: MlflowRegistry, override: Override
+) -> None:
+    """Publish the decision and run its steps (each logged on stderr)."""
+    from shared.admin import publish
+    from shared.events import encode
+    from shared.rollout import execute, promotion_steps, rollback_steps
+    from shared.topics import DECISIONS, DEPLOYMENTS
+
+    deployment, challenger, decision = override.deployment, override.challenger, override.decision
+    await publish(common, DECISIONS, deployment.name, encode(decision))
 
     async def publish_deployment(updated: Deployment) -> None:
         await publish(common, DEPLOYMENTS, updated.name, encode(updated))
 
     steps = (
         promotion_steps(registry, publish_deployment, deployment, challenger)
-        if action == "promote"
+        if decision.action == "promote"
         else rollback_steps(registry, publish_deployment, deployment, challenger, OPERATOR_REASON)
     )
     await execute(steps)
-    return decision
+
+
+def describe(decision: PromotionDecision, done: bool) -> str:
+    """What the decision does, said before (``would ...``) or after it is done."""
+    if decision.action == "promote":
+        verb = "promoted" if done else "would promote"
+        champion = f"champion was {decision.champion_version or 'unset'}"
+    else:
+        verb = "rolled back" if done else "would roll back"
+        champion = f"champion stays {decision.champion_version or 'unset'}"
+    return (
+        f"{verb} {decision.model_name} version {decision.challenger_version} in "
+        f"{decision.deployment} ({champion})"
+    )
+
+
+def operator_override(
+    name: str,
+    action: PromotionAction,
+    version: str | None,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Plan the override, say it, ask, carry it out and say it is done; ``--json`` prints
+    ``{"dry_run", "decision"}`` with the decision as published on ``decisions``."""
+    from shared.registry import MlflowRegistry
+
+    common = cfg.load(cfg.DriftlineSettings)
+    quiet_logging(common)
+    bound_mlflow_requests()
+    registry = MlflowRegistry(common.mlflow_tracking_uri)
+    override = asyncio.run(plan(common, registry, name, action, version))
+    if not dry_run:
+        confirm(f"{describe(override.decision, done=False).removeprefix('would ')}?", yes)
+        asyncio.run(carry_out(common, registry, override))
+    if as_json:
+        print_json({"dry_run": dry_run, "decision": override.decision})
+    else:
+        stdout().print(describe(override.decision, done=not dry_run), highlight=False)
 
 
 def promote_command(
@@ -91,21 +153,19 @@ def promote_command(
     version: Annotated[
         str | None, typer.Option(help="Version to promote (default: the deployment's challenger).")
     ] = None,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Make the deployment's challenger (or VERSION) the champion now, whatever the evidence."""
-    decision = asyncio.run(
-        override(cfg.load(cfg.DriftlineSettings), deployment, "promote", version)
-    )
-    console.print(
-        f"promoted {decision.model_name} version {decision.challenger_version} in {deployment} "
-        f"(champion was {decision.champion_version or 'unset'})"
-    )
+    operator_override(deployment, "promote", version, yes, dry_run, as_json)
 
 
-def rollback_command(deployment: DeploymentOption) -> None:
+def rollback_command(
+    deployment: DeploymentOption,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """Remove the deployment's challenger now and tag its version rejected; the champion stays."""
-    decision = asyncio.run(override(cfg.load(cfg.DriftlineSettings), deployment, "rollback", None))
-    console.print(
-        f"rolled back {decision.model_name} version {decision.challenger_version} in "
-        f"{deployment} (champion stays {decision.champion_version or 'unset'})"
-    )
+    operator_override(deployment, "rollback", None, yes, dry_run, as_json)

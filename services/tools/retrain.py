@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.tools.retrain_job import serve
 from shared import settings as cfg
 from shared.errors import DriftlineError
-from shared.logging import configure_logging
-from shared.retraining import RetrainResult, retrain
+
+if TYPE_CHECKING:
+    from shared.retraining import RetrainResult
 
 retrain_app = typer.Typer(
     invoke_without_command=True,
@@ -52,6 +52,10 @@ def retrain_command(
         return
     if alert is None:
         raise DriftlineError("retrain needs --alert ALERT_ID (or `driftline retrain serve`)")
+    from services.tools.terminal import bound_mlflow_requests
+    from shared.retraining import retrain
+
+    bound_mlflow_requests()
     settings = cfg.load(cfg.DriftlineSettings)
     if as_json:
         # MLflow prints its progress to stdout; with --json, stdout holds the result alone.
@@ -85,6 +89,9 @@ def summary(result: RetrainResult) -> Table:
 def serve_command() -> None:
     """Receive the drift service's signed webhooks (POST /retrain) and retrain in the background,
     one alert at a time, retrying while there are too few labels (settings DRIFTLINE_RETRAIN_*)."""
+    from services.tools.retrain_job import serve
+    from shared.logging import configure_logging
+
     common = cfg.load(cfg.DriftlineSettings)
     own = cfg.load(cfg.RetrainSettings)
     common.require_secret_keys()

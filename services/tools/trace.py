@@ -15,11 +15,10 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from services.tools.terminal import JsonOption, print_json, stdout
 from shared import settings as cfg
-from shared.admin import read_topic
 from shared.topics import (
     ALERTS,
     DEADLETTER,
@@ -110,6 +109,8 @@ def related_alert(alert: dict[str, Any], steps: list[tuple[Topic, Step]]) -> boo
 
 async def trace(common: cfg.DriftlineSettings, event_id: str) -> list[tuple[Topic, Step]]:
     """Every record about `event_id`, topic by topic, then the alerts that followed it."""
+    from shared.admin import read_topic
+
     steps: list[tuple[Topic, Step]] = []
     for topic in JOURNEY:
         async for message in read_topic(common, topic.full_name(common)):
@@ -133,6 +134,18 @@ async def trace(common: cfg.DriftlineSettings, event_id: str) -> list[tuple[Topi
     return steps + alerts
 
 
+def as_dict(topic: Topic, step: Step) -> dict[str, Any]:
+    """A step for ``--json``: the topic's name without the prefix, where the record lies, when
+    it was written and the record itself."""
+    return {
+        "topic": topic.name,
+        "partition": step.partition,
+        "offset": step.offset,
+        "written_at": datetime.fromtimestamp(step.timestamp_ms / 1000, UTC),
+        "record": step.value,
+    }
+
+
 def register(app: typer.Typer) -> None:
     """Add `driftline trace` to the CLI."""
     app.command("trace")(trace_command)
@@ -140,12 +153,21 @@ def register(app: typer.Typer) -> None:
 
 def trace_command(
     event_id: Annotated[str, typer.Argument(help="The event id producers gave the event.")],
+    as_json: JsonOption = False,
 ) -> None:
-    """Follow one event through events.raw, features, predictions, feedback,
-    predictions.labeled, dead letters and the alerts after it."""
+    """Follow one event through the topics and the alerts after it.
+
+    It reads events.raw, features, predictions, feedback, predictions.labeled, dead letters and
+    alerts; exit 1 if no record names the event.
+    --json: an array of {"topic", "partition", "offset", "written_at", "record"}."""
     common = cfg.load(cfg.DriftlineSettings)
     steps = asyncio.run(trace(common, event_id))
-    console = Console()
+    if as_json:
+        print_json([as_dict(topic, step) for topic, step in steps])
+        if not steps:
+            raise typer.Exit(1)
+        return
+    console = stdout()
     if not steps:
         console.print(f"no record names event {event_id!r} (topic prefix {common.topic_prefix!r})")
         raise typer.Exit(1)

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -124,7 +125,7 @@ class LocalKafka:
 
     def ensure_jars(self) -> Path:
         """Fetch the broker's jars with Maven once; later calls reuse the cache."""
-        if any(self.libs.glob("kafka_2.13-*.jar")):
+        if self._jars_cached():
             return self.libs
         mvn = shutil.which("mvn")
         if mvn is None:
@@ -155,6 +156,9 @@ class LocalKafka:
         staging.rename(self.libs)
         return self.libs
 
+    def _jars_cached(self) -> bool:
+        return any(self.libs.glob("kafka_2.13-*.jar"))
+
     def is_up(self, timeout: float = 3.0) -> bool:
         """Whether a broker answers a metadata request on this port."""
         return asyncio.run(_broker_answers(self.access(), timeout))
@@ -163,16 +167,22 @@ class LocalKafka:
         """The pid of the broker this tool started, if that process still runs."""
         return owned_pid(self._pid_path, str(self._config_path))
 
-    def start(self, timeout: float = 90.0) -> float:
-        """Start the broker unless one answers already; return the seconds it took to answer."""
+    def start(self, timeout: float = 90.0, on_step: Callable[[str], None] | None = None) -> float:
+        """Start the broker unless one answers already; return the seconds it took to answer.
+        `on_step` hears what it is doing (a start takes seconds, a first one half a minute)."""
+        step = on_step or (lambda _: None)
         began = time.monotonic()
         if self.secure:
+            step("making the CA, the broker's certificate and the users' passwords")
             self.security.ensure_certificates()
         if self.is_up(timeout=1.0):
             return 0.0
+        if not self._jars_cached():
+            step(f"fetching Kafka {KAFKA_VERSION}'s jars with Maven (once)")
         libs = self.ensure_jars()
         self._write_config()
         if not (self.workdir / "data" / "meta.properties").exists():
+            step("formatting the broker's storage (first start)")
             self._format_storage(libs)
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -184,6 +194,10 @@ class LocalKafka:
             )
         self._pid_path.write_text(str(process.pid))
         while time.monotonic() - began < timeout:
+            step(
+                f"waiting for the broker (pid {process.pid}) to answer on {self.bootstrap} "
+                f"({time.monotonic() - began:.0f}s)"
+            )
             if process.poll() is not None:
                 raise KafkaStartError(self._failure_reason(), str(self.log_path))
             if self.is_up(timeout=2.0):

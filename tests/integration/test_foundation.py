@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -188,9 +189,14 @@ def test_local_kafka_that_cannot_start_says_why(tmp_path: Path, kafka_bootstrap:
     clash = LocalKafka(port=taken + 7, controller_port=taken, home=tmp_path)
     clash.libs.symlink_to(shared_jars, target_is_directory=True)
 
+    steps: list[str] = []
     with pytest.raises(KafkaStartError, match="Address already in use"):
-        clash.start(timeout=60)
+        clash.start(timeout=60, on_step=steps.append)
     assert clash.pid() is None
+    assert steps[0] == "formatting the broker's storage (first start)"
+    assert re.fullmatch(
+        rf"waiting for the broker \(pid \d+\) to answer on {clash.bootstrap} \(\d+s\)", steps[1]
+    ), steps
 
 
 def test_feedback_worker_refuses_topics_that_are_not_copartitioned(pipeline: Pipeline) -> None:

@@ -53,7 +53,8 @@ def test_the_cli_without_credentials_says_so_in_one_line(mlflow_server: LocalMlf
     )
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
-    assert line.startswith(f"error: MLflow at {mlflow_server.uri}: ") and "401" in line
+    assert line.startswith(f"error: MLflow at {mlflow_server.uri} could not list models: ")
+    assert "401" in line
 
 
 def test_a_server_that_refuses_the_credentials_is_named_with_what_to_do(

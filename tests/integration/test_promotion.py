@@ -7,6 +7,7 @@ restart) or rolls back a worse one. `driftline status` shows the latest decision
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -266,7 +267,16 @@ async def test_an_operator_promotes_and_rolls_back_and_mistakes_are_one_line(
         f"error: deployment 'fraud': model {name!r} has no version '7'",
     )
 
+    assert driftline("promote", "--deployment", "fraud", "--dry-run") == (
+        0,
+        f"would promote {name} version 2 in fraud (champion was 1)",
+    )
     assert driftline("promote", "--deployment", "fraud") == (
+        2,
+        f"error: promote {name} version 2 in fraud (champion was 1)? needs confirmation: "
+        "pass --yes (no terminal to ask on)",
+    )
+    assert driftline("promote", "--deployment", "fraud", "--yes") == (
         0,
         f"promoted {name} version 2 in fraud (champion was 1)",
     )
@@ -281,15 +291,24 @@ async def test_an_operator_promotes_and_rolls_back_and_mistakes_are_one_line(
     assert (decision.champion_version, decision.challenger_version) == ("1", "2")
     assert decision.champion_error is None
 
-    assert driftline("rollback", "--deployment", "fraud") == (
+    assert driftline("rollback", "--deployment", "fraud", "--yes") == (
         2,
         f"error: deployment 'fraud': no canary or shadow of {name!r} and no challenger alias",
     )
     MlflowRegistry(mlflow_uri).set_alias(name, "challenger", "1")
-    assert driftline("rollback", "--deployment", "fraud") == (
-        0,
-        f"rolled back {name} version 1 in fraud (champion stays 2)",
-    )
+    code, printed = driftline("rollback", "--deployment", "fraud", "--yes", "--json")
+    assert code == 0
+    rolled_back = json.loads(printed)
+    assert rolled_back["dry_run"] is False
+    assert {k: rolled_back["decision"][k] for k in ("action", "decided_by", "deployment")} == {
+        "action": "rollback",
+        "decided_by": "operator",
+        "deployment": "fraud",
+    }
+    assert (
+        rolled_back["decision"]["challenger_version"],
+        rolled_back["decision"]["champion_version"],
+    ) == ("1", "2")
     assert MlflowRegistry(mlflow_uri).aliases(name) == {"champion": "2"}
     tags = MlflowClient(mlflow_uri).get_model_version(name, "1").tags
     assert tags[REJECTED_TAG] == "operator override"

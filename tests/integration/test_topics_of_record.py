@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from services.ingestion.logic import check_declaration
 from shared.admin import live_deployments, publish, read_checked
 from shared.events import Deployment, FeatureSpec, StreamSchema, Variant, encode
+from shared.records import check_declaration
 from shared.topics import DEPLOYMENTS, STREAMS
 from tests.support.pipeline import Pipeline
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-import services.drift.commands
+import shared.admin
 from services.drift.commands import SinceError, parse_since, read_alerts
 from shared.errors import DriftlineError
 from shared.events import DriftAlert, encode
@@ -56,7 +56,7 @@ async def test_an_alert_whose_time_lies_outside_utc_is_skipped_with_a_note(
         for offset, value in enumerate([bad, good]):
             yield ConsumerRecord("alerts", 0, offset, 0, 0, None, value, None, 0, 0, ())
 
-    monkeypatch.setattr(services.drift.commands, "read_topic", records)
+    monkeypatch.setattr(shared.admin, "read_topic", records)  # read_alerts imports it on use
     found = [a async for a in read_alerts(DriftlineSettings(), True, True)]
     assert found == [SAMPLES[DriftAlert]]
     assert "skipped alerts[0]@0" in capsys.readouterr().err

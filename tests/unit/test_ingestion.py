@@ -11,7 +11,6 @@ from services.ingestion.logic import (
     InvalidEventError,
     UnknownStreamError,
     WindowTooLongError,
-    check_declaration,
     event_timestamp,
     ingest_event,
     parse_raw_event,
@@ -29,6 +28,7 @@ from shared.events import (
     WindowedAggregate,
     encode,
 )
+from shared.records import check_declaration
 
 SCHEMA = StreamSchema(
     name="payments",

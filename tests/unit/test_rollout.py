@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from shared.backends import RegistryUri
 from shared.events import Deployment, Variant
+from shared.model_uris import RegistryUri
 from shared.rollout import (
     REJECTED_TAG,
     Challenger,

@@ -56,6 +56,24 @@ def test_bad_value_names_variable_value_and_problem(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("DRIFTLINE_DRIFT_WEBHOOK_URLS", "http://x", "expected JSON: Expecting value"),
+        ("DRIFTLINE_DRIFT_DETECTORS", "{bad", "expected JSON: Expecting property name"),
+    ],
+)
+def test_a_json_setting_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        cfg.load(cfg.DriftSettings)
+    message = str(caught.value)
+    assert message.startswith(f"setting {variable}={value!r}: {problem}")
+    assert "\n" not in message
+
+
 def test_every_setting_is_documented() -> None:
     variables = cfg.env_variables()
     assert all(description for description in variables.values()), [
