@@ -137,6 +137,8 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
     )
     app.kafka_access = access
     setup_prometheus_sensors(app, name_prefix="faust")
+    metrics.show_build_info(service)
+    metrics.WORKER_READY.labels(service).set_function(lambda: float(ready(app)))
 
     @app.page("/health")
     async def health(self: View, request: Request) -> Response:

@@ -7,6 +7,8 @@ Service-specific metrics are declared here too, so names and labels stay one con
 from __future__ import annotations
 
 import functools
+import platform
+from importlib.metadata import version
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -28,15 +30,35 @@ EVENTS_OUT = Counter(
 )
 DEAD_LETTERS = Counter(
     "driftline_dead_letters_total",
-    "Messages sent to the dead-letter topic, by why.",
+    "Messages sent to the dead-letter topic, by the reason's code (a fixed category, "
+    "`shared.errors.DriftlineError.code`; the full reason is in the dead letter).",
     ["service", "source_topic", "reason"],
 )
 PROCESSING_SECONDS = Histogram(
     "driftline_processing_seconds",
-    "Time a service spent on one message, from receipt to its outputs being sent (a "
-    "micro-batch's time divided by its size, observed once per batch).",
+    "Time one message spent in a worker, from its receipt by the consumer to its outputs being "
+    "given to the producer (its wait for its micro-batch included), observed once per message.",
     ["service"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+END_TO_END_SECONDS = Histogram(
+    "driftline_end_to_end_seconds",
+    "Time from an event's own event time to this worker giving the output it caused to the "
+    "producer (feature event, prediction, labeled record) or, for the drift and learner "
+    "workers, to the event's value being counted; observed once per output.",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+WORKER_READY = Gauge(
+    "driftline_worker_ready",
+    "1 while the worker serves its partitions (what /health answers 200 for), 0 while a "
+    "rebalance or table recovery runs; read when scraped.",
+    ["service"],
+)
+BUILD_INFO = Gauge(
+    "driftline_build_info",
+    "Always 1, labeled with the versions this worker runs (Driftline, Python, Faust, River).",
+    ["service", "version", "python", "faust", "river"],
 )
 TABLE_ENTRIES = Gauge(
     "driftline_table_entries",
@@ -65,7 +87,8 @@ COLD_ONLINE_MODELS = Counter(
 )
 REFUSED_SNAPSHOTS = Counter(
     "driftline_refused_snapshots_total",
-    "Model snapshots refused (unsigned, badly signed or undecodable).",
+    "Model snapshots refused, by the reason's code (unsigned, bad_signature, wrong_key, "
+    "tombstone, bad_event).",
     ["reason"],
 )
 REFUSED_STATE = Counter(
@@ -90,8 +113,14 @@ ALERTS_SUPPRESSED = Counter(
 )
 MODEL_ERROR_RATE = Gauge(
     "driftline_model_error_rate",
-    "A model version's error rate (mean absolute error for regression) in its latest "
-    "event-time window.",
+    "A classifier version's share of wrong answers (0 to 1) in its latest full event-time "
+    "window; dropped once the version had no labeled answer for two windows (replaced).",
+    ["deployment", "model", "version", "window"],
+)
+MODEL_MAE = Gauge(
+    "driftline_model_mean_absolute_error",
+    "A regression model version's mean absolute error (in its target's unit) in its latest full "
+    "event-time window; dropped like `driftline_model_error_rate`.",
     ["deployment", "model", "version", "window"],
 )
 WEBHOOK_DELIVERIES = Counter(
@@ -148,3 +177,14 @@ PROMOTION_DECISIONS = Counter(
     "Looks of a deployment's promotion policy at a challenger, by what it decided.",
     ["deployment", "action"],
 )
+
+
+def show_build_info(service: str) -> None:
+    """Set `BUILD_INFO` for this worker: which versions a dashboard or an alert is looking at."""
+    BUILD_INFO.labels(
+        service,
+        version("driftline"),
+        platform.python_version(),
+        version("faust-streaming"),
+        version("river"),
+    ).set(1)

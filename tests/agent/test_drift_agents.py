@@ -230,6 +230,33 @@ async def test_concept_drift_per_model_version_with_warning_first_and_error_wind
     ) == pytest.approx(sum(errors[600:]) / 200)
 
 
+async def test_error_gauges_split_by_unit_and_drop_a_replaced_version(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+) -> None:
+    sent = capture_sends(monkeypatch)
+    app = _app(tmp_path, error_window_s=10, error_hop_window_s=20, batch_max_events=1)
+    version = {"deployment": "dep", "model": "fraud", "window": "tumbling_10s"}
+
+    def rate(gauge: str, of_version: str) -> float | None:
+        return REGISTRY.get_sample_value(gauge, {**version, "version": of_version})
+
+    async with agent_context(app, "detect_concept_drift") as agent:
+        for i in range(30):  # version 1 answers classes, wrong every other time
+            await agent.put(encode(_labeled(i, i % 2, 0)), key=b"dep")
+        await agent.put(encode(_labeled(30, 2.5, 2.0, version="2")), key=b"dep")  # regression
+        await _until(lambda: rate("driftline_model_mean_absolute_error", "2") is not None)
+        assert rate("driftline_model_error_rate", "1") == pytest.approx(0.5)
+        assert rate("driftline_model_mean_absolute_error", "2") == pytest.approx(0.5)
+        assert rate("driftline_model_error_rate", "2") is None
+        assert rate("driftline_model_mean_absolute_error", "1") is None
+        # Version 2 goes on answering past both of version 1's windows: 1 was replaced.
+        await agent.put(encode(_labeled(90, 3.0, 2.0, version="2")), key=b"dep")
+        await _until(lambda: rate("driftline_model_error_rate", "1") is None)
+
+    assert rate("driftline_model_mean_absolute_error", "2") == pytest.approx(1.0)
+    assert not sent.values("a.deadletter")
+
+
 async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_its_partition(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
