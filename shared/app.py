@@ -24,7 +24,7 @@ from faust.web import Request, Response, View
 
 from shared import delivery, failpoints, metrics
 from shared.delivery import DriftlineConsumer, DurableProducer, OutputsLostError
-from shared.errors import DriftlineError
+from shared.errors import DriftlineError, InternalError
 from shared.events import DeadLetter, Event, encode
 from shared.kafka_clients import KafkaAccess, faust_credentials
 from shared.logging import batch_fields, get_logger, logging_config, message_fields
@@ -174,12 +174,14 @@ class DeadLetters:
         self.service = service
         self.topic = declare_topic(app, DEADLETTER, common)
 
-    async def send(self, event: EventT, reason: str) -> None:
-        """Dead-letter the message behind `event` (its original bytes, topic, partition, offset)."""
+    async def send(self, event: EventT, error: DriftlineError) -> None:
+        """Dead-letter the message behind `event` (its original bytes, topic, partition, offset)
+        for `error`."""
         message = event.message
         await self.send_letter(
             DeadLetter(
-                reason=reason,
+                reason=str(error),
+                code=error.code,
                 service=self.service,
                 source_topic=message.topic,
                 partition=message.partition,
@@ -193,11 +195,11 @@ class DeadLetters:
         """Dead-letter a message kept earlier (e.g. feedback that waited for its prediction in
         vain), with its original topic, partition and offset already in `letter`."""
         await self.topic.send(key=letter.source_topic.encode(), value=encode(letter))
-        reason_kind = letter.reason.split(":", 1)[0]
-        metrics.child(metrics.DEAD_LETTERS, self.service, letter.source_topic, reason_kind).inc()
+        metrics.child(metrics.DEAD_LETTERS, self.service, letter.source_topic, letter.code).inc()
         log.warning(
             "dead-lettered",
             reason=letter.reason,
+            code=letter.code,
             **message_fields(letter.source_topic, letter.partition, letter.offset),
         )
 
@@ -210,9 +212,8 @@ async def consume(
 ) -> None:
     """Run `handle` on every event of `stream`; a failure dead-letters that message and goes on.
 
-    A `DriftlineError` is an expected bad input (its text is the reason); any other exception is
-    a bug or a failing model, logged with its traceback, and the message is still dead-lettered
-    so nothing is lost.
+    A `DriftlineError` is an expected bad input; any other exception is a bug or a failing
+    model, logged with its traceback, and the message is still dead-lettered so nothing is lost.
     """
     processing = metrics.child(metrics.PROCESSING_SECONDS, service)
     async for event in stream.events():
@@ -223,7 +224,7 @@ async def consume(
             try:
                 await handle(event)
             except Exception as exc:
-                await dead_letters.send(event, failure_reason(event, exc))
+                await dead_letters.send(event, rejection(event, exc))
         processing.observe(time.perf_counter() - started)
 
 
@@ -241,21 +242,21 @@ def unacknowledged_if_interrupted(stream: faust.Stream, events: Sequence[EventT]
         raise
 
 
-def failure_reason(event: EventT, exc: Exception) -> str:
-    """The dead-letter reason for what a handler raised on `event` (call it in the `except`):
-    a `DriftlineError` is bad input and its text is the reason; anything else is a bug or a
-    failing model, logged with its traceback."""
+def rejection(event: EventT, exc: Exception) -> DriftlineError:
+    """The error to dead-letter `event` for, from what a handler raised on it (call it in the
+    `except`): a `DriftlineError` is bad input; anything else is a bug or a failing model,
+    logged with its traceback, an `InternalError`."""
     if isinstance(exc, DriftlineError):
-        return str(exc)
+        return exc
     message = event.message
     log.exception(
         "handler failed", **message_fields(message.topic, message.partition, message.offset)
     )
-    return f"internal error: {type(exc).__name__}: {exc}"
+    return InternalError(exc)
 
 
-BatchHandler = Callable[[Sequence[EventT]], Awaitable[Sequence[tuple[EventT, str]]]]
-"""Handles a micro-batch; returns the events it could not use, each with the reason."""
+BatchHandler = Callable[[Sequence[EventT]], Awaitable[Sequence[tuple[EventT, DriftlineError]]]]
+"""Handles a micro-batch; returns the events it could not use, each with the error why."""
 
 
 async def consume_batches(
@@ -294,8 +295,8 @@ async def consume_batches(
                     ),
                 )
                 rejected = [r for event in events for r in await _handle_alone(event, handle)]
-            for event, reason in rejected:
-                await dead_letters.send(event, reason)
+            for event, error in rejected:
+                await dead_letters.send(event, error)
         processing.observe((time.perf_counter() - started) / len(events))
 
 
@@ -365,13 +366,15 @@ class BufferedTable:
         self._changes.clear()
 
 
-async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[EventT, str]]:
+async def _handle_alone(
+    event: EventT, handle: BatchHandler
+) -> Sequence[tuple[EventT, DriftlineError]]:
     try:
         return await handle([event])
     except OutputsLostError:
         raise
     except Exception as exc:
-        return [(event, failure_reason(event, exc))]
+        return [(event, rejection(event, exc))]
 
 
 async def send_event(topic: TopicT, service: str, key: str, event: Event) -> None:

@@ -209,6 +209,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         # The alert was produced here, not consumed: there is no source partition or offset.
         letter = DeadLetter(
             reason=reason,
+            code="webhook_failed",
             service=SERVICE,
             source_topic=alerts_name,
             partition=-1,
@@ -216,8 +217,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             key=delivery.key.encode(),
             value=delivery.body,
         )
-        await send_event(dead_letters.topic, SERVICE, alerts_name, letter)
-        metrics.DEAD_LETTERS.labels(SERVICE, alerts_name, "webhook").inc()
+        await dead_letters.send_letter(letter)
 
     webhooks = (
         WebhookSender(
@@ -281,16 +281,16 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         so the events handled again one by one recompute the same findings (with the same
         alert ids) instead of finding them `already_seen` and dropping every alert."""
 
-        async def handle(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+        async def handle(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
             monitors = MonitorBatch(table, sealed[table.name], windows)
             findings: list[Finding] = []
-            rejected: list[tuple[EventT, str]] = []
+            rejected: list[tuple[EventT, DriftlineError]] = []
             for event in events:
                 try:
                     with as_current_event(event):
                         findings.extend(detect(event, monitors))
                 except DriftlineError as exc:
-                    rejected.append((event, str(exc)))
+                    rejected.append((event, exc))
             for finding in findings:
                 await report(finding)
             if findings:

@@ -51,6 +51,8 @@ DEFAULT_CONCEPT: dict[Task, dict[str, Any]] = {
 class TaskMismatchError(DriftlineError):
     """A regression model answered with something that is not a number."""
 
+    code = "task_mismatch"
+
     def __init__(self, model: str, output: object) -> None:
         self.model = model
         self.output = output

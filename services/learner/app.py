@@ -42,7 +42,7 @@ from shared.app import (
     outputs_delivered,
     send_event,
 )
-from shared.errors import DriftlineError
+from shared.errors import DriftlineError, InternalError
 from shared.events import LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
@@ -56,6 +56,8 @@ log = get_logger(__name__)
 class UnknownDeploymentError(DriftlineError):
     """A labeled prediction names a deployment the learner does not know (never published, or
     deleted since)."""
+
+    code = "unknown_deployment"
 
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown deployment {name!r}: publish it on the deployments topic first")
@@ -133,15 +135,15 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
                     learner.spec.model_id, name.removeprefix("rolling_"), window
                 ).set(value)
 
-    async def learn_batch(batch: Sequence[EventT]) -> list[tuple[EventT, str]]:
-        rejected: list[tuple[EventT, str]] = []
+    async def learn_batch(batch: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
+        rejected: list[tuple[EventT, DriftlineError]] = []
         by_model: dict[bytes, list[tuple[EventT, TrainingExample]]] = {}
         for event in batch:
             message = event.message
             try:
                 example = decode(TrainingExample, message.value, message.topic)
             except DriftlineError as exc:
-                rejected.append((event, str(exc)))
+                rejected.append((event, exc))
                 continue
             by_model.setdefault(example.model_key.encode(), []).append((event, example))
         learned_models: list[tuple[bytes, OnlineLearner, EventT]] = []
@@ -156,11 +158,11 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
                         metrics.REDELIVERED_EXAMPLES.labels(example.spec.model_id).inc()
                         continue
                 except DriftlineError as exc:
-                    rejected.append((event, str(exc)))
+                    rejected.append((event, exc))
                     continue
                 except Exception as exc:
                     log.exception("model failed to learn", model=example.model_key)
-                    rejected.append((event, f"model failed: {type(exc).__name__}: {exc}"))
+                    rejected.append((event, InternalError(exc)))
                     continue
                 learned += 1
                 if learner.n_learned % own.snapshot_every == 0:

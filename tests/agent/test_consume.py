@@ -13,6 +13,7 @@ from faust.types import EventT
 
 from services.ingestion.app import build
 from shared.app import DeadLetters, consume_batches, create_app, send_records
+from shared.errors import DriftlineError
 from shared.events import FeatureSpec, StreamSchema, encode
 from shared.settings import DriftlineSettings, IngestionSettings
 from tests.support.faust_doubles import (
@@ -59,7 +60,7 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
     source, target = app.topic("a.in"), app.topic("a.out")
     dead_letters = DeadLetters(app, "batcher", common)
 
-    async def forward(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+    async def forward(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
         if any(event.message.value == b"boom" for event in events):
             raise RuntimeError("boom")
         await send_records(target, "batcher", [(b"k", event.message.value) for event in events])
@@ -75,8 +76,8 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
 
     assert [value for _, value in sent.by_topic["a.out"]] == [b"one", b"three"]
     letters = sent.values("a.deadletter")
-    assert [(letter["offset"], letter["reason"]) for letter in letters] == [
-        (1, "internal error: RuntimeError: boom")
+    assert [(letter["offset"], letter["reason"], letter["code"]) for letter in letters] == [
+        (1, "internal error: RuntimeError: boom", "internal_error")
     ]
     errors = [r for r in caplog.records if r.levelname == "ERROR"]  # structlog: msg is a dict
     assert [(r.msg["event"], r.exc_info is not None) for r in errors] == [

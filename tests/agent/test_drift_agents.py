@@ -271,6 +271,7 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
 
     monkeypatch.setattr(Collection, "send_changelog", spy)
     app = _app(tmp_path, batch_max_events=8, batch_within_s=30.0)
+    wrong_type = dead_letters_counted("wrong_value_type")
     batch = [  # (feature, partition of its key, value, source offset)
         ("amount", 0, 1.0, 10),
         ("amount", 0, 2.0, 11),
@@ -305,9 +306,21 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
     ]
     assert [m.detector.detector.estimation for m in monitors.values()] == [8 / 3, 13 / 3]
     letters = sent.values("a.deadletter")
-    assert [(x["offset"], x["reason"]) for x in letters] == [
-        (3, "detector adwin takes numbers, got 'NL'")
+    assert [(x["offset"], x["reason"], x["code"]) for x in letters] == [
+        (3, "detector adwin takes numbers, got 'NL'", "wrong_value_type")
     ]
+    assert dead_letters_counted("wrong_value_type") == wrong_type + 1
+    assert not dead_letters_counted("detector adwin takes numbers, got 'NL'")
+
+
+def dead_letters_counted(reason: str) -> float:
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "driftline_dead_letters"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["reason"] == reason
+    )
 
 
 YEAR_1900 = datetime(1900, 1, 1, tzinfo=UTC).timestamp()

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 import shared.app
@@ -178,6 +179,8 @@ async def test_unsigned_badly_signed_and_older_snapshots_are_refused(
     app = router_app(tmp_path)
     unsigned = orjson.loads(snapshot("champ", "evil", sequence=5))
     unsigned["signature"] = ""
+    codes = ("unsigned", "bad_signature", "champ")
+    before = [refused_snapshots(code) for code in codes]
     async with agent_context(app, "store_model_snapshot") as agent:
         await agent.put(orjson.dumps(unsigned), key=b"champ")
         await agent.put(snapshot("champ", "evil", 6, key=SecretStr("wrong")), key=b"champ")
@@ -194,6 +197,13 @@ async def test_unsigned_badly_signed_and_older_snapshots_are_refused(
         "snapshot of model 'champ' refused: unsigned",
         "snapshot of model 'champ' refused: bad signature",
     ]
+    assert [letter["code"] for letter in sent.values("a.deadletter")] == list(codes[:2])
+    counted = [refused_snapshots(code) - b for code, b in zip(codes, before, strict=True)]
+    assert counted == [1, 1, 0], "counted by reason code, never by model name"
+
+
+def refused_snapshots(reason: str) -> float:
+    return REGISTRY.get_sample_value("driftline_refused_snapshots_total", {"reason": reason}) or 0.0
 
 
 async def test_a_bad_deployment_record_is_dead_lettered_and_a_tombstone_removes_one(
