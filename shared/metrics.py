@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import platform
+import time
+from collections.abc import Iterable
 from importlib.metadata import version
 from typing import Any
 
@@ -44,8 +46,8 @@ PROCESSING_SECONDS = Histogram(
 END_TO_END_SECONDS = Histogram(
     "driftline_end_to_end_seconds",
     "Time from an event's own event time to this worker giving the output it caused to the "
-    "producer (feature event, prediction, labeled record) or, for the drift and learner "
-    "workers, to the event's value being counted; observed once per output.",
+    "producer (ingestion: feature event, router: prediction, feedback: labeled record, its "
+    "wait for the label included) or, in the drift worker, to its detector counting it.",
     ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
@@ -188,3 +190,12 @@ def show_build_info(service: str) -> None:
         version("faust-streaming"),
         version("river"),
     ).set(1)
+
+
+def observe_end_to_end(service: str, event_times: Iterable[float]) -> None:
+    """Observe `END_TO_END_SECONDS` now for outputs of events at `event_times` (epoch seconds);
+    an event time ahead of this clock counts as 0, not as a negative latency."""
+    histogram = child(END_TO_END_SECONDS, service)
+    now = time.time()
+    for event_time in event_times:
+        histogram.observe(max(0.0, now - event_time))

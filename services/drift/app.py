@@ -335,6 +335,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         time = datetime.fromtimestamp(item["time"], UTC)
         finding = monitor.update(value, time, item["partition"], item["offset"])
         monitors.updated(key, monitor, event)
+        metrics.observe_end_to_end(SERVICE, [item["time"]])
         return [finding] if finding is not None else []
 
     def detect_concept(event: EventT, monitors: MonitorBatch) -> Iterable[Finding]:
@@ -345,6 +346,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         )
         task = task_of(labeled.label)
         time = labeled.event_time.timestamp()
+        metrics.observe_end_to_end(SERVICE, [time])
         findings = []
         for outcome in labeled.outcomes:
             if outcome.output is None:

@@ -85,6 +85,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
         for labeled in outcome.labeled:
             await send_event(labeled_topic, SERVICE, labeled.deployment, labeled)
             metrics.LABELED_PREDICTIONS.labels(labeled.deployment).inc()
+        metrics.observe_end_to_end(SERVICE, (x.event_time.timestamp() for x in outcome.labeled))
         for prediction in outcome.expired:
             metrics.EXPIRED_PREDICTIONS.labels(
                 prediction.deployment, prediction.outcome.model_name

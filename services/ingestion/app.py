@@ -122,6 +122,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> Driftlin
         event, so a batch is never run twice."""
         rejected: list[tuple[EventT, DriftlineError]] = []
         records: list[tuple[bytes, bytes]] = []
+        event_times: list[float] = []
         last_of_partition: dict[int, EventT] = {}
         now = time.time()
         for event in events:
@@ -134,7 +135,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> Driftlin
                 continue
             if feature_event is not None:
                 records.append((feature_event.entity_id.encode(), encode(feature_event)))
+                event_times.append(feature_event.event_time.timestamp())
         await send_records(features_topic, SERVICE, records)
+        metrics.observe_end_to_end(SERVICE, event_times)
         await outputs_delivered(app)
         for partition, event in last_of_partition.items():
             save(states[partition], event)

@@ -99,6 +99,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
             SERVICE,
             [(p.event_id.encode(), encode(p)) for p in predictions],
         )
+        metrics.observe_end_to_end(SERVICE, (p.event_time.timestamp() for p in predictions))
         served = Counter(
             (p.deployment, p.outcome.variant, str(p.outcome.served)) for p in predictions
         )

@@ -10,6 +10,7 @@ import faust
 import orjson
 import pytest
 from faust.types import EventT
+from prometheus_client import REGISTRY
 
 from services.ingestion.app import build
 from shared.app import DeadLetters, consume_batches, create_app, send_records
@@ -70,9 +71,12 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
     async def forward_batches(stream: faust.Stream) -> None:
         await consume_batches(stream, "batcher", dead_letters, forward, 3, 30.0)
 
+    observed = processing_count("batcher")
     async with agent_context(app, "forward_batches") as agent:
         for value in (b"one", b"boom", b"three"):
             await agent.put(value, key=b"k")
+
+    assert processing_count("batcher") == observed + 3, "one observation per event, not per batch"
 
     assert [value for _, value in sent.by_topic["a.out"]] == [b"one", b"three"]
     letters = sent.values("a.deadletter")
@@ -85,3 +89,8 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
         ("handler failed", True),
     ], "the batch's failure once, then the failing event's own"
     assert errors[0].msg["offsets"] == {"a.in[0]": [0, 2]}
+
+
+def processing_count(service: str) -> float:
+    labels = {"service": service}
+    return REGISTRY.get_sample_value("driftline_processing_seconds_count", labels) or 0.0
