@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,6 +67,7 @@ CUSTOM_KINDS = {
     ("kafka.strimzi.io/v1", "KafkaTopic"),
     ("kafka.strimzi.io/v1", "KafkaUser"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 """Custom resources: no Kubernetes schema covers them, so their shape is checked here."""
 
@@ -375,6 +377,15 @@ def check_service_monitor(docs: list[Manifest]) -> None:
     assert scraped == services, f"the ServiceMonitor scrapes {scraped}, not the services {services}"
     assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
     assert spec["endpoints"][0].get("honorLabels") is True, "the metrics' service label is lost"
+
+
+def check_prometheus_rule(docs: list[Manifest], rules_file: Path) -> None:
+    """One PrometheusRule, whose groups are exactly those of `rules_file` (the rules file
+    docker-compose's Prometheus loads and promtool checks)."""
+    (rule,) = of_kind(docs, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(rules_file.read_text()), "the chart's rules differ"
+    alerts = [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert alerts and len(alerts) == len(set(alerts)), f"alert names: {alerts}"
 
 
 def check_no_dev_key(docs: list[Manifest]) -> None:

@@ -20,6 +20,7 @@ from tests.deploy import manifests as m
 from tests.deploy.conftest import CHART, KUBE_VERSION, ROOT, SCENARIOS, helm_template, run, tool
 
 Load = Callable[[Path], list[m.Manifest]]
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "rules" / "driftline-alerts.yml"
 
 
 def test_there_are_scenarios() -> None:
@@ -67,6 +68,8 @@ def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
         m.check_network_policy(docs)
     if m.of_kind(docs, "ServiceMonitor"):
         m.check_service_monitor(docs)
+    if m.of_kind(docs, "PrometheusRule"):
+        m.check_prometheus_rule(docs, ALERT_RULES)
     if m.of_kind(docs, "KafkaTopic"):
         m.check_topics(docs)
 
@@ -85,6 +88,7 @@ def test_defaults_make_topics_with_the_job_and_generate_hmac_keys(
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert len(m.of_kind(docs, "Deployment")) == len(m.of_kind(docs, "HorizontalPodAutoscaler"))
     assert m.of_kind(docs, "NetworkPolicy") and not m.of_kind(docs, "KafkaTopic")
+    assert not m.of_kind(docs, "PrometheusRule"), "opt-in: its CRD may be missing"
     assert not [c for _, c in m.workloads(docs) if m.component_of(c) == m.RETRAIN], "opt-in"
     assert not [s for s in m.of_kind(docs, "Service") if s["metadata"]["name"].endswith("retrain")]
 
@@ -287,6 +291,23 @@ def test_every_value_is_documented() -> None:
         documented_at.append((indent, comment or inherited))
         comment = False
     assert not undocumented, f"values without a `# --` comment: {undocumented}"
+
+
+def test_chart_alert_rules_are_the_ones_in_deploy() -> None:
+    chart_copy = CHART / "files" / "driftline-alerts.yml"
+    assert chart_copy.read_bytes() == ALERT_RULES.read_bytes(), (
+        "helm/driftline/files/driftline-alerts.yml differs from deploy/prometheus/rules/: "
+        "cp deploy/prometheus/rules/driftline-alerts.yml helm/driftline/files/"
+    )
+
+
+def test_prometheus_rule_carries_the_alert_rules(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["strimzi-sasl-values.yaml"])
+    m.check_prometheus_rule(docs, ALERT_RULES)
+    (rule,) = m.of_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def test_chart_dashboard_is_the_one_in_deploy() -> None:

@@ -75,6 +75,7 @@ def unexported(expressions: list[str], known: set[str]) -> set[str]:
 
 def test_the_checked_files_exist() -> None:
     assert ROOT / "deploy" / "grafana" / "driftline-dashboard.json" in DASHBOARDS
+    assert ROOT / "deploy" / "prometheus" / "rules" / "driftline-alerts.yml" in RULE_FILES
 
 
 @pytest.mark.parametrize("path", DASHBOARDS + RULE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
