@@ -68,6 +68,7 @@ CUSTOM_KINDS = {
     ("kafka.strimzi.io/v1", "KafkaUser"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 }
 """Custom resources: no Kubernetes schema covers them, so their shape is checked here."""
 
@@ -304,6 +305,31 @@ def check_autoscalers(docs: list[Manifest]) -> None:
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions, (
             f"{where}: replicas must stay within 1..{partitions} partitions"
         )
+
+
+def check_scaled_objects(docs: list[Manifest]) -> None:
+    """Each KEDA ScaledObject scales a Deployment with no replicas of its own, within the
+    partition count, on the lag of that service's consumer group (the Faust app id), and no
+    CPU HorizontalPodAutoscaler competes with it."""
+    scaled_objects = of_kind(docs, "ScaledObject")
+    if not scaled_objects:
+        return
+    settings = settings_configmap(docs)
+    partitions = int(settings["DRIFTLINE_TOPIC_PARTITIONS"])
+    deployments = by_name(docs, "Deployment")
+    assert not of_kind(docs, "HorizontalPodAutoscaler"), "KEDA and the CPU HPA exclude each other"
+    for scaled in scaled_objects:
+        where = name_of(scaled)
+        spec = scaled["spec"]
+        target = deployments[spec["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"], f"{where}: the Deployment sets replicas too"
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions, where
+        (container,) = target["spec"]["template"]["spec"]["containers"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "kafka", where
+        group = f"{settings['DRIFTLINE_TOPIC_PREFIX']}driftline-{service_of(container)}"
+        assert trigger["metadata"]["consumerGroup"] == group, where
+        assert trigger["metadata"]["bootstrapServers"] == settings["DRIFTLINE_KAFKA_BROKER"]
 
 
 def check_disruption_budgets(docs: list[Manifest]) -> None:

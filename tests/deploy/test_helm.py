@@ -63,6 +63,7 @@ def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
     if retrain:
         m.check_retrain_job(docs)
     m.check_autoscalers(docs)
+    m.check_scaled_objects(docs)
     m.check_disruption_budgets(docs)
     if m.of_kind(docs, "NetworkPolicy"):
         m.check_network_policy(docs)
@@ -236,6 +237,9 @@ def test_whole_numbers_of_values_files_reach_the_settings_without_an_exponent() 
         ("retrainJob.port=0", "/retrainJob/port"),
         ("retrainJob.trainer=x", "'trainer' not allowed"),
         ("mlflow.existingSecret=", "mlflow.existingSecret: name the Secret"),
+        ("keda.enabled=true,kafka.securityProtocol=SSL", "keda.authenticationRef"),
+        ("keda.lagThreshold=0", "/keda/lagThreshold"),
+        ("prometheusRule.enabled=yes", "/prometheusRule/enabled"),
         ("mlflow.allowAnonymous=yes", "/mlflow/allowAnonymous"),
         (
             "strimzi.user.enabled=true,kafka.securityProtocol=SASL_SSL,strimzi.topics.enabled=true",
@@ -291,6 +295,26 @@ def test_every_value_is_documented() -> None:
         documented_at.append((indent, comment or inherited))
         comment = False
     assert not undocumented, f"values without a `# --` comment: {undocumented}"
+
+
+def test_keda_scales_on_consumer_lag_instead_of_cpu(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["keda-values.yaml"])
+    scaled = m.by_name(docs, "ScaledObject")
+    assert set(scaled) == {f"driftline-{s}" for s in SERVICE_SETTINGS if s != "learner"}
+    trigger = scaled["driftline-router"]["spec"]["triggers"][0]["metadata"]
+    assert trigger["consumerGroup"] == "staging.driftline-router"
+    assert trigger["lagThreshold"] == "500"
+    assert "replicas" in m.by_name(docs, "Deployment")["driftline-learner"]["spec"]
+    secured = m.load_all(
+        helm_template(
+            "--set", "keda.enabled=true,keda.authenticationRef=kafka-scram",
+            "--set", "kafka.securityProtocol=SSL",
+        )
+    )  # fmt: skip
+    for scaled_object in m.of_kind(secured, "ScaledObject"):
+        assert scaled_object["spec"]["triggers"][0]["authenticationRef"] == {"name": "kafka-scram"}
 
 
 def test_chart_alert_rules_are_the_ones_in_deploy() -> None:
