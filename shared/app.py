@@ -200,7 +200,7 @@ class DeadLetters:
             "dead-lettered",
             reason=letter.reason,
             code=letter.code,
-            **message_fields(letter.source_topic, letter.partition, letter.offset),
+            **message_fields(letter.source_topic, letter.partition, letter.offset, letter.value),
         )
 
 
@@ -250,7 +250,8 @@ def rejection(event: EventT, exc: Exception) -> DriftlineError:
         return exc
     message = event.message
     log.exception(
-        "handler failed", **message_fields(message.topic, message.partition, message.offset)
+        "handler failed",
+        **message_fields(message.topic, message.partition, message.offset, message.value),
     )
     return InternalError(exc)
 

@@ -260,12 +260,18 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             return
         alert = await completed(alert)
         await send_event(alerts_topic, SERVICE, alert.key, alert)
+        window = alert.window
         log.info(
             "alert sent",
             alert_id=alert.alert_id,
             key=alert.key,
+            stream=alert.stream,
+            detector=alert.detector,
             alert_level=alert.level,  # `level` is the log record's own
             position=alert.position,
+            window_start=None if window is None else window.start_time.isoformat(),
+            window_start_position=None if window is None else window.start_position,
+            window_estimated_by=None if window is None else window.estimated_by,
         )
         metrics.ALERTS.labels(alert.kind, alert.level).inc()
         if webhooks is not None and notifies(alert, own.webhook_levels):

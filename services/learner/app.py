@@ -161,7 +161,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
                     rejected.append((event, exc))
                     continue
                 except Exception as exc:
-                    log.exception("model failed to learn", model=example.model_key)
+                    log.exception(
+                        "model failed to learn", model=example.model_key, event_id=example.event_id
+                    )
                     rejected.append((event, InternalError(exc)))
                     continue
                 learned += 1

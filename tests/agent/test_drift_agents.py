@@ -92,8 +92,12 @@ def _river_indices(detector: ADWIN | DDM, values: list[float]) -> list[int]:
 
 
 async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    lookups: list,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level("INFO", logger="services.drift.app")
     sent = capture_sends(monkeypatch)
     values = _shifted_values()
     app = _app(tmp_path, cooldown_s=0)
@@ -123,6 +127,12 @@ async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
             "a.features": {**{str(p): o for p, o in LOOKED_UP.items()}, "0": first},
             "a.predictions.labeled": {str(p): o for p, o in LOOKED_UP.items()},
         }
+    logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert [
+        (line["alert_id"], line["stream"], line["detector"], line["window_start_position"])
+        for line in logged
+        if line["event"] == "alert sent"
+    ] == [(a["alert_id"], "pay", "ADWIN", a["window"]["start_position"]) for a in alerts]
     assert [names for _, names in lookups] == [["a.features", "a.predictions.labeled"]] * len(
         alerts
     )
