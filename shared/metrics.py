@@ -159,11 +159,26 @@ REDELIVERED_EXAMPLES = Counter(
     "Examples the learner had already learned and skipped (redelivery after a crash or rebalance).",
     ["model_id"],
 )
-MODEL_METRIC = Gauge(
-    "driftline_model_metric",
-    "An online model's prequential metric (accuracy, log_loss, mae), cumulative or rolling.",
-    ["model_id", "metric", "window"],
-)
+ONLINE_MODEL_METRICS = {
+    "accuracy": Gauge(
+        "driftline_online_model_accuracy",
+        "An online model's prequential accuracy (0 to 1), cumulative or rolling.",
+        ["model_id", "window"],
+    ),
+    "log_loss": Gauge(
+        "driftline_online_model_log_loss",
+        "An online classifier's prequential log loss (cross-entropy, nats), cumulative or rolling.",
+        ["model_id", "window"],
+    ),
+    "mae": Gauge(
+        "driftline_online_model_mean_absolute_error",
+        "An online regression model's prequential mean absolute error (in its target's unit), "
+        "cumulative or rolling.",
+        ["model_id", "window"],
+    ),
+}
+"""The learner's prequential metrics by their name in `OnlineLearner.metrics`: one gauge per
+unit, so no query averages an accuracy with a loss."""
 ENTITY_MODELS = Gauge(
     "driftline_entity_models",
     "Per-entity online models this learner holds, by the model id they belong to.",

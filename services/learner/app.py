@@ -131,9 +131,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
         if not learner.spec.per_entity:
             for name, value in snapshot.metrics.items():
                 window = "rolling" if name.startswith("rolling_") else "cumulative"
-                metrics.MODEL_METRIC.labels(
-                    learner.spec.model_id, name.removeprefix("rolling_"), window
-                ).set(value)
+                gauge = metrics.ONLINE_MODEL_METRICS[name.removeprefix("rolling_")]
+                gauge.labels(learner.spec.model_id, window).set(value)
 
     async def learn_batch(batch: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
         rejected: list[tuple[EventT, DriftlineError]] = []
