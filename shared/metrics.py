@@ -77,6 +77,13 @@ PREDICTIONS = Counter(
     "Predictions the router produced, by deployment, variant and whether they were served.",
     ["deployment", "variant", "served"],
 )
+MODEL_INFERENCE_SECONDS = Histogram(
+    "driftline_model_inference_seconds",
+    "A variant's model time per prediction: each batched model call's time divided by the "
+    "rows it scored, observed once per prediction.",
+    ["deployment", "variant"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5),
+)
 MODEL_FAILURES = Counter(
     "driftline_model_failures_total",
     "Variants that could not answer an event, by why (unknown model, failing model, features).",

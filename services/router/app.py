@@ -105,6 +105,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
         )
         for labels, count in served.items():
             metrics.child(metrics.PREDICTIONS, *labels).inc(count)
+        for p in predictions:
+            inference = metrics.MODEL_INFERENCE_SECONDS
+            metrics.child(inference, p.deployment, p.outcome.variant).observe(p.latency_ms / 1000)
         for position, failed in failures.items():
             for deployment, variant, exc in failed:
                 metrics.child(metrics.MODEL_FAILURES, deployment, variant, exc.kind).inc()

@@ -125,8 +125,9 @@ async def test_rule_then_canary_then_champion_serve_and_the_shadow_always_answer
 ) -> None:
     app = router_app(tmp_path)
     canary_entity, champion_entity = entities_on("canary", 1)[0], entities_on("champion", 1)[0]
-    latencies = {"service": "router"}
+    latencies, shadow = {"service": "router"}, {"deployment": "fraud", "variant": "shadow"}
     observed = REGISTRY.get_sample_value("driftline_end_to_end_seconds_count", latencies) or 0
+    inferred = REGISTRY.get_sample_value("driftline_model_inference_seconds_count", shadow) or 0
     async with agent_context(app, "route_feature_event") as agent:
         await agent.put(feature_event("e1", champion_entity), key=champion_entity.encode())
         await agent.put(feature_event("e2", canary_entity), key=canary_entity.encode())
@@ -138,6 +139,8 @@ async def test_rule_then_canary_then_champion_serve_and_the_shadow_always_answer
     assert REGISTRY.get_sample_value(
         "driftline_end_to_end_seconds_count", latencies
     ) == observed + len(predictions), "one end-to-end latency per prediction"
+    inferred_now = REGISTRY.get_sample_value("driftline_model_inference_seconds_count", shadow)
+    assert inferred_now == inferred + 3, "the shadow answered each of the three events"
     served = {p["event_id"]: p["outcome"] for p in predictions if p["outcome"]["served"]}
     assert {e: o["variant"] for e, o in served.items()} == {
         "e1": "champion",
