@@ -196,6 +196,22 @@ MLFLOW_FAILURES = Counter(
     "MLflow logging or registration attempts that failed (retried on the next round).",
     ["service"],
 )
+RETRAIN_ATTEMPTS = Counter(
+    "driftline_retrain_attempts_total",
+    "Retrains the retrain job attempted, by how each ended: retrained, retry (too few labels "
+    "yet), given_up (still too few at the deadline), failed (a Driftline error), crashed.",
+    ["outcome"],
+)
+RETRAIN_SECONDS = Histogram(
+    "driftline_retrain_seconds",
+    "How long one retrain attempt of the retrain job took (reading, training, registering).",
+    buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
+RETRAIN_PENDING = Gauge(
+    "driftline_retrain_pending",
+    "Alerts the retrain job accepted and has not finished (queued, retraining or waiting to "
+    "retry); read when scraped.",
+)
 PROMOTION_DECISIONS = Counter(
     "driftline_promotion_decisions_total",
     "Looks of a deployment's promotion policy at a challenger, by what it decided.",

@@ -388,8 +388,8 @@ def check_network_policy(docs: list[Manifest]) -> None:
 
 
 def check_service_monitor(docs: list[Manifest]) -> None:
-    """The ServiceMonitor scrapes /metrics on the http port of every service's Service, and not
-    the retrain job's (it serves no /metrics)."""
+    """The ServiceMonitor scrapes /metrics on the http port of every component's Service: each
+    service's and the retrain job's when it runs."""
     monitors = of_kind(docs, "ServiceMonitor")
     assert len(monitors) == 1
     spec = monitors[0]["spec"]
@@ -399,7 +399,7 @@ def check_service_monitor(docs: list[Manifest]) -> None:
         for s in of_kind(docs, "Service")
         if selects(spec["selector"], s["metadata"]["labels"])
     }
-    services = {service_of(c) for _, c in workloads(docs)} - {None}
+    services = {component_of(c) for _, c in workloads(docs)} - {None}
     assert scraped == services, f"the ServiceMonitor scrapes {scraped}, not the services {services}"
     assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
     assert spec["endpoints"][0].get("honorLabels") is True, "the metrics' service label is lost"
