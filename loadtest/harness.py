@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -33,14 +34,18 @@ from loadtest.measure import (
     sustained_rate,
     topic_end,
     wait_for_records,
+    worker_latency_ms,
 )
 from loadtest.workload import Record, Workload, setup_records
 from services.processes import ServiceProcess
 from shared import kafka_clients
 from shared.admin import create_topics
 from shared.kafka_clients import KafkaAccess
+from shared.logging import get_logger
 from shared.settings import DriftlineSettings
 from shared.topics import MODEL_SNAPSHOTS, Topic
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -197,6 +202,19 @@ class Run:
             if worker.process is not None and worker.process.poll() is None
         }
 
+    def metrics(self) -> dict[str, str]:
+        """The /metrics text of every running worker that answers, by ``service-index`` (one
+        too busy to answer within the client's timeout is left out of this reading)."""
+        texts = {}
+        for name, worker in zip(self._names(), self.workers, strict=True):
+            if worker.process is None or worker.process.poll() is not None:
+                continue
+            try:
+                texts[name] = worker.metrics()
+            except httpx.HTTPError as exc:
+                log.warning("worker metrics not read", worker=name, error=str(exc))
+        return texts
+
     def close(self, keep_topics: bool = False) -> None:
         """Stop the workers and delete every topic of this run, unless `keep_topics` (a failed
         run's records are the evidence)."""
@@ -272,6 +290,7 @@ def run_phase(run: Run, phase: Phase, rate: float | None, first: int = 0) -> dic
 async def _run_phase(run: Run, phase: Phase, rate: float | None, first: int) -> dict[str, Any]:
     load = load_average()
     before = run.usage()
+    metrics_before = run.metrics()
     held_before = await topic_end(run.bootstrap, phase.output_topic)
     since_ms = time.time() * 1000
     sampler = LagSampler(run.bootstrap, phase.groups)
@@ -291,6 +310,7 @@ async def _run_phase(run: Run, phase: Phase, rate: float | None, first: int) -> 
     sampler.stop()
     await sampling
     after = run.usage()
+    metrics_after = run.metrics()
     records = await read_records(run.bootstrap, phase.output_topic, since_ms=since_ms)
     result: dict[str, Any] = {
         "load_average": load,
@@ -303,6 +323,11 @@ async def _run_phase(run: Run, phase: Phase, rate: float | None, first: int) -> 
         "cpu_s": {k: round(after[k].cpu_s - before[k].cpu_s, 2) for k in after if k in before},
         "rss_mb": {k: u.rss_mb for k, u in after.items()},
         "lag": lag_summary(sampler.samples),
+        "worker_latency_ms": {
+            name: worker_latency_ms(metrics_before[name], text)
+            for name, text in metrics_after.items()
+            if name in metrics_before
+        },
     }
     if records:
         result["latency_ms"] = latency_summary(event_latencies_ms(records))

@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import kafka_clients
 from shared.kafka_clients import KafkaAccess
@@ -53,6 +54,50 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
     summary = {f"p{q}": percentile(ordered, q) for q in (50, 95, 99)}
     summary |= {"max": ordered[-1], "mean": sum(ordered) / len(ordered)}
     return {name: round(value, 2) for name, value in summary.items()}
+
+
+Buckets = dict[float, float]
+"""A Prometheus histogram's cumulative counts by upper bound (``le``), +Inf included."""
+
+WORKER_HISTOGRAMS = ("driftline_processing_seconds", "driftline_end_to_end_seconds")
+"""The latency histograms every worker exports per event (`shared.metrics`)."""
+
+
+def histogram_buckets(metrics_text: str, name: str) -> Buckets:
+    """The buckets of histogram `name` in a worker's /metrics text, summed over its series (one
+    per service in a worker)."""
+    buckets: Buckets = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+def bucket_quantile(before: Buckets, after: Buckets, q: float) -> float | None:
+    """The upper bound of the bucket holding the `q`-th percentile (0-100) of what was observed
+    between two readings of one histogram; None when nothing was, or it lies past the last
+    finite bound (a bucket can only tell that much)."""
+    counts = sorted((bound, count - before.get(bound, 0.0)) for bound, count in after.items())
+    if not counts or counts[-1][1] <= 0:
+        return None
+    wanted = q / 100 * counts[-1][1]
+    bound = next(bound for bound, count in counts if count >= wanted)
+    return None if math.isinf(bound) else bound
+
+
+def worker_latency_ms(before: str, after: str) -> dict[str, dict[str, float | None]]:
+    """p50 and p99 (bucket upper bounds, in ms) of each worker histogram between two readings
+    of one worker's /metrics: its own view of per-event and end-to-end latency."""
+    summary: dict[str, dict[str, float | None]] = {}
+    for name in WORKER_HISTOGRAMS:
+        start, end = histogram_buckets(before, name), histogram_buckets(after, name)
+        quantiles = {f"p{q}": bucket_quantile(start, end, q) for q in (50, 99)}
+        summary[name.removeprefix("driftline_").removesuffix("_seconds")] = {
+            key: None if value is None else value * 1000 for key, value in quantiles.items()
+        }
+    return summary
 
 
 def sustained_rate(timestamps_ms: Sequence[int]) -> float | None:

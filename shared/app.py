@@ -24,7 +24,7 @@ from faust.web import Request, Response, View
 
 from shared import delivery, failpoints, metrics
 from shared.delivery import DriftlineConsumer, DurableProducer, OutputsLostError
-from shared.errors import DriftlineError
+from shared.errors import DriftlineError, InternalError
 from shared.events import DeadLetter, Event, encode
 from shared.kafka_clients import KafkaAccess, faust_credentials
 from shared.logging import batch_fields, get_logger, logging_config, message_fields
@@ -137,6 +137,8 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
     )
     app.kafka_access = access
     setup_prometheus_sensors(app, name_prefix="faust")
+    metrics.show_build_info(service)
+    metrics.WORKER_READY.labels(service).set_function(lambda: float(ready(app)))
 
     @app.page("/health")
     async def health(self: View, request: Request) -> Response:
@@ -172,12 +174,14 @@ class DeadLetters:
         self.service = service
         self.topic = declare_topic(app, DEADLETTER, common)
 
-    async def send(self, event: EventT, reason: str) -> None:
-        """Dead-letter the message behind `event` (its original bytes, topic, partition, offset)."""
+    async def send(self, event: EventT, error: DriftlineError) -> None:
+        """Dead-letter the message behind `event` (its original bytes, topic, partition, offset)
+        for `error`."""
         message = event.message
         await self.send_letter(
             DeadLetter(
-                reason=reason,
+                reason=str(error),
+                code=error.code,
                 service=self.service,
                 source_topic=message.topic,
                 partition=message.partition,
@@ -191,12 +195,12 @@ class DeadLetters:
         """Dead-letter a message kept earlier (e.g. feedback that waited for its prediction in
         vain), with its original topic, partition and offset already in `letter`."""
         await self.topic.send(key=letter.source_topic.encode(), value=encode(letter))
-        reason_kind = letter.reason.split(":", 1)[0]
-        metrics.child(metrics.DEAD_LETTERS, self.service, letter.source_topic, reason_kind).inc()
+        metrics.child(metrics.DEAD_LETTERS, self.service, letter.source_topic, letter.code).inc()
         log.warning(
             "dead-lettered",
             reason=letter.reason,
-            **message_fields(letter.source_topic, letter.partition, letter.offset),
+            code=letter.code,
+            **message_fields(letter.source_topic, letter.partition, letter.offset, letter.value),
         )
 
 
@@ -208,9 +212,8 @@ async def consume(
 ) -> None:
     """Run `handle` on every event of `stream`; a failure dead-letters that message and goes on.
 
-    A `DriftlineError` is an expected bad input (its text is the reason); any other exception is
-    a bug or a failing model, logged with its traceback, and the message is still dead-lettered
-    so nothing is lost.
+    A `DriftlineError` is an expected bad input; any other exception is a bug or a failing
+    model, logged with its traceback, and the message is still dead-lettered so nothing is lost.
     """
     processing = metrics.child(metrics.PROCESSING_SECONDS, service)
     async for event in stream.events():
@@ -218,13 +221,13 @@ async def consume(
             continue
         message = event.message
         metrics.child(metrics.EVENTS_IN, service, message.topic).inc()
-        started = time.perf_counter()
+        started = time.monotonic()
         with unacknowledged_if_interrupted(stream, [event]):
             try:
                 await handle(event)
             except Exception as exc:
-                await dead_letters.send(event, failure_reason(event, exc))
-        processing.observe(time.perf_counter() - started)
+                await dead_letters.send(event, rejection(event, exc))
+        _observe_processing(processing, [event], started)
 
 
 def in_order(stream: faust.Stream, event: EventT) -> bool:
@@ -250,21 +253,22 @@ def unacknowledged_if_interrupted(stream: faust.Stream, events: Sequence[EventT]
         raise
 
 
-def failure_reason(event: EventT, exc: Exception) -> str:
-    """The dead-letter reason for what a handler raised on `event` (call it in the `except`):
-    a `DriftlineError` is bad input and its text is the reason; anything else is a bug or a
-    failing model, logged with its traceback."""
+def rejection(event: EventT, exc: Exception) -> DriftlineError:
+    """The error to dead-letter `event` for, from what a handler raised on it (call it in the
+    `except`): a `DriftlineError` is bad input; anything else is a bug or a failing model,
+    logged with its traceback, an `InternalError`."""
     if isinstance(exc, DriftlineError):
-        return str(exc)
+        return exc
     message = event.message
     log.exception(
-        "handler failed", **message_fields(message.topic, message.partition, message.offset)
+        "handler failed",
+        **message_fields(message.topic, message.partition, message.offset, message.value),
     )
-    return f"internal error: {type(exc).__name__}: {exc}"
+    return InternalError(exc)
 
 
-BatchHandler = Callable[[Sequence[EventT]], Awaitable[Sequence[tuple[EventT, str]]]]
-"""Handles a micro-batch; returns the events it could not use, each with the reason."""
+BatchHandler = Callable[[Sequence[EventT]], Awaitable[Sequence[tuple[EventT, DriftlineError]]]]
+"""Handles a micro-batch; returns the events it could not use, each with the error why."""
 
 
 async def consume_batches(
@@ -290,7 +294,7 @@ async def consume_batches(
         events = [event for event in taken if in_order(stream, event)]
         if not events:
             continue
-        started = time.perf_counter()
+        started = time.monotonic()
         for event in events:
             metrics.child(metrics.EVENTS_IN, service, event.message.topic).inc()
         with unacknowledged_if_interrupted(stream, events):
@@ -306,9 +310,19 @@ async def consume_batches(
                     ),
                 )
                 rejected = [r for event in events for r in await _handle_alone(event, handle)]
-            for event, reason in rejected:
-                await dead_letters.send(event, reason)
-        processing.observe((time.perf_counter() - started) / len(events))
+            for event, error in rejected:
+                await dead_letters.send(event, error)
+        _observe_processing(processing, events, started)
+
+
+def _observe_processing(histogram: Any, events: Sequence[EventT], started: float) -> None:
+    """One observation per event, from its receipt (the `time_in` Faust's monitor stamps with
+    `time.monotonic` as the consumer hands it over; `started` where none is) to now: a batch's
+    wait and its handling both count, so the p99 is an event's, not a batch average."""
+    now = time.monotonic()
+    for event in events:
+        received = event.message.time_in
+        histogram.observe(now - (started if received is None else received))
 
 
 @contextmanager
@@ -377,13 +391,15 @@ class BufferedTable:
         self._changes.clear()
 
 
-async def _handle_alone(event: EventT, handle: BatchHandler) -> Sequence[tuple[EventT, str]]:
+async def _handle_alone(
+    event: EventT, handle: BatchHandler
+) -> Sequence[tuple[EventT, DriftlineError]]:
     try:
         return await handle([event])
     except OutputsLostError:
         raise
     except Exception as exc:
-        return [(event, failure_reason(event, exc))]
+        return [(event, rejection(event, exc))]
 
 
 async def send_event(topic: TopicT, service: str, key: str, event: Event) -> None:

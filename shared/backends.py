@@ -269,12 +269,14 @@ class SnapshotStore:
         key; else log the refusal (table and key) and keep the held one serving."""
         try:
             if value is None:
-                raise SignatureError(key.decode(errors="replace"), "a tombstone (never written)")
+                raise SignatureError(
+                    key.decode(errors="replace"), "tombstone", "a tombstone (never written)"
+                )
             snapshot = self.accept(value, self.table)
             if snapshot is not None and snapshot.model_id.encode() != key:
-                raise SignatureError(snapshot.model_id, f"stored under key {key!r}")
+                raise SignatureError(snapshot.model_id, "wrong_key", f"stored under key {key!r}")
         except DriftlineError as exc:
-            metrics.REFUSED_SNAPSHOTS.labels(str(exc).split(":", 1)[0]).inc()
+            metrics.REFUSED_SNAPSHOTS.labels(exc.code).inc()
             log.error(
                 "stored snapshot refused; the previous one keeps serving",
                 table=self.table,
@@ -305,9 +307,9 @@ class SnapshotStore:
 
     def _verify(self, snapshot: ModelSnapshot) -> ModelSnapshot:
         if not verify_snapshot(snapshot, self.keys):
-            raise SignatureError(
-                snapshot.model_id, "unsigned" if not snapshot.signature else "bad signature"
-            )
+            if not snapshot.signature:
+                raise SignatureError(snapshot.model_id, "unsigned", "unsigned")
+            raise SignatureError(snapshot.model_id, "bad_signature", "bad signature")
         return snapshot
 
 

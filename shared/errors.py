@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class DriftlineError(Exception):
     """Root of every error Driftline raises on purpose (a user or operator can act on it)."""
@@ -10,9 +12,16 @@ class DriftlineError(Exception):
     """What the `driftline` command exits with: 2 for a mistake to fix, 3 for "not yet, try
     again later" (scripts and CI can retry on 3 and fail on 2)."""
 
+    code: str = "rejected"
+    """A fixed category of the error (``bad_event``, ``unknown_model``...), never built from
+    its data: the ``reason`` label of the dead-letter metrics and a dead letter's ``code``,
+    which must stay a small set however many different messages come in."""
+
 
 class SettingsError(DriftlineError):
     """An environment variable holds a value Driftline cannot use."""
+
+    code = "bad_setting"
 
     def __init__(self, variable: str, value: object, problem: str) -> None:
         self.variable = variable
@@ -46,6 +55,8 @@ class UnknownDeploymentError(DriftlineError):
 class EventDecodeError(DriftlineError):
     """A message's bytes are not a valid event of the topic's schema."""
 
+    code = "bad_event"
+
     def __init__(self, topic: str, reason: str) -> None:
         self.topic = topic
         self.reason = reason
@@ -61,17 +72,23 @@ class KafkaStartError(DriftlineError):
         super().__init__(f"Kafka did not start: {reason} (full log: {log_path})")
 
 
+SignatureProblem = Literal["unsigned", "bad_signature", "tombstone", "wrong_key"]
+
+
 class SignatureError(DriftlineError):
     """A model snapshot is unsigned or its HMAC does not match: it is never unpickled."""
 
-    def __init__(self, model: str, problem: str) -> None:
+    def __init__(self, model: str, code: SignatureProblem, problem: str) -> None:
         self.model = model
+        self.code = code
         self.problem = problem
         super().__init__(f"snapshot of model {model!r} refused: {problem}")
 
 
 class WebhookRefusedError(DriftlineError):
     """A webhook request is not signed by a known key within the time tolerance: answer 401."""
+
+    code = "webhook_refused"
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -80,6 +97,8 @@ class WebhookRefusedError(DriftlineError):
 
 class SealError(DriftlineError):
     """A table value has no valid MAC for its identity (table and key): it is never decoded."""
+
+    code = "bad_seal"
 
     def __init__(self, identity: str, problem: str) -> None:
         self.identity = identity
@@ -91,6 +110,7 @@ class ModelError(DriftlineError):
     """A model variant could not answer; `kind` names why (the dead-letter metric's label)."""
 
     kind = "model failed"
+    code = "model_failed"
 
     def __init__(self, uri: str, problem: str) -> None:
         self.uri = uri
@@ -102,9 +122,22 @@ class UnknownModelError(ModelError):
     """A model URI names no model Driftline can load (bad scheme, no such name, version, alias)."""
 
     kind = "unknown model"
+    code = "unknown_model"
 
 
 class WrongFeaturesError(ModelError):
     """An event lacks features the model was trained on."""
 
     kind = "wrong feature set"
+    code = "wrong_features"
+
+
+class InternalError(DriftlineError):
+    """A handler failed on a message for a reason that is not the message's fault (a bug, a
+    failing dependency): the message is dead-lettered all the same, so nothing is lost."""
+
+    code = "internal_error"
+
+    def __init__(self, cause: Exception) -> None:
+        self.cause = cause
+        super().__init__(f"internal error: {type(cause).__name__}: {cause}")

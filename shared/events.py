@@ -320,6 +320,9 @@ class DeadLetter(Event):
     """A message a service could not use, with why and where it came from, on ``deadletter``."""
 
     reason: str
+    code: Identifier = "rejected"
+    """The reason's fixed category (`shared.errors.DriftlineError.code`, e.g. ``bad_event``), to
+    count and filter by; `reason` is the full text, with the offending values."""
     service: Identifier
     source_topic: str
     partition: int

@@ -340,7 +340,7 @@ async def _read_ranges(
                 try:
                     record = decode(LabeledPrediction, message.value, tp.topic)
                 except EventDecodeError as exc:
-                    fields = message_fields(tp.topic, tp.partition, message.offset)
+                    fields = message_fields(tp.topic, tp.partition, message.offset, message.value)
                     log.warning("skipped undecodable labeled record", reason=str(exc), **fields)
                     continue
                 if record.deployment == deployment:

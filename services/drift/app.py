@@ -46,6 +46,8 @@ from services.drift.logic import (
     AlertGate,
     Finding,
     Monitor,
+    ShownVersions,
+    Task,
     check_settings,
     concept_detector,
     data_detector,
@@ -106,7 +108,8 @@ class MonitorBatch:
         self.error_windows = error_windows or {}
         self._touched: dict[bytes, tuple[Monitor, EventT]] = {}
         self._errors: dict[tuple[str, bytes, tuple[Any, ...]], list[Any]] = {}
-        self._latest: dict[bytes, float] = {}
+        self.latest: dict[bytes, tuple[float, Task]] = {}
+        """Each model version the batch counted: its latest outcome's event time, its task."""
 
     def get(self, key: bytes) -> Monitor | None:
         """The batch's monitor for `key`, else the stored one, else None."""
@@ -118,7 +121,7 @@ class MonitorBatch:
         """Mark `monitor` to be written back, in the partition of `event`."""
         self._touched[key] = (monitor, event)
 
-    def add_error(self, key: bytes, time: float, error: float, event: EventT) -> None:
+    def add_error(self, key: bytes, time: float, error: float, task: Task, event: EventT) -> None:
         """Count one outcome's `error` at event time `time` in each error-rate table."""
         for name, table in self.error_windows.items():
             ranges = tuple(table.table.window.ranges(time))
@@ -126,7 +129,7 @@ class MonitorBatch:
             tally[0] += error
             tally[1] += 1.0
             tally[2:] = [time, event]
-        self._latest[key] = time
+        self.latest[key] = (time, task)
 
     def write(self) -> None:
         """Write every updated monitor and every window's summed errors to their tables."""
@@ -142,7 +145,7 @@ class MonitorBatch:
     def error_rates(self) -> Iterator[tuple[bytes, str, float]]:
         """(key, table name, error rate) of each model version the batch counted: in the oldest
         window still open at its latest outcome, so the rate always covers a full window."""
-        for key, time in self._latest.items():
+        for key, (time, _) in self.latest.items():
             for name, table in self.error_windows.items():
                 total, n = table.relative_to(time)[key.decode()][table.table.window.earliest(time)]
                 yield key, name, total / n
@@ -186,11 +189,27 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         ).hopping(own.error_hop_window_s, own.error_window_s, expires=expires),
     }
     alerts_name = alerts_topic.get_topic_name()
+    shown = ShownVersions(stale_after_s=expires.total_seconds())
+
+    def show_error_rates(monitors: MonitorBatch) -> None:
+        """Set each counted version's gauge (error rate for classes, mean absolute error for
+        regression: two units, two metrics) and drop the versions that went stale."""
+        for key, window, rate in monitors.error_rates():
+            task = monitors.latest[key][1]
+            gauge = metrics.MODEL_ERROR_RATE if task == "classification" else metrics.MODEL_MAE
+            gauge.labels(*orjson.loads(key), window).set(rate)
+        for key, (time, _) in monitors.latest.items():
+            deployment, model, version = orjson.loads(key)
+            for gone in shown.saw((deployment, model, version), time):
+                labels = dict(zip(("deployment", "model", "version"), gone, strict=True))
+                metrics.MODEL_ERROR_RATE.remove_by_labels(labels)
+                metrics.MODEL_MAE.remove_by_labels(labels)
 
     async def give_up(delivery: Delivery, reason: str) -> None:
         # The alert was produced here, not consumed: there is no source partition or offset.
         letter = DeadLetter(
             reason=reason,
+            code="webhook_failed",
             service=SERVICE,
             source_topic=alerts_name,
             partition=-1,
@@ -198,8 +217,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             key=delivery.key.encode(),
             value=delivery.body,
         )
-        await send_event(dead_letters.topic, SERVICE, alerts_name, letter)
-        metrics.DEAD_LETTERS.labels(SERVICE, alerts_name, "webhook").inc()
+        await dead_letters.send_letter(letter)
 
     webhooks = (
         WebhookSender(
@@ -242,12 +260,18 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             return
         alert = await completed(alert)
         await send_event(alerts_topic, SERVICE, alert.key, alert)
+        window = alert.window
         log.info(
             "alert sent",
             alert_id=alert.alert_id,
             key=alert.key,
+            stream=alert.stream,
+            detector=alert.detector,
             alert_level=alert.level,  # `level` is the log record's own
             position=alert.position,
+            window_start=None if window is None else window.start_time.isoformat(),
+            window_start_position=None if window is None else window.start_position,
+            window_estimated_by=None if window is None else window.estimated_by,
         )
         metrics.ALERTS.labels(alert.kind, alert.level).inc()
         if webhooks is not None and notifies(alert, own.webhook_levels):
@@ -263,23 +287,22 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         so the events handled again one by one recompute the same findings (with the same
         alert ids) instead of finding them `already_seen` and dropping every alert."""
 
-        async def handle(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+        async def handle(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
             monitors = MonitorBatch(table, sealed[table.name], windows)
             findings: list[Finding] = []
-            rejected: list[tuple[EventT, str]] = []
+            rejected: list[tuple[EventT, DriftlineError]] = []
             for event in events:
                 try:
                     with as_current_event(event):
                         findings.extend(detect(event, monitors))
                 except DriftlineError as exc:
-                    rejected.append((event, str(exc)))
+                    rejected.append((event, exc))
             for finding in findings:
                 await report(finding)
             if findings:
                 await outputs_delivered(app)
             monitors.write()
-            for key, window, rate in monitors.error_rates():
-                metrics.MODEL_ERROR_RATE.labels(*orjson.loads(key), window).set(rate)
+            show_error_rates(monitors)
             return rejected
 
         return handle
@@ -318,6 +341,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         time = datetime.fromtimestamp(item["time"], UTC)
         finding = monitor.update(value, time, item["partition"], item["offset"])
         monitors.updated(key, monitor, event)
+        metrics.observe_end_to_end(SERVICE, [item["time"]])
         return [finding] if finding is not None else []
 
     def detect_concept(event: EventT, monitors: MonitorBatch) -> Iterable[Finding]:
@@ -328,6 +352,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         )
         task = task_of(labeled.label)
         time = labeled.event_time.timestamp()
+        metrics.observe_end_to_end(SERVICE, [time])
         findings = []
         for outcome in labeled.outcomes:
             if outcome.output is None:
@@ -345,7 +370,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
                 continue
             finding = monitor.update(error, labeled.event_time, message.partition, message.offset)
             monitors.updated(key, monitor, event)
-            monitors.add_error(key, time, error, event)
+            monitors.add_error(key, time, error, task, event)
             if finding is not None:
                 findings.append(finding)
         return findings

@@ -127,6 +127,8 @@ KINDS = tuple(_KINDS)
 class DetectorConfigError(DriftlineError):
     """A detector setting names an unknown kind, a wrong parameter or the wrong input."""
 
+    code = "bad_detector_setting"
+
     def __init__(self, where: str, spec: dict[str, Any], problem: str) -> None:
         self.where = where
         self.spec = spec
@@ -136,6 +138,8 @@ class DetectorConfigError(DriftlineError):
 
 class DetectorInputError(DriftlineError):
     """A value of the wrong type for its detector (a category where a number was seen before)."""
+
+    code = "wrong_value_type"
 
     def __init__(self, kind: str, value: object) -> None:
         self.kind = kind

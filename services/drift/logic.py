@@ -51,6 +51,8 @@ DEFAULT_CONCEPT: dict[Task, dict[str, Any]] = {
 class TaskMismatchError(DriftlineError):
     """A regression model answered with something that is not a number."""
 
+    code = "task_mismatch"
+
     def __init__(self, model: str, output: object) -> None:
         self.model = model
         self.output = output
@@ -175,6 +177,40 @@ class AlertGate:
             return Verdict(send=False, recent_drifts=recent)
         self._last_sent[level] = time
         return Verdict(send=True, recent_drifts=recent)
+
+
+class ShownVersions:
+    """Which model versions' error gauges a worker shows, so a replaced version's series go.
+
+    A version is dropped once its latest labeled answer is more than `stale_after_s` of event
+    time behind the newest answer of any version this worker counted: by then every window its
+    gauge reads has expired, and a version still serving would have answered (its deployment
+    moved on, or its partition went to another worker).
+
+    Examples
+    --------
+    >>> shown = ShownVersions(stale_after_s=100)
+    >>> shown.saw(("dep", "fraud", "3"), 10.0), shown.saw(("dep", "fraud", "4"), 50.0)
+    ([], [])
+    >>> shown.saw(("dep", "fraud", "4"), 111.0)
+    [('dep', 'fraud', '3')]
+
+    """
+
+    def __init__(self, stale_after_s: float) -> None:
+        self.stale_after_s = stale_after_s
+        self._latest: dict[tuple[str, str, str], float] = {}
+        self._newest = -math.inf
+
+    def saw(self, version: tuple[str, str, str], time: float) -> list[tuple[str, str, str]]:
+        """Note an answer of `version` (deployment, model, version) at event time `time`; the
+        versions that became stale, no longer tracked."""
+        self._latest[version] = max(time, self._latest.get(version, -math.inf))
+        self._newest = max(self._newest, time)
+        stale = [v for v, t in self._latest.items() if t < self._newest - self.stale_after_s]
+        for gone in stale:
+            del self._latest[gone]
+        return stale
 
 
 def _summary(var: stats.Var) -> dict[str, float]:

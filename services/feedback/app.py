@@ -30,8 +30,8 @@ from shared.app import (
     consume_batches,
     create_app,
     declare_topic,
-    failure_reason,
     outputs_delivered,
+    rejection,
     send_event,
 )
 from shared.errors import DriftlineError
@@ -85,6 +85,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
         for labeled in outcome.labeled:
             await send_event(labeled_topic, SERVICE, labeled.deployment, labeled)
             metrics.LABELED_PREDICTIONS.labels(labeled.deployment).inc()
+        metrics.observe_end_to_end(SERVICE, (x.event_time.timestamp() for x in outcome.labeled))
         for prediction in outcome.expired:
             metrics.EXPIRED_PREDICTIONS.labels(
                 prediction.deployment, prediction.outcome.model_name
@@ -149,19 +150,19 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
             outcome.merge(sweep(table, partition, known, event))
         return outcome
 
-    async def join_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+    async def join_batch(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
         """Join a micro-batch in order; send its labeled records and dead letters, and write
         its join states only once they are delivered, so a crash in between replays the batch
         and sends them again (with the same ids and provenance) instead of finding the events
         labeled and sending nothing."""
         table = BufferedTable(event_to_join)
         outcome = Outcome()
-        rejected: list[tuple[EventT, str]] = []
+        rejected: list[tuple[EventT, DriftlineError]] = []
         for event in events:
             try:
                 outcome.merge(join(event, table))
             except Exception as exc:
-                rejected.append((event, failure_reason(event, exc)))
+                rejected.append((event, rejection(event, exc)))
         await apply(outcome)
         await outputs_delivered(app)
         table.write()

@@ -46,12 +46,27 @@ Status = Literal["pending", "early", "labeled", "expired"]
 class FeedbackPastExpiryError(DriftlineError):
     """Feedback came after its event's predictions had expired unlabeled."""
 
+    code = "feedback_past_expiry"
+
     def __init__(self, event_id: str, deadline: float) -> None:
         self.event_id = event_id
         when = datetime.fromtimestamp(deadline, UTC).isoformat()
         super().__init__(
             f"feedback past expiry: the predictions of event {event_id!r} expired at {when}"
             " (event time); raise DRIFTLINE_FEEDBACK_PREDICTION_TTL_S to wait longer"
+        )
+
+
+class UnmatchedFeedbackError(DriftlineError):
+    """Feedback waited for its event's prediction in vain (a wrong event id, or a lost event)."""
+
+    code = "unknown_event"
+
+    def __init__(self, event_id: str, waited_s: float) -> None:
+        self.event_id = event_id
+        super().__init__(
+            f"unknown event: no prediction for event {event_id!r} came within {waited_s:g}s"
+            " (event time) of its feedback"
         )
 
 
@@ -184,11 +199,10 @@ class Joiner:
                 )
             elif state.status == "early":
                 assert state.feedback is not None and state.origin is not None
-                reason = (
-                    f"unknown event: no prediction for event {state.feedback.event_id!r} came"
-                    f" within {self.policy.early_feedback_ttl_s:g}s (event time) of its feedback"
+                error = UnmatchedFeedbackError(
+                    state.feedback.event_id, self.policy.early_feedback_ttl_s
                 )
-                outcome.dead_letters.append(self._letter(state.origin, reason))
+                outcome.dead_letters.append(self._letter(state.origin, error))
                 state = None
             else:
                 state = None
@@ -290,9 +304,10 @@ class Joiner:
             feedback=feedback,
         )
 
-    def _letter(self, origin: Origin, reason: str) -> DeadLetter:
+    def _letter(self, origin: Origin, error: DriftlineError) -> DeadLetter:
         return DeadLetter(
-            reason=reason,
+            reason=str(error),
+            code=error.code,
             service=self.service,
             source_topic=origin.topic,
             partition=origin.partition,

@@ -35,10 +35,11 @@ from shared.app import (
     consume_batches,
     create_app,
     declare_topic,
-    failure_reason,
     outputs_delivered,
+    rejection,
     send_records,
 )
+from shared.errors import DriftlineError
 from shared.events import FeatureEvent, encode
 from shared.global_tables import checked_global_table
 from shared.records import check_declaration
@@ -113,14 +114,15 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> Driftlin
             metrics.child(metrics.DUPLICATE_EVENTS, raw.stream).inc()
         return feature_event
 
-    async def ingest_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+    async def ingest_batch(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
         """Ingest each event of a micro-batch against its partition's state, send the batch's
         feature events at once and, once they are delivered, save one segment per partition:
         a crash in between replays the batch against the state before it, which rebuilds the
         same feature events (with the same provenance). Every failure is caught here, per
         event, so a batch is never run twice."""
-        rejected: list[tuple[EventT, str]] = []
+        rejected: list[tuple[EventT, DriftlineError]] = []
         records: list[tuple[bytes, bytes]] = []
+        event_times: list[float] = []
         last_of_partition: dict[int, EventT] = {}
         now = time.time()
         for event in events:
@@ -129,11 +131,13 @@ def build(common: cfg.DriftlineSettings, own: cfg.IngestionSettings) -> Driftlin
             try:
                 feature_event = ingest(event, state_of(partition), now)
             except Exception as exc:
-                rejected.append((event, failure_reason(event, exc)))
+                rejected.append((event, rejection(event, exc)))
                 continue
             if feature_event is not None:
                 records.append((feature_event.entity_id.encode(), encode(feature_event)))
+                event_times.append(feature_event.event_time.timestamp())
         await send_records(features_topic, SERVICE, records)
+        metrics.observe_end_to_end(SERVICE, event_times)
         await outputs_delivered(app)
         for partition, event in last_of_partition.items():
             save(states[partition], event)

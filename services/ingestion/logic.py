@@ -13,6 +13,7 @@ event's feature event is built: an event refused at any step leaves no trace.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -36,6 +37,8 @@ from shared.events import (
 class UnknownStreamError(DriftlineError):
     """A raw event names a stream nobody declared."""
 
+    code = "unknown_stream"
+
     def __init__(self, stream: str) -> None:
         self.stream = stream
         super().__init__(
@@ -44,11 +47,24 @@ class UnknownStreamError(DriftlineError):
         )
 
 
+Fault = Literal[
+    "missing field",
+    "wrong type",
+    "unknown category",
+    "not finite",
+    "too large",
+    "out of range",
+    "future event time",
+]
+"""What can be wrong with a raw event's content."""
+
+
 class InvalidEventError(DriftlineError):
     """A raw event breaks its stream's declaration; `kind` names the fault for metrics."""
 
-    def __init__(self, kind: str, raw: RawEvent, detail: str) -> None:
+    def __init__(self, kind: Fault, raw: RawEvent, detail: str) -> None:
         self.kind = kind
+        self.code = kind.replace(" ", "_")
         self.event_id = raw.event_id
         self.stream = raw.stream
         super().__init__(f"{kind}: event {raw.event_id!r} of stream {raw.stream!r}: {detail}")
@@ -56,6 +72,8 @@ class InvalidEventError(DriftlineError):
 
 class WindowTooLongError(DriftlineError):
     """A stream asks for an aggregate window longer than this ingestion keeps."""
+
+    code = "window_too_long"
 
     def __init__(self, stream: str, minutes: int, horizon: int) -> None:
         super().__init__(
@@ -111,7 +129,7 @@ def _checked_value(spec: FeatureSpec, value: object, raw: RawEvent) -> FeatureVa
     try:
         number = check_number(value)
     except ValueError as exc:
-        kind = (
+        kind: Fault = (
             "not finite" if isinstance(value, float) and not math.isfinite(value) else "too large"
         )
         raise InvalidEventError(kind, raw, f"{spec.name}: {exc}") from None

@@ -42,7 +42,7 @@ from shared.app import (
     outputs_delivered,
     send_event,
 )
-from shared.errors import DriftlineError
+from shared.errors import DriftlineError, InternalError
 from shared.events import LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
@@ -56,6 +56,8 @@ log = get_logger(__name__)
 class UnknownDeploymentError(DriftlineError):
     """A labeled prediction names a deployment the learner does not know (never published, or
     deleted since)."""
+
+    code = "unknown_deployment"
 
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown deployment {name!r}: publish it on the deployments topic first")
@@ -129,19 +131,18 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
         if not learner.spec.per_entity:
             for name, value in snapshot.metrics.items():
                 window = "rolling" if name.startswith("rolling_") else "cumulative"
-                metrics.MODEL_METRIC.labels(
-                    learner.spec.model_id, name.removeprefix("rolling_"), window
-                ).set(value)
+                gauge = metrics.ONLINE_MODEL_METRICS[name.removeprefix("rolling_")]
+                gauge.labels(learner.spec.model_id, window).set(value)
 
-    async def learn_batch(batch: Sequence[EventT]) -> list[tuple[EventT, str]]:
-        rejected: list[tuple[EventT, str]] = []
+    async def learn_batch(batch: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
+        rejected: list[tuple[EventT, DriftlineError]] = []
         by_model: dict[bytes, list[tuple[EventT, TrainingExample]]] = {}
         for event in batch:
             message = event.message
             try:
                 example = decode(TrainingExample, message.value, message.topic)
             except DriftlineError as exc:
-                rejected.append((event, str(exc)))
+                rejected.append((event, exc))
                 continue
             by_model.setdefault(example.model_key.encode(), []).append((event, example))
         learned_models: list[tuple[bytes, OnlineLearner, EventT]] = []
@@ -156,11 +157,13 @@ def build(common: cfg.DriftlineSettings, own: cfg.LearnerSettings) -> DriftlineA
                         metrics.REDELIVERED_EXAMPLES.labels(example.spec.model_id).inc()
                         continue
                 except DriftlineError as exc:
-                    rejected.append((event, str(exc)))
+                    rejected.append((event, exc))
                     continue
                 except Exception as exc:
-                    log.exception("model failed to learn", model=example.model_key)
-                    rejected.append((event, f"model failed: {type(exc).__name__}: {exc}"))
+                    log.exception(
+                        "model failed to learn", model=example.model_key, event_id=example.event_id
+                    )
+                    rejected.append((event, InternalError(exc)))
                     continue
                 learned += 1
                 if learner.n_learned % own.snapshot_every == 0:

@@ -34,6 +34,8 @@ from shared.signing import KeyRing, sign_snapshot
 class LabelError(DriftlineError):
     """A label a model cannot learn from (text or a flag for a regression model)."""
 
+    code = "bad_label"
+
     def __init__(self, model_id: str, label: object) -> None:
         super().__init__(f"bad label for regression model {model_id!r}: {label!r} is not a number")
 

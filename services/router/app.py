@@ -68,7 +68,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
         try:
             snapshot = snapshots.accept(message.value, message.topic)
         except DriftlineError as exc:
-            metrics.REFUSED_SNAPSHOTS.labels(str(exc).split(":", 1)[0]).inc()
+            metrics.REFUSED_SNAPSHOTS.labels(exc.code).inc()
             raise
         if snapshot is not None:
             snapshot_records[snapshot.model_id.encode()] = message.value
@@ -79,9 +79,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
         except ModelError as exc:
             return exc
 
-    async def route(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+    async def route(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
         """Decode, route, ask each model once and send the predictions of a micro-batch."""
-        reasons: dict[int, str] = {}
+        reasons: dict[int, DriftlineError] = {}
         decoded: list[tuple[int, FeatureEvent]] = []
         for position, event in enumerate(events):
             try:
@@ -89,9 +89,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
                     (position, decode(FeatureEvent, event.message.value, event.message.topic))
                 )
             except DriftlineError as exc:
-                reasons[position] = str(exc)
+                reasons[position] = exc
         calls, unrouted = plan_calls(decoded, index)
-        reasons.update((position, str(exc)) for position, exc in unrouted.items())
+        reasons.update(unrouted)
         backends = {uri: await backend(uri) for uri in {c.variant.model_uri for c in calls}}
         predictions, failures = answer_calls(calls, backends)
         await send_records(
@@ -99,15 +99,19 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
             SERVICE,
             [(p.event_id.encode(), encode(p)) for p in predictions],
         )
+        metrics.observe_end_to_end(SERVICE, (p.event_time.timestamp() for p in predictions))
         served = Counter(
             (p.deployment, p.outcome.variant, str(p.outcome.served)) for p in predictions
         )
         for labels, count in served.items():
             metrics.child(metrics.PREDICTIONS, *labels).inc(count)
+        for p in predictions:
+            inference = metrics.MODEL_INFERENCE_SECONDS
+            metrics.child(inference, p.deployment, p.outcome.variant).observe(p.latency_ms / 1000)
         for position, failed in failures.items():
             for deployment, variant, exc in failed:
                 metrics.child(metrics.MODEL_FAILURES, deployment, variant, exc.kind).inc()
-            reasons[position] = str(VariantsFailedError(failed))
+            reasons[position] = VariantsFailedError(failed)
         return [(events[position], reasons[position]) for position in sorted(reasons)]
 
     @app.agent(snapshots_topic, name="store_model_snapshot")

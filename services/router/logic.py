@@ -49,6 +49,8 @@ Failure = tuple[str, str, ModelError]
 class NoDeploymentError(DriftlineError):
     """Events arrive for a stream that nothing is deployed on."""
 
+    code = "no_deployment"
+
     def __init__(self, stream: str) -> None:
         self.stream = stream
         super().__init__(
@@ -172,6 +174,8 @@ class DeploymentIndex:
 
 class VariantsFailedError(DriftlineError):
     """Some variants could not answer an event (the others' predictions were still sent)."""
+
+    code = "variants_failed"
 
     def __init__(self, failures: list[Failure]) -> None:
         self.failures = failures

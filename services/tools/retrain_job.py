@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from shared import metrics
 from shared.errors import DriftlineError, EventDecodeError, WebhookRefusedError
 from shared.events import DriftAlert, decode
 from shared.logging import get_logger
@@ -76,6 +78,8 @@ class RetrainJob:
         """How each recently finished alert ended, by id: a repeated post is not acted on."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
+        metrics.show_build_info("retrain")
+        metrics.RETRAIN_PENDING.set_function(lambda: self.pending)
 
     @property
     def pending(self) -> int:
@@ -83,11 +87,13 @@ class RetrainJob:
         return len(self._accepted)
 
     def web_app(self) -> web.Application:
-        """``POST /retrain`` for the drift webhook, ``GET /health`` and ``GET /live``."""
+        """``POST /retrain`` for the drift webhook, ``GET /health``, ``GET /live`` and
+        ``GET /metrics`` (Prometheus, as the workers serve it)."""
         app = web.Application()
         app.router.add_post("/retrain", self.receive)
         app.router.add_get("/health", self.health)
         app.router.add_get("/live", self.live)
+        app.router.add_get("/metrics", self.serve_metrics)
         return app
 
     async def start(self) -> None:
@@ -148,6 +154,12 @@ class RetrainJob:
         in a thread, so it does during a retrain too)."""
         return web.json_response({"status": "alive"})
 
+    async def serve_metrics(self, _: web.Request) -> web.Response:
+        """The process's Prometheus metrics (attempts by outcome, their time, what is pending)."""
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
     async def _work(self) -> None:
         while True:
             pending = await self._queue.get()
@@ -159,28 +171,36 @@ class RetrainJob:
         alert = pending.alert
         pending.attempts += 1
         fields = {"alert_id": alert.alert_id, "attempt": pending.attempts}
+        started = time.monotonic()
         try:
             result = await retrain(self.common, alert)
         except NotEnoughLabelsError as exc:
             if asyncio.get_running_loop().time() + self.own.retry_every_s > pending.give_up_at:
                 log.warning("retrain given up: not enough labels", **fields, reason=str(exc))
-                ended = "given up: not enough labels"
+                outcome, ended = "given_up", "given up: not enough labels"
             else:
                 log.info("not enough labels yet", **fields, have=exc.have, need=exc.need)
+                self._count(started, "retry")
                 self._spawn(self._retry_later(pending))
                 return
         except DriftlineError as exc:
             log.error("retrain failed", **fields, reason=str(exc))
-            ended = f"failed: {exc}"
+            outcome, ended = "failed", f"failed: {exc}"
         except Exception as exc:
             log.exception("retrain crashed", **fields)
-            ended = f"crashed: {type(exc).__name__}: {exc}"
+            outcome, ended = "crashed", f"crashed: {type(exc).__name__}: {exc}"
         else:
             log.info(
                 "retrain done", **fields, version=result.version, new=result.new, rows=result.rows
             )
-            ended = f"retrained: version {result.version}"
+            outcome, ended = "retrained", f"retrained: version {result.version}"
+        self._count(started, outcome)
         self._finish(alert.alert_id, ended)
+
+    @staticmethod
+    def _count(started: float, outcome: str) -> None:
+        metrics.RETRAIN_SECONDS.observe(time.monotonic() - started)
+        metrics.RETRAIN_ATTEMPTS.labels(outcome).inc()
 
     def _finish(self, alert_id: str, ended: str) -> None:
         """Move `alert_id` from the accepted to the finished ones (the oldest forgotten)."""

@@ -10,9 +10,11 @@ import faust
 import orjson
 import pytest
 from faust.types import EventT
+from prometheus_client import REGISTRY
 
 from services.ingestion.app import build
 from shared.app import DeadLetters, consume_batches, create_app, send_records
+from shared.errors import DriftlineError
 from shared.events import FeatureSpec, StreamSchema, encode
 from shared.settings import DriftlineSettings, IngestionSettings
 from tests.support.faust_doubles import (
@@ -59,7 +61,7 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
     source, target = app.topic("a.in"), app.topic("a.out")
     dead_letters = DeadLetters(app, "batcher", common)
 
-    async def forward(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+    async def forward(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
         if any(event.message.value == b"boom" for event in events):
             raise RuntimeError("boom")
         await send_records(target, "batcher", [(b"k", event.message.value) for event in events])
@@ -69,14 +71,17 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
     async def forward_batches(stream: faust.Stream) -> None:
         await consume_batches(stream, "batcher", dead_letters, forward, 3, 30.0)
 
+    observed = processing_count("batcher")
     async with agent_context(app, "forward_batches") as agent:
         for value in (b"one", b"boom", b"three"):
             await agent.put(value, key=b"k")
 
+    assert processing_count("batcher") == observed + 3, "one observation per event, not per batch"
+
     assert [value for _, value in sent.by_topic["a.out"]] == [b"one", b"three"]
     letters = sent.values("a.deadletter")
-    assert [(letter["offset"], letter["reason"]) for letter in letters] == [
-        (1, "internal error: RuntimeError: boom")
+    assert [(letter["offset"], letter["reason"], letter["code"]) for letter in letters] == [
+        (1, "internal error: RuntimeError: boom", "internal_error")
     ]
     errors = [r for r in caplog.records if r.levelname == "ERROR"]  # structlog: msg is a dict
     assert [(r.msg["event"], r.exc_info is not None) for r in errors] == [
@@ -84,3 +89,8 @@ async def test_a_batch_whose_handler_raises_is_retried_event_by_event(
         ("handler failed", True),
     ], "the batch's failure once, then the failing event's own"
     assert errors[0].msg["offsets"] == {"a.in[0]": [0, 2]}
+
+
+def processing_count(service: str) -> float:
+    labels = {"service": service}
+    return REGISTRY.get_sample_value("driftline_processing_seconds_count", labels) or 0.0

@@ -92,8 +92,12 @@ def _river_indices(detector: ADWIN | DDM, values: list[float]) -> list[int]:
 
 
 async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    lookups: list,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level("INFO", logger="services.drift.app")
     sent = capture_sends(monkeypatch)
     values = _shifted_values()
     app = _app(tmp_path, cooldown_s=0)
@@ -123,6 +127,12 @@ async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
             "a.features": {**{str(p): o for p, o in LOOKED_UP.items()}, "0": first},
             "a.predictions.labeled": {str(p): o for p, o in LOOKED_UP.items()},
         }
+    logged = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert [
+        (line["alert_id"], line["stream"], line["detector"], line["window_start_position"])
+        for line in logged
+        if line["event"] == "alert sent"
+    ] == [(a["alert_id"], "pay", "ADWIN", a["window"]["start_position"]) for a in alerts]
     assert [names for _, names in lookups] == [["a.features", "a.predictions.labeled"]] * len(
         alerts
     )
@@ -230,6 +240,33 @@ async def test_concept_drift_per_model_version_with_warning_first_and_error_wind
     ) == pytest.approx(sum(errors[600:]) / 200)
 
 
+async def test_error_gauges_split_by_unit_and_drop_a_replaced_version(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+) -> None:
+    sent = capture_sends(monkeypatch)
+    app = _app(tmp_path, error_window_s=10, error_hop_window_s=20, batch_max_events=1)
+    version = {"deployment": "dep", "model": "fraud", "window": "tumbling_10s"}
+
+    def rate(gauge: str, of_version: str) -> float | None:
+        return REGISTRY.get_sample_value(gauge, {**version, "version": of_version})
+
+    async with agent_context(app, "detect_concept_drift") as agent:
+        for i in range(30):  # version 1 answers classes, wrong every other time
+            await agent.put(encode(_labeled(i, i % 2, 0)), key=b"dep")
+        await agent.put(encode(_labeled(30, 2.5, 2.0, version="2")), key=b"dep")  # regression
+        await _until(lambda: rate("driftline_model_mean_absolute_error", "2") is not None)
+        assert rate("driftline_model_error_rate", "1") == pytest.approx(0.5)
+        assert rate("driftline_model_mean_absolute_error", "2") == pytest.approx(0.5)
+        assert rate("driftline_model_error_rate", "2") is None
+        assert rate("driftline_model_mean_absolute_error", "1") is None
+        # Version 2 goes on answering past both of version 1's windows: 1 was replaced.
+        await agent.put(encode(_labeled(90, 3.0, 2.0, version="2")), key=b"dep")
+        await _until(lambda: rate("driftline_model_error_rate", "1") is None)
+
+    assert rate("driftline_model_mean_absolute_error", "2") == pytest.approx(1.0)
+    assert not sent.values("a.deadletter")
+
+
 async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_its_partition(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -244,6 +281,7 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
 
     monkeypatch.setattr(Collection, "send_changelog", spy)
     app = _app(tmp_path, batch_max_events=8, batch_within_s=30.0)
+    wrong_type = dead_letters_counted("wrong_value_type")
     batch = [  # (feature, partition of its key, value, source offset)
         ("amount", 0, 1.0, 10),
         ("amount", 0, 2.0, 11),
@@ -278,9 +316,21 @@ async def test_a_micro_batch_feeds_each_detector_in_order_and_writes_it_once_in_
     ]
     assert [m.detector.detector.estimation for m in monitors.values()] == [8 / 3, 13 / 3]
     letters = sent.values("a.deadletter")
-    assert [(x["offset"], x["reason"]) for x in letters] == [
-        (3, "detector adwin takes numbers, got 'NL'")
+    assert [(x["offset"], x["reason"], x["code"]) for x in letters] == [
+        (3, "detector adwin takes numbers, got 'NL'", "wrong_value_type")
     ]
+    assert dead_letters_counted("wrong_value_type") == wrong_type + 1
+    assert not dead_letters_counted("detector adwin takes numbers, got 'NL'")
+
+
+def dead_letters_counted(reason: str) -> float:
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "driftline_dead_letters"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["reason"] == reason
+    )
 
 
 YEAR_1900 = datetime(1900, 1, 1, tzinfo=UTC).timestamp()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from river.datasets import synth
 
@@ -133,3 +134,11 @@ async def test_examples_are_learned_once_in_batches_with_snapshots_every_n(
     )
     [letter] = sent.values("a.deadletter")
     assert letter["reason"].startswith("bad event on")
+    values = expected.metric_values()
+    for unit, gauge in (
+        ("accuracy", "driftline_online_model_accuracy"),
+        ("log_loss", "driftline_online_model_log_loss"),
+    ):
+        for window, name in (("cumulative", unit), ("rolling", f"rolling_{unit}")):
+            labels = {"model_id": "fraud-lr", "window": window}
+            assert REGISTRY.get_sample_value(gauge, labels) == values[name], (gauge, window)

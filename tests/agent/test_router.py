@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 import shared.app
@@ -124,6 +125,9 @@ async def test_rule_then_canary_then_champion_serve_and_the_shadow_always_answer
 ) -> None:
     app = router_app(tmp_path)
     canary_entity, champion_entity = entities_on("canary", 1)[0], entities_on("champion", 1)[0]
+    latencies, shadow = {"service": "router"}, {"deployment": "fraud", "variant": "shadow"}
+    observed = REGISTRY.get_sample_value("driftline_end_to_end_seconds_count", latencies) or 0
+    inferred = REGISTRY.get_sample_value("driftline_model_inference_seconds_count", shadow) or 0
     async with agent_context(app, "route_feature_event") as agent:
         await agent.put(feature_event("e1", champion_entity), key=champion_entity.encode())
         await agent.put(feature_event("e2", canary_entity), key=canary_entity.encode())
@@ -132,6 +136,11 @@ async def test_rule_then_canary_then_champion_serve_and_the_shadow_always_answer
         )
 
     predictions = sent.values("a.predictions")
+    assert REGISTRY.get_sample_value(
+        "driftline_end_to_end_seconds_count", latencies
+    ) == observed + len(predictions), "one end-to-end latency per prediction"
+    inferred_now = REGISTRY.get_sample_value("driftline_model_inference_seconds_count", shadow)
+    assert inferred_now == inferred + 3, "the shadow answered each of the three events"
     served = {p["event_id"]: p["outcome"] for p in predictions if p["outcome"]["served"]}
     assert {e: o["variant"] for e, o in served.items()} == {
         "e1": "champion",
@@ -178,6 +187,8 @@ async def test_unsigned_badly_signed_and_older_snapshots_are_refused(
     app = router_app(tmp_path)
     unsigned = orjson.loads(snapshot("champ", "evil", sequence=5))
     unsigned["signature"] = ""
+    codes = ("unsigned", "bad_signature", "champ")
+    before = [refused_snapshots(code) for code in codes]
     async with agent_context(app, "store_model_snapshot") as agent:
         await agent.put(orjson.dumps(unsigned), key=b"champ")
         await agent.put(snapshot("champ", "evil", 6, key=SecretStr("wrong")), key=b"champ")
@@ -194,6 +205,13 @@ async def test_unsigned_badly_signed_and_older_snapshots_are_refused(
         "snapshot of model 'champ' refused: unsigned",
         "snapshot of model 'champ' refused: bad signature",
     ]
+    assert [letter["code"] for letter in sent.values("a.deadletter")] == list(codes[:2])
+    counted = [refused_snapshots(code) - b for code, b in zip(codes, before, strict=True)]
+    assert counted == [1, 1, 0], "counted by reason code, never by model name"
+
+
+def refused_snapshots(reason: str) -> float:
+    return REGISTRY.get_sample_value("driftline_refused_snapshots_total", {"reason": reason}) or 0.0
 
 
 async def test_a_bad_deployment_record_is_dead_lettered_and_a_tombstone_removes_one(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,6 +67,8 @@ CUSTOM_KINDS = {
     ("kafka.strimzi.io/v1", "KafkaTopic"),
     ("kafka.strimzi.io/v1", "KafkaUser"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 }
 """Custom resources: no Kubernetes schema covers them, so their shape is checked here."""
 
@@ -304,6 +307,31 @@ def check_autoscalers(docs: list[Manifest]) -> None:
         )
 
 
+def check_scaled_objects(docs: list[Manifest]) -> None:
+    """Each KEDA ScaledObject scales a Deployment with no replicas of its own, within the
+    partition count, on the lag of that service's consumer group (the Faust app id), and no
+    CPU HorizontalPodAutoscaler competes with it."""
+    scaled_objects = of_kind(docs, "ScaledObject")
+    if not scaled_objects:
+        return
+    settings = settings_configmap(docs)
+    partitions = int(settings["DRIFTLINE_TOPIC_PARTITIONS"])
+    deployments = by_name(docs, "Deployment")
+    assert not of_kind(docs, "HorizontalPodAutoscaler"), "KEDA and the CPU HPA exclude each other"
+    for scaled in scaled_objects:
+        where = name_of(scaled)
+        spec = scaled["spec"]
+        target = deployments[spec["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"], f"{where}: the Deployment sets replicas too"
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions, where
+        (container,) = target["spec"]["template"]["spec"]["containers"]
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "kafka", where
+        group = f"{settings['DRIFTLINE_TOPIC_PREFIX']}driftline-{service_of(container)}"
+        assert trigger["metadata"]["consumerGroup"] == group, where
+        assert trigger["metadata"]["bootstrapServers"] == settings["DRIFTLINE_KAFKA_BROKER"]
+
+
 def check_disruption_budgets(docs: list[Manifest]) -> None:
     """Every PDB selects exactly one Deployment's pods and lets a drain go on."""
     deployments = of_kind(docs, "Deployment")
@@ -360,8 +388,8 @@ def check_network_policy(docs: list[Manifest]) -> None:
 
 
 def check_service_monitor(docs: list[Manifest]) -> None:
-    """The ServiceMonitor scrapes /metrics on the http port of every service's Service, and not
-    the retrain job's (it serves no /metrics)."""
+    """The ServiceMonitor scrapes /metrics on the http port of every component's Service: each
+    service's and the retrain job's when it runs."""
     monitors = of_kind(docs, "ServiceMonitor")
     assert len(monitors) == 1
     spec = monitors[0]["spec"]
@@ -371,10 +399,19 @@ def check_service_monitor(docs: list[Manifest]) -> None:
         for s in of_kind(docs, "Service")
         if selects(spec["selector"], s["metadata"]["labels"])
     }
-    services = {service_of(c) for _, c in workloads(docs)} - {None}
+    services = {component_of(c) for _, c in workloads(docs)} - {None}
     assert scraped == services, f"the ServiceMonitor scrapes {scraped}, not the services {services}"
     assert [(e["port"], e["path"]) for e in spec["endpoints"]] == [("http", "/metrics")]
     assert spec["endpoints"][0].get("honorLabels") is True, "the metrics' service label is lost"
+
+
+def check_prometheus_rule(docs: list[Manifest], rules_file: Path) -> None:
+    """One PrometheusRule, whose groups are exactly those of `rules_file` (the rules file
+    docker-compose's Prometheus loads and promtool checks)."""
+    (rule,) = of_kind(docs, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(rules_file.read_text()), "the chart's rules differ"
+    alerts = [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert alerts and len(alerts) == len(set(alerts)), f"alert names: {alerts}"
 
 
 def check_no_dev_key(docs: list[Manifest]) -> None:

@@ -151,6 +151,18 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
     }
 
 
+def test_prometheus_loads_the_alert_rules(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    mounts = {
+        v["source"]: v["target"]
+        for v in compose["services"]["prometheus"]["volumes"]
+        if v["type"] == "bind"
+    }
+    rules_dir = mounts[str(ROOT / "deploy" / "prometheus" / "rules")]
+    assert config["rule_files"] == [f"{rules_dir}/*.yml"]
+    assert (ROOT / "deploy" / "prometheus" / "rules" / "driftline-alerts.yml").is_file()
+
+
 def test_grafana_is_provisioned_with_the_dashboard(compose: dict[str, Any]) -> None:
     mounts = {
         v["source"]: v["target"]

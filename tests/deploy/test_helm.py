@@ -20,6 +20,7 @@ from tests.deploy import manifests as m
 from tests.deploy.conftest import CHART, KUBE_VERSION, ROOT, SCENARIOS, helm_template, run, tool
 
 Load = Callable[[Path], list[m.Manifest]]
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "rules" / "driftline-alerts.yml"
 
 
 def test_there_are_scenarios() -> None:
@@ -62,11 +63,14 @@ def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
     if retrain:
         m.check_retrain_job(docs)
     m.check_autoscalers(docs)
+    m.check_scaled_objects(docs)
     m.check_disruption_budgets(docs)
     if m.of_kind(docs, "NetworkPolicy"):
         m.check_network_policy(docs)
     if m.of_kind(docs, "ServiceMonitor"):
         m.check_service_monitor(docs)
+    if m.of_kind(docs, "PrometheusRule"):
+        m.check_prometheus_rule(docs, ALERT_RULES)
     if m.of_kind(docs, "KafkaTopic"):
         m.check_topics(docs)
 
@@ -85,6 +89,7 @@ def test_defaults_make_topics_with_the_job_and_generate_hmac_keys(
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert len(m.of_kind(docs, "Deployment")) == len(m.of_kind(docs, "HorizontalPodAutoscaler"))
     assert m.of_kind(docs, "NetworkPolicy") and not m.of_kind(docs, "KafkaTopic")
+    assert not m.of_kind(docs, "PrometheusRule"), "opt-in: its CRD may be missing"
     assert not [c for _, c in m.workloads(docs) if m.component_of(c) == m.RETRAIN], "opt-in"
     assert not [s for s in m.of_kind(docs, "Service") if s["metadata"]["name"].endswith("retrain")]
 
@@ -232,6 +237,9 @@ def test_whole_numbers_of_values_files_reach_the_settings_without_an_exponent() 
         ("retrainJob.port=0", "/retrainJob/port"),
         ("retrainJob.trainer=x", "'trainer' not allowed"),
         ("mlflow.existingSecret=", "mlflow.existingSecret: name the Secret"),
+        ("keda.enabled=true,kafka.securityProtocol=SSL", "keda.authenticationRef"),
+        ("keda.lagThreshold=0", "/keda/lagThreshold"),
+        ("prometheusRule.enabled=yes", "/prometheusRule/enabled"),
         ("mlflow.allowAnonymous=yes", "/mlflow/allowAnonymous"),
         (
             "strimzi.user.enabled=true,kafka.securityProtocol=SASL_SSL,strimzi.topics.enabled=true",
@@ -287,6 +295,43 @@ def test_every_value_is_documented() -> None:
         documented_at.append((indent, comment or inherited))
         comment = False
     assert not undocumented, f"values without a `# --` comment: {undocumented}"
+
+
+def test_keda_scales_on_consumer_lag_instead_of_cpu(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["keda-values.yaml"])
+    scaled = m.by_name(docs, "ScaledObject")
+    assert set(scaled) == {f"driftline-{s}" for s in SERVICE_SETTINGS if s != "learner"}
+    trigger = scaled["driftline-router"]["spec"]["triggers"][0]["metadata"]
+    assert trigger["consumerGroup"] == "staging.driftline-router"
+    assert trigger["lagThreshold"] == "500"
+    assert "replicas" in m.by_name(docs, "Deployment")["driftline-learner"]["spec"]
+    secured = m.load_all(
+        helm_template(
+            "--set", "keda.enabled=true,keda.authenticationRef=kafka-scram",
+            "--set", "kafka.securityProtocol=SSL",
+        )
+    )  # fmt: skip
+    for scaled_object in m.of_kind(secured, "ScaledObject"):
+        assert scaled_object["spec"]["triggers"][0]["authenticationRef"] == {"name": "kafka-scram"}
+
+
+def test_chart_alert_rules_are_the_ones_in_deploy() -> None:
+    chart_copy = CHART / "files" / "driftline-alerts.yml"
+    assert chart_copy.read_bytes() == ALERT_RULES.read_bytes(), (
+        "helm/driftline/files/driftline-alerts.yml differs from deploy/prometheus/rules/: "
+        "cp deploy/prometheus/rules/driftline-alerts.yml helm/driftline/files/"
+    )
+
+
+def test_prometheus_rule_carries_the_alert_rules(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["strimzi-sasl-values.yaml"])
+    m.check_prometheus_rule(docs, ALERT_RULES)
+    (rule,) = m.of_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def test_chart_dashboard_is_the_one_in_deploy() -> None:

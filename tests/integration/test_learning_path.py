@@ -298,9 +298,8 @@ def test_learner_matches_river_through_a_kill_with_1000_entity_models(
     assert (
         metric(
             learner,
-            "driftline_model_metric",
+            "driftline_online_model_accuracy",
             model_id="agrawal-lr",
-            metric="accuracy",
             window="cumulative",
         )
         == expected["accuracy"]

@@ -18,6 +18,7 @@ from loadtest.measure import (
     read_records,
     sustained_rate,
     wait_for_records,
+    worker_latency_ms,
 )
 from loadtest.workload import MODEL_ID, Workload, setup_records
 from shared.topics import EVENTS_RAW, FEATURES, PREDICTIONS
@@ -59,10 +60,12 @@ async def test_quick_load_run_measures_every_event(pipeline: Pipeline) -> None:
     sampler = LagSampler(pipeline.bootstrap, groups, 0.5)
     sampling = asyncio.create_task(sampler.run(max_seconds=90))
 
+    router_metrics = workers[0].metrics()
     sent = await generate(
         pipeline.bootstrap, pipeline.topic(EVENTS_RAW), workload.raw_event, EVENTS, rate=200.0
     )
     held = await wait_for_records(pipeline.bootstrap, pipeline.topic(PREDICTIONS), EVENTS, 60)
+    own_view = worker_latency_ms(router_metrics, workers[0].metrics())
     sampler.stop()
     await sampling
     predictions = await read_records(pipeline.bootstrap, pipeline.topic(PREDICTIONS))
@@ -72,6 +75,9 @@ async def test_quick_load_run_measures_every_event(pipeline: Pipeline) -> None:
     assert ids == {workload.event_id(i) for i in range(EVENTS)}
     latency = latency_summary(event_latencies_ms(predictions))
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    for histogram in ("processing", "end_to_end"):  # p99 is None past the last bucket's bound
+        p50, p99 = own_view[histogram]["p50"], own_view[histogram]["p99"]
+        assert p50 is not None and (p99 is None or p50 <= p99), (histogram, own_view)
     rate = sustained_rate([r.timestamp_ms for r in predictions])
     assert rate is not None and rate > 0
     lags = lag_summary(sampler.samples)

@@ -19,6 +19,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.models import infer_signature
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.dummy import DummyClassifier
 from typer.testing import CliRunner
 
@@ -253,6 +254,18 @@ async def test_bad_events_are_dead_lettered_good_ones_predicted_and_shadowed_and
     assert from_router[1].startswith("unknown model: models:/no-such-model@champion")
     assert from_router[2].startswith(f"wrong feature set: models:/{MODEL}/1: event lacks amount")
     assert 'driftline_duplicate_events_total{stream="payments"} 1.0' in ingestion.metrics()
+    counted = ingestion.metrics()
+    for code, count in (("bad_event", 2), ("missing_field", 1), ("unknown_stream", 1)):
+        labels = {"service": "ingestion", "source_topic": pipeline.topic(EVENTS_RAW)}
+        found = sample_value(counted, "driftline_dead_letters_total", {**labels, "reason": code})
+        assert found == count, code
+    assert "b-missing" not in counted and "refunds" not in counted, "no value in a label"
+    routed = router.metrics()
+    assert sample_value(routed, "driftline_build_info", {"faust": "0.15.3"}) == 1
+    assert sample_value(routed, "driftline_worker_ready", {"service": "router"}) == 1
+    for histogram in ("processing", "end_to_end"):
+        name = f"driftline_{histogram}_seconds_count"
+        assert (sample_value(routed, name, {"service": "router"}) or 0) >= len(good), name
 
     set_alias(models, MODEL, "champion", "2")
     probe, version = 0, "1"
@@ -272,3 +285,12 @@ async def test_bad_events_are_dead_lettered_good_ones_predicted_and_shadowed_and
     assert router.process is not None and router.process.poll() is None, "router restarted"
     loads = f'driftline_model_loads_total{{uri="models:/{MODEL}@champion"}} 2.0'
     assert loads in router.metrics()
+
+
+def sample_value(text: str, name: str, labels: dict[str, str]) -> float | None:
+    """The value of the first sample `name` in a worker's /metrics `text` with `labels`."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
+    return None

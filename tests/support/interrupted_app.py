@@ -30,6 +30,7 @@ from shared.app import (
     create_app,
     run_worker,
 )
+from shared.errors import DriftlineError
 
 INTERRUPT = b"interrupt"
 
@@ -60,7 +61,7 @@ def build(common: cfg.DriftlineSettings, own: InterruptedSettings) -> DriftlineA
             raise asyncio.CancelledError
         await target.send(key=event.key, value=event.value)
 
-    async def forward_batch(events: Sequence[EventT]) -> list[tuple[EventT, str]]:
+    async def forward_batch(events: Sequence[EventT]) -> list[tuple[EventT, DriftlineError]]:
         for event in events:
             await forward(event)
         return []

@@ -19,6 +19,7 @@ from services.drift.logic import (
     Finding,
     Monitor,
     PositionHistory,
+    ShownVersions,
     TaskMismatchError,
     check_settings,
     concept_detector,
@@ -378,3 +379,15 @@ def test_webhook_levels_pick_alerts_and_escalated_means_escalated_only() -> None
     assert [notifies(a, ["drift"]) for a in (warning, drift, escalated)] == [False, True, True]
     assert [notifies(a, ["escalated"]) for a in (warning, drift, escalated)] == [False, False, True]
     assert notifies(warning, ["warning", "drift"])
+
+
+def test_a_version_is_shown_until_it_stops_answering_for_the_stale_span() -> None:
+    shown = ShownVersions(stale_after_s=100)
+    champion, challenger, other = ("d", "m", "3"), ("d", "m", "4"), ("e", "n", "1")
+    assert shown.saw(champion, 0.0) == []
+    assert shown.saw(challenger, 50.0) == []
+    assert shown.saw(champion, 60.0) == [], "both versions of a canary answer: both shown"
+    assert shown.saw(other, 150.0) == [], "50 is 100 behind 150 only just: not yet stale"
+    assert shown.saw(challenger, 161.0) == [champion], "the champion stopped answering at 60"
+    assert shown.saw(champion, 170.0) == [], "a version that answers again is shown again"
+    assert shown.saw(other, 400.0) == [challenger, champion]

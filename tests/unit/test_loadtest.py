@@ -11,11 +11,14 @@ from pydantic import SecretStr
 from loadtest.measure import (
     LagSample,
     OutputRecord,
+    bucket_quantile,
     event_latencies_ms,
+    histogram_buckets,
     lag_summary,
     latency_summary,
     percentile,
     sustained_rate,
+    worker_latency_ms,
 )
 from loadtest.relay import transform
 from loadtest.report import BLOCK_END, BLOCK_START, render, table, write_block
@@ -162,3 +165,27 @@ def test_write_block_keeps_the_hand_written_text(tmp_path: Path) -> None:
     assert text.startswith("# Title\n\nintro\n\n" + BLOCK_START)
     assert text.endswith(BLOCK_END + "\n\nfindings\n")
     assert "old" not in text and "router, 1 deployments" in text and "highest lag" in text
+
+
+def _exposition(counts: list[int]) -> str:
+    """A worker's /metrics text with `counts` cumulative observations per end-to-end bucket."""
+    bounds = ["0.01", "0.1", "1.0", "+Inf"]
+    lines = [
+        f'driftline_end_to_end_seconds_bucket{{le="{b}",service="router"}} {c}'
+        for b, c in zip(bounds, counts, strict=True)
+    ]
+    return "# TYPE driftline_end_to_end_seconds histogram\n" + "\n".join(lines) + "\n"
+
+
+def test_worker_latency_comes_from_the_buckets_observed_between_two_readings() -> None:
+    before, after = _exposition([10, 10, 10, 10]), _exposition([10, 60, 109, 110])
+    assert histogram_buckets(after, "driftline_end_to_end_seconds") == {
+        0.01: 10, 0.1: 60, 1.0: 109, float("inf"): 110
+    }  # fmt: skip
+    latency = worker_latency_ms(before, after)
+    assert latency["end_to_end"] == {"p50": 100.0, "p99": 1000.0}, "the 10 before do not count"
+    assert latency["processing"] == {"p50": None, "p99": None}, "nothing observed"
+    start = histogram_buckets(before, "driftline_end_to_end_seconds")
+    end = histogram_buckets(after, "driftline_end_to_end_seconds")
+    assert bucket_quantile(start, end, 100) is None, "past the last finite bound"
+    assert bucket_quantile(end, end, 50) is None

@@ -15,6 +15,8 @@ import orjson
 import pandas as pd
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from structlog.testing import CapturingLogger
 
@@ -320,6 +322,8 @@ async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finish
     monkeypatch.setattr(services.tools.retrain_job, "retrain", retrain)
     job = RetrainJob(common, RetrainSettings(web_port=free_port()))
     body = encode(concept_alert(OFFSETS, 1000.0))
+    retrained = {"outcome": "retrained"}
+    counted = REGISTRY.get_sample_value("driftline_retrain_attempts_total", retrained) or 0
     await job.start()
     try:
         first = await _post(job, body, _signed(body, common))
@@ -327,8 +331,21 @@ async def test_the_job_retrains_once_on_an_alert_delivered_again_after_it_finish
         assert job.pending == 0, "finished as soon as retrain returned"
         again = await _post(job, body, _signed(body, common))
         await asyncio.sleep(0.1)
+        async with TestClient(TestServer(job.web_app())) as client:
+            exposed = await (await client.get("/metrics")).text()
     finally:
         await job.stop()
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposed)
+        for s in family.samples
+    }
+    outcome = (("outcome", "retrained"),)
+    assert samples[("driftline_retrain_attempts_total", outcome)] == counted + 1, "once"
+    assert samples[("driftline_retrain_pending", ())] == 0
+    assert any(name == "driftline_build_info" and ("service", "retrain") in labels
+               for name, labels in samples)  # fmt: skip
 
     assert first == (202, {"alert_id": "alert-1", "status": "accepted"})
     assert again == (

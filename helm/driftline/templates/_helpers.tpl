@@ -205,6 +205,25 @@ Secret with the HMAC keys.
 {{- end }}
 
 {{/*
+How fast an autoscaler (the CPU HPA, or the one KEDA makes) may change a service's replicas.
+*/}}
+{{- define "driftline.scalingBehavior" -}}
+# Every step rebalances the consumer group and moves table state: step slowly.
+scaleUp:
+  stabilizationWindowSeconds: 60
+  policies:
+    - type: Pods
+      value: 1
+      periodSeconds: 120
+scaleDown:
+  stabilizationWindowSeconds: 600
+  policies:
+    - type: Pods
+      value: 1
+      periodSeconds: 300
+{{- end }}
+
+{{/*
 Stops a rendering whose values cannot work, with the reason.
 */}}
 {{- define "driftline.validate" -}}
@@ -220,6 +239,9 @@ Stops a rendering whose values cannot work, with the reason.
 {{- end }}
 {{- if and .Values.topicsJob.enabled .Values.strimzi.user.enabled }}
 {{- fail "topicsJob runs before the KafkaUser exists: with strimzi.user.enabled let Strimzi make the topics (strimzi.topics.enabled) and set topicsJob.enabled=false" }}
+{{- end }}
+{{- if and .Values.keda.enabled (ne .Values.kafka.securityProtocol "PLAINTEXT") (not .Values.keda.authenticationRef) }}
+{{- fail "keda.enabled with a secured Kafka: set keda.authenticationRef to a KEDA TriggerAuthentication holding the Kafka credentials" }}
 {{- end }}
 {{- if not (regexMatch "^[A-Za-z0-9._-]*$" .Values.topics.prefix) }}
 {{- fail "topics.prefix: only letters, digits, '.', '_' and '-' may appear in a topic name" }}
