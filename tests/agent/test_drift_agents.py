@@ -17,7 +17,7 @@ import pytest
 from faust.tables.base import Collection
 from prometheus_client import REGISTRY
 from river.drift import ADWIN
-from river.drift.binary import DDM
+from river.drift.binary import DDM, HDDMA
 
 import services.drift.app
 from services.drift.app import build
@@ -28,6 +28,8 @@ from tests.support.faust_doubles import agent_context, capture_sends, isolate_pr
 from tests.support.records import stored_state
 
 T0 = 1_780_000_000.0
+DDM_SETTING = {"classification": {"kind": "ddm"}}
+"""Tests that compare alerts with River's DDM index by index name it (the default is HDDM_A)."""
 LOOKED_UP = {0: 42, 1: 42}
 """What the stand-in for the broker's offsets-for-times answers for every topic."""
 
@@ -82,7 +84,7 @@ def _shifted_values(n: int = 600, at: int = 300, seed: int = 3) -> list[float]:
     return [rng.gauss(0.0 if i < at else 1.5, 1.0) for i in range(n)]
 
 
-def _river_indices(detector: ADWIN | DDM, values: list[float]) -> list[int]:
+def _river_indices(detector: ADWIN | DDM | HDDMA, values: list[float]) -> list[int]:
     fired = []
     for i, value in enumerate(values, start=1):
         detector.update(value)
@@ -175,6 +177,31 @@ def _labeled(i: int, output: object, label: object, version: str = "1") -> Label
     )
 
 
+async def test_by_default_a_classifier_is_watched_by_hddm_a_at_river_s_indices(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+) -> None:
+    sent = capture_sends(monkeypatch)
+    rng = random.Random(11)
+    errors = [int(rng.random() < (0.2 if i < 1000 else 0.5)) for i in range(1500)]
+    app = _app(tmp_path, cooldown_s=0)
+
+    async with agent_context(app, "detect_concept_drift") as agent:
+        for i, error in enumerate(errors):
+            await agent.put(encode(_labeled(i, int(not error), 1)), key=b"dep")
+        expected = _river_indices(HDDMA(), errors)
+        await _until(
+            lambda: (
+                len([a for a in sent.values("a.alerts") if a["level"] == "drift"]) == len(expected)
+            )
+        )
+
+    drifts = [a for a in sent.values("a.alerts") if a["level"] == "drift"]
+    assert expected and expected[0] > 1000
+    assert [a["position"] for a in drifts] == expected
+    assert {a["detector"] for a in drifts} == {"HDDMA"}
+    assert drifts[0]["window"]["estimated_by"] == "warning_start"
+
+
 @pytest.mark.parametrize("batch", [1, 801], ids=["event_by_event", "one_batch"])
 async def test_concept_drift_per_model_version_with_warning_first_and_error_windows(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list, batch: int
@@ -184,6 +211,7 @@ async def test_concept_drift_per_model_version_with_warning_first_and_error_wind
     errors = [int(rng.random() < (0.05 if i < 400 else 0.4)) for i in range(800)]
     app = _app(
         tmp_path,
+        concept_detectors=DDM_SETTING,
         cooldown_s=0,
         error_window_s=100,
         error_hop_window_s=200,
@@ -302,7 +330,7 @@ async def test_an_alert_whose_window_starts_before_1970_still_goes_out_when_its_
         raise ValueError("The target time for partition ... cannot be negative")
 
     monkeypatch.setattr(services.drift.app, "offsets_at_time", offsets_at_time)
-    app = _app(tmp_path, cooldown_s=0)
+    app = _app(tmp_path, concept_detectors=DDM_SETTING, cooldown_s=0)
     if kind == "data":
         values = _shifted_values()
         async with agent_context(app, "detect_data_drift") as agent:
