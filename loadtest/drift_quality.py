@@ -97,11 +97,15 @@ CONCEPT_METHODS = (
     Method("eddm", "eddm"),
     Method("hddm_a", "hddm_a"),
     Method("hddm_w", "hddm_w"),
+    Method("hddm_w (drift_confidence=1e-4)", "hddm_w", {"drift_confidence": 1e-4}),
     Method("fhddm", "fhddm"),
     Method("adwin (errors)", "adwin"),
     Method("bocpd (errors)", "bocpd"),
 )
-"""River's binary detectors at their defaults, ADWIN on the 0/1 errors, BOCPD on them."""
+"""River's binary detectors at their defaults (and HDDM_W made stricter), ADWIN on the 0/1
+errors, BOCPD on them."""
+STABLE_RATES = (0.05, 0.2, 0.4)
+"""Error rates of the stable runs that count a concept detector's false alarms."""
 
 
 def alarms(method: Method, series: Series) -> Alarms:
@@ -318,6 +322,23 @@ def concept_report(methods: Sequence[Method], seeds: int) -> list[dict[str, Any]
     return rows
 
 
+def stable_report(methods: Sequence[Method], runs: int, n: int = 5000) -> list[dict[str, Any]]:
+    """Per detector and error rate in STABLE_RATES: false alarms per `n` stable outcomes, over
+    `runs` seeded runs (a default must stay quiet on good and on poor models alike)."""
+    rows = []
+    for method in methods:
+        row: dict[str, Any] = {"method": method.label, "runs": runs}
+        for rate in STABLE_RATES:
+            fired = 0
+            for seed in range(runs):
+                rng = random.Random(f"stable:{rate}:{seed}")
+                errors = tuple(float(rng.random() < rate) for _ in range(n))
+                fired += len(alarms(method, Series("stable", (errors,), {})).detections)
+            row[f"false_alarms_at_{rate}"] = fired / runs
+        rows.append(row)
+    return rows
+
+
 def real_report(methods: Sequence[Method], series: Sequence[Series]) -> list[dict[str, Any]]:
     """Per TCPD series and method: F1, covering and alarms."""
     return [
@@ -399,6 +420,19 @@ def markdown(results: dict[str, Any]) -> str:
     )
     lines += [
         "",
+        f"False alarms per 5,000 outcomes of a stable model, {setup['stable_runs']} seeded runs",
+        "per error rate:",
+        "",
+    ]
+    lines += _table(
+        results["stable"],
+        [
+            ("detector", "method", 0),
+            *((f"error rate {rate}", f"false_alarms_at_{rate}", 2) for rate in STABLE_RATES),
+        ],
+    )
+    lines += [
+        "",
         "## Synthetic streams with known change points",
         "",
         "Families (one stream per seed):",
@@ -465,6 +499,7 @@ def run(
     seeds: int,
     seeds_concept: int,
     tcpd_dir: Path | None,
+    stable_runs: int = 20,
     families: Sequence[str] = tuple(FAMILIES),
     methods: Sequence[Method] = DATA_METHODS,
     concept_methods: Sequence[Method] = CONCEPT_METHODS,
@@ -476,12 +511,14 @@ def run(
             "when": datetime.now(UTC).strftime("%Y-%m-%d"),
             "seeds": seeds,
             "seeds_concept": seeds_concept,
+            "stable_runs": stable_runs,
             "tcpd_series": len(real),
             "tcpd_source": "alan-turing-institute/TCPD, its annotations.json and datasets",
             "methods": [asdict(m) for m in methods],
             "concept_methods": [asdict(m) for m in concept_methods],
         },
         "concept": concept_report(concept_methods, seeds_concept),
+        "stable": stable_report(concept_methods, stable_runs),
         "synthetic": synthetic_report(methods, seeds, families),
         "real": real_report(methods, real),
     }
@@ -490,6 +527,7 @@ def run(
 def main(
     seeds: Annotated[int, typer.Option(help="Seeded streams per synthetic family.")] = 5,
     seeds_concept: Annotated[int, typer.Option(help="Seeded concept-drift runs.")] = 10,
+    stable_runs: Annotated[int, typer.Option(help="Seeded stable runs per error rate.")] = 20,
     tcpd_dir: Annotated[
         Path | None, typer.Option("--tcpd", help="A copy of TCPD's repository.")
     ] = None,
@@ -498,7 +536,7 @@ def main(
     ),
 ) -> None:
     """Score the drift detectors and write the report."""
-    results = run(seeds, seeds_concept, tcpd_dir)
+    results = run(seeds, seeds_concept, tcpd_dir, stable_runs)
     out.write_text(markdown(results))
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     typer.echo(f"wrote {out} and {out.with_suffix('.json')}")

@@ -80,7 +80,7 @@ def test_tcpd_series_are_read_per_dimension_with_missing_values_skipped(tmp_path
 
 def test_the_report_has_every_section_and_counts_wins_over_zero() -> None:
     bocpd = Method("bocpd", "bocpd")
-    results = run(1, 1, None, ("mean shifts",), (ZERO, bocpd), (Method("ddm", "ddm"),))
+    results = run(1, 1, None, 1, ("mean shifts",), (ZERO, bocpd), (Method("ddm", "ddm"),))
     real = [
         {"series": "a", "method": "zero", "f1": 0.5},
         {"series": "a", "method": "m", "f1": 0.6},
@@ -93,6 +93,13 @@ def test_the_report_has_every_section_and_counts_wins_over_zero() -> None:
     assert "## Concept drift" in text and "## Synthetic streams" in text
     assert "Not run: no copy of TCPD" in text
     assert [row["method"] for row in results["concept"]] == ["ddm"]
+    assert set(results["stable"][0]) == {
+        "method",
+        "runs",
+        "false_alarms_at_0.05",
+        "false_alarms_at_0.2",
+        "false_alarms_at_0.4",
+    }
     assert [(row["family"], row["method"]) for row in results["synthetic"]] == [
         ("mean shifts", "zero"),
         ("mean shifts", "bocpd"),
