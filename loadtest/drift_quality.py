@@ -37,6 +37,8 @@ Value = float | str
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SOURCE = "features"
 MARGIN = 5
+TCPD_DEFAULTS = Path(__file__).with_name("tcpd_default_f1.json")
+"""TCPD's published default-parameter F1 per series: its best method's and its zero's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +470,7 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         f1_wins, cover_wins = beats_zero(results["real"]), beats_zero(results["real"], "cover")
+        published = json.loads(TCPD_DEFAULTS.read_text())["series"]
         by_method: dict[str, list[dict[str, Any]]] = {}
         for row in results["real"]:
             by_method.setdefault(row["method"], []).append(row)
@@ -480,6 +483,30 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {_fmt(_mean(r['f1'] for r in rows))} "
                 f"| {_fmt(_mean(r['cover'] for r in rows))} |"
             )
+        zero_agrees = all(
+            abs(row["f1"] - published[row["series"]]["zero_f1"]) < 1e-4
+            for row in results["real"]
+            if row["method"] == ZERO.label and row["series"] in published
+        )
+        lines += [
+            "",
+            "Against TCPD's published F1 of its best method at default parameters on each series",
+            f"(`{TCPD_DEFAULTS.name}`, from TCPDBench; our *zero* "
+            + (
+                "matches TCPD's *zero* on every series, which checks the metric):"
+                if zero_agrees
+                else "does NOT match TCPD's *zero*: check the metric):"
+            ),
+            "",
+            "| method | F1 at or above TCPD's best default |",
+            "|---|---|",
+        ]
+        for label, rows in by_method.items():
+            if label == ZERO.label:
+                continue
+            known = [r for r in rows if r["series"] in published]
+            won = sum(r["f1"] >= published[r["series"]]["best_default_f1"] - 1e-4 for r in known)
+            lines.append(f"| {label} | {won} of {len(known)} |")
         lines += ["", "Per series:", ""]
         lines += _table(
             results["real"],

@@ -105,3 +105,16 @@ def test_the_report_has_every_section_and_counts_wins_over_zero() -> None:
         ("mean shifts", "bocpd"),
     ]
     assert beats_zero(real) == {"m": (1, 2)}
+
+
+def test_real_series_are_compared_with_tcpd_published_scores() -> None:
+    results = run(1, 1, None, 1, ("stationary",), (ZERO,), (Method("ddm", "ddm"),))
+    results["real"] = [
+        {"series": "nile", "n": 100, "method": "zero", "f1": 0.8235, "cover": 0.5, "alarms": 0},
+        {"series": "nile", "n": 100, "method": "m", "f1": 1.0, "cover": 0.9, "alarms": 1},
+    ]
+
+    text = markdown(results)
+
+    assert "our *zero* matches TCPD's *zero* on every series" in text
+    assert "| m | 1 of 1 |" in text
