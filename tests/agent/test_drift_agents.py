@@ -21,6 +21,7 @@ from river.drift.binary import DDM, HDDMA
 
 import services.drift.app
 from services.drift.app import build
+from services.drift.bocpd import BOCPD
 from shared.events import LabeledPrediction, VariantOutput, alert_id_for, encode
 from shared.settings import DriftlineSettings, DriftSettings
 from shared.topics import Topic
@@ -128,6 +129,36 @@ async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
     assert [names for _, names in lookups] == [["a.features", "a.predictions.labeled"]] * len(
         alerts
     )
+
+
+async def test_bocpd_named_in_settings_alerts_with_a_window_at_its_most_probable_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+) -> None:
+    sent = capture_sends(monkeypatch)
+    values = _shifted_values(at=300)
+    plain, expected = BOCPD(), []
+    for i, value in enumerate(values, start=1):
+        plain.update(value)
+        if plain.drift_detected:
+            expected.append((i, i - plain.run_length + 1))
+    app = _app(tmp_path, detectors={"pay:amount": {"kind": "bocpd"}}, cooldown_s=0)
+
+    async with agent_context(app, "detect_data_drift") as agent:
+        for i, value in enumerate(values):
+            item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
+            await agent.put(orjson.dumps({**item, **read_at(0, i)}), key=b"pay:amount")
+        await _until(
+            lambda: (
+                len([a for a in sent.values("a.alerts") if a["level"] == "drift"]) == len(expected)
+            )
+        )
+
+    drifts = [a for a in sent.values("a.alerts") if a["level"] == "drift"]
+    assert [(a["position"], a["window"]["start_position"]) for a in drifts] == expected
+    assert expected and 300 < expected[0][0] <= 320 and abs(expected[0][1] - 301) <= 5
+    assert {a["detector"] for a in drifts} == {"BOCPD"}
+    assert drifts[0]["window"]["estimated_by"] == "detector_window"
+    assert drifts[0]["stats_after"]["change_probability"] > 0.99
 
 
 async def test_fan_out_rekeys_each_feature_and_dead_letters_bad_events(
