@@ -74,8 +74,8 @@ class BOCPD(base.DriftAndWarningDetector):
         alpha0: float = 1.0,
         beta0: float = 1.0,
     ) -> None:
-        if not 0 < hazard < 1:
-            raise ValueError("'hazard' must be between 0 and 1")
+        if not (0 < hazard < 1 and 0 < prune < 1):
+            raise ValueError("'hazard' and 'prune' must be between 0 and 1")
         if not 0 < warning_threshold <= threshold < 1:
             raise ValueError("need 0 < 'warning_threshold' <= 'threshold' < 1")
         if window < 2 or warmup < 2 or min_run < 1:

@@ -114,7 +114,13 @@ def test_the_service_detector_names_it_and_its_window_starts_at_the_change() -> 
 
 @pytest.mark.parametrize(
     "params",
-    [{"hazard": 0}, {"threshold": 0.1, "warning_threshold": 0.5}, {"window": 1}, {"beta0": 0}],
+    [
+        {"hazard": 0},
+        {"prune": 0},
+        {"threshold": 0.1, "warning_threshold": 0.5},
+        {"window": 1},
+        {"beta0": 0},
+    ],
 )
 def test_wrong_parameters_are_refused(params: dict[str, float]) -> None:
     with pytest.raises(ValueError):
