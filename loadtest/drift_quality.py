@@ -91,9 +91,12 @@ DATA_METHODS = (
     Method("kswin", "kswin", {"seed": 1}),
     Method("page_hinkley", "page_hinkley"),
     Method("bocpd", "bocpd"),
+    Method("bocpd (hazard=0.01)", "bocpd", {"hazard": 0.01}),
+    Method("bocpd (threshold=0.9)", "bocpd", {"threshold": 0.9}),
     Method("psi", "psi"),
 )
-"""The "zero" baseline, River's value detectors at their defaults, BOCPD and PSI."""
+"""The "zero" baseline, River's value detectors at their defaults, BOCPD at its defaults and
+with a higher hazard or a lower threshold (how its defaults were chosen), and PSI."""
 CONCEPT_METHODS = (
     Method("ddm", "ddm"),
     Method("eddm", "eddm"),
