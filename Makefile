@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: demo test unit integration fuzz lint tools kafka-start kafka-stop clean bench chaos
+.PHONY: demo test unit integration fuzz lint tools kafka-start kafka-stop clean bench chaos bench-drift
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ demo: $(STAMP)
 # docs/benchmarks.md and docs/benchmarks.json. `make bench BENCH_QUICK=1` runs each tiny.
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
+# Detection quality of the drift detectors (no broker): synthetic streams with known change
+# points, the concept-drift switch, and TCPD's annotated series if a copy of its repository is in
+# TCPD_DIR; writes docs/drift-quality.md and docs/drift-quality.json.
+TCPD_DIR ?= .driftline/tcpd
+bench-drift: $(STAMP)
+	$(BIN)/python -m loadtest.drift_quality $(if $(wildcard $(TCPD_DIR)/annotations.json),--tcpd $(TCPD_DIR)) $(BENCH_DRIFT_ARGS)
 
 # Fault injection on its own local broker (port 39093): workers SIGKILLed while events flow,
 # every effect checked by event id; writes docs/reliability.md and docs/reliability.json.

@@ -1,6 +1,7 @@
 """Drain rate of one drift worker on a real broker: a backlog of labeled predictions (one
-deployment, one model version: concept drift with DDM and the error-rate windows) and of feature
-events (two numeric features each: data drift with ADWIN through the fan-out topic) is written
+deployment, one model version: concept drift with the default HDDM_A and the error-rate
+windows) and of feature events (two numeric features each: data drift with ADWIN through the
+fan-out topic) is written
 first, then the worker starts and the time until its consumer group has committed every input
 is measured. Rates count detector values: one per labeled event, two per feature event.
 

@@ -268,8 +268,9 @@ class DataWindow(BaseModel):
     start_position: int = Field(ge=1)
     """That value's 1-based index in the detector's stream (the alert's `position` is the end)."""
     estimated_by: Literal["detector_window", "warning_start", "alert_position"]
-    """``detector_window``: the window the detector keeps after its cut (ADWIN);
-    ``warning_start``: where the detector entered its warning zone (DDM and kin);
+    """``detector_window``: the window the detector keeps after its cut (ADWIN), or the run
+    since the most probable change point (BOCPD);
+    ``warning_start``: where the detector entered its warning zone (DDM, HDDM_A and kin);
     ``alert_position``: the firing value itself, when the detector tells nothing better."""
     offsets: dict[str, dict[int, int]]
     """First offset to read, per topic (its full name on the cluster) and partition: exact for

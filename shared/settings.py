@@ -275,7 +275,10 @@ class DriftSettings(ServiceSettings):
     """JSON: data-drift detector per ``stream:feature``, ``stream``, ``default`` (numeric) or
     ``categorical``, e.g. ``{"default": {"kind": "adwin", "delta": 0.002}}``."""
     concept_detectors: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"classification": {"kind": "ddm"}, "regression": {"kind": "adwin"}}
+        default_factory=lambda: {
+            "classification": {"kind": "hddm_a"},
+            "regression": {"kind": "adwin"},
+        }
     )
     """JSON: concept-drift detector per ``model:version``, ``model``, ``classification`` or
     ``regression``, e.g. ``{"fraud": {"kind": "hddm_a", "drift_confidence": 0.001}}``."""

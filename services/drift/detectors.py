@@ -17,6 +17,7 @@ from river import base
 from river.drift import ADWIN, KSWIN, PageHinkley
 from river.drift.binary import DDM, EDDM, FHDDM, HDDMA, HDDMW
 
+from services.drift.bocpd import BOCPD
 from shared.errors import DriftlineError
 
 Input = Literal["value", "error", "category"]
@@ -113,6 +114,7 @@ _KINDS: dict[str, tuple[type[base.DriftDetector], Input]] = {
     "adwin": (ADWIN, "value"),
     "kswin": (KSWIN, "value"),
     "page_hinkley": (PageHinkley, "value"),
+    "bocpd": (BOCPD, "value"),
     "ddm": (DDM, "error"),
     "eddm": (EDDM, "error"),
     "hddm_a": (HDDMA, "error"),
@@ -217,8 +219,11 @@ class Detector:
     @property
     def window_width(self) -> int | None:
         """How many latest values the detector holds as the new behaviour right after it fired:
-        ADWIN's window after its cut, KSWIN's recent sample, PSI's drifted block. None for
-        detectors that keep no such window (DDM and kin, Page-Hinkley)."""
+        ADWIN's window after its cut, KSWIN's recent sample, PSI's drifted block, BOCPD's run
+        since the most probable change point. None for detectors that keep no such window (DDM
+        and kin, Page-Hinkley)."""
+        if isinstance(self.detector, BOCPD):
+            return self.detector.run_length
         if isinstance(self.detector, ADWIN):
             return int(self.detector.width)
         if isinstance(self.detector, KSWIN):
@@ -228,7 +233,10 @@ class Detector:
         return None
 
     def stats(self) -> dict[str, float]:
-        """What the detector itself estimates, for the alert (ADWIN's mean, PSI's index)."""
+        """What the detector itself estimates, for the alert (ADWIN's mean, PSI's index,
+        BOCPD's change probability)."""
+        if isinstance(self.detector, BOCPD):
+            return {"change_probability": self.detector.change_probability}
         if isinstance(self.detector, ADWIN):
             return {"estimation": float(self.detector.estimation)}
         if isinstance(self.detector, PSI):

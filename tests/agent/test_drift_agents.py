@@ -17,10 +17,11 @@ import pytest
 from faust.tables.base import Collection
 from prometheus_client import REGISTRY
 from river.drift import ADWIN
-from river.drift.binary import DDM
+from river.drift.binary import DDM, HDDMA
 
 import services.drift.app
 from services.drift.app import build
+from services.drift.bocpd import BOCPD
 from shared.events import LabeledPrediction, VariantOutput, alert_id_for, encode
 from shared.settings import DriftlineSettings, DriftSettings
 from shared.topics import Topic
@@ -28,6 +29,8 @@ from tests.support.faust_doubles import agent_context, capture_sends, isolate_pr
 from tests.support.records import stored_state
 
 T0 = 1_780_000_000.0
+DDM_SETTING = {"classification": {"kind": "ddm"}}
+"""Tests that compare alerts with River's DDM index by index name it (the default is HDDM_A)."""
 LOOKED_UP = {0: 42, 1: 42}
 """What the stand-in for the broker's offsets-for-times answers for every topic."""
 
@@ -82,7 +85,7 @@ def _shifted_values(n: int = 600, at: int = 300, seed: int = 3) -> list[float]:
     return [rng.gauss(0.0 if i < at else 1.5, 1.0) for i in range(n)]
 
 
-def _river_indices(detector: ADWIN | DDM, values: list[float]) -> list[int]:
+def _river_indices(detector: ADWIN | DDM | HDDMA, values: list[float]) -> list[int]:
     fired = []
     for i, value in enumerate(values, start=1):
         detector.update(value)
@@ -138,6 +141,36 @@ async def test_data_drift_alerts_at_the_indices_river_gives_with_their_windows(
     )
 
 
+async def test_bocpd_named_in_settings_alerts_with_a_window_at_its_most_probable_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+) -> None:
+    sent = capture_sends(monkeypatch)
+    values = _shifted_values(at=300)
+    plain, expected = BOCPD(), []
+    for i, value in enumerate(values, start=1):
+        plain.update(value)
+        if plain.drift_detected:
+            expected.append((i, i - plain.run_length + 1))
+    app = _app(tmp_path, detectors={"pay:amount": {"kind": "bocpd"}}, cooldown_s=0)
+
+    async with agent_context(app, "detect_data_drift") as agent:
+        for i, value in enumerate(values):
+            item = {"stream": "pay", "feature": "amount", "value": value, "time": T0 + i}
+            await agent.put(orjson.dumps({**item, **read_at(0, i)}), key=b"pay:amount")
+        await _until(
+            lambda: (
+                len([a for a in sent.values("a.alerts") if a["level"] == "drift"]) == len(expected)
+            )
+        )
+
+    drifts = [a for a in sent.values("a.alerts") if a["level"] == "drift"]
+    assert [(a["position"], a["window"]["start_position"]) for a in drifts] == expected
+    assert expected and 300 < expected[0][0] <= 320 and abs(expected[0][1] - 301) <= 5
+    assert {a["detector"] for a in drifts} == {"BOCPD"}
+    assert drifts[0]["window"]["estimated_by"] == "detector_window"
+    assert drifts[0]["stats_after"]["change_probability"] > 0.99
+
+
 async def test_fan_out_rekeys_each_feature_and_dead_letters_bad_events(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -185,6 +218,31 @@ def _labeled(i: int, output: object, label: object, version: str = "1") -> Label
     )
 
 
+async def test_by_default_a_classifier_is_watched_by_hddm_a_at_river_s_indices(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list
+) -> None:
+    sent = capture_sends(monkeypatch)
+    rng = random.Random(11)
+    errors = [int(rng.random() < (0.2 if i < 1000 else 0.5)) for i in range(1500)]
+    app = _app(tmp_path, cooldown_s=0)
+
+    async with agent_context(app, "detect_concept_drift") as agent:
+        for i, error in enumerate(errors):
+            await agent.put(encode(_labeled(i, int(not error), 1)), key=b"dep")
+        expected = _river_indices(HDDMA(), errors)
+        await _until(
+            lambda: (
+                len([a for a in sent.values("a.alerts") if a["level"] == "drift"]) == len(expected)
+            )
+        )
+
+    drifts = [a for a in sent.values("a.alerts") if a["level"] == "drift"]
+    assert expected and expected[0] > 1000
+    assert [a["position"] for a in drifts] == expected
+    assert {a["detector"] for a in drifts} == {"HDDMA"}
+    assert drifts[0]["window"]["estimated_by"] == "warning_start"
+
+
 @pytest.mark.parametrize("batch", [1, 801], ids=["event_by_event", "one_batch"])
 async def test_concept_drift_per_model_version_with_warning_first_and_error_windows(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lookups: list, batch: int
@@ -194,6 +252,7 @@ async def test_concept_drift_per_model_version_with_warning_first_and_error_wind
     errors = [int(rng.random() < (0.05 if i < 400 else 0.4)) for i in range(800)]
     app = _app(
         tmp_path,
+        concept_detectors=DDM_SETTING,
         cooldown_s=0,
         error_window_s=100,
         error_hop_window_s=200,
@@ -352,7 +411,7 @@ async def test_an_alert_whose_window_starts_before_1970_still_goes_out_when_its_
         raise ValueError("The target time for partition ... cannot be negative")
 
     monkeypatch.setattr(services.drift.app, "offsets_at_time", offsets_at_time)
-    app = _app(tmp_path, cooldown_s=0)
+    app = _app(tmp_path, concept_detectors=DDM_SETTING, cooldown_s=0)
     if kind == "data":
         values = _shifted_values()
         async with agent_context(app, "detect_data_drift") as agent:

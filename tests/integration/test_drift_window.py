@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from river.drift import ADWIN
-from river.drift.binary import DDM
+from river.drift.binary import HDDMA
 
 from shared.admin import offsets_at_time
 from shared.events import FeatureEvent, LabeledPrediction
@@ -99,21 +99,21 @@ def _errors(records: list[LabeledPrediction]) -> list[tuple[int, int]]:
     ]
 
 
-def _ddm_drift_and_warning_onset(errors: list[int], after: int) -> tuple[int, int]:
-    """Plain River: the first drift after position `after`, and where the warning zone it came
-    from was entered."""
-    ddm, onset, inside = DDM(), None, False
+def _hddm_a_drift_and_warning_onset(errors: list[int], after: int) -> tuple[int, int]:
+    """Plain River's HDDM_A, the service's default for classifiers: the first drift after
+    position `after`, and where the warning zone it came from was entered."""
+    hddm, onset, inside = HDDMA(), None, False
     for position, error in enumerate(errors, start=1):
-        ddm.update(error)
-        if ddm.drift_detected and position > after:
+        hddm.update(error)
+        if hddm.drift_detected and position > after:
             assert onset is not None, "this seed's drift must come out of a warning zone"
             return position, onset
-        if ddm.drift_detected or not ddm.warning_detected:
+        if hddm.drift_detected or not hddm.warning_detected:
             onset = None
         elif not inside:
             onset = position
-        inside = ddm.warning_detected and not ddm.drift_detected
-    raise AssertionError("DDM never fires after the switch on this seed")
+        inside = hddm.warning_detected and not hddm.drift_detected
+    raise AssertionError("HDDM_A never fires after the switch on this seed")
 
 
 def _adwin_drift_and_window_start(values: list[float], after: int) -> tuple[int, int]:
@@ -167,7 +167,7 @@ async def test_drift_alerts_carry_the_window_of_a_seeded_switch(pipeline: Pipeli
     labeled, features = _labeled(), _features()
     errors = _errors(labeled)
     switch = next(p for p, (i, _) in enumerate(errors, start=1) if i >= CONCEPT_SWITCH)
-    concept_at, warned_at = _ddm_drift_and_warning_onset([e for _, e in errors], after=switch)
+    concept_at, warned_at = _hddm_a_drift_and_warning_onset([e for _, e in errors], after=switch)
     pay = [e for e in features if e.stream == "pay"]
     data_at, adwin_start = _adwin_drift_and_window_start(
         [e.features["amount"] for e in pay], after=DATA_SWITCH
@@ -216,7 +216,7 @@ async def test_drift_alerts_carry_the_window_of_a_seeded_switch(pipeline: Pipeli
     stored = [r for r in records if r.topic != alerts_topic]
 
     concept = drift_at(records, "concept:fraud:1", concept_at)
-    assert concept is not None
+    assert concept is not None and concept["detector"] == "HDDMA", "the default for classifiers"
     start, start_time, estimated_by, offsets = _window(concept)
     assert estimated_by == "warning_start"
     _assert_close_before(start, warned_at, concept_at)

@@ -135,6 +135,7 @@ async def test_drift_alerts_match_river_and_reach_webhooks_and_the_cli(pipeline:
             DRIFTLINE_WEBHOOK_HMAC_KEY=HOOK_KEY,
             DRIFTLINE_DRIFT_COOLDOWN_S="0",
             DRIFTLINE_DRIFT_DETECTORS='{"categorical": {"kind": "psi", "window": 100}}',
+            DRIFTLINE_DRIFT_CONCEPT_DETECTORS='{"classification": {"kind": "ddm"}}',
             DRIFTLINE_DRIFT_WEBHOOK_URLS=orjson.dumps(
                 [hooks.url("/ok"), hooks.url("/down")]
             ).decode(),

@@ -315,7 +315,7 @@ def test_concept_settings_by_model_version_model_then_task() -> None:
     assert concept_detector(mapping, "fraud", "2", "classification").kind == "hddm_w"
     assert concept_detector(mapping, "fraud", "1", "classification").kind == "eddm"
     assert concept_detector(mapping, "churn", "1", "classification").kind == "fhddm"
-    assert concept_detector({}, "churn", "1", "classification").kind == "ddm"
+    assert concept_detector({}, "churn", "1", "classification").kind == "hddm_a"
     assert concept_detector({}, "price", "1", "regression").kind == "adwin"
     with pytest.raises(DetectorConfigError, match="eddm takes errors, not values"):
         concept_detector(mapping, "fraud", "1", "regression")
