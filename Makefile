@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: demo test unit integration fuzz lint tools kafka-start kafka-stop clean bench chaos bench-drift
+.PHONY: demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ test: $(STAMP) $(TOOLS_STAMP) lint
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration and not promtool"
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration
@@ -37,6 +37,12 @@ integration: $(STAMP)
 # The fuzz tests (tests/fuzz) at 100,000 examples per target; `make test` runs them small.
 fuzz: $(STAMP)
 	DRIFTLINE_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -m fuzz tests/fuzz -p no:timeout
+
+# The alert rules through promtool (check and unit tests, tests/deploy/test_alert_rules.py);
+# outside `make test`: building promtool takes about 10 minutes with empty Go caches.
+rules: $(STAMP)
+	bash scripts/install-tools.sh .driftline/tools promtool
+	$(BIN)/python -m pytest -m promtool tests/deploy/test_alert_rules.py
 
 demo: $(STAMP)
 	$(BIN)/driftline demo
