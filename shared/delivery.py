@@ -399,7 +399,7 @@ class StreamProgress:
         ledger = self._ledgers.get(tp)
         if ledger is None:
             return "next"
-        expected = ledger.taken.get(stream, ledger.frontier)
+        expected = self.next_to_take(tp, stream)
         if expected is None or offset == expected or _absent(ledger, expected, offset):
             ledger.taken[stream] = offset + 1
             return "next"
@@ -408,7 +408,10 @@ class StreamProgress:
     def next_to_take(self, tp: TP, stream: str) -> int | None:
         """The offset of the record `stream` must process next on `tp` (None: any)."""
         ledger = self._ledgers[tp]
-        return ledger.taken.get(stream, ledger.frontier)
+        taken, frontier = ledger.taken.get(stream), ledger.frontier
+        if taken is None or frontier is None:
+            return frontier if taken is None else taken
+        return max(taken, frontier)  # the frontier passes absent offsets before a stream does
 
     def untake(self, tp: TP, offset: int, stream: str | None = None) -> None:
         """The record at `offset` was taken but not processed by `stream` (None: by any; its

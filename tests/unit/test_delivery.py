@@ -334,6 +334,16 @@ def test_a_stream_takes_its_partition_s_records_in_order() -> None:
     assert progress.take(LABELED, 15, "agent") == "taken"  # a refetch for another stream
 
 
+def test_a_stream_goes_on_over_offsets_the_broker_lacks_once_they_are_passed() -> None:
+    progress = _progress(10)
+    progress.returned(LABELED, [10], 10)
+    assert progress.take(LABELED, 10, "agent") == "next"
+    progress.processed(LABELED, 10)
+    progress.returned(LABELED, [15], 11)  # 11-14: transaction markers; the frontier passes them
+    assert progress.limit(LABELED) == 15
+    assert progress.take(LABELED, 15, "agent") == "next"
+
+
 def test_each_stream_of_a_partition_keeps_its_own_place() -> None:
     progress = _progress(0)
     progress.returned(LABELED, range(0, 4), 0)
