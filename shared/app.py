@@ -216,8 +216,9 @@ async def consume(
     model, logged with its traceback, and the message is still dead-lettered so nothing is lost.
     """
     processing = metrics.child(metrics.PROCESSING_SECONDS, service)
+    next_in_order = in_order(stream)
     async for event in stream.events():
-        if not in_order(stream, event):
+        if not next_in_order(event):
             continue
         message = event.message
         metrics.child(metrics.EVENTS_IN, service, message.topic).inc()
@@ -230,13 +231,15 @@ async def consume(
         _observe_processing(processing, [event], started)
 
 
-def in_order(stream: faust.Stream, event: EventT) -> bool:
-    """Whether `event` is the next record of its partition, which its stream may process now;
-    one that came too early is left for a refetch (`DriftlineConsumer.take`)."""
+def in_order(stream: faust.Stream) -> Callable[[EventT], bool]:
+    """The check, resolved once per stream as it runs for every event, whether an event of
+    `stream` is the next record of its partition, which the stream may process now; one that
+    came too early is left for a refetch (`DriftlineConsumer.take`)."""
     consumer = stream.app.consumer
     if not isinstance(consumer, DriftlineConsumer):
-        return True
-    return consumer.take(event.message, stream.prefix)
+        return lambda event: True
+    take, prefix = consumer.take, stream.prefix
+    return lambda event: take(event.message, prefix)
 
 
 @contextmanager
@@ -290,8 +293,9 @@ async def consume_batches(
     outputs were lost (`OutputsLostError`): then the worker stops and replays the batch.
     """
     processing = metrics.child(metrics.PROCESSING_SECONDS, service)
+    next_in_order = in_order(stream)
     async for taken in stream.take_events(max_events, within_seconds):
-        events = [event for event in taken if in_order(stream, event)]
+        events = [event for event in taken if next_in_order(event)]
         if not events:
             continue
         started = time.monotonic()

@@ -399,7 +399,7 @@ class StreamProgress:
         ledger = self._ledgers.get(tp)
         if ledger is None:
             return "next"
-        expected = self.next_to_take(tp, stream)
+        expected = _next_to_take(ledger, stream)
         if expected is None or offset == expected or _absent(ledger, expected, offset):
             ledger.taken[stream] = offset + 1
             return "next"
@@ -407,11 +407,7 @@ class StreamProgress:
 
     def next_to_take(self, tp: TP, stream: str) -> int | None:
         """The offset of the record `stream` must process next on `tp` (None: any)."""
-        ledger = self._ledgers[tp]
-        taken, frontier = ledger.taken.get(stream), ledger.frontier
-        if taken is None or frontier is None:
-            return frontier if taken is None else taken
-        return max(taken, frontier)  # the frontier passes absent offsets before a stream does
+        return _next_to_take(self._ledgers[tp], stream)
 
     def untake(self, tp: TP, offset: int, stream: str | None = None) -> None:
         """The record at `offset` was taken but not processed by `stream` (None: by any; its
@@ -467,6 +463,13 @@ class StreamProgress:
     def behind(self, tp: TP) -> int:
         """How many records of `tp` beyond its hole were processed already."""
         return len(self._ledgers[tp].done)
+
+
+def _next_to_take(ledger: _Ledger, stream: str) -> int | None:
+    taken, frontier = ledger.taken.get(stream), ledger.frontier
+    if taken is None or frontier is None:
+        return frontier if taken is None else taken
+    return max(taken, frontier)  # the frontier passes absent offsets before a stream does
 
 
 def _absent(ledger: _Ledger, start: int, end: int) -> bool:
@@ -628,7 +631,7 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
         fetched does that already. One the stream took before is skipped."""
         tp = message.tp
         progress = self.progress
-        verdict = progress.take(tp, message.offset, stream) if progress.tracks(tp) else "next"
+        verdict = progress.take(tp, message.offset, stream)  # "next" for an untracked partition
         if verdict != "early":
             return verdict == "next"
         self._abandoned.add(message)
