@@ -90,9 +90,10 @@ class ModelBackend(ABC):
     def predict(self, features: dict[str, FeatureValue], entity_id: str) -> Answer:
         """The model's answer for one event's features."""
 
-    def predict_many(self, rows: Sequence[Row]) -> list[Answer | ModelError]:
+    async def predict_many(self, rows: Sequence[Row]) -> list[Answer | ModelError]:
         """An answer or the error for each row, in order; one row's error spares the others.
-        Backends whose model scores a whole batch in one call faster override this."""
+        Backends whose model scores a whole batch in one call faster override this; those that
+        wait on a network (a V2 endpoint) await it here, and the router asks its models at once."""
         return [self._predict_or_error(features, entity_id) for features, entity_id in rows]
 
     def _predict_or_error(
@@ -149,17 +150,17 @@ class MlflowBackend(ModelBackend):
         """Drop the loaded model."""
         self._model = self._classifier = None
 
-    def predict_many(self, rows: Sequence[Row]) -> list[Answer | ModelError]:
+    async def predict_many(self, rows: Sequence[Row]) -> list[Answer | ModelError]:
         """A classifier scores every row in one `predict_proba` call on one array (scikit-learn's
         cost is mostly per call); a failing batch, or another model, goes row by row."""
         if self._classifier is None or self._inputs is None or len(rows) == 1:
-            return super().predict_many(rows)
+            return await super().predict_many(rows)
         inputs = self._inputs
         try:
             table = np.asarray([[f[name] for name in inputs] for f, _ in rows], dtype=float)
             scores = self._classifier.predict_proba(table)
         except Exception:
-            return super().predict_many(rows)
+            return await super().predict_many(rows)
         classes = self._classifier.classes_
         labels = [str(c) for c in classes]
         return [

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from services.tools.terminal import JsonOption, print_empty, print_json, quiet_logging, stdout
 from shared import settings as cfg
-from shared.errors import DriftlineError
-from shared.events import StreamSchema, describe_problem, encode
+from shared.deploying import stream_from_file
+from shared.events import encode
 from shared.topics import STREAMS
 
 streams_app = typer.Typer(no_args_is_help=True, help="Declared streams (what raw events hold).")
@@ -23,20 +22,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(streams_app, name="streams")
 
 
-def load_schema(path: Path) -> StreamSchema:
-    """A stream declaration from a JSON file; a mistake raises one readable error."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DriftlineError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return StreamSchema.model_validate_json(text)
-    except ValidationError as exc:
-        raise DriftlineError(
-            f"{path} is not a stream declaration: {describe_problem(exc)}"
-        ) from None
-
-
 @streams_app.command("declare")
 def declare(
     file: Annotated[Path, typer.Option("--file", "-f", help="JSON file of a StreamSchema.")],
@@ -44,7 +29,7 @@ def declare(
     """Declare (or re-declare) a stream; ingestion workers apply it without a restart."""
     from shared.admin import publish
 
-    schema = load_schema(file)
+    schema = stream_from_file(file)
     settings = cfg.load(cfg.DriftlineSettings)
     asyncio.run(publish(settings, STREAMS, schema.name, encode(schema)))
     stdout().print(f"declared stream {schema.name} ({len(schema.features)} features)")

@@ -17,12 +17,6 @@ from collections.abc import Sequence
 import faust
 from faust.types import EventT
 
-from services.router.logic import (
-    DeploymentIndex,
-    VariantsFailedError,
-    answer_calls,
-    plan_calls,
-)
 from shared import metrics
 from shared import settings as cfg
 from shared.app import (
@@ -39,6 +33,12 @@ from shared.errors import DriftlineError, ModelError
 from shared.events import FeatureEvent, decode, encode
 from shared.global_tables import deployment_table, watched_global_table
 from shared.logging import get_logger
+from shared.routing import (
+    DeploymentIndex,
+    VariantsFailedError,
+    answer_calls,
+    plan_calls,
+)
 from shared.topics import FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
 
 SERVICE = "router"
@@ -93,7 +93,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
         calls, unrouted = plan_calls(decoded, index)
         reasons.update(unrouted)
         backends = {uri: await backend(uri) for uri in {c.variant.model_uri for c in calls}}
-        predictions, failures = answer_calls(calls, backends)
+        predictions, failures = await answer_calls(calls, backends)
         await send_records(
             predictions_topic,
             SERVICE,

@@ -9,13 +9,10 @@ topic (routers, learners, the drift service) takes as "no such deployment".
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
 from services.tools.terminal import (
     DryRunOption,
@@ -29,12 +26,12 @@ from services.tools.terminal import (
     stdout,
 )
 from shared import settings as cfg
+from shared.deploying import check_deployable, deployment_from_file, deployment_from_options
 from shared.errors import DriftlineError, UnknownDeploymentError
-from shared.events import Deployment, RoutingRule, Variant, describe_problem
+from shared.events import Deployment
 
 deployments_app = typer.Typer(no_args_is_help=True, help="Deployments the routers serve.")
 models_app = typer.Typer(no_args_is_help=True, help="Models in the MLflow registry.")
-_CONDITION = re.compile(r"^\s*(?P<field>[\w.-]+)\s*(?P<op>==|!=|<=|>=|<|>|\sin\s)\s*(?P<value>.+)$")
 
 
 def register(app: typer.Typer) -> None:
@@ -42,93 +39,6 @@ def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy)
     app.add_typer(deployments_app, name="deployments")
     app.add_typer(models_app, name="models")
-
-
-def parse_rule(text: str) -> tuple[RoutingRule, str]:
-    """``tier==premium=models:/fraud@premium`` as (rule, model URI); the value is read as JSON
-    when it is JSON (numbers, true, lists), else as text."""
-    condition, _, uri = text.rpartition("=")
-    match = _CONDITION.match(condition)
-    if not uri or match is None:
-        raise DriftlineError(
-            f"rule {text!r}: expected <field><op><value>=<model uri>, e.g. tier==premium=online:m"
-        )
-    raw_value = match["value"].strip()
-    try:
-        value: Any = json.loads(raw_value)
-    except ValueError:
-        value = raw_value
-    return RoutingRule(field=match["field"], op=match["op"].strip(), value=value), uri
-
-
-def deployment_from_options(
-    name: str,
-    stream: str,
-    champion: str,
-    canary: str | None = None,
-    canary_weight: float = 0.0,
-    rules: list[str] | None = None,
-    shadows: list[str] | None = None,
-) -> Deployment:
-    """The deployment the `deploy` options describe; a mistake raises one readable line."""
-    try:
-        variants = [Variant(name="champion", role="champion", model_uri=champion)]
-        if canary is not None:
-            variants.append(
-                Variant(name="canary", role="canary", model_uri=canary, weight=canary_weight)
-            )
-        for i, text in enumerate(rules or [], start=1):
-            rule, uri = parse_rule(text)
-            variants.append(Variant(name=f"rule-{i}", role="rule", model_uri=uri, rule=rule))
-        for i, uri in enumerate(shadows or [], start=1):
-            variants.append(Variant(name=f"shadow-{i}", role="shadow", model_uri=uri))
-        return Deployment(name=name, stream=stream, variants=variants)
-    except ValidationError as exc:
-        raise DriftlineError(f"deployment {name!r}: {describe_problem(exc)}") from None
-
-
-def deployment_from_file(path: Path) -> Deployment:
-    """A deployment from a JSON file."""
-    try:
-        return Deployment.model_validate_json(path.read_text())
-    except OSError as exc:
-        raise DriftlineError(f"cannot read {path}: {exc.strerror}") from None
-    except ValidationError as exc:
-        raise DriftlineError(f"{path} is not a deployment: {describe_problem(exc)}") from None
-
-
-class UndeclaredStreamError(DriftlineError):
-    """A deployment answers a stream nobody declared: ingestion would dead-letter its events."""
-
-    def __init__(self, deployment: str, stream: str) -> None:
-        self.deployment = deployment
-        self.stream = stream
-        super().__init__(
-            f"deployment {deployment!r}: stream {stream!r} is not declared "
-            "(`driftline streams declare --file ...` first; `driftline streams list` shows them)"
-        )
-
-
-async def check_deployable(settings: cfg.DriftlineSettings, deployment: Deployment) -> None:
-    """Refuse a deployment the routers could not serve: a model URI of no known form, a stream
-    that is not declared, an MLflow model, version or alias that does not exist. Cheapest
-    first: the URIs, then Kafka, then MLflow."""
-    from shared.admin import live_streams
-    from shared.model_uris import RegistryUri, check_model_uri
-
-    for variant in deployment.variants:
-        check_model_uri(variant.model_uri)
-    if deployment.stream not in await live_streams(settings):
-        raise UndeclaredStreamError(deployment.name, deployment.stream)
-    from shared.registry import MlflowRegistry  # MLflow only once the cheaper checks passed
-
-    registry = MlflowRegistry(settings.mlflow_tracking_uri)
-    for variant in deployment.variants:
-        parts = RegistryUri.parse(variant.model_uri)
-        if parts is not None:
-            await asyncio.to_thread(
-                registry.resolve, variant.model_uri, parts.name, parts.alias, parts.version
-            )
 
 
 def deploy(

@@ -16,7 +16,6 @@ from pydantic import SecretStr
 
 import shared.app
 from services.router.app import build
-from services.router.logic import entity_share
 from shared.events import (
     Deployment,
     FeatureEvent,
@@ -25,6 +24,7 @@ from shared.events import (
     Variant,
     encode,
 )
+from shared.routing import entity_share
 from shared.settings import DriftlineSettings, RouterSettings
 from shared.signing import KeyRing, sign_snapshot
 from tests.support.faust_doubles import (

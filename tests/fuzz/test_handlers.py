@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pickle
 from typing import Any
@@ -22,7 +23,6 @@ from services.ingestion.logic import (
 )
 from services.ingestion.state import PartitionState
 from services.learner.logic import OnlineLearner, learner_for, training_examples
-from services.router.logic import DeploymentIndex, answer_calls, plan_calls
 from shared.backends import Answer, ModelBackend
 from shared.errors import DriftlineError
 from shared.events import (
@@ -39,6 +39,7 @@ from shared.events import (
     decode,
     encode,
 )
+from shared.routing import DeploymentIndex, answer_calls, plan_calls
 from tests.fuzz.strategies import HOSTILE_NUMBERS, JSON_VALUES, mutated, schema_shaped
 from tests.support.samples import AT, SAMPLES
 
@@ -221,7 +222,7 @@ def test_router(events: list[bytes], answers: list[tuple[Any, Any]]) -> None:
     decoded = [(i, e) for i, data in enumerate(events) if (e := declared(FeatureEvent, data))]
     calls, _ = plan_calls(decoded, index)
     backends = {uri: Hostile(uri, list(answers)) for uri in index.model_uris()}
-    predictions, failures = answer_calls(calls, backends)
+    predictions, failures = asyncio.run(answer_calls(calls, backends))
     for prediction in predictions:
         assert decode(Prediction, encode(prediction), "fuzz") == prediction
     assert all(isinstance(error, DriftlineError) for f in failures.values() for *_, error in f)

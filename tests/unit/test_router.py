@@ -13,17 +13,6 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from sklearn.linear_model import LogisticRegression
 
-from services.router.commands import deployment_from_options, parse_rule
-from services.router.logic import (
-    DeploymentIndex,
-    NoDeploymentError,
-    answer_calls,
-    choose_variants,
-    entity_share,
-    plan_calls,
-    prediction_for,
-    rule_matches,
-)
 from shared.backends import (
     Answer,
     MlflowBackend,
@@ -33,6 +22,7 @@ from shared.backends import (
     SnapshotStore,
     backend_for,
 )
+from shared.deploying import deployment_from_options, parse_rule
 from shared.errors import (
     DriftlineError,
     ModelError,
@@ -46,6 +36,16 @@ from shared.events import (
     RoutingRule,
     Variant,
     encode,
+)
+from shared.routing import (
+    DeploymentIndex,
+    NoDeploymentError,
+    answer_calls,
+    choose_variants,
+    entity_share,
+    plan_calls,
+    prediction_for,
+    rule_matches,
 )
 from shared.signing import KeyRing, sign_snapshot
 from tests.support.hostile import marker_pickle, payload_only_signature
@@ -282,12 +282,12 @@ class Echo(ModelBackend):
             raise WrongFeaturesError(self.uri, "negative amount")
         return Answer(self.uri, "1", features["amount"], None)
 
-    def predict_many(self, rows: Any) -> list[Answer | ModelError]:
+    async def predict_many(self, rows: Any) -> list[Answer | ModelError]:
         Echo.calls += 1
-        return super().predict_many(rows)
+        return await super().predict_many(rows)
 
 
-def test_a_batch_asks_each_model_once_and_keeps_event_order_and_failures_apart() -> None:
+async def test_a_batch_asks_each_model_once_and_keeps_event_order_and_failures_apart() -> None:
     two = Deployment(
         name="two",
         stream="payments",
@@ -316,7 +316,7 @@ def test_a_batch_asks_each_model_once_and_keeps_event_order_and_failures_apart()
     ]
     gone = UnknownModelError("m:gone", "no such model")
     Echo.calls = 0
-    predictions, failures = answer_calls(calls, {"m:champ": Echo("m:champ"), "m:gone": gone})
+    predictions, failures = await answer_calls(calls, {"m:champ": Echo("m:champ"), "m:gone": gone})
 
     assert Echo.calls == 1
     assert [(p.entity_id, p.outcome.output) for p in predictions] == [("u1", 1.0), ("u4", 4.0)]
@@ -328,16 +328,16 @@ def test_a_batch_asks_each_model_once_and_keeps_event_order_and_failures_apart()
     assert isinstance(failures[2][0][2], WrongFeaturesError)
 
 
-def test_an_mlflow_classifier_scores_a_batch_in_one_call_with_the_per_event_answers() -> None:
+async def test_an_mlflow_classifier_scores_a_batch_in_one_call_with_the_per_event_answers() -> None:
     model = LogisticRegression().fit([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]], [0, 0, 1, 1])
     backend = MlflowBackend("models:/clf/1", "http://unused")
     backend._classifier, backend._model, backend._inputs = model, model, ["a", "b"]
     rows = [({"a": 0.5, "b": 1.0}, "u1"), ({"a": 2.5, "b": 0.0}, "u2")]
 
-    batch = backend.predict_many(rows)
+    batch = await backend.predict_many(rows)
     assert batch == [backend.predict(features, entity) for features, entity in rows]
     assert [answer.output for answer in batch if isinstance(answer, Answer)] == [0, 1]
-    broken = backend.predict_many([*rows, ({"a": 1.0}, "u3")])
+    broken = await backend.predict_many([*rows, ({"a": 1.0}, "u3")])
     assert broken[:2] == batch
     assert isinstance(broken[2], WrongFeaturesError)
 
@@ -370,13 +370,13 @@ class Unusable(ModelBackend):
         return Answer(self.uri, "1", "yes", probabilities)
 
 
-def test_an_answer_no_prediction_may_hold_fails_that_event_only() -> None:
+async def test_an_answer_no_prediction_may_hold_fails_that_event_only() -> None:
     index = DeploymentIndex.empty()
     index.apply("fraud", DEPLOYMENT)
     events = [(i, event(f"u{i}", amount=amount)) for i, amount in enumerate([-1.0, 0.0, 2.0])]
     calls, _ = plan_calls(events, index)
     backends = {uri: Unusable(uri) for uri in index.model_uris()}
-    predictions, failures = answer_calls(calls, backends)
+    predictions, failures = await answer_calls(calls, backends)
 
     assert {p.entity_id for p in predictions} == {"u2"}
     problems = {position: str(f[0][2]) for position, f in failures.items()}

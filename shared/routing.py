@@ -1,4 +1,4 @@
-"""Routing feature events to model variants, without Kafka.
+"""Routing feature events to model variants, without Kafka: the router's and the gateway's rules.
 
 For each deployment of an event's stream: the first rule variant whose rule matches serves the
 event; otherwise a canary serves it if the entity's stable hash falls in the canary's share;
@@ -7,6 +7,7 @@ otherwise the champion. Shadows answer every event but are never served.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import operator
 import time
@@ -218,11 +219,12 @@ def plan_calls(
     return calls, unrouted
 
 
-def answer_calls(
+async def answer_calls(
     calls: Sequence[Call], backends: Mapping[str, ModelBackend | ModelError]
 ) -> tuple[list[Prediction], dict[int, list[Failure]]]:
-    """Ask each model once for all its calls of the batch; the predictions in call order, and
-    the failures by event position (an event's other variants still predict).
+    """Ask each model once for all its calls of the batch, every model at the same time; the
+    predictions in call order, and the failures by event position (an event's other variants
+    still predict).
 
     A prediction's `latency_ms` is its model call's time divided by the rows it scored.
     """
@@ -231,19 +233,25 @@ def answer_calls(
         by_uri.setdefault(call.variant.model_uri, []).append(i)
     answers: list[Answer | ModelError | None] = [None] * len(calls)
     latency_ms = [0.0] * len(calls)
-    for uri, members in by_uri.items():
-        backend = backends[uri]
-        if isinstance(backend, ModelError):
-            for i in members:
-                answers[i] = backend
-            continue
+
+    async def ask(backend: ModelBackend, members: list[int]) -> None:
         started = time.perf_counter()
-        results = backend.predict_many(
+        results = await backend.predict_many(
             [(calls[i].event.features, calls[i].event.entity_id) for i in members]
         )
         share = (time.perf_counter() - started) * 1000 / len(members)
         for i, result in zip(members, results, strict=True):
             answers[i], latency_ms[i] = result, share
+
+    asks = []
+    for uri, members in by_uri.items():
+        backend = backends[uri]
+        if isinstance(backend, ModelError):
+            for i in members:
+                answers[i] = backend
+        else:
+            asks.append(ask(backend, members))
+    await asyncio.gather(*asks)
     predictions: list[Prediction] = []
     failures: dict[int, list[Failure]] = {}
     for call, answer, latency in zip(calls, answers, latency_ms, strict=True):
