@@ -185,10 +185,20 @@ def durable_producer(settings: DriftlineSettings, **options: Any) -> AIOKafkaPro
 async def publish(settings: DriftlineSettings, topic: Topic, key: str, value: bytes | None) -> None:
     """Write one record (e.g. a deployment or stream declaration; None: a tombstone, which
     removes the key) and wait until it is stored."""
+    await publish_all(settings, [(topic, key, value)])
+
+
+async def publish_all(
+    settings: DriftlineSettings, records: Sequence[tuple[Topic, str, bytes | None]]
+) -> None:
+    """Write `records` (topic, key, value or None for a tombstone) one after the other through
+    one producer, each stored before the next is sent: a reader of several topics never sees
+    a record before one it depends on (a deployment before its stream's declaration)."""
     writer = durable_producer(settings)
     try:
         await writer.start()
-        await writer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)
+        for topic, key, value in records:
+            await writer.send_and_wait(topic.full_name(settings), key=key.encode(), value=value)
     finally:
         await writer.stop()
 

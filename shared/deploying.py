@@ -9,6 +9,7 @@ import asyncio
 import difflib
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +87,22 @@ class UndeclaredStreamError(DriftlineError):
         )
 
 
-async def check_deployable(settings: cfg.DriftlineSettings, deployment: Deployment) -> None:
+async def check_deployable(
+    settings: cfg.DriftlineSettings, deployment: Deployment, streams: Collection[str] | None = None
+) -> None:
     """Refuse a deployment the routers could not serve: a model URI of no known form, a stream
     that is not declared, an MLflow model, version or alias that does not exist. Cheapest
-    first: the URIs, then Kafka, then MLflow."""
+    first: the URIs, then Kafka, then MLflow. `streams`: the declared streams' names, when the
+    caller has read them (and adds those it publishes first, as `driftline apply` does); None
+    reads them from the topic."""
     from shared.admin import live_streams
     from shared.model_uris import RegistryUri, check_model_uri
 
     for variant in deployment.variants:
         check_model_uri(variant.model_uri)
-    if deployment.stream not in await live_streams(settings):
+    if streams is None:
+        streams = await live_streams(settings)
+    if deployment.stream not in streams:
         raise UndeclaredStreamError(deployment.name, deployment.stream)
     from shared.registry import MlflowRegistry  # MLflow only once the cheaper checks passed
 

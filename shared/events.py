@@ -127,7 +127,9 @@ class Event(BaseModel):
     """Base of every record on a topic. No float field takes NaN or infinity: JSON has no such
     numbers, so such a record would be written with null there and could never be read back."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="ignore", allow_inf_nan=False
+    )
 
     schema_version: int = 1
 
@@ -366,7 +368,7 @@ class ModelSnapshot(Event):
 class RoutingRule(BaseModel):
     """Send events whose feature `field` compares to `value` by `op` to a variant."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     field: Identifier
     op: Literal["==", "!=", "<", "<=", ">", ">=", "in"] = "=="
@@ -376,7 +378,7 @@ class RoutingRule(BaseModel):
 class Variant(BaseModel):
     """One model serving (or shadowing) a deployment."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     name: Identifier
     role: VariantRole
@@ -392,7 +394,7 @@ class Variant(BaseModel):
 class OnlineModelSpec(BaseModel):
     """An online model the learner trains for a deployment."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     model_id: Identifier
     model_type: Identifier
@@ -407,7 +409,7 @@ class RetrainSpec(BaseModel):
     """How a deployment's batch model is retrained after a drift alert, and how the new version
     is tried before it may serve."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     trainer: str = "shared.trainers:gradient_boosting"
     """``package.module:function`` taking (features DataFrame, labels Series), returning a fitted
@@ -425,7 +427,7 @@ class RetrainSpec(BaseModel):
 class PromotionPolicy(BaseModel):
     """When a challenger may replace the champion (see `shared.promotion.decide`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     min_samples: int = Field(default=500, ge=1)
     """Labeled outcomes each variant needs before any decision."""
@@ -513,7 +515,7 @@ FeatureType = Literal["numeric", "categorical", "boolean"]
 class FeatureSpec(BaseModel):
     """One declared feature of a stream: its type and what values it may take."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     name: Identifier
     type: FeatureType = "numeric"
@@ -539,7 +541,7 @@ class WindowedAggregate(BaseModel):
     Added to each feature event as ``<field>_count_<minutes>m`` and ``<field>_mean_<minutes>m``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
 
     field: Identifier
     minutes: int = Field(ge=1, le=24 * 60)
