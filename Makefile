@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift
+.PHONY: schemas demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ bench-drift: $(STAMP)
 # The integration suite runs the quick set (tests/integration/test_chaos.py).
 chaos: $(STAMP)
 	$(BIN)/python -m loadtest.chaos $(CHAOS_ARGS)
+
+# The JSON Schema of specs for editors and CI (`driftline schema`), committed under schemas/;
+# tests/unit/test_specs.py fails when they no longer match shared/events.py.
+schemas: $(STAMP)
+	$(BIN)/driftline schema > schemas/spec.schema.json
+	$(BIN)/driftline schema deployment > schemas/deployment.schema.json
+	$(BIN)/driftline schema stream > schemas/stream.schema.json
 
 kafka-start: $(STAMP)
 	$(BIN)/driftline kafka start

@@ -27,8 +27,8 @@ from shared.events import Deployment, StreamSchema, describe_problem
 SpecKind = Literal["Deployment", "Stream"]
 Record = Deployment | StreamSchema
 RECORDS: dict[SpecKind, type[Deployment] | type[StreamSchema]] = {
-    "Deployment": Deployment,
     "Stream": StreamSchema,
+    "Deployment": Deployment,
 }
 """What each kind of spec stands for; streams first, the order they are published in (a
 deployment may answer a stream declared by the same apply)."""
@@ -94,15 +94,19 @@ def spec_from_document(document: object, source: str) -> Spec:
     return Spec(kind, record, source)
 
 
-def parse_specs(text: str, path: str) -> list[Spec]:
-    """Every spec of one file's text (empty documents skipped), numbered from 1 in errors."""
+def load_documents(text: str, path: str) -> list[object]:
+    """The YAML documents of one file's text, as `_Loader` reads them (None for an empty one)."""
     try:
-        documents = list(yaml.load_all(text, Loader=_Loader))
+        return list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
         raise SpecError(path, f"not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def parse_specs(text: str, path: str) -> list[Spec]:
+    """Every spec of one file's text (empty documents skipped), numbered from 1 in errors."""
     return [
         spec_from_document(document, f"{path} document {n}")
-        for n, document in enumerate(documents, start=1)
+        for n, document in enumerate(load_documents(text, path), start=1)
         if document is not None
     ]
 

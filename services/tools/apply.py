@@ -34,16 +34,22 @@ from shared.errors import DriftlineError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from shared.specs import Action, Change, Plan, Spec, SpecKind
+    from shared.specs import Action, Plan, Spec, SpecKind
 
-DONE: dict[Action, tuple[str, str]] = {
-    "create": ("created", "would create"),
-    "change": ("changed", "would change"),
-    "unchanged": ("unchanged", "unchanged"),
-    "prune": ("pruned", "would prune"),
+DONE: dict[Action, str] = {
+    "create": "created",
+    "change": "changed",
+    "unchanged": "unchanged",
+    "prune": "pruned",
 }
-"""Each action as the output names it: done, and in a dry run. The first is also its key in
-``--json`` output."""
+"""Each action as the output names it once done; also its key in ``--json`` output."""
+PENDING: dict[Action, str] = {
+    "create": "to create",
+    "change": "to change",
+    "unchanged": "unchanged",
+    "prune": "to prune",
+}
+"""Each action as a dry run counts it."""
 _DIFF_STYLES = {"+": "green", "-": "red", "@": "cyan"}
 
 
@@ -95,30 +101,37 @@ def report(plan: Plan, dry_run: bool) -> dict[str, Any]:
     "diff"}`` (``diff``: unified-diff lines, live against new, empty when unchanged), and the
     live deployments no spec names that stay (``unmanaged``, ``{"kind", "name"}``)."""
     shown: dict[str, Any] = {"dry_run": dry_run}
-    for action, (done, _) in DONE.items():
+    for action, done in DONE.items():
         shown[done] = [{"kind": c.kind, "name": c.name, "diff": c.diff} for c in plan.of(action)]
     shown["unmanaged"] = [{"kind": "Deployment", "name": name} for name in plan.unmanaged]
     return shown
 
 
-def _print_change(console: Console, change: Change, dry_run: bool) -> None:
+def _print_plan(console: Console, plan: Plan, pending: bool) -> None:
+    """Each change with its diff, as done or (`pending`) as it would be done, and the live
+    deployments left alone."""
     from rich.text import Text
 
-    console.print(f"{DONE[change.action][dry_run]} {change.kind} {change.name}", highlight=False)
-    for line in change.diff:
-        console.print(Text(f"  {line}", style=_DIFF_STYLES.get(line[:1], "")), highlight=False)
+    for change in plan.changes:
+        done = f"would {change.action}" if pending and change.action != "unchanged" else None
+        console.print(f"{done or DONE[change.action]} {change.kind} {change.name}", highlight=False)
+        for line in change.diff:
+            console.print(Text(f"  {line}", style=_DIFF_STYLES.get(line[:1], "")), highlight=False)
+    if plan.unmanaged:
+        console.print(
+            f"not in the specs, kept: Deployment {', '.join(plan.unmanaged)} "
+            "(--prune deletes them)",
+            highlight=False,
+        )
 
 
 def _summary(plan: Plan, dry_run: bool) -> str:
-    counts = [
-        f"{len(plan.of(action))} {DONE[action][dry_run].removeprefix('would ')}"
-        for action in DONE
-        if plan.of(action)
-    ]
+    words = PENDING if dry_run else DONE
+    counts = [f"{len(plan.of(action))} {words[action]}" for action in DONE if plan.of(action)]
     if not plan.to_publish:
         return f"nothing to apply: {', '.join(counts)}; nothing published"
     if dry_run:
-        return f"dry run, nothing published: would {', '.join(counts)}"
+        return f"dry run, nothing published: {', '.join(counts)}"
     return f"applied: {', '.join(counts)}"
 
 
@@ -156,16 +169,10 @@ def apply_command(
     bound_mlflow_requests()
     plan = asyncio.run(checked_plan(settings, specs, prune))
     console = stdout()
-    if not as_json:
-        for change in plan.changes:
-            _print_change(console, change, dry_run)
-        if plan.unmanaged:
-            console.print(
-                f"not in the specs, kept: Deployment {', '.join(plan.unmanaged)} "
-                "(--prune deletes them)",
-                highlight=False,
-            )
     pruned = [change.name for change in plan.of("prune")]
+    asks = bool(pruned) and not dry_run and not yes
+    if asks and not as_json:
+        _print_plan(console, plan, pending=True)  # what the question is about
     if pruned and not dry_run:
         confirm(f"prune (delete) deployments {', '.join(pruned)}?", yes)
     if plan.to_publish and not dry_run:
@@ -177,8 +184,10 @@ def apply_command(
         asyncio.run(publish_all(settings, records))
     if as_json:
         print_json(report(plan, dry_run))
-    else:
-        console.print(_summary(plan, dry_run), highlight=False)
+        return
+    if not asks:
+        _print_plan(console, plan, pending=dry_run)
+    console.print(_summary(plan, dry_run), highlight=False)
 
 
 def schema_command(

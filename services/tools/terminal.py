@@ -8,6 +8,7 @@ import): `driftline --help` loads it.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Annotated, Any
@@ -58,12 +59,14 @@ def print_empty(console: Console, what: str) -> None:
 
 
 def quiet_logging(settings: DriftlineSettings) -> None:
-    """Log as the settings say on stderr (skipped records...), without aiokafka's own lines:
-    a failed Kafka call is reported once, by the command, as one line."""
+    """Log as the settings say on stderr (skipped records...), without aiokafka's own lines or
+    urllib3's "Retrying" warnings under MLflow's client: a failed Kafka or MLflow call is
+    reported once, by the command, as one line."""
     from shared.logging import configure_logging
 
     configure_logging("cli", settings.log_level, settings.log_format)
     hold_kafka_client_logs()
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def bound_mlflow_requests() -> None:

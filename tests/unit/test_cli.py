@@ -108,6 +108,7 @@ def _closed_port_env() -> dict[str, str]:
         ["deployments", "delete", "fraud", "--yes"],
         ["streams", "list"],
         ["streams", "declare", "--file", "{stream_file}"],
+        ["apply", "-f", "{spec_file}", "--dry-run"],
         ["alerts", "list"],
         ["trace", "ev-1"],
         ["promote", "--deployment", "fraud", "--yes"],
@@ -119,8 +120,11 @@ def test_with_the_broker_down_a_command_is_one_line_and_exit_3(
 ) -> None:
     stream_file = tmp_path / "stream.json"
     stream_file.write_text('{"name": "payments", "features": [{"name": "amount"}]}')
+    spec_file = tmp_path / "stream.yaml"
+    spec_file.write_text("kind: Stream\nname: payments\nfeatures: [{name: amount}]\n")
     env = _closed_port_env()
-    result = _driftline(*(arg.format(stream_file=stream_file) for arg in command), **env)
+    files = {"stream_file": stream_file, "spec_file": spec_file}
+    result = _driftline(*(arg.format(**files) for arg in command), **env)
     assert result.returncode == 3, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: Kafka at {env['DRIFTLINE_KAFKA_BROKER']} is unavailable (")
@@ -169,6 +173,29 @@ def test_deploy_refuses_a_bad_model_uri_before_it_reaches_kafka(uri: str, proble
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: unknown model: {uri}: {problem}")
+
+
+def test_apply_refuses_a_bad_spec_before_it_reaches_kafka(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("kind: Stream\nname: payments\nfeatures: [{name: amount}]\n")
+    (tmp_path / "b.yaml").write_text("kind: Deployment\nname: fraud\nstream: payments\n")
+    result = _driftline("apply", "-f", str(tmp_path), **_closed_port_env())
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / 'b.yaml'} document 1: Deployment 'fraud': variants: Field required"
+    ]
+    empty = _driftline("apply", "-f", str(tmp_path / "a.yaml"), "-f", str(tmp_path / "none"))
+    assert (empty.returncode, empty.stderr) == (
+        2,
+        f"error: {tmp_path / 'none'}: no such file or directory\n",
+    )
+
+
+def test_schema_prints_the_json_schema_of_a_spec() -> None:
+    result = _driftline("schema", "stream")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["$ref"] == "#/$defs/StreamSchema"
+    assert schema["$defs"]["StreamSchema"]["properties"]["kind"]["const"] == "Stream"
 
 
 def test_settings_show_type_default_and_value_unwrapped_when_piped() -> None:
