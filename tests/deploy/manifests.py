@@ -12,7 +12,7 @@ import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -25,6 +25,9 @@ from shared.settings import (
     env_variables,
 )
 from shared.topics import ALL_TOPICS
+
+if TYPE_CHECKING:
+    from shared.specs import Spec
 
 Manifest = dict[str, Any]
 
@@ -134,15 +137,16 @@ def workloads(docs: list[Manifest]) -> list[tuple[Manifest, Manifest]]:
 
 def component_of(container: Manifest) -> str | None:
     """The long-running component a container runs: a service's worker (``args: [<service>,
-    worker]``) or the retrain job (``[retrain, serve]``); None for ``topics create``."""
+    worker]``) or the retrain job (``[retrain, serve]``); None for the one-shot Jobs,
+    ``topics create`` and ``apply --file <specs>``."""
     args = container.get("args", [])
     if len(args) == 2 and args[1] == "worker":
         assert args[0] in SERVICE_SETTINGS, f"unknown service in args {args}"
         return args[0]
     if args == [RETRAIN, "serve"]:
         return RETRAIN
-    assert args == ["topics", "create"], (
-        f"a container runs neither a worker, the retrain job nor topics: {args}"
+    assert args == ["topics", "create"] or args[:2] == ["apply", "--file"], (
+        f"a container runs neither a worker, the retrain job, topics nor apply: {args}"
     )
     return None
 
@@ -513,3 +517,28 @@ def check_retrain_network_policies(
     for rule in egress:
         ports = {p["port"] for p in rule["ports"]}
         assert ports == {port}, f"the drift pods reach the retrain job on {ports}, not {port}"
+
+
+def check_specs_job(docs: list[Manifest]) -> list[Spec]:
+    """The specs Job applies, after each install and upgrade, the specs ConfigMap it mounts
+    where `driftline apply --file` reads, with MLflow's credentials to check the models; the
+    specs it would apply, read as `driftline apply` reads them."""
+    from shared.specs import parse_specs
+
+    [job] = [j for j in of_kind(docs, "Job") if name_of(j).endswith("-specs")]
+    where = name_of(job)
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade", where
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    path = container["args"][2]
+    configmap = by_name(docs, "ConfigMap")[volumes[mounts[path]]["configMap"]["name"]]
+    env = container_env(docs, container)
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(env), where
+    assert all(env[name].source == "secret" for name in FOREIGN_VARIABLES), where
+    return [
+        spec
+        for name, text in sorted(configmap["data"].items())
+        for spec in parse_specs(text, f"{name_of(configmap)}/{name}")
+    ]

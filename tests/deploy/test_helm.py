@@ -15,6 +15,7 @@ import yaml
 
 from shared import access
 from shared.settings import SERVICE_SETTINGS, DriftlineSettings, RetrainSettings, env_variables
+from shared.specs import Spec, read_specs
 from shared.topics import ALL_TOPICS
 from tests.deploy import manifests as m
 from tests.deploy.conftest import CHART, KUBE_VERSION, ROOT, SCENARIOS, helm_template, run, tool
@@ -121,6 +122,25 @@ def test_retrain_job_runs_retrain_serve_with_its_settings_and_takes_the_drift_we
     assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {
         "driftline", "driftline-retrain", "driftline-drift-to-retrain"
     }  # fmt: skip
+
+
+def test_specs_in_values_are_applied_by_a_hook_as_the_files_of_deploy_specs_are(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["specs-values.yaml"])
+    rendered = m.check_specs_job(docs)
+    [job] = [j for j in m.of_kind(docs, "Job") if m.name_of(j).endswith("-specs")]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][3:] == ["--prune", "--yes"]
+    examples = read_specs([ROOT / "deploy" / "specs"])
+    loans = [s for s in rendered if s.record.name == "loans"]
+    assert sorted(_as_written(s) for s in rendered if s not in loans) == sorted(
+        _as_written(s) for s in examples
+    )
+    assert [s.kind for s in loans] == ["Deployment"]
+
+
+def _as_written(spec: Spec) -> tuple[str, str]:
+    return spec.kind, spec.record.model_dump_json(exclude={"updated_at"})
 
 
 def test_kafka_and_mlflow_ports_are_open_only_towards_the_peers_of_the_values() -> None:

@@ -278,18 +278,25 @@ env:
         name: {{ include "driftline.hmacSecretName" . }}
         key: {{ .Values.hmac.stateKey }}
   {{- include "driftline.saslEnv" $principal | nindent 2 }}
-  {{- with .Values.mlflow.existingSecret }}
-  - name: MLFLOW_TRACKING_USERNAME
-    valueFrom:
-      secretKeyRef:
-        name: {{ . }}
-        key: {{ $principal.root.Values.mlflow.usernameKey }}
-  - name: MLFLOW_TRACKING_PASSWORD
-    valueFrom:
-      secretKeyRef:
-        name: {{ . }}
-        key: {{ $principal.root.Values.mlflow.passwordKey }}
-  {{- end }}
+  {{- include "driftline.mlflowEnv" . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+MLflow's own client variables for its basic auth, from `mlflow.existingSecret` (none without).
+*/}}
+{{- define "driftline.mlflowEnv" -}}
+{{- with .Values.mlflow.existingSecret }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.mlflow.usernameKey }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.mlflow.passwordKey }}
 {{- end }}
 {{- end }}
 
