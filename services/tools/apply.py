@@ -81,8 +81,7 @@ async def checked_plan(settings: cfg.DriftlineSettings, specs: list[Spec], prune
     from shared.events import Deployment
     from shared.specs import SpecError, plan
 
-    streams = await live_streams(settings)
-    deployments = await live_deployments(settings)
+    streams, deployments = await asyncio.gather(live_streams(settings), live_deployments(settings))
     declared = set(streams) | {s.record.name for s in specs if s.kind == "Stream"}
     for spec in specs:
         if not isinstance(spec.record, Deployment):
