@@ -104,15 +104,18 @@ async def check_deployable(
         streams = await live_streams(settings)
     if deployment.stream not in streams:
         raise UndeclaredStreamError(deployment.name, deployment.stream)
+    in_registry = [
+        (variant.model_uri, parts)
+        for variant in deployment.variants
+        if (parts := RegistryUri.parse(variant.model_uri)) is not None
+    ]
+    if not in_registry:
+        return  # online models only: MLflow is neither imported (seconds) nor asked
     from shared.registry import MlflowRegistry  # MLflow only once the cheaper checks passed
 
     registry = MlflowRegistry(settings.mlflow_tracking_uri)
-    for variant in deployment.variants:
-        parts = RegistryUri.parse(variant.model_uri)
-        if parts is not None:
-            await asyncio.to_thread(
-                registry.resolve, variant.model_uri, parts.name, parts.alias, parts.version
-            )
+    for uri, parts in in_registry:
+        await asyncio.to_thread(registry.resolve, uri, parts.name, parts.alias, parts.version)
 
 
 def stream_from_file(path: Path) -> StreamSchema:
