@@ -151,7 +151,16 @@ def test_apply_round_trips_a_directory_of_specs(
     assert out.splitlines()[-1] == "nothing to apply: 2 unchanged; nothing published"
     assert _records_on_topics_of_record(pipeline) == published + 1
 
-    # --prune deletes the deployment whose file was deleted
+    # --prune deletes the deployment whose file was deleted, once confirmed: without a terminal
+    # to ask on, it shows what it would delete and refuses unless given --yes
+    asked = pipeline.driftline("apply", "-f", str(specs), "--prune")
+    assert (asked.returncode, asked.stderr) == (
+        2,
+        "error: prune (delete) deployments loans? needs confirmation: pass --yes "
+        "(no terminal to ask on)\n",
+    )
+    assert "would prune Deployment loans" in asked.stdout.splitlines()
+    assert "loans" in asyncio.run(live_deployments(pipeline.settings))
     code, out = apply("--prune", "--yes", "--json")
     assert code == 0, out
     pruned = json.loads(out)
