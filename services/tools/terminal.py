@@ -78,10 +78,11 @@ def bound_mlflow_requests() -> None:
 
 def confirm(question: str, yes: bool) -> None:
     """Ask `question` before a change to production; `--yes` skips it, and without a terminal
-    to ask on the command refuses rather than guess."""
+    to ask on the command refuses rather than guess. The question goes to stderr, so stdout
+    holds only the result (`--json` stays parseable)."""
     if yes:
         return
     if not sys.stdin.isatty():
         raise DriftlineError(f"{question} needs confirmation: pass --yes (no terminal to ask on)")
-    if not typer.confirm(question, default=False):
+    if not typer.confirm(question, default=False, err=True):
         raise typer.Exit(1)
