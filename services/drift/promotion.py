@@ -97,23 +97,36 @@ def add_promotion(
         if deployment is None:
             return
         challengers = [(v, uri.name, uri.version) for v, uri in challenger_variants(deployment)]
-        swaps = {v.name for v in swap_challengers(deployment)}
-        challengers += [(v, None, None) for v in deployment.variants if v.name in swaps]
+        challengers += [(v, None, None) for v in swap_challengers(deployment)]
         if not challengers:
             return
         labeled = decode(LabeledPrediction, message.value, message.topic)
         lineage = lineage_of(labeled.provenance, message.topic, message.partition, message.offset)
         for variant, registered, pinned in challengers:
-            # A swapped challenger is known by what it answered (its server names the model).
             answered = next((o for o in labeled.outcomes if o.variant == variant.name), None)
-            model = registered or (answered.model_name if answered is not None else None)
-            version = pinned or (answered.model_version if answered is not None else None)
-            if model is None or version is None:
-                continue
-            key = orjson.dumps([deployment.name, model, version])
-            trial = sealed.loads(key, trials.get(key)) or Trial(
-                deployment.name, model, variant.name, version, swapped=variant.name in swaps
-            )
+            if registered is None:
+                # Swapped in by URI: its trial is the URI's, and takes the model's name and
+                # version from its first answer (nothing counts before that one anyway).
+                key = orjson.dumps([deployment.name, variant.model_uri])
+                trial = sealed.loads(key, trials.get(key))
+                if trial is None:
+                    if answered is None:
+                        continue
+                    trial = Trial(
+                        deployment.name,
+                        answered.model_name,
+                        variant.name,
+                        answered.model_version,
+                        swapped=True,
+                    )
+            else:
+                version = pinned or (answered.model_version if answered is not None else None)
+                if version is None:
+                    continue
+                key = orjson.dumps([deployment.name, registered, version])
+                trial = sealed.loads(key, trials.get(key)) or Trial(
+                    deployment.name, registered, variant.name, version
+                )
             if trial.decided is not None:
                 if not trial.executed:
                     await run(trial, deployment)
