@@ -457,7 +457,8 @@ class PromotionDecision(Event):
     decision_id: Identifier = Field(default_factory=new_id)
     deployment: Identifier
     model_name: Identifier
-    """Registered model both the champion and the challenger are versions of."""
+    """Registered model both the champion and the challenger are versions of; for a challenger
+    on another backend (a V2 endpoint, `shared.rollout.swap_challengers`), the challenger's."""
     champion_version: str | None = None
     """None when an operator decides without live numbers."""
     challenger_version: str

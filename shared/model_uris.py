@@ -68,6 +68,22 @@ class V2Uri:
         return path if self.version is None else f"{path}/versions/{self.version}"
 
 
+LATEST = "latest"
+"""Version a V2 URI without ``/versions/<v>`` names: whatever the server serves."""
+
+
+def model_identity(uri: str) -> tuple[str, str]:
+    """The model and version a URI names, as an operator's promotion decision records them: a
+    registry model's name and version (or ``@<alias>``), a V2 endpoint's model and version (or
+    `LATEST`), an online model's id and ``online``."""
+    registered, endpoint = RegistryUri.parse(uri), V2Uri.parse(uri)
+    if registered is not None:
+        return registered.name, registered.version or f"@{registered.alias}"
+    if endpoint is not None:
+        return endpoint.model, endpoint.version or LATEST
+    return uri.removeprefix(ONLINE_PREFIX), "online"
+
+
 def pinned_uri(model_name: str, version: str) -> str:
     """``models:/<name>/<version>``: one version, whatever the aliases do."""
     return f"models:/{model_name}/{version}"

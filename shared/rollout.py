@@ -131,6 +131,21 @@ def swap_challengers(deployment: Deployment) -> list[Variant]:
     ]
 
 
+def find_swap_challenger(deployment: Deployment) -> Variant | None:
+    """The deployment's one challenger swapped in by URI (`swap_challengers`); None if it has
+    none; `NoChallengerError` if it has several, or a registry challenger too."""
+    swaps = swap_challengers(deployment)
+    if not swaps:
+        return None
+    others = [v for v, _ in challenger_variants(deployment)]
+    if len(swaps) > 1 or others:
+        names = ", ".join(sorted(v.name for v in [*swaps, *others]))
+        raise NoChallengerError(
+            deployment.name, f"several challengers (variants {names}): remove all but one first"
+        )
+    return swaps[0]
+
+
 def swapped(deployment: Deployment, variant_name: str, promoted: bool) -> Deployment:
     """`deployment` without the variant `variant_name`; when `promoted`, its champion serves that
     variant's URI. The deployment itself when it has no such variant (already done)."""

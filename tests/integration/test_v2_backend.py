@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 
+from services.tools.promotion import carry_out, describe, plan
 from shared.admin import publish, read_compacted
 from shared.deploying import check_deployable
 from shared.errors import DriftlineError
@@ -219,6 +220,39 @@ async def test_deploy_checks_a_v2_endpoint_against_the_stream(
     down = await refusal("v2+http://127.0.0.1:9/fraud")
     assert down.exit_code == 3
     assert str(down).startswith("endpoint unavailable: v2+http://127.0.0.1:9/fraud: ")
+
+
+async def test_an_operator_promotes_a_v2_challenger_by_republishing_the_deployment(
+    pipeline: Pipeline,
+) -> None:
+    champion, challenger = "v2+http://127.0.0.1:9/fraud", "v2+http://127.0.0.1:9/fraud/versions/2"
+    variants = [
+        Variant(name="champion", role="champion", model_uri=champion),
+        Variant(name="canary", role="canary", model_uri=challenger, weight=0.1),
+    ]
+    deployment = Deployment(name="fraud", stream="payments", variants=variants)
+    await publish(pipeline.settings, DEPLOYMENTS, "fraud", encode(deployment))
+    registry = MlflowRegistry("http://127.0.0.1:9")  # no alias moves: never asked
+
+    override = await plan(pipeline.settings, registry, "fraud", "promote", None)
+    assert describe(override.decision, done=False) == (
+        "would promote fraud version 2 in fraud (champion was latest)"
+    )
+    await carry_out(pipeline.settings, registry, override)
+    live = (await read_compacted(pipeline.settings, DEPLOYMENTS))[b"fraud"]
+    promoted = decode(Deployment, live, DEPLOYMENTS.name)
+    assert [(v.name, v.role, v.model_uri) for v in promoted.variants] == [
+        ("champion", "champion", challenger)
+    ]
+    [published] = await consume_until(
+        pipeline.bootstrap, [pipeline.topic(DECISIONS)], lambda rs: len(rs) >= 1
+    )
+    decision = decode(PromotionDecision, published.value, DECISIONS.name)
+    assert (decision.action, decision.decided_by, decision.challenger_variant) == (
+        "promote",
+        "operator",
+        "canary",
+    )
 
 
 def _outcomes(records: list[Record], predictions: str) -> dict[str, list[str]]:

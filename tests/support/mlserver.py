@@ -146,7 +146,7 @@ class LocalMlserver:
     def stop(self) -> None:
         """Stop it (SIGTERM to its process group, SIGKILL after a grace period)."""
         if self._process is not None and self._process.poll() is None:
-            stop_group(self._process.pid, timeout=5.0)
+            stop_group(self._process.pid, timeout=3.0)
         self._process = None
 
     def tail(self, lines: int = 40) -> str:

@@ -12,8 +12,14 @@ from shared.backends import backend_for
 from shared.breaker import CircuitBreaker
 from shared.errors import UnknownModelError, WrongFeaturesError
 from shared.events import Deployment, StreamSchema, Variant
-from shared.model_uris import V2Uri, check_model_uri
-from shared.rollout import challenger_variants, swap_challengers, swapped
+from shared.model_uris import V2Uri, check_model_uri, model_identity
+from shared.rollout import (
+    NoChallengerError,
+    challenger_variants,
+    find_swap_challenger,
+    swap_challengers,
+    swapped,
+)
 from shared.v2 import (
     EndpointRefusedError,
     ModelMetadata,
@@ -227,3 +233,25 @@ def test_which_variants_are_swapped_in() -> None:
     assert swap_challengers(_deployment("models:/a@champion", "models:/a/2")) == []
     assert swap_challengers(_deployment("models:/a@champion", "online:a")) == []
     assert swap_challengers(_deployment(URI, "online:a")) == []
+
+
+def test_an_operator_finds_the_one_challenger_on_another_backend() -> None:
+    deployment = _deployment("models:/fraud@champion", URI + "/versions/3")
+    found = find_swap_challenger(deployment)
+    assert found is not None and found.name == "challenger"
+    assert model_identity(found.model_uri) == ("fraud", "3")
+    assert model_identity(URI) == ("fraud", "latest")
+    assert model_identity("models:/fraud@champion") == ("fraud", "@champion")
+    assert find_swap_challenger(_deployment("models:/a@champion", "models:/a/2")) is None
+    both = deployment.model_copy(
+        update={
+            "variants": [
+                *deployment.variants,
+                Variant(name="shadow", role="shadow", model_uri="models:/fraud/2"),
+            ]
+        }
+    )
+    with pytest.raises(
+        NoChallengerError, match=r"several challengers \(variants challenger, shadow\)"
+    ):
+        find_swap_challenger(both)
