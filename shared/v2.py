@@ -35,7 +35,14 @@ import orjson
 from shared import metrics
 from shared.backends import Answer, ModelBackend, Probabilities, Row
 from shared.breaker import CircuitBreaker
-from shared.errors import ModelError, UnknownModelError, WrongFeaturesError
+from shared.errors import (
+    CircuitOpenError,
+    EndpointError,
+    EndpointRefusedError,
+    ModelError,
+    UnknownModelError,
+    WrongFeaturesError,
+)
 from shared.events import FeatureValue, Label, StreamSchema
 from shared.logging import get_logger
 from shared.model_uris import V2_FORM, V2Uri
@@ -50,30 +57,6 @@ UNVERSIONED = "unversioned"
 """Version of an answer when neither the server nor the URI names one."""
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 _INTS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
-
-
-class EndpointError(ModelError):
-    """A V2 endpoint did not answer (refused, timed out, failed with 5xx, not ready): try again
-    later (exit 3 at the CLI)."""
-
-    kind = "endpoint unavailable"
-    code = "endpoint_unavailable"
-    exit_code = 3
-
-
-class CircuitOpenError(EndpointError):
-    """A V2 endpoint failed repeatedly; it is not asked until its breaker lets a probe through."""
-
-    kind = "circuit open"
-    code = "circuit_open"
-
-
-class EndpointRefusedError(ModelError):
-    """A V2 endpoint answered, but refused the request (4xx) or gave an answer that cannot be
-    read: the request or the model is at fault, not the server's availability."""
-
-    kind = "endpoint refused"
-    code = "endpoint_refused"
 
 
 @dataclass(frozen=True, slots=True)

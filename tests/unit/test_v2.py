@@ -10,7 +10,7 @@ import pytest
 
 from shared.backends import backend_for
 from shared.breaker import CircuitBreaker
-from shared.errors import UnknownModelError, WrongFeaturesError
+from shared.errors import EndpointRefusedError, UnknownModelError, WrongFeaturesError
 from shared.events import Deployment, StreamSchema, Variant
 from shared.model_uris import V2Uri, check_model_uri, model_identity
 from shared.rollout import (
@@ -21,7 +21,6 @@ from shared.rollout import (
     swapped,
 )
 from shared.v2 import (
-    EndpointRefusedError,
     ModelMetadata,
     V2Backend,
     encode_row,
