@@ -348,25 +348,21 @@ class V2Backend(ModelBackend):
         except ModelError as exc:
             return [exc] * len(rows)
         metadata = self.metadata
-        results: list[Answer | ModelError | None] = [None] * len(rows)
-        asked: list[int] = []
-        encoded: list[dict[str, FeatureValue]] = []
+        answers: dict[int, Answer | ModelError] = {}
+        encoded: dict[int, dict[str, FeatureValue]] = {}
         for i, (features, _) in enumerate(rows):
             try:
-                encoded.append(encode_row(self.uri, metadata, features))
-                asked.append(i)
+                encoded[i] = encode_row(self.uri, metadata, features)
             except ModelError as exc:
-                results[i] = exc
-        if asked:
+                answers[i] = exc
+        if encoded:
             try:
-                answers = await self._infer(metadata, encoded)
+                answered = await self._infer(metadata, list(encoded.values()))
             except ModelError as exc:
-                for i in asked:
-                    results[i] = exc
+                answers.update((i, exc) for i in encoded)
             else:
-                for i, answer in zip(asked, answers, strict=True):
-                    results[i] = answer
-        return [r for r in results if r is not None]
+                answers.update(zip(encoded, answered, strict=True))
+        return [answers[i] for i in range(len(rows))]
 
     async def _infer(
         self, metadata: ModelMetadata, rows: list[dict[str, FeatureValue]]
@@ -380,18 +376,15 @@ class V2Backend(ModelBackend):
         return [Answer(name, version, output, probabilities) for output, probabilities in read]
 
     async def _read_metadata(self) -> ModelMetadata:
+        """The model's metadata, tried `metadata_attempts` times with backoff (a read is safe to
+        repeat)."""
         url = f"{self.endpoint.base_url}{self.endpoint.model_path}"
-        delay = 0.1
-        for attempt in range(1, self.options.metadata_attempts + 1):
+        for attempt in range(self.options.metadata_attempts - 1):
             try:
-                body = await self._request("GET", url, None, retry_connect=False)
-                return ModelMetadata.parse(self.uri, body)
+                return ModelMetadata.parse(self.uri, await self._request("GET", url, None, False))
             except EndpointError:
-                if attempt == self.options.metadata_attempts:
-                    raise
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                await asyncio.sleep(0.1 * 2**attempt)
+        return ModelMetadata.parse(self.uri, await self._request("GET", url, None, False))
 
     async def _guarded(self, request: Awaitable[T]) -> T:
         """Await `request`, telling the breaker whether the endpoint answered: a refusal (4xx)

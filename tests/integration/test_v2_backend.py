@@ -294,8 +294,14 @@ async def test_an_mlserver_outage_loses_no_event_and_serving_resumes(
         )
         return _outcomes(records, topics[0])
 
-    before = await send_and_account(_events("before", 100, seed=1))
-    assert all(before[f"before-{i}"] == ["predicted"] for i in range(100))
+    lacking = _events("lacking", 1, seed=0)[0].model_copy(update={"features": {"age": 3}})
+    before = await send_and_account([*_events("before", 100, seed=1), lacking])
+    assert all(before[f"before-{i}"] == ["predicted"] for i in range(100)), (
+        "one bad row spoils none"
+    )
+    assert before["lacking-0"] == [
+        f"wrong feature set: {uri}: event lacks amount (deployment 'fraud', variant 'champion')"
+    ]
 
     mlserver.kill()
     outcomes: dict[str, list[str]] = {}
