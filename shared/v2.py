@@ -136,10 +136,6 @@ class ModelMetadata:
         names = [o.name for o in self.outputs if o is not proba]
         return LABEL_OUTPUT if LABEL_OUTPUT in names else next(iter(names), None)
 
-    def missing_inputs(self, features: Sequence[str]) -> list[str]:
-        """The declared inputs that are not among `features` (the deploy-time check)."""
-        return [spec.name for spec in self.inputs if spec.name not in features]
-
 
 _ACCEPTS: dict[str, frozenset[str]] = {
     "numeric": _FLOATS | _INTS,
