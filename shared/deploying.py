@@ -9,7 +9,7 @@ import asyncio
 import difflib
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,29 +88,37 @@ class UndeclaredStreamError(DriftlineError):
 
 
 async def check_deployable(
-    settings: cfg.DriftlineSettings, deployment: Deployment, streams: Collection[str] | None = None
+    settings: cfg.DriftlineSettings,
+    deployment: Deployment,
+    streams: Mapping[str, StreamSchema] | None = None,
 ) -> None:
     """Refuse a deployment the routers could not serve: a model URI of no known form, a stream
-    that is not declared, an MLflow model, version or alias that does not exist. Cheapest
-    first: the URIs, then Kafka, then MLflow. `streams`: the declared streams' names, when the
-    caller has read them (and adds those it publishes first, as `driftline apply` does); None
-    reads them from the topic."""
+    that is not declared, an MLflow model, version or alias that does not exist, a V2 endpoint
+    that is not ready or whose model takes inputs the stream's events do not hold. Cheapest
+    first: the URIs, then Kafka, then the V2 endpoints, then MLflow. `streams`: the declared
+    streams by name, when the caller has read them (and adds those it publishes first, as
+    `driftline apply` does); None reads them from the topic."""
     from shared.admin import live_streams
-    from shared.model_uris import RegistryUri, check_model_uri
+    from shared.model_uris import V2_PREFIXES, RegistryUri, check_model_uri
+    from shared.v2 import V2Backend, V2Options
 
     for variant in deployment.variants:
         check_model_uri(variant.model_uri)
     if streams is None:
         streams = await live_streams(settings)
-    if deployment.stream not in streams:
+    stream = streams.get(deployment.stream)
+    if stream is None:
         raise UndeclaredStreamError(deployment.name, deployment.stream)
+    for uri in sorted({v.model_uri for v in deployment.variants}):
+        if uri.startswith(V2_PREFIXES):
+            await V2Backend(uri, V2Options(metadata_attempts=1)).check_serves(stream)
     in_registry = [
         (variant.model_uri, parts)
         for variant in deployment.variants
         if (parts := RegistryUri.parse(variant.model_uri)) is not None
     ]
     if not in_registry:
-        return  # online models only: MLflow is neither imported (seconds) nor asked
+        return  # no registry model: MLflow is neither imported (seconds) nor asked
     from shared.registry import MlflowRegistry  # MLflow only once the cheaper checks passed
 
     registry = MlflowRegistry(settings.mlflow_tracking_uri)

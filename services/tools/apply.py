@@ -78,11 +78,13 @@ async def checked_plan(settings: cfg.DriftlineSettings, specs: list[Spec], prune
     outage stays an outage (exit 3)."""
     from shared.admin import live_deployments, live_streams
     from shared.deploying import check_deployable
-    from shared.events import Deployment
+    from shared.events import Deployment, StreamSchema
     from shared.specs import SpecError, plan
 
     streams, deployments = await asyncio.gather(live_streams(settings), live_deployments(settings))
-    declared = set(streams) | {s.record.name for s in specs if s.kind == "Stream"}
+    declared = streams | {
+        s.record.name: s.record for s in specs if isinstance(s.record, StreamSchema)
+    }
     for spec in specs:
         if not isinstance(spec.record, Deployment):
             continue
