@@ -7,13 +7,16 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from shared.localkafka import LocalKafka
 from shared.localmlflow import LocalMlflow
-from tests.support.mlserver import V2_MODEL, LocalMlserver, threshold_model, write_model
 from tests.support.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from tests.support.mlserver import LocalMlserver
 
 # Tests run with the public development keys; every worker they start inherits this. A test of
 # the refusal turns it off explicitly.
@@ -85,6 +88,9 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlserver
     (18081; gRPC on the next port, no metrics server), serving `V2_MODEL`: a classifier of
     ``amount > 0.5`` trained here. Stopped at the end, whatever failed; a test may kill and
     restart it."""
+    # scikit-learn only for the runs that serve a model, not for every test run's start
+    from tests.support.mlserver import V2_MODEL, LocalMlserver, threshold_model, write_model
+
     repository = tmp_path_factory.mktemp("mlserver") / "models"
     write_model(repository, threshold_model(V2_MODEL, cut=0.5))
     port = int(os.environ.get("DRIFTLINE_TEST_MLSERVER_PORT", "18081"))
