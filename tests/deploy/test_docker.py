@@ -38,7 +38,10 @@ def test_image_is_multi_stage_slim_non_root_and_healthchecked() -> None:
     assert 'ENTRYPOINT ["driftline"]' in final
     for build_tool in ("apt-get", "gcc", "build-essential", "pip install"):
         assert build_tool not in final, f"the final stage runs {build_tool}"
-    assert "pip install --no-cache-dir ." in text
+    assert "pip install --no-cache-dir --require-hashes -r requirements-runtime.lock" in text
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in text
+    assert "--invalidation-mode unchecked-hash" in text, "bytecode stamped with build times"
+    assert re.search(r"(?m)^ARG SOURCE_DATE_EPOCH=", text)
 
 
 def test_dockerignore_lets_in_what_the_build_copies() -> None:
@@ -50,7 +53,8 @@ def test_dockerignore_lets_in_what_the_build_copies() -> None:
 
 def test_mlflow_server_runs_the_version_the_services_use_with_its_auth_app() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("mlflow[auth]==")]
+    server = pyproject["project"]["optional-dependencies"]["server"]
+    (pin,) = [d for d in server if d.startswith("mlflow[auth]==")]
     assert f'"{pin}"' in (ROOT / "deploy" / "mlflow" / "Dockerfile").read_text()
 
 
