@@ -142,8 +142,9 @@ class LocalMlflow:
         except importlib.metadata.PackageNotFoundError:
             # The image and a plain install carry mlflow-skinny, the client, without the server.
             raise DriftlineError(
-                "the MLflow server is not installed here (only its client is): "
-                "pip install 'driftline[server]', or point DRIFTLINE_MLFLOW_TRACKING_URI at yours"
+                "the MLflow server is not installed here (only its client, mlflow-skinny, is): "
+                "install Driftline with its server extra, or point DRIFTLINE_MLFLOW_TRACKING_URI "
+                "at an MLflow server"
             ) from None
         self.workdir.mkdir(parents=True, exist_ok=True)
         mlflow = Path(sys.executable).with_name("mlflow")
