@@ -76,7 +76,7 @@ def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
         m.check_topics(docs)
 
 
-def test_defaults_make_topics_with_the_job_and_generate_hmac_keys(
+def test_defaults_make_topics_with_the_job_and_keep_the_hmac_secret(
     helm_renderings: dict[str, Path], load: Load
 ) -> None:
     docs = load(helm_renderings["default-values.yaml"])
