@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from services.tools.terminal import JsonOption, print_empty, print_json, quiet_logging, stdout
+from services.tools.terminal import JsonOption, print_listing, quiet_logging, stdout
 from shared import settings as cfg
 from shared.deploying import stream_from_file
-from shared.events import encode
+from shared.events import StreamSchema, encode
 from shared.topics import STREAMS
 
 streams_app = typer.Typer(no_args_is_help=True, help="Declared streams (what raw events hold).")
@@ -45,12 +45,9 @@ def list_streams(as_json: JsonOption = False) -> None:
     settings = cfg.load(cfg.DriftlineSettings)
     quiet_logging(settings)  # skipped records, on stderr
     found = sorted(asyncio.run(live_streams(settings)).values(), key=lambda s: s.name)
-    if as_json:
-        print_json(found)
-        return
-    console = stdout()
-    if not found:
-        print_empty(console, "declared streams")
-    for schema in found:
-        features = ", ".join(f"{f.name}:{f.type}" for f in schema.features)
-        console.print(f"{schema.name}  {features}", highlight=False)
+    print_listing(found, "declared streams", stream_line, as_json)
+
+
+def stream_line(schema: StreamSchema) -> str:
+    """A declared stream and its features, ``name  feature:type, ...``."""
+    return f"{schema.name}  {', '.join(f'{f.name}:{f.type}' for f in schema.features)}"

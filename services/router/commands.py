@@ -22,6 +22,7 @@ from services.tools.terminal import (
     confirm,
     print_empty,
     print_json,
+    print_listing,
     quiet_logging,
     stdout,
 )
@@ -102,17 +103,9 @@ def list_deployments(as_json: JsonOption = False) -> None:
     settings = cfg.load(cfg.DriftlineSettings)
     quiet_logging(settings)  # skipped records, on stderr
     found = sorted(asyncio.run(live_deployments(settings)).values(), key=lambda d: d.name)
-    if as_json:
-        print_json(found)
-        return
-    console = stdout()
-    if not found:
-        print_empty(console, "deployments")
-    for deployment in found:
-        console.print(
-            f"{deployment.name}  stream={deployment.stream}  {variants_line(deployment)}",
-            highlight=False,
-        )
+    print_listing(
+        found, "deployments", lambda d: f"{d.name}  stream={d.stream}  {variants_line(d)}", as_json
+    )
 
 
 @deployments_app.command("delete")

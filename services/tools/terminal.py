@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 import pydantic_core
 import typer
@@ -26,6 +27,8 @@ YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for con
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Say what would be done, change nothing.")
 ]
+
+T = TypeVar("T")
 
 PIPED_WIDTH = 10_000
 """Width of the console when stdout is not a terminal: lines are never wrapped for `grep`."""
@@ -56,6 +59,19 @@ def print_json(value: Any) -> None:
 def print_empty(console: Console, what: str) -> None:
     """Say that a listing found nothing, rather than printing nothing at all."""
     console.print(f"no {what}", highlight=False)
+
+
+def print_listing(records: Sequence[T], what: str, line: Callable[[T], str], as_json: bool) -> None:
+    """Print what a `list` command found, as they all do: with ``--json`` the records as an array
+    alone on stdout; otherwise one line per record from `line`, or "no <what>" when none."""
+    if as_json:
+        print_json(list(records))
+        return
+    console = stdout()
+    if not records:
+        print_empty(console, what)
+    for record in records:
+        console.print(line(record), highlight=False)
 
 
 def quiet_logging(settings: DriftlineSettings) -> None:

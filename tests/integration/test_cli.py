@@ -93,6 +93,7 @@ async def test_deploy_checks_listings_and_a_deleted_deployment_is_no_longer_serv
     assert driftline(*deploy) == (0, "deployed fraud on stream payments: champion=online:fraud-lr")
     [listed] = json.loads(driftline("streams", "list", "--json")[1])
     assert (listed["name"], [f["name"] for f in listed["features"]]) == ("payments", ["amount"])
+    assert driftline("streams", "list") == (0, f"payments  amount:{listed['features'][0]['type']}")
     [deployed] = json.loads(driftline("deployments", "list", "--json")[1])
     assert (deployed["name"], deployed["stream"]) == ("fraud", "payments")
     assert [(v["name"], v["role"], v["model_uri"]) for v in deployed["variants"]] == [
