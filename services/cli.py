@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.console.commands import register as register_console
 from services.demo.commands import register as register_demo
 from services.tools.promotion import register as register_promotion
 from services.tools.retrain import register as register_retrain
@@ -100,6 +101,7 @@ register_trace(app)
 register_status(app)
 register_promotion(app)
 register_retrain(app)
+register_console(app)
 
 
 SecureOption = Annotated[

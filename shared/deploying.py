@@ -122,8 +122,9 @@ def stream_from_file(path: Path) -> StreamSchema:
         ) from None
 
 
-BOOKKEEPING = frozenset({"updated_at"})
-"""Fields a publisher stamps anew on every record; a change of these alone is no change."""
+BOOKKEEPING = frozenset({"updated_at", "updated_by"})
+"""Fields a publisher stamps anew on every record (when, and who); a change of these alone is
+no change."""
 
 
 def describe_change(live: BaseModel | None, new: BaseModel | None) -> list[str]:
