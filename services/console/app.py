@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode, urlparse
 
 import jinja2
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from markupsafe import Markup
@@ -131,7 +132,7 @@ class Console:
         """Listen on ``web_host:web_port``, start reading the topics and asking the services."""
         self._spawn(self._read_topics())
         self._spawn(self._watch_services())
-        self._runner = web.AppRunner(self.web_app())
+        self._runner = web.AppRunner(self.web_app(), shutdown_timeout=5)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.common.web_host, self.own.web_port).start()
         log.info("console listening", host=self.common.web_host, port=self.own.web_port)
@@ -218,9 +219,7 @@ class Console:
                 for batch in (await reader.getmany(timeout_ms=500)).values():
                     for record in batch:
                         self._take(record.topic, record.partition, record.offset, record)
-                if not self.ready.is_set() and all(
-                    await reader.position(p) >= end for p, end in ends.items()
-                ):
+                if not self.ready.is_set() and await _caught_up(reader, ends):
                     self.ready.set()
                     log.info("console caught up", alerts=len(self.view.alerts))
         finally:
@@ -275,7 +274,7 @@ class Console:
         console unhealthy (503), so its orchestrator restarts it."""
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("console task failed", error=repr(task.exception()))
+            log.error("console task failed", exc_info=task.exception())
             self.ready.clear()
             self.failed = True
 
@@ -544,6 +543,14 @@ class Console:
         return web.Response(
             body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+async def _caught_up(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether the reader is at or past `ends` on every partition."""
+    for partition, end in ends.items():
+        if await reader.position(partition) < end:
+            return False
+    return True
 
 
 async def serve(common: DriftlineSettings, own: ConsoleSettings) -> None:

@@ -21,6 +21,7 @@ def console_command() -> None:
     deployments, alerts live, trials, traces, and forms to change deployments (settings
     DRIFTLINE_CONSOLE_*; it needs a token or a trusted proxy header to let anyone in)."""
     from services.console.app import serve
+    from services.tools.terminal import bound_mlflow_requests
     from shared.logging import configure_logging
 
     common = cfg.load(cfg.DriftlineSettings)
@@ -32,6 +33,7 @@ def console_command() -> None:
             "the console lets nobody in without a token or DRIFTLINE_CONSOLE_TRUSTED_USER_HEADER; "
             "set one (e.g. openssl rand -hex 32)",
         )
+    bound_mlflow_requests()  # a page waits seconds, not minutes, for an MLflow that is down
     configure_logging("console", common.log_level, common.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(common, own))

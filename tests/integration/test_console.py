@@ -1,0 +1,328 @@
+"""The operator console in a real browser (Debian's Chromium driven by Playwright) against a live
+pipeline on the real broker and MLflow: each page loads; a deployment made through the form is
+served by the router; an alert arrives on an open page without a reload; a challenger is
+promoted from its page; access needs a token, viewers cannot change anything and a form without
+its token is refused. Screenshots of each page go to docs/img/."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+from sklearn.linear_model import LogisticRegression
+
+from shared.admin import publish
+from shared.events import (
+    DataWindow,
+    Deployment,
+    DriftAlert,
+    FeatureEvent,
+    FeatureSpec,
+    Feedback,
+    PromotionDecision,
+    StreamSchema,
+    Variant,
+    decode,
+    encode,
+)
+from shared.registry import MlflowRegistry, register_sklearn_model
+from shared.topics import (
+    ALERTS,
+    DECISIONS,
+    DEPLOYMENTS,
+    FEATURES,
+    FEEDBACK,
+    PREDICTIONS,
+    PREDICTIONS_LABELED,
+    STREAMS,
+)
+from tests.support.kafka import Record, consume_until, produce
+from tests.support.pipeline import Pipeline
+from tests.support.workers import Worker
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+EDITOR, VIEWER = "editor-secret", "viewer-secret"
+WAIT_MS = 60_000
+
+
+def _model(cut: float) -> LogisticRegression:
+    amounts = np.linspace(0, 1, 400)
+    return LogisticRegression(C=1000).fit(
+        pd.DataFrame({"amount": amounts}), (amounts > cut).astype(int)
+    )
+
+
+@dataclass
+class Live:
+    """The running pipeline, the console's address and the registered model's name."""
+
+    pipeline: Pipeline
+    url: str
+    model: str
+    mlflow_uri: str
+
+
+async def _declare(pipeline: Pipeline, *streams: str) -> None:
+    for stream in streams:
+        schema = StreamSchema(name=stream, features=[FeatureSpec(name="amount", min=0, max=1)])
+        await publish(pipeline.settings, STREAMS, stream, encode(schema))
+
+
+def _features(prefix: str, stream: str, n: int) -> list[tuple[str, FeatureEvent]]:
+    return [
+        (
+            f"user-{i}",
+            FeatureEvent(
+                event_id=f"{prefix}-{i}",
+                stream=stream,
+                entity_id=f"user-{i}",
+                event_time=datetime.now(UTC),
+                features={"amount": i / n},
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+async def live(pipeline: Pipeline, mlflow_uri: str) -> AsyncIterator[Live]:
+    """Router and feedback workers, a deployment ``fraud`` with a shadow challenger (version 2
+    of a fresh model), and the console, all running."""
+    name = f"fraud-{uuid.uuid4().hex[:8]}"
+    for cut in (0.8, 0.5):
+        register_sklearn_model(mlflow_uri, name, _model(cut), pd.DataFrame({"amount": [0.1]}))
+    registry = MlflowRegistry(mlflow_uri)
+    registry.set_alias(name, "champion", "1")
+    registry.set_alias(name, "challenger", "2")
+    await _declare(pipeline, "payments", "loans")
+    fraud = Deployment(
+        name="fraud",
+        stream="payments",
+        variants=[
+            Variant(name="champion", role="champion", model_uri=f"models:/{name}@champion"),
+            Variant(name="challenger", role="shadow", model_uri=f"models:/{name}/2"),
+        ],
+    )
+    await publish(pipeline.settings, DEPLOYMENTS, "fraud", encode(fraud))
+    mlflow = {"DRIFTLINE_MLFLOW_TRACKING_URI": mlflow_uri}
+    workers = {
+        "router": Worker(
+            "router",
+            {**pipeline.env, **mlflow, "DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "1"},
+            pipeline.workdir / "router.log",
+        ),
+        "feedback": Worker("feedback", pipeline.env, pipeline.workdir / "feedback.log"),
+    }
+    health = {s: f"http://127.0.0.1:{w.port}/health" for s, w in workers.items()}
+    console = Worker(
+        "console",
+        {
+            **pipeline.env,
+            **mlflow,
+            "DRIFTLINE_CONSOLE_EDITOR_TOKEN": EDITOR,
+            "DRIFTLINE_CONSOLE_VIEWER_TOKEN": VIEWER,
+            "DRIFTLINE_CONSOLE_REFRESH_S": "1",
+            "DRIFTLINE_HEALTH_URLS": json.dumps(health),
+        },
+        pipeline.workdir / "console.log",
+        argv=["-m", "services.cli", "console"],
+    )
+    started = [*workers.values(), console]
+    pipeline.workers.extend(started)
+    for worker in started:
+        worker.spawn()
+    for worker in started:
+        try:
+            worker.wait_ready(120)
+        except Exception as exc:
+            raise AssertionError(f"{exc}:\n{worker.tail()}") from None
+    yield Live(pipeline, f"http://127.0.0.1:{console.port}", name, mlflow_uri)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium from Debian, driven by Playwright (no browser download)."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def _shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
+
+
+async def _predicted_and_labeled(pipeline: Pipeline, prefix: str, n: int) -> None:
+    """`n` events of ``payments``, predicted by both variants, then labeled."""
+    await produce(pipeline.bootstrap, pipeline.topic(FEATURES), _features(prefix, "payments", n))
+
+    def predicted(records: list[Record]) -> bool:
+        return sum(bool(r.key and r.key.startswith(prefix.encode())) for r in records) >= 2 * n
+
+    await consume_until(pipeline.bootstrap, [pipeline.topic(PREDICTIONS)], predicted, timeout=120)
+    labels = [
+        (f"{prefix}-{i}", Feedback(event_id=f"{prefix}-{i}", label=int(i / n > 0.5)))
+        for i in range(n)
+    ]
+    await produce(pipeline.bootstrap, pipeline.topic(FEEDBACK), labels)
+    await consume_until(
+        pipeline.bootstrap,
+        [pipeline.topic(PREDICTIONS_LABELED)],
+        lambda records: len(records) >= n,
+        timeout=120,
+    )
+
+
+async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
+    live: Live, browser: Browser
+) -> None:
+    pipeline = live.pipeline
+    await _predicted_and_labeled(pipeline, "seen", 40)
+    context = await browser.new_context(
+        base_url=live.url,
+        http_credentials={"username": "alice", "password": EDITOR},
+        viewport={"width": 1280, "height": 900},
+    )
+    page = await context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.set_default_timeout(WAIT_MS)
+
+    # launchpad: services with health, the deployment with champion and challenger, errors
+    await page.goto("/")
+    await expect(page.locator("#services")).to_contain_text("router")
+    await expect(page.locator("#services tr", has_text="router")).to_contain_text("ok")
+    fraud_row = page.locator("#deployments tr", has_text="fraud")
+    await expect(fraud_row).to_contain_text(f"models:/{live.model}@champion")
+    await expect(fraud_row).to_contain_text(f"challenger (shadow): models:/{live.model}/2")
+    await expect(fraud_row).to_contain_text("champion v1:")
+    await _shot(page, "launchpad")
+
+    # the form: a mistake is refused by the CLI's own check; a good deployment is published
+    await page.goto("/deploy")
+    await page.fill("input[name=name]", "loans")
+    await page.select_option("select[name=stream]", "loans")
+    await page.fill("input[name=champion]", "models:/no-such-model@champion")
+    await page.click("#preview")
+    await expect(page.locator("#error")).to_contain_text("no-such-model")
+    await page.fill("input[name=champion]", f"models:/{live.model}@champion")
+    await page.fill("textarea[name=shadows]", f"models:/{live.model}/2")
+    await _shot(page, "deploy-form")
+    await page.click("#preview")
+    await expect(page.locator("#diff")).to_contain_text('+  "name": "loans"')
+    await _shot(page, "deploy-diff")
+    await page.click("#publish")
+    await expect(page.locator("#notice")).to_contain_text("created loans as alice")
+    await produce(pipeline.bootstrap, pipeline.topic(FEATURES), _features("loan", "loans", 3))
+
+    def served_loans(records: list[Record]) -> bool:
+        return any(r.json()["deployment"] == "loans" for r in records)
+
+    await consume_until(pipeline.bootstrap, [pipeline.topic(PREDICTIONS)], served_loans, 120)
+
+    # alerts arrive live on an open page, without a reload
+    await page.goto("/alerts")
+    await expect(page.locator("#live")).to_have_text("live")
+    await page.evaluate("window.notReloaded = true")
+    labeled = pipeline.topic(PREDICTIONS_LABELED)
+    alert = DriftAlert(
+        alert_id=f"alert-{uuid.uuid4().hex[:8]}",
+        kind="concept",
+        level="drift",
+        key=f"concept:{live.model}:1",
+        model_name=live.model,
+        model_version="1",
+        deployment="fraud",
+        detector="hddm_a",
+        position=40,
+        event_time=datetime.now(UTC),
+        window=DataWindow(
+            start_time=datetime.now(UTC),
+            start_position=1,
+            estimated_by="warning_start",
+            offsets={labeled: {0: 0, 1: 0}},
+        ),
+    )
+    await produce(pipeline.bootstrap, pipeline.topic(ALERTS), [(alert.key, alert)])
+    row = page.locator("#alerts tr", has_text=alert.key)
+    await expect(row).to_contain_text("drift")
+    assert await page.evaluate("window.notReloaded") is True
+    await _shot(page, "alerts")
+
+    # the alert's window, and the trace of its first event
+    await row.get_by_text("window since").click()
+    await expect(page.locator("#window")).to_contain_text("warning_start")
+    await _shot(page, "alert")
+    await page.get_by_text("trace its first event").click()
+    await expect(page.locator("#journey")).to_contain_text("predictions.labeled")
+    assert "event_id=seen-" in page.url
+    await _shot(page, "trace")
+
+    # the stream page
+    await page.goto("/streams/payments")
+    await expect(page.locator("#features")).to_contain_text("amount")
+    await _shot(page, "stream")
+
+    # the deployment page: variants, errors over time, then promote the challenger
+    await page.goto("/deployments/fraud")
+    await expect(page.locator("#variants")).to_contain_text(f"models:/{live.model}/2")
+    await expect(page.locator("svg.chart")).to_be_visible()
+    await _shot(page, "deployment")
+    await page.click("#promote")
+    await expect(page.locator("#notice")).to_contain_text(
+        f"promoted {live.model} version 2 in fraud (champion was 1)"
+    )
+    await expect(page.locator("#trial")).to_contain_text("operator (alice)")
+    assert MlflowRegistry(live.mlflow_uri).aliases(live.model) == {"champion": "2"}
+    topic = pipeline.topic(DECISIONS)
+    records = await consume_until(pipeline.bootstrap, [topic], lambda rs: len(rs) >= 1)
+    decision = decode(PromotionDecision, records[-1].value, topic)
+    assert (decision.action, decision.decided_by, decision.operator) == (
+        "promote",
+        "operator",
+        "alice",
+    )
+    await context.close()
+    await _access_is_checked(live)
+
+
+async def _access_is_checked(live: Live) -> None:
+    """No token, a wrong one: 401; a viewer sees but cannot change; a form without its token or
+    from another site is refused; probes need no token and metrics show no secret."""
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert (await client.get("/")).status_code == 401
+        assert (await client.get("/", auth=("bob", "wrong"))).status_code == 401
+        viewer = await client.get("/", headers={"Authorization": f"Bearer {VIEWER}"})
+        assert viewer.status_code == 200
+        assert "viewer token (viewer)" in viewer.text
+        assert "Promote" not in (await client.get("/deployments/fraud", auth=("v", VIEWER))).text
+        refused = await client.post(
+            "/deployments/fraud/promote", auth=("v", VIEWER), data={"csrf": "x"}
+        )
+        assert refused.status_code == 403
+        no_token = await client.post("/deployments/fraud/promote", auth=("e", EDITOR), data={})
+        assert no_token.status_code == 403
+        assert "token is missing or stale" in no_token.text
+        other_site = await client.post(
+            "/deployments/fraud/promote",
+            auth=("e", EDITOR),
+            headers={"Origin": "https://evil.example"},
+            data={"csrf": "x"},
+        )
+        assert other_site.status_code == 403
+        assert (await client.get("/health")).json() == {"status": "ok"}
+        assert EDITOR not in (await client.get("/metrics")).text
