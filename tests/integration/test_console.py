@@ -1,8 +1,9 @@
 """The operator console in a real browser (Debian's Chromium driven by Playwright) against a live
-pipeline on the real broker and MLflow: each page loads; a deployment made through the form is
-served by the router; an alert arrives on an open page without a reload; a challenger is
-promoted from its page; access needs a token, viewers cannot change anything and a form without
-its token is refused. Screenshots of each page go to docs/img/."""
+router on the real broker and MLflow: each page loads; a deployment made through the form is
+served by the router; the router's answers, labeled, make each variant's error; an alert
+arrives on an open page without a reload; a challenger is promoted from its page; access needs
+a token, viewers cannot change anything and a form without its token is refused. Screenshots of
+each page go to docs/img/."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from playwright.async_api import Browser, Page, async_playwright, expect
 from sklearn.linear_model import LogisticRegression
 
+from services.processes import ServiceStartError
 from shared.admin import publish
 from shared.events import (
     DataWindow,
@@ -27,7 +31,8 @@ from shared.events import (
     DriftAlert,
     FeatureEvent,
     FeatureSpec,
-    Feedback,
+    LabeledPrediction,
+    Prediction,
     PromotionDecision,
     StreamSchema,
     Variant,
@@ -40,7 +45,6 @@ from shared.topics import (
     DECISIONS,
     DEPLOYMENTS,
     FEATURES,
-    FEEDBACK,
     PREDICTIONS,
     PREDICTIONS_LABELED,
     STREAMS,
@@ -98,15 +102,42 @@ def _features(prefix: str, stream: str, n: int) -> list[tuple[str, FeatureEvent]
 
 @pytest.fixture
 async def live(pipeline: Pipeline, mlflow_uri: str) -> AsyncIterator[Live]:
-    """Router and feedback workers, a deployment ``fraud`` with a shadow challenger (version 2
-    of a fresh model), and the console, all running."""
+    """A router worker and the console, started while a fresh model gets versions 1 (champion)
+    and 2 (challenger, the same artifacts registered again), and a deployment ``fraud`` that
+    serves version 2 in shadow."""
+    await _declare(pipeline, "payments", "loans")
+    tracking = {"DRIFTLINE_MLFLOW_TRACKING_URI": mlflow_uri}
+    router = Worker(
+        "router",
+        {**pipeline.env, **tracking, "DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "1"},
+        pipeline.workdir / "router.log",
+    )
+    console = Worker(
+        "console",
+        {
+            **pipeline.env,
+            **tracking,
+            "DRIFTLINE_CONSOLE_EDITOR_TOKEN": EDITOR,
+            "DRIFTLINE_CONSOLE_VIEWER_TOKEN": VIEWER,
+            "DRIFTLINE_CONSOLE_REFRESH_S": "1",
+            "DRIFTLINE_HEALTH_URLS": json.dumps(
+                {"router": f"http://127.0.0.1:{router.port}/health"}
+            ),
+        },
+        pipeline.workdir / "console.log",
+        argv=["-m", "services.cli", "console"],
+    )
+    pipeline.workers.extend([router, console])
+    router.spawn()
+    console.spawn()
+
     name = f"fraud-{uuid.uuid4().hex[:8]}"
-    for cut in (0.8, 0.5):
-        register_sklearn_model(mlflow_uri, name, _model(cut), pd.DataFrame({"amount": [0.1]}))
+    register_sklearn_model(mlflow_uri, name, _model(0.8), pd.DataFrame({"amount": [0.1]}))
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.register_model(MlflowClient(mlflow_uri).get_model_version(name, "1").source, name)
     registry = MlflowRegistry(mlflow_uri)
     registry.set_alias(name, "champion", "1")
     registry.set_alias(name, "challenger", "2")
-    await _declare(pipeline, "payments", "loans")
     fraud = Deployment(
         name="fraud",
         stream="payments",
@@ -116,37 +147,10 @@ async def live(pipeline: Pipeline, mlflow_uri: str) -> AsyncIterator[Live]:
         ],
     )
     await publish(pipeline.settings, DEPLOYMENTS, "fraud", encode(fraud))
-    mlflow = {"DRIFTLINE_MLFLOW_TRACKING_URI": mlflow_uri}
-    workers = {
-        "router": Worker(
-            "router",
-            {**pipeline.env, **mlflow, "DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "1"},
-            pipeline.workdir / "router.log",
-        ),
-        "feedback": Worker("feedback", pipeline.env, pipeline.workdir / "feedback.log"),
-    }
-    health = {s: f"http://127.0.0.1:{w.port}/health" for s, w in workers.items()}
-    console = Worker(
-        "console",
-        {
-            **pipeline.env,
-            **mlflow,
-            "DRIFTLINE_CONSOLE_EDITOR_TOKEN": EDITOR,
-            "DRIFTLINE_CONSOLE_VIEWER_TOKEN": VIEWER,
-            "DRIFTLINE_CONSOLE_REFRESH_S": "1",
-            "DRIFTLINE_HEALTH_URLS": json.dumps(health),
-        },
-        pipeline.workdir / "console.log",
-        argv=["-m", "services.cli", "console"],
-    )
-    started = [*workers.values(), console]
-    pipeline.workers.extend(started)
-    for worker in started:
-        worker.spawn()
-    for worker in started:
+    for worker in (router, console):
         try:
             worker.wait_ready(120)
-        except Exception as exc:
+        except ServiceStartError as exc:
             raise AssertionError(f"{exc}:\n{worker.tail()}") from None
     yield Live(pipeline, f"http://127.0.0.1:{console.port}", name, mlflow_uri)
 
@@ -168,24 +172,44 @@ async def _shot(page: Page, name: str) -> None:
 
 
 async def _predicted_and_labeled(pipeline: Pipeline, prefix: str, n: int) -> None:
-    """`n` events of ``payments``, predicted by both variants, then labeled."""
-    await produce(pipeline.bootstrap, pipeline.topic(FEATURES), _features(prefix, "payments", n))
+    """`n` events of ``payments``, answered by both variants of the router, then labeled as the
+    feedback service labels them (``amount > 0.5``), on ``predictions.labeled``."""
+    features = _features(prefix, "payments", n)
+    await produce(pipeline.bootstrap, pipeline.topic(FEATURES), features)
+    topic = pipeline.topic(PREDICTIONS)
 
-    def predicted(records: list[Record]) -> bool:
-        return sum(bool(r.key and r.key.startswith(prefix.encode())) for r in records) >= 2 * n
+    def ours(records: list[Record]) -> list[Prediction]:
+        return [
+            decode(Prediction, r.value, topic)
+            for r in records
+            if r.key and r.key.startswith(prefix.encode())
+        ]
 
-    await consume_until(pipeline.bootstrap, [pipeline.topic(PREDICTIONS)], predicted, timeout=120)
-    labels = [
-        (f"{prefix}-{i}", Feedback(event_id=f"{prefix}-{i}", label=int(i / n > 0.5)))
-        for i in range(n)
-    ]
-    await produce(pipeline.bootstrap, pipeline.topic(FEEDBACK), labels)
-    await consume_until(
-        pipeline.bootstrap,
-        [pipeline.topic(PREDICTIONS_LABELED)],
-        lambda records: len(records) >= n,
-        timeout=120,
+    records = await consume_until(
+        pipeline.bootstrap, [topic], lambda rs: len(ours(rs)) >= 2 * n, timeout=120
     )
+    outcomes: dict[str, list[Prediction]] = {}
+    for prediction in ours(records):
+        outcomes.setdefault(prediction.event_id, []).append(prediction)
+    labeled = [
+        (
+            event.event_id,
+            LabeledPrediction(
+                event_id=event.event_id,
+                entity_id=event.entity_id,
+                stream=event.stream,
+                deployment="fraud",
+                features=event.features,
+                outcomes=[p.outcome for p in outcomes[event.event_id]],
+                label=int(event.features["amount"] > 0.5),
+                event_time=event.event_time,
+                label_time=datetime.now(UTC),
+                feedback_delay_s=1.0,
+            ),
+        )
+        for _, event in features
+    ]
+    await produce(pipeline.bootstrap, pipeline.topic(PREDICTIONS_LABELED), labeled)
 
 
 async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
@@ -209,7 +233,7 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
     fraud_row = page.locator("#deployments tr", has_text="fraud")
     await expect(fraud_row).to_contain_text(f"models:/{live.model}@champion")
     await expect(fraud_row).to_contain_text(f"challenger (shadow): models:/{live.model}/2")
-    await expect(fraud_row).to_contain_text("champion v1:")
+    await expect(fraud_row).to_contain_text("champion v1: 0.300 (n=40)")
     await _shot(page, "launchpad")
 
     # the form: a mistake is refused by the CLI's own check; a good deployment is published
