@@ -7,13 +7,31 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift
+.PHONY: lock demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift
 
-$(STAMP): pyproject.toml
+# Every package from requirements.lock (all extras, hashed), then the project itself, editable,
+# built by the locked setuptools: two installs from the same lock get the same versions.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve the locks from pyproject.toml (its dependencies, extras and build-system) with uv,
+# which resolves for every platform (--universal) and hashes every file: requirements.lock for
+# the venv and CI, requirements-runtime.lock (no extra, the same versions) for the image.
+LOCK := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock"
+BUILD_REQUIRES := $(BIN)/python -c 'import tomllib; \
+	print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+# uv at the version pyproject's dev extra pins, so `make lock` also runs before the first lock.
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$$(grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')"
+
+lock: $(BIN)/uv
+	$(BUILD_REQUIRES) | $(LOCK) --all-extras pyproject.toml - -o requirements.lock
+	$(BUILD_REQUIRES) | $(LOCK) pyproject.toml - -c requirements.lock -o requirements-runtime.lock
 
 $(TOOLS_STAMP): scripts/install-tools.sh
 	bash scripts/install-tools.sh .driftline/tools

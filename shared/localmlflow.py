@@ -11,6 +11,7 @@ made up at the first start and kept in the server's directory, readable by its o
 from __future__ import annotations
 
 import configparser
+import importlib.metadata
 import os
 import secrets
 import subprocess
@@ -136,6 +137,14 @@ class LocalMlflow:
         if self.is_up(timeout=1.0):
             self.check_credentials()
             return 0.0
+        try:
+            importlib.metadata.distribution("mlflow")
+        except importlib.metadata.PackageNotFoundError:
+            # The image and a plain install carry mlflow-skinny, the client, without the server.
+            raise DriftlineError(
+                "the MLflow server is not installed here (only its client is): "
+                "pip install 'driftline[server]', or point DRIFTLINE_MLFLOW_TRACKING_URI at yours"
+            ) from None
         self.workdir.mkdir(parents=True, exist_ok=True)
         mlflow = Path(sys.executable).with_name("mlflow")
         with self.log_path.open("ab") as log:

@@ -38,7 +38,10 @@ def test_image_is_multi_stage_slim_non_root_and_healthchecked() -> None:
     assert 'ENTRYPOINT ["driftline"]' in final
     for build_tool in ("apt-get", "gcc", "build-essential", "pip install"):
         assert build_tool not in final, f"the final stage runs {build_tool}"
-    assert "pip install --no-cache-dir ." in text
+    assert "pip install --no-cache-dir --require-hashes -r requirements-runtime.lock" in text
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in text
+    assert "--invalidation-mode unchecked-hash" in text, "bytecode stamped with build times"
+    assert re.search(r"(?m)^ARG SOURCE_DATE_EPOCH=", text)
 
 
 def test_dockerignore_lets_in_what_the_build_copies() -> None:
@@ -50,7 +53,8 @@ def test_dockerignore_lets_in_what_the_build_copies() -> None:
 
 def test_mlflow_server_runs_the_version_the_services_use_with_its_auth_app() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("mlflow[auth]==")]
+    server = pyproject["project"]["optional-dependencies"]["server"]
+    (pin,) = [d for d in server if d.startswith("mlflow[auth]==")]
     assert f'"{pin}"' in (ROOT / "deploy" / "mlflow" / "Dockerfile").read_text()
 
 
@@ -107,10 +111,26 @@ def test_healthcheck_asks_the_workers_port(
     cmdline.write_bytes(b"/opt/driftline/bin/python\0/opt/driftline/bin/driftline\0drift\0worker\0")
     monkeypatch.setenv("DRIFTLINE_WEB_HOST", "0.0.0.0")
     monkeypatch.setenv("DRIFTLINE_DRIFT_WEB_PORT", str(health_server.server_address[1]))
-    assert healthcheck.main(cmdline) == 0
+    assert healthcheck.main([], cmdline) == 0
     monkeypatch.setattr(_Health, "status", 503)
-    assert healthcheck.main(cmdline) == 1
+    assert healthcheck.main([], cmdline) == 1
     monkeypatch.setenv("DRIFTLINE_DRIFT_WEB_PORT", "1")
-    assert healthcheck.main(cmdline) == 1
+    assert healthcheck.main([], cmdline) == 1
     cmdline.write_bytes(b"driftline\0topics\0create\0")
-    assert healthcheck.main(cmdline) == 0
+    assert healthcheck.main([], cmdline) == 0
+
+
+def test_healthcheck_asks_every_url_given(
+    healthcheck: ModuleType,
+    health_server: http.server.HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The chart's `helm test` pod: every component's /health must answer 200."""
+    port = health_server.server_address[1]
+    up = f"http://127.0.0.1:{port}/health"
+    assert healthcheck.main([up, up], Path("/nonexistent")) == 0
+    assert healthcheck.main([up, f"http://127.0.0.1:{port}/missing"], Path("/nonexistent")) == 1
+    assert "/missing" in capsys.readouterr().err
+    monkeypatch.setattr(_Health, "status", 503)
+    assert healthcheck.main([up], Path("/nonexistent")) == 1
