@@ -29,6 +29,8 @@ from shared.topics import ALL_TOPICS
 Manifest = dict[str, Any]
 
 RETRAIN = "retrain"
+CONSOLE = "console"
+"""The operator console's component name: ``args: [console]``."""
 """The webhook-triggered retrain job's component name: ``args: [retrain, serve]``."""
 COMPONENT_SETTINGS: dict[str, type[ServiceSettings]] = {
     **SERVICE_SETTINGS,
@@ -137,13 +139,16 @@ def workloads(docs: list[Manifest]) -> list[tuple[Manifest, Manifest]]:
 
 def component_of(container: Manifest) -> str | None:
     """The long-running component a container runs: a service's worker (``args: [<service>,
-    worker]``) or the retrain job (``[retrain, serve]``); None for ``topics create``."""
+    worker]``), the retrain job (``[retrain, serve]``) or the console (``[console]``); None for
+    ``topics create``."""
     args = container.get("args", [])
     if len(args) == 2 and args[1] == "worker":
         assert args[0] in SERVICE_SETTINGS, f"unknown service in args {args}"
         return args[0]
     if args == [RETRAIN, "serve"]:
         return RETRAIN
+    if args == [CONSOLE]:
+        return CONSOLE
     assert args == ["topics", "create"], (
         f"a container runs neither a worker, the retrain job nor topics: {args}"
     )
