@@ -114,11 +114,17 @@ def stream_from_file(path: Path) -> StreamSchema:
         text = path.read_text()
     except OSError as exc:
         raise DriftlineError(f"cannot read {path}: {exc.strerror}") from None
+    return stream_from_text(text, str(path))
+
+
+def stream_from_text(text: str, where: str) -> StreamSchema:
+    """A stream declaration from JSON text (a file's, a form's); a mistake raises one readable
+    error naming `where` it came from."""
     try:
         return StreamSchema.model_validate_json(text)
     except ValidationError as exc:
         raise DriftlineError(
-            f"{path} is not a stream declaration: {describe_problem(exc)}"
+            f"{where} is not a stream declaration: {describe_problem(exc)}"
         ) from None
 
 

@@ -42,7 +42,7 @@ from services.console.logic import (
 )
 from shared import metrics
 from shared.admin import offsets_at_time, partition_counts, publish
-from shared.deploying import check_deployable, describe_change
+from shared.deploying import check_deployable, describe_change, stream_from_text
 from shared.errors import DriftlineError
 from shared.events import DriftAlert, encode
 from shared.health import (
@@ -74,6 +74,15 @@ log = get_logger(__name__)
 OPEN_PATHS = frozenset({"/health", "/live", "/metrics"})
 """Probes and Prometheus reach these without signing in; they show no record."""
 READ_FROM_START = (DEPLOYMENTS, STREAMS, ALERTS, DECISIONS, DEADLETTER)
+STREAM_EXAMPLE = """{
+  "name": "payments",
+  "features": [
+    {"name": "amount", "type": "numeric", "min": 0},
+    {"name": "country", "type": "categorical", "categories": ["DE", "FR"]}
+  ],
+  "aggregates": [{"field": "amount", "minutes": 60}]
+}"""
+"""What a new declaration's form starts from."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -121,7 +130,11 @@ class Console:
         get("/deployments/{name}", self.deployment_page)
         get("/deployments/{name}/edit", self.deploy_form)
         post("/deployments/{name}/{action:promote|rollback}", self.override)
+        get("/streams/new", self.stream_form)
+        post("/streams/preview", self.stream_preview)
+        post("/streams/publish", self.stream_publish)
         get("/streams/{name}", self.stream_page)
+        get("/streams/{name}/edit", self.stream_form)
         get("/trace", self.trace_page)
         get("/health", self.health)
         get("/live", self.live)
@@ -475,7 +488,16 @@ class Console:
                 request, form, editing=bool(form.get("editing")), error=str(exc)
             )
         diff = describe_change(live, new)
-        return self.render(request, "preview.html", form=form, diff=diff, live=live, new=new)
+        return self.render(
+            request,
+            "preview.html",
+            what="deployment",
+            publish="/deploy/publish",
+            form=form,
+            diff=diff,
+            live=live,
+            new=new,
+        )
 
     async def deploy_publish(self, request: web.Request) -> web.StreamResponse:
         """Check the form again and publish the deployment, signed by the editor."""
@@ -507,6 +529,58 @@ class Console:
             alerts=self.view.stream_alerts(name)[:50],
             deployments=deployments,
         )
+
+    async def stream_form(self, request: web.Request) -> web.Response:
+        """The form that declares a stream, or changes the one named in the path: its JSON, as
+        `driftline streams declare --file` takes it."""
+        name = request.match_info.get("name")
+        live = self.view.streams.get(name) if name else None
+        if name and live is None:
+            return self._problem(request, 404, f"no stream {name!r} is declared")
+        text = (
+            live.model_dump_json(indent=2, exclude={"updated_at", "updated_by", "schema_version"})
+            if live
+            else STREAM_EXAMPLE
+        )
+        return self.render(request, "stream_form.html", declaration=text)
+
+    async def _checked_stream(self, request: web.Request) -> tuple[str, Any, Any]:
+        text = str((await request.post()).get("declaration", ""))
+        new = stream_from_text(text, "the declaration")
+        return text, self.view.streams.get(new.name), new
+
+    async def stream_preview(self, request: web.Request) -> web.Response:
+        """The diff of the declaration against the live one, with the button to publish."""
+        try:
+            text, live, new = await self._checked_stream(request)
+        except DriftlineError as exc:
+            text = str((await request.post()).get("declaration", ""))
+            return self.render(
+                request, "stream_form.html", status=400, declaration=text, error=str(exc)
+            )
+        return self.render(
+            request,
+            "preview.html",
+            what="stream",
+            publish="/streams/publish",
+            form={"declaration": text},
+            diff=describe_change(live, new),
+            live=live,
+            new=new,
+        )
+
+    async def stream_publish(self, request: web.Request) -> web.StreamResponse:
+        """Check the declaration again and publish it, signed by the editor."""
+        user: User = request["user"]
+        try:
+            _, live, new = await self._checked_stream(request)
+        except DriftlineError as exc:
+            return self._failure(request, exc)
+        signed = new.model_copy(update={"updated_by": user.name})
+        await publish(self.common, STREAMS, signed.name, encode(signed))
+        log.info("stream declared", stream=signed.name, by=user.name, created=live is None)
+        self.view.streams[signed.name] = signed
+        raise web.HTTPSeeOther(f"/streams/{quote(signed.name)}")
 
     async def trace_page(self, request: web.Request) -> web.Response:
         """One event's journey, as `driftline trace` shows it."""

@@ -8,6 +8,7 @@ each page go to docs/img/."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 EDITOR, VIEWER = "editor-secret", "viewer-secret"
 WAIT_MS = 60_000
+expect.set_options(timeout=WAIT_MS)  # the machine is shared and busy: conditions, with room
 
 
 def _model(cut: float) -> LogisticRegression:
@@ -164,6 +166,18 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+async def _reload_until(page: Page, path: str, selector: str, text: str) -> None:
+    """Load `path` again until `selector` shows `text`: the console shows a record once its
+    reader got it, a moment after it was produced."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while True:
+        await page.goto(path)
+        if text in await page.locator(selector).inner_text() or time.monotonic() > deadline:
+            break
+        await page.wait_for_timeout(500)
+    await expect(page.locator(selector)).to_contain_text(text)
 
 
 async def _shot(page: Page, name: str) -> None:
@@ -296,13 +310,37 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
     assert "event_id=seen-" in page.url
     await _shot(page, "trace")
 
-    # the stream page
+    # the stream page, and a declaration changed through its form
     await page.goto("/streams/payments")
     await expect(page.locator("#features")).to_contain_text("amount")
     await _shot(page, "stream")
+    await page.goto("/streams/loans/edit")
+    await page.fill("textarea[name=declaration]", '{"name": "loans", "features": [{"name": 1}]}')
+    await page.click("#preview")
+    await expect(page.locator("#error")).to_contain_text("is not a stream declaration")
+    declaration = {
+        "name": "loans",
+        "features": [
+            {"name": "amount", "min": 0, "max": 1},
+            {"name": "tier", "type": "categorical", "categories": ["basic", "premium"]},
+        ],
+    }
+    await page.fill("textarea[name=declaration]", json.dumps(declaration))
+    await page.click("#preview")
+    await expect(page.locator("#diff")).to_contain_text('+      "name": "tier",')
+    await page.click("#publish")
+    await expect(page.locator("#features")).to_contain_text("premium")
+    await expect(page.get_by_text("by alice")).to_be_visible()
 
-    # the deployment page: variants, errors over time, then promote the challenger
-    await page.goto("/deployments/fraud")
+    # the deployment page: variants, errors over time, the trial's looks, then promote
+    look = PromotionDecision(
+        deployment="fraud", model_name=live.model, champion_version="1", challenger_version="2",
+        challenger_variant="challenger", action="wait", reason="fewer than 500 labeled outcomes",
+        champion_error=0.3, challenger_error=0.3, champion_samples=40, challenger_samples=40,
+        z=0.0, p_value=0.5,
+    )  # fmt: skip
+    await produce(pipeline.bootstrap, pipeline.topic(DECISIONS), [("fraud", look)])
+    await _reload_until(page, "/deployments/fraud", "#trial", "fewer than 500 labeled outcomes")
     await expect(page.locator("#variants")).to_contain_text(f"models:/{live.model}/2")
     await expect(page.locator("svg.chart")).to_be_visible()
     await _shot(page, "deployment")
@@ -313,7 +351,7 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
     await expect(page.locator("#trial")).to_contain_text("operator (alice)")
     assert MlflowRegistry(live.mlflow_uri).aliases(live.model) == {"champion": "2"}
     topic = pipeline.topic(DECISIONS)
-    records = await consume_until(pipeline.bootstrap, [topic], lambda rs: len(rs) >= 1)
+    records = await consume_until(pipeline.bootstrap, [topic], lambda rs: len(rs) >= 2)
     decision = decode(PromotionDecision, records[-1].value, topic)
     assert (decision.action, decision.decided_by, decision.operator) == (
         "promote",
