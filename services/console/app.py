@@ -44,7 +44,7 @@ from shared import metrics
 from shared.admin import offsets_at_time, partition_counts, publish
 from shared.deploying import check_deployable, describe_change, stream_from_text
 from shared.errors import DriftlineError
-from shared.events import DriftAlert, encode
+from shared.events import DriftAlert, PromotionAction, encode
 from shared.health import (
     Counts,
     consumer_lag,
@@ -433,9 +433,12 @@ class Console:
     async def override(self, request: web.Request) -> web.StreamResponse:
         """Promote or roll back the deployment's challenger as the signed-in editor."""
         user: User = request["user"]
-        name, action = request.match_info["name"], request.match_info["action"]
+        name = request.match_info["name"]
+        action: PromotionAction = (
+            "promote" if request.match_info["action"] == "promote" else "rollback"
+        )
         try:
-            decided = await plan(self.common, self.registry, name, action, None, user.name)  # type: ignore[arg-type]
+            decided = await plan(self.common, self.registry, name, action, None, user.name)
             await carry_out(self.common, self.registry, decided)
         except DriftlineError as exc:
             return self._failure(request, exc)
