@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.console.commands import register as register_console
 from services.demo.commands import register as register_demo
 from services.tools.apply import register as register_apply
 from services.tools.promotion import register as register_promotion
@@ -102,6 +103,7 @@ register_status(app)
 register_promotion(app)
 register_retrain(app)
 register_apply(app)
+register_console(app)
 
 
 SecureOption = Annotated[

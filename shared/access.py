@@ -128,6 +128,14 @@ PRINCIPALS: tuple[Principal, ...] = (
         writes=(DEPLOYMENTS,),
     ),
     Principal(
+        "console",
+        "the operator console (driftline console): views every topic, edits deployments and "
+        "streams, records operators' decisions, retrains on alerts",
+        reads=ALL_TOPICS,
+        writes=(DEPLOYMENTS, STREAMS, DECISIONS),
+        watches_groups=True,
+    ),
+    Principal(
         "operator",
         "people and CI at the CLI: topics, deployments, streams, promotions, status, traces",
         reads=ALL_TOPICS,

@@ -132,16 +132,23 @@ def stream_from_file(path: Path) -> StreamSchema:
         text = path.read_text()
     except OSError as exc:
         raise DriftlineError(f"cannot read {path}: {exc.strerror}") from None
+    return stream_from_text(text, str(path))
+
+
+def stream_from_text(text: str, where: str) -> StreamSchema:
+    """A stream declaration from JSON text (a file's, a form's); a mistake raises one readable
+    error naming `where` it came from."""
     try:
         return StreamSchema.model_validate_json(text)
     except ValidationError as exc:
         raise DriftlineError(
-            f"{path} is not a stream declaration: {describe_problem(exc)}"
+            f"{where} is not a stream declaration: {describe_problem(exc)}"
         ) from None
 
 
-BOOKKEEPING = frozenset({"updated_at"})
-"""Fields a publisher stamps anew on every record; a change of these alone is no change."""
+BOOKKEEPING = frozenset({"updated_at", "updated_by"})
+"""Fields a publisher stamps anew on every record (when, and who); a change of these alone is
+no change."""
 
 
 def describe_change(live: BaseModel | None, new: BaseModel | None) -> list[str]:

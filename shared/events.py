@@ -450,6 +450,9 @@ class PromotionPolicy(BaseModel):
 
 
 PromotionAction = Literal["promote", "wait", "rollback"]
+DecisionAction = Literal["promote", "wait", "rollback", "retrain"]
+"""What a decision on ``decisions`` did: the policy's actions, or an operator's retrain that
+deployed a new challenger."""
 
 
 class PromotionDecision(Event):
@@ -466,9 +469,11 @@ class PromotionDecision(Event):
     challenger_version: str
     challenger_variant: str | None = None
     """The challenger's variant in the deployment (None if it no longer has one)."""
-    action: PromotionAction
+    action: DecisionAction
     reason: str
     decided_by: Literal["policy", "operator"] = "policy"
+    operator: str | None = None
+    """Who decided, for an operator's decision (the console's user, the CLI's login)."""
     champion_error: float | None = None
     """Error rate on the labeled outcomes counted since the challenger was deployed."""
     challenger_error: float | None = None
@@ -492,6 +497,9 @@ class Deployment(Event):
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
     deleted: bool = False
     updated_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_by: str | None = None
+    """Who published this record from the console or the CLI; None for the platform's own
+    changes (a promotion policy, a retrain job)."""
 
     @model_validator(mode="after")
     def _check_variants(self) -> Deployment:
@@ -566,6 +574,8 @@ class StreamSchema(Event):
     features: list[FeatureSpec]
     aggregates: list[WindowedAggregate] = Field(default_factory=list)
     updated_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_by: str | None = None
+    """Who published this declaration from the console or the CLI."""
 
     @model_validator(mode="after")
     def _check_features(self) -> StreamSchema:

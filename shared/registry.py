@@ -167,6 +167,15 @@ class MlflowRegistry:
             raise registry_failure(self.tracking_uri, f"read {model_name!r}", exc) from None
         return {alias: str(version) for alias, version in model.aliases.items()}
 
+    def aliased_uris(self) -> list[str]:
+        """``models:/<name>@<alias>`` of every alias of every registered model: what a form
+        offers to deploy."""
+        try:
+            models = self._client.search_registered_models()
+        except mlflow.exceptions.MlflowException as exc:
+            raise registry_failure(self.tracking_uri, "list models", exc) from None
+        return sorted(f"models:/{m.name}@{alias}" for m in models for alias in m.aliases)
+
     def resolve(self, uri: str, name: str, alias: str | None, version: str | None) -> str:
         """The version `uri` (``models:/name@alias`` or ``models:/name/version``) names now;
         `UnknownModelError` if there is none, `UnavailableError` if MLflow does not answer."""

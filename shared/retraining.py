@@ -206,7 +206,12 @@ def with_challenger(deployment: Deployment, model_name: str, version: str) -> De
     ]
     try:
         return Deployment.model_validate(
-            {**deployment.model_dump(), "variants": [*kept, challenger], "updated_at": utc_now()}
+            {
+                **deployment.model_dump(),
+                "variants": [*kept, challenger],
+                "updated_at": utc_now(),
+                "updated_by": None,
+            }
         )
     except ValidationError as exc:
         raise DriftlineError(

@@ -235,7 +235,12 @@ def without_challenger(
     if variants == deployment.variants:
         return deployment
     return Deployment.model_validate(
-        {**deployment.model_dump(), "variants": variants, "updated_at": utc_now()}
+        {
+            **deployment.model_dump(),
+            "variants": variants,
+            "updated_at": utc_now(),
+            "updated_by": None,
+        }
     )
 
 

@@ -365,6 +365,43 @@ class RetrainSettings(ServiceSettings):
     """How long after its webhook an alert is retried before the job gives it up."""
 
 
+class ConsoleSettings(ServiceSettings):
+    """The operator console, ``driftline console`` (prefix ``DRIFTLINE_CONSOLE_``). It refuses to
+    start without a way to authenticate: a token, or a trusted header from an OIDC proxy."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_CONSOLE_")
+
+    web_port: int = Field(default=6068, ge=1, le=65535)
+    """Port of the console's pages (and ``/health``, ``/metrics``)."""
+    viewer_token: SecretStr | None = None
+    """Token of read-only users: sent as ``Authorization: Bearer <token>`` or as the password of
+    basic auth (any user name, recorded as who acted)."""
+    editor_token: SecretStr | None = None
+    """Token of editors, who may also change deployments, promote, roll back and retrain; sent
+    like `viewer_token`."""
+    trusted_user_header: str | None = None
+    """Header naming the user an authenticating proxy (e.g. oauth2-proxy's
+    ``X-Forwarded-User``) let through; unset: no header is trusted. Set it only when the proxy
+    is the console's sole way in and overwrites the header on every request."""
+    trusted_groups_header: str = "X-Forwarded-Groups"
+    """Header with the proxied user's groups, comma-separated."""
+    editor_groups: frozenset[str] = frozenset({"driftline-editors"})
+    """JSON list: proxied users in one of these groups are editors; others are viewers."""
+    history: int = Field(default=1000, ge=10, le=100_000)
+    """Alerts and decisions kept in memory for the pages (the newest ones)."""
+    error_horizon_s: float = Field(default=3600.0, gt=0)
+    """Labeled predictions of the last this many seconds feed the error charts."""
+    error_bucket_s: float = Field(default=60.0, gt=0)
+    """Width of one point of the error charts."""
+    refresh_s: float = Field(default=5.0, gt=0)
+    """How often health, metrics and lag are asked again."""
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether any way in is configured."""
+        return bool(self.viewer_token or self.editor_token or self.trusted_user_header)
+
+
 class MlflowCredentials(BaseSettings):
     """Credentials for MLflow's basic-auth app, in MLflow's own client variables (prefix
     ``MLFLOW_TRACKING_``): every MLflow client in a Driftline process (router, learner, drift,
@@ -400,7 +437,13 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
 
 
 def _settings_classes() -> list[type[BaseSettings]]:
-    return [DriftlineSettings, *SERVICE_SETTINGS.values(), RetrainSettings, MlflowCredentials]
+    return [
+        DriftlineSettings,
+        *SERVICE_SETTINGS.values(),
+        RetrainSettings,
+        ConsoleSettings,
+        MlflowCredentials,
+    ]
 
 
 def env_variables() -> dict[str, str]:

@@ -32,10 +32,14 @@ def demo(
     promotion_min_samples: Annotated[
         int, typer.Option(help="Labels champion and challenger each need before a promotion.")
     ] = 300,
+    console_port: Annotated[
+        int, typer.Option(help="Port of the operator console the demo runs.")
+    ] = 6068,
 ) -> None:
     """Run the continuous-training loop end to end on real processes, live; then report.
 
-    Starts (or reuses) Kafka and MLflow, trains and deploys a champion, runs the five services,
+    Starts (or reuses) Kafka and MLflow, trains and deploys a champion, runs the five services
+    and the operator console (its address is printed first),
     replays a stream with a known concept drift, retrains on the drift alert's window when its
     webhook fires, lets the promotion policy weigh the challenger on live labels, and writes a
     report and a PNG. Exits 1 if the drift was missed or the champion never moved.
@@ -52,13 +56,19 @@ def demo(
     config = DemoConfig(
         scenario=scenario, results_dir=results_dir, kafka_port=kafka_port,
         mlflow_port=mlflow_port, retrain_min_rows=retrain_min_rows,
-        promotion_min_samples=promotion_min_samples,
+        promotion_min_samples=promotion_min_samples, console_port=console_port,
     )  # fmt: skip
     console = Console(file=sys.stdout)
     live = Live(console=console, refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)
     runner = Demo(config, on_tick=lambda observer: live.update(render(observer, scenario)))
     directory = runner.run_info.directory
     directory.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"watch the loop in the console: http://127.0.0.1:{console_port} "
+        f"(any user name, password {config.console_token})",
+        highlight=False,
+        soft_wrap=True,
+    )
     # Libraries (MLflow above all) print to stdout and stderr; that goes to a file, not the view.
     with (
         (directory / "demo.log").open("w") as chatter,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import sys
 import time
 from collections import deque
@@ -86,6 +87,10 @@ class DemoConfig:
     """Labeled outcomes champion and challenger each need before the policy decides."""
     drain_timeout: float = 60.0
     """How long to wait for the last labels to be joined after the replay ends."""
+    console_port: int = field(default_factory=free_port)
+    """Where the run's operator console listens (`driftline demo` asks for 6068)."""
+    console_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    """The console's editor token for this run: the password of any user name."""
     switch_timeout: float = 900.0
     """How long the replay goes on after `n_events` while the loop (alert, retrain, promotion,
     the new champion's tail) has not closed: a busy machine closes it later, not never."""
@@ -238,6 +243,21 @@ class Demo:
             "DRIFTLINE_DRIFT_WEBHOOK_URLS": orjson.dumps([webhook_url]).decode(),
         }
         self.processes = [ServiceProcess(s, env, logs / f"{s}.log") for s in SERVICES]
+        health = {p.service: f"http://127.0.0.1:{p.port}/health" for p in self.processes}
+        console_env = {
+            **self._service_env(),
+            "DRIFTLINE_CONSOLE_EDITOR_TOKEN": self.config.console_token,
+            "DRIFTLINE_HEALTH_URLS": orjson.dumps(health).decode(),
+        }
+        self.processes.append(
+            ServiceProcess(
+                "console",
+                console_env,
+                logs / "console.log",
+                port=self.config.console_port,
+                argv=["-m", "services.cli", "console"],
+            )
+        )
         for process in self.processes:
             process.spawn()
         for process in self.processes:

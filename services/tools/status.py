@@ -7,7 +7,6 @@ reach; the rest is read from Kafka, and a broker out of reach is then one line a
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -15,68 +14,10 @@ from rich.table import Table
 
 from services.tools.terminal import JsonOption, print_json, quiet_logging, stdout
 from shared import settings as cfg
-from shared.errors import DriftlineError
+from shared.health import consumer_lag, health_urls, service_health
 
 if TYPE_CHECKING:
     from shared.events import Deployment, PromotionDecision
-
-
-def health_urls(
-    host: str, configured: dict[str, str], given: list[str] | None = None
-) -> dict[str, str]:
-    """Each service's health URL: one given as ``service=URL`` (``--health-url``), else the
-    settings' `health_urls`, else its web port on `host`."""
-    urls = {
-        service: f"http://{host}:{cfg.load(settings_class).web_port}/health"
-        for service, settings_class in cfg.SERVICE_SETTINGS.items()
-    }
-    urls |= configured
-    for text in given or []:
-        service, sep, url = text.partition("=")
-        if not sep or service not in cfg.SERVICE_SETTINGS or not url:
-            raise DriftlineError(
-                f"--health-url {text!r}: expected <service>=<url> with a service among "
-                f"{', '.join(cfg.SERVICE_SETTINGS)}"
-            )
-        urls[service] = url
-    return urls
-
-
-def service_health(urls: dict[str, str]) -> dict[str, str]:
-    """Each service's answer on its health URL, or why there is none."""
-    import httpx
-
-    states: dict[str, str] = {}
-    for service, url in urls.items():
-        try:
-            response = httpx.get(url, timeout=2)
-            states[service] = response.json().get("status", str(response.status_code))
-        except (httpx.HTTPError, ValueError, AttributeError):  # no answer, or not JSON
-            states[service] = "down (no answer)"
-    return states
-
-
-async def consumer_lag(common: cfg.DriftlineSettings) -> dict[tuple[str, str], int]:
-    """Messages not yet processed, per (consumer group, topic), for Driftline's groups."""
-    from shared.kafka_clients import admin_client, consumer
-
-    admin = admin_client(common)
-    offsets = consumer(common)
-    try:
-        await admin.start()
-        await offsets.start()
-        prefix = f"{common.topic_prefix}driftline-"
-        groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
-        lag: dict[tuple[str, str], int] = defaultdict(int)
-        for group in groups:
-            committed = await admin.list_consumer_group_offsets(group)
-            ends = await offsets.end_offsets(list(committed))
-            for partition, offset in committed.items():
-                lag[(group, partition.topic)] += max(ends[partition] - offset.offset, 0)
-        return dict(lag)
-    finally:
-        await offsets.stop()
-        await admin.close()
 
 
 async def deployments(common: cfg.DriftlineSettings) -> list[Deployment]:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 Manifest = dict[str, Any]
 
 RETRAIN = "retrain"
+CONSOLE = "console"
+"""The operator console's component name: ``args: [console]``."""
 """The webhook-triggered retrain job's component name: ``args: [retrain, serve]``."""
 COMPONENT_SETTINGS: dict[str, type[ServiceSettings]] = {
     **SERVICE_SETTINGS,
@@ -140,16 +142,18 @@ def workloads(docs: list[Manifest]) -> list[tuple[Manifest, Manifest]]:
 
 def component_of(container: Manifest) -> str | None:
     """The long-running component a container runs: a service's worker (``args: [<service>,
-    worker]``) or the retrain job (``[retrain, serve]``); None for the one-shot Jobs,
-    ``topics create`` and ``apply --file <specs>``."""
+    worker]``), the retrain job (``[retrain, serve]``) or the console (``[console]``); None for
+    the one-shot Jobs, ``topics create`` and ``apply --file <specs>``."""
     args = container.get("args", [])
     if len(args) == 2 and args[1] == "worker":
         assert args[0] in SERVICE_SETTINGS, f"unknown service in args {args}"
         return args[0]
     if args == [RETRAIN, "serve"]:
         return RETRAIN
+    if args == [CONSOLE]:
+        return CONSOLE
     assert args == ["topics", "create"] or args[:2] == ["apply", "--file"], (
-        f"a container runs neither a worker, the retrain job, topics nor apply: {args}"
+        f"a container runs neither a worker, the retrain job, the console, topics nor apply: {args}"
     )
     return None
 
@@ -541,8 +545,9 @@ def check_specs_job(docs: list[Manifest]) -> list[Spec]:
     path = container["args"][2]
     configmap = by_name(docs, "ConfigMap")[volumes[mounts[path]]["configMap"]["name"]]
     env = container_env(docs, container)
-    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(env), where
-    assert all(env[name].source == "secret" for name in FOREIGN_VARIABLES), where
+    credentials = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert credentials <= set(env), where
+    assert all(env[name].source == "secret" for name in credentials), where
     return [
         spec
         for name, text in sorted(configmap["data"].items())

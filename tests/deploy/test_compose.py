@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import SERVICE_SETTINGS, RetrainSettings, env_variables
+from shared.settings import SERVICE_SETTINGS, ConsoleSettings, RetrainSettings, env_variables
 from tests.deploy.conftest import ROOT, run, tool
 from tests.deploy.manifests import REQUIRED_SETTINGS
 
@@ -175,3 +175,18 @@ def test_grafana_is_provisioned_with_the_dashboard(compose: dict[str, Any]) -> N
     )
     assert mounts[dashboard].startswith(provider["providers"][0]["options"]["path"] + "/")
     assert mounts[str(ROOT / "deploy" / "grafana" / "provisioning")] == "/etc/grafana/provisioning"
+
+
+def test_the_console_runs_only_in_its_profile_with_its_token(compose: dict[str, Any]) -> None:
+    assert "console" not in compose["services"]
+    services = resolved("--profile", "console", DRIFTLINE_CONSOLE_EDITOR_TOKEN="t")["services"]
+    console = services["console"]
+    assert console["command"] == ["console"]
+    assert console["image"] == services["router"]["image"]
+    env = console["environment"]
+    assert env["DRIFTLINE_CONSOLE_WEB_PORT"] == str(
+        ConsoleSettings.model_fields["web_port"].default
+    )
+    assert env["DRIFTLINE_CONSOLE_EDITOR_TOKEN"] == "t"
+    assert set(json.loads(env["DRIFTLINE_HEALTH_URLS"])) == set(SERVICE_SETTINGS)
+    assert [p["host_ip"] for p in console["ports"]] == ["127.0.0.1"]

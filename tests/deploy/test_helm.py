@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from shared import access
-from shared.settings import SERVICE_SETTINGS, DriftlineSettings, RetrainSettings, env_variables
+from shared.settings import (
+    SERVICE_SETTINGS,
+    ConsoleSettings,
+    DriftlineSettings,
+    RetrainSettings,
+    env_variables,
+)
 from shared.specs import Spec, read_specs
 from shared.topics import ALL_TOPICS
 from tests.deploy import manifests as m
@@ -61,7 +67,8 @@ def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
     values = yaml.safe_load((CHART / "ci" / scenario).read_text()) or {}
     disabled = {s for s, v in values.get("services", {}).items() if v.get("enabled") is False}
     retrain = {m.RETRAIN} if values.get("retrainJob", {}).get("enabled") else set()
-    assert sorted(services) == sorted(set(SERVICE_SETTINGS) - disabled | retrain)
+    console = {m.CONSOLE} if values.get("console", {}).get("enabled") else set()
+    assert sorted(services) == sorted(set(SERVICE_SETTINGS) - disabled | retrain | console)
     if retrain:
         m.check_retrain_job(docs)
     m.check_autoscalers(docs)
@@ -289,6 +296,11 @@ def test_service_settings_in_values_are_settings_of_shared() -> None:
                 snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
                 assert f"DRIFTLINE_{service.upper()}_{snake}" in known, f"{service}: {key}"
     assert values["retrainJob"]["port"] == RetrainSettings.model_fields["web_port"].default
+    assert values["console"]["port"] == ConsoleSettings.model_fields["web_port"].default
+    for source in [values, *scenario_values]:
+        for key in source.get("console", {}).get("settings", {}):
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
+            assert f"DRIFTLINE_CONSOLE_{snake}" in known, f"console: {key}"
     for source in [values, *scenario_values]:
         for key in source.get("retrainJob", {}).get("settings", {}):
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()

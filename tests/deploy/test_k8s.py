@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import SERVICE_SETTINGS, RetrainSettings
+from shared.settings import SERVICE_SETTINGS, ConsoleSettings, RetrainSettings
 from tests.deploy import manifests as m
 from tests.deploy.conftest import KUSTOMIZATIONS, ROOT, run, tool
 
@@ -22,6 +22,8 @@ Load = Callable[[Path], list[m.Manifest]]
 RETRAIN_COMPONENT = ROOT / "k8s" / "components" / "retrain-job"
 WITH_RETRAIN_JOB = {"k8s/base": False, "k8s/overlays/dev": True}
 """Whether each kustomization of conftest.KUSTOMIZATIONS adds the retrain job component."""
+WITH_CONSOLE = {"k8s/base": False, "k8s/overlays/dev": True}
+"""Whether each kustomization adds the console component (k8s/components/console)."""
 RETRAIN_URL = f"http://driftline-retrain:{RetrainSettings.model_fields['web_port'].default}/retrain"
 
 
@@ -36,7 +38,9 @@ def test_manifests_agree_with_shared(
     for workload, container in m.workloads(docs):
         m.check_workload(docs, workload, container)
     components = [m.check_worker(docs, d, c) for d, c in m.workloads(docs)]
-    expected = m.COMPONENT_SETTINGS if WITH_RETRAIN_JOB[folder] else SERVICE_SETTINGS
+    expected = dict(m.COMPONENT_SETTINGS if WITH_RETRAIN_JOB[folder] else SERVICE_SETTINGS)
+    if WITH_CONSOLE[folder]:
+        expected[m.CONSOLE] = ConsoleSettings
     assert sorted(components) == sorted(expected)
     for service, cls in expected.items():
         (deployment,) = [d for d, c in m.workloads(docs) if m.component_of(c) == service]
@@ -104,7 +108,7 @@ def test_dev_overlay_adds_the_retrain_job_behind_the_drift_webhook(
     ]
     assert _drift_webhook_urls(docs) == [RETRAIN_URL]
     assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {
-        "driftline", "driftline-retrain", "driftline-drift-to-retrain"
+        "driftline", "driftline-retrain", "driftline-drift-to-retrain", "driftline-console"
     }  # fmt: skip
     m.check_retrain_job(docs)
 
@@ -132,3 +136,21 @@ def test_the_retrain_job_component_adds_to_the_base_alone(tmp_path: Path, load: 
     m.check_service_monitor(docs)
     m.check_retrain_job(docs)
     assert _drift_webhook_urls(docs) == [RETRAIN_URL]
+
+
+def test_dev_overlay_adds_the_console_behind_its_tokens(
+    kustomize_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(kustomize_renderings["k8s/overlays/dev"])
+    deployment = m.by_name(docs, "Deployment")["driftline-console"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["console"]
+    env = m.container_env(docs, container)
+    assert env["DRIFTLINE_CONSOLE_EDITOR_TOKEN"].source == "secret"
+    assert set(json.loads(env["DRIFTLINE_HEALTH_URLS"].value or "{}")) == set(SERVICE_SETTINGS)
+    policies = m.by_name(docs, "NetworkPolicy")
+    console_peer = {"app.kubernetes.io/name": "driftline", "app.kubernetes.io/component": "console"}
+    peers = [
+        peer.get("podSelector", {}) for peer in policies["driftline"]["spec"]["ingress"][0]["from"]
+    ]
+    assert {"matchLabels": console_peer} in peers

@@ -9,9 +9,10 @@ import pytest
 from services.demo.report import first_concept_drift, plot, summary
 from services.demo.runner import Demo, DemoConfig
 from services.demo.scenario import Scenario
-from services.tools.status import consumer_lag, deployments
-from services.tools.trace import trace
+from services.tools.status import deployments
+from shared.health import consumer_lag
 from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS, PREDICTIONS_LABELED
+from shared.tracing import trace
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import requests
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, SaslAuthenticationFailed
 
 from services.tools import terminal
-from services.tools.status import health_urls
 from shared import settings as cfg
 from shared.client_logs import KAFKA_CLIENT_ERRORS, HeldErrors
 from shared.errors import DriftlineError, SettingsError, UnavailableError
+from shared.health import health_urls
 from shared.kafka_clients import KafkaAccess, kafka_failure
 from shared.registry import RegistryError, registry_failure
 

@@ -1,0 +1,155 @@
+"""The console's logic without a broker or a browser: who a request is, form tokens, errors per
+variant over time, the chart, and the deployment form read by the CLI's own code."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import SecretStr
+
+from services.console.logic import (
+    ErrorSeries,
+    LiveView,
+    User,
+    authenticate,
+    csrf_ok,
+    csrf_token,
+    deployment_from_form,
+    error_chart,
+    first_event,
+    form_values,
+)
+from shared.errors import DriftlineError
+from shared.events import (
+    DriftAlert,
+    LabeledPrediction,
+    PromotionPolicy,
+    VariantOutput,
+    encode,
+)
+from shared.settings import ConsoleSettings
+
+SETTINGS = ConsoleSettings(
+    viewer_token=SecretStr("see"),
+    editor_token=SecretStr("change"),
+    trusted_user_header=None,
+)
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_tokens_make_viewers_and_editors_and_nothing_else_lets_anyone_in() -> None:
+    assert authenticate(_basic("alice", "change"), SETTINGS) == User("alice", "editor")
+    assert authenticate(_basic("bob", "see"), SETTINGS) == User("bob", "viewer")
+    assert authenticate({"Authorization": "Bearer see"}, SETTINGS) == User("viewer token", "viewer")
+    assert authenticate(_basic("alice", "wrong"), SETTINGS) is None
+    assert authenticate({"Authorization": "Bearer "}, SETTINGS) is None
+    assert authenticate({"Authorization": "Basic %%%"}, SETTINGS) is None
+    assert authenticate({}, SETTINGS) is None
+
+
+def test_the_proxy_header_counts_only_when_configured() -> None:
+    proxied = {"X-Forwarded-User": "carol", "X-Forwarded-Groups": "ops, driftline-editors"}
+    assert authenticate(proxied, SETTINGS) is None
+    behind_proxy = ConsoleSettings(trusted_user_header="X-Forwarded-User")
+    assert authenticate(proxied, behind_proxy) == User("carol", "editor")
+    assert authenticate({"X-Forwarded-User": "dan"}, behind_proxy) == User("dan", "viewer")
+    assert not ConsoleSettings().authenticates
+
+
+def test_a_form_token_belongs_to_its_user_and_key() -> None:
+    alice = User("alice", "editor")
+    token = csrf_token(b"key", alice)
+    assert csrf_ok(b"key", alice, token)
+    assert not csrf_ok(b"other key", alice, token)
+    assert not csrf_ok(b"key", User("mallory", "editor"), token)
+    assert not csrf_ok(b"key", alice, "")
+
+
+def _labeled(at: float, champion: int, challenger: int | None, label: int) -> LabeledPrediction:
+    outcomes = [
+        VariantOutput(
+            variant="champion", role="champion", served=True, model_name="m",
+            model_version="1", output=champion,
+        ),
+        VariantOutput(
+            variant="challenger", role="shadow", served=False, model_name="m",
+            model_version="2", output=challenger,
+        ),
+    ]  # fmt: skip
+    return LabeledPrediction(
+        event_id=f"e{at}", entity_id="u", stream="s", deployment="d", features={},
+        outcomes=outcomes, label=label, event_time=datetime.fromtimestamp(at, UTC),
+        label_time=datetime.fromtimestamp(at, UTC), feedback_delay_s=0,
+    )  # fmt: skip
+
+
+def test_errors_are_counted_per_variant_and_bucket_and_old_buckets_go() -> None:
+    errors = ErrorSeries(bucket_s=60, horizon_s=120)
+    errors.add(_labeled(0, champion=1, challenger=0, label=0))
+    errors.add(_labeled(10, champion=0, challenger=None, label=0))
+    errors.add(_labeled(70, champion=1, challenger=1, label=1))
+    assert errors.series("d") == {
+        "challenger v2": [(0.0, 0.0), (60.0, 0.0)],
+        "champion v1": [(0.0, 0.5), (60.0, 0.0)],
+    }
+    assert errors.recent("d", buckets=1) == {"challenger v2": (0.0, 1), "champion v1": (0.0, 1)}
+    errors.add(_labeled(200, champion=0, challenger=0, label=0))
+    assert [t for t, _ in errors.series("d")["champion v1"]] == [60.0, 180.0]
+    assert errors.series("other") == {}
+
+
+def test_the_chart_draws_each_series_and_escapes_names() -> None:
+    chart = error_chart({"<b>": [(0.0, 0.5), (60.0, 0.25)], "x": [(0.0, 0.1)]})
+    assert chart.startswith("<svg") and chart.count("<polyline") == 2
+    assert "&lt;b&gt;" in chart and "<b>" not in chart
+    assert error_chart({}) == ""
+
+
+def test_the_form_is_read_by_the_cli_code_and_keeps_the_live_policies() -> None:
+    form = {
+        "name": "fraud",
+        "stream": "payments",
+        "champion": "models:/fraud@champion",
+        "canary": "models:/fraud/3",
+        "canary_weight": "0.2",
+        "rules": "tier==premium=models:/fraud@premium\n\n",
+        "shadows": "online:hat\n",
+    }
+    new = deployment_from_form(form, None)
+    assert [(v.name, v.role, v.model_uri) for v in new.variants] == [
+        ("champion", "champion", "models:/fraud@champion"),
+        ("canary", "canary", "models:/fraud/3"),
+        ("rule-1", "rule", "models:/fraud@premium"),
+        ("shadow-1", "shadow", "online:hat"),
+    ]
+    assert form_values(new) == form | {"rules": "tier==premium=models:/fraud@premium",
+                                       "shadows": "online:hat"}  # fmt: skip
+    live = new.model_copy(update={"promotion": PromotionPolicy(min_samples=7)})
+    assert deployment_from_form(form, live).promotion.min_samples == 7
+    with pytest.raises(DriftlineError, match="canary weight 'lots'"):
+        deployment_from_form(form | {"canary_weight": "lots"}, None)
+    with pytest.raises(DriftlineError, match="rule 'tier'"):
+        deployment_from_form(form | {"rules": "tier"}, None)
+
+
+def test_the_view_keeps_records_and_finds_open_alerts() -> None:
+    view = LiveView("p.", history=2, errors=ErrorSeries(60, 600))
+    alerts = [
+        DriftAlert(
+            alert_id=f"a{i}", kind="concept", level=level, key="concept:m:1", deployment="d",
+            detector="hddm_a", position=i, event_time=datetime.now(UTC),
+        )
+        for i, level in enumerate(["warning", "drift", "drift"])
+    ]  # fmt: skip
+    for alert in alerts:
+        assert view.apply("p.alerts", alert.key.encode(), encode(alert)) == alert
+    assert [a.alert_id for a in view.alerts] == ["a1", "a2"]
+    assert [a.alert_id for a in view.open_alerts()] == ["a2"]
+    with pytest.raises(DriftlineError):
+        view.apply("p.alerts", b"k", b"not json")
+    assert first_event([(5, "late"), (1, None), (3, "early")]) == "early"
