@@ -245,6 +245,31 @@ async def test_a_record_its_stream_skipped_unprocessed_is_never_acknowledged(
     assert list(consumer._acked[tp]) == [6]
 
 
+async def test_a_stream_partition_commits_at_its_frontier_whatever_faust_listed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Faust's own reckoning waits for offset 11 in its list of acknowledgements for good; the
+    records up to 19 were processed, so the commit goes to 20 and the list forgets them."""
+    isolate_prometheus(monkeypatch)
+    app = create_app("acks", DriftlineSettings(data_dir=tmp_path), IngestionSettings())
+    consumer = app.consumer
+    tp = TP("labeled", 0)
+    consumer.progress.assigned([tp])
+    consumer.progress.started(tp, 10)
+    consumer.progress.returned(tp, range(10, 25), 10)
+    for offset in range(10, 20):
+        consumer.progress.processed(tp, offset)
+    consumer._committed_offset[tp] = 10
+    consumer._acked[tp].extend([15, 16, 17, 18, 19, 22])
+    consumer._acked_index[tp].update([15, 16, 17, 18, 19, 22])
+
+    assert consumer._new_offset(tp) == 20
+    assert (consumer._acked[tp], consumer._acked_index[tp]) == ([22], {22})
+    consumer._committed_offset[tp] = 20
+    assert consumer._new_offset(tp) == 20  # nothing new done: no commit (`_should_commit`)
+    assert not consumer._should_commit(tp, 20)
+
+
 def _progress(committed: int | None) -> StreamProgress:
     progress = StreamProgress()
     progress.assigned([LABELED])
