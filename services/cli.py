@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.demo.commands import register as register_demo
+from services.gateway.commands import register as register_gateway
 from services.tools.promotion import register as register_promotion
 from services.tools.retrain import register as register_retrain
 from services.tools.status import register as register_status
@@ -100,6 +101,7 @@ register_trace(app)
 register_status(app)
 register_promotion(app)
 register_retrain(app)
+register_gateway(app)
 
 
 SecureOption = Annotated[

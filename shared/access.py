@@ -128,6 +128,12 @@ PRINCIPALS: tuple[Principal, ...] = (
         writes=(DEPLOYMENTS,),
     ),
     Principal(
+        "gateway",
+        "the V2 inference gateway (driftline gateway)",
+        reads=(DEPLOYMENTS, MODEL_SNAPSHOTS, STREAMS),
+        writes=(FEATURES, PREDICTIONS),
+    ),
+    Principal(
         "operator",
         "people and CI at the CLI: topics, deployments, streams, promotions, status, traces",
         reads=ALL_TOPICS,
@@ -141,7 +147,8 @@ PRINCIPALS: tuple[Principal, ...] = (
         writes=(EVENTS_RAW, FEEDBACK),
     ),
 )
-"""Every principal. Only the learner writes ``model-snapshots``; the router only reads it."""
+"""Every principal. Only the learner writes ``model-snapshots``; the router and the gateway only
+read it."""
 
 
 def principal(name: str) -> Principal:

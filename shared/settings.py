@@ -356,6 +356,26 @@ class RetrainSettings(ServiceSettings):
     """How long after its webhook an alert is retried before the job gives it up."""
 
 
+class GatewaySettings(ServiceSettings):
+    """V2 inference gateway, ``driftline gateway`` (prefix ``DRIFTLINE_GATEWAY_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_GATEWAY_")
+
+    web_port: int = Field(default=6069, ge=1, le=65535)
+    """Port of the gateway's HTTP endpoint (the V2 REST API, ``/metrics``, ``/health``)."""
+    model_refresh_seconds: float = Field(default=30.0, gt=0)
+    """How often MLflow aliases are re-resolved (a moved alias reloads its model)."""
+    online_model_cache_size: int = Field(default=10_000, ge=1)
+    """Unpickled online models kept in memory; others are unpickled again when used."""
+    max_request_bytes: int = Field(default=1_000_000, ge=1024)
+    """Inference requests with a larger body are refused (413) unread."""
+    max_rows: int = Field(default=1000, ge=1)
+    """Most rows (events) one inference request may hold."""
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest a request waits for Kafka to store its records; then it is answered 503 (nothing
+    is answered that is not recorded)."""
+
+
 class MlflowCredentials(BaseSettings):
     """Credentials for MLflow's basic-auth app, in MLflow's own client variables (prefix
     ``MLFLOW_TRACKING_``): every MLflow client in a Driftline process (router, learner, drift,
@@ -391,7 +411,13 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
 
 
 def _settings_classes() -> list[type[BaseSettings]]:
-    return [DriftlineSettings, *SERVICE_SETTINGS.values(), RetrainSettings, MlflowCredentials]
+    return [
+        DriftlineSettings,
+        *SERVICE_SETTINGS.values(),
+        RetrainSettings,
+        GatewaySettings,
+        MlflowCredentials,
+    ]
 
 
 def env_variables() -> dict[str, str]:
