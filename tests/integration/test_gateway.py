@@ -100,11 +100,21 @@ async def test_v2_answers_are_recorded_labeled_and_monitored(
         ServiceProcess(service, env, pipeline.workdir / f"{service}.log")
         for service in ("router", "feedback", "drift")
     ]
-    pipeline.workers += [gateway, *workers]  # stopped by the fixture, whatever fails
-    for process in (gateway, *workers):
-        process.spawn()
-    for process in (gateway, *workers):
-        process.wait_ready(120)
+    processes = [gateway, *workers]
+    pipeline.workers += processes  # stopped by the fixture too, whatever fails
+    try:
+        for process in processes:
+            process.spawn()
+        for process in processes:
+            process.wait_ready(120)
+        await answer_label_and_monitor(pipeline, gateway, workers[0])
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(p.stop) for p in processes))
+
+
+async def answer_label_and_monitor(
+    pipeline: Pipeline, gateway: ServiceProcess, router: ServiceProcess
+) -> None:
 
     base = f"http://127.0.0.1:{gateway.port}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -205,7 +215,7 @@ async def test_v2_answers_are_recorded_labeled_and_monitored(
     routed = f'driftline_events_in_total{{service="router",topic="{pipeline.topic(FEATURES)}"}}'
 
     async def router_read_all() -> bool:
-        return f"{routed} {float(n_events)}" in workers[0].metrics()
+        return f"{routed} {float(n_events)}" in router.metrics()
 
     await until(router_read_all)
     predictions_topic = pipeline.topic(PREDICTIONS)
