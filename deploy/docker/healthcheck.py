@@ -4,6 +4,9 @@ The image runs any ``driftline`` command. The service comes from the container's
 line (``driftline <service> worker``) and the port from the same settings the worker reads, so the
 check cannot drift from them. A container running another command (``driftline topics create``)
 serves no endpoint and counts as healthy. Exit 0 when healthy, 1 otherwise (Docker's contract).
+
+Given URLs as arguments it asks each of them instead: the chart's `helm test` pod checks every
+component's Service that way (``python /opt/driftline/healthcheck.py http://...:6061/health ...``).
 """
 
 from __future__ import annotations
@@ -38,20 +41,29 @@ def health_url(service: str) -> str:
     return f"http://{host}:{port}/health"
 
 
-def main(cmdline: Path = Path("/proc/1/cmdline")) -> int:
-    """Check the worker that PID 1 runs; print why it is unhealthy."""
+def healthy(name: str, url: str) -> bool:
+    """Whether `url` answers 200; prints why not."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            if response.status == 200:
+                return True
+            print(f"{name}: {url} answered {response.status}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{name}: {url} did not answer 200: {exc}", file=sys.stderr)
+    return False
+
+
+def main(urls: list[str], cmdline: Path = Path("/proc/1/cmdline")) -> int:
+    """Check every URL given, else the worker that PID 1 runs; print why one is unhealthy."""
+    if urls:
+        answers = [healthy(url, url) for url in urls]
+        return 0 if all(answers) else 1
     argv = [arg.decode() for arg in cmdline.read_bytes().split(b"\0") if arg]
     service = service_of(argv)
     if service is None:
         return 0
-    url = health_url(service)
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"{service}: {url} did not answer 200: {exc}", file=sys.stderr)
-        return 1
+    return 0 if healthy(service, health_url(service)) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -52,11 +52,18 @@ def run(args: list[str | Path], *, env: dict[str, str] | None = None) -> str:
 
 MLFLOW_SECRET = ("--set", "mlflow.existingSecret=mlflow-basic-auth")
 """The one value the chart has no default for (`helm_template` passes it first)."""
+HMAC_KEYS = (
+    "--set",
+    "hmac.keys.snapshot=test-snapshot-key-of-32-characters-at-least,"
+    "hmac.keys.webhook=test-webhook-key-of-32-characters-at-least,"
+    "hmac.keys.state=test-state-key-of-32-characters-at-least",
+)
+"""HMAC keys, which a rendering without cluster access needs (it cannot look the Secret up)."""
 
 
 def helm_template(*extra: str) -> str:
     """`helm template` of the chart as release ``driftline`` with the MLflow Secret (the one
-    required value) and extra arguments."""
+    required value), HMAC keys and extra arguments."""
     return run(
         [
             tool("helm"),
@@ -68,6 +75,7 @@ def helm_template(*extra: str) -> str:
             "--kube-version",
             KUBE_VERSION,
             *MLFLOW_SECRET,
+            *HMAC_KEYS,
             *extra,
         ]
     )

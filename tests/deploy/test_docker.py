@@ -107,10 +107,26 @@ def test_healthcheck_asks_the_workers_port(
     cmdline.write_bytes(b"/opt/driftline/bin/python\0/opt/driftline/bin/driftline\0drift\0worker\0")
     monkeypatch.setenv("DRIFTLINE_WEB_HOST", "0.0.0.0")
     monkeypatch.setenv("DRIFTLINE_DRIFT_WEB_PORT", str(health_server.server_address[1]))
-    assert healthcheck.main(cmdline) == 0
+    assert healthcheck.main([], cmdline) == 0
     monkeypatch.setattr(_Health, "status", 503)
-    assert healthcheck.main(cmdline) == 1
+    assert healthcheck.main([], cmdline) == 1
     monkeypatch.setenv("DRIFTLINE_DRIFT_WEB_PORT", "1")
-    assert healthcheck.main(cmdline) == 1
+    assert healthcheck.main([], cmdline) == 1
     cmdline.write_bytes(b"driftline\0topics\0create\0")
-    assert healthcheck.main(cmdline) == 0
+    assert healthcheck.main([], cmdline) == 0
+
+
+def test_healthcheck_asks_every_url_given(
+    healthcheck: ModuleType,
+    health_server: http.server.HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The chart's `helm test` pod: every component's /health must answer 200."""
+    port = health_server.server_address[1]
+    up = f"http://127.0.0.1:{port}/health"
+    assert healthcheck.main([up, up], Path("/nonexistent")) == 0
+    assert healthcheck.main([up, f"http://127.0.0.1:{port}/missing"], Path("/nonexistent")) == 1
+    assert "/missing" in capsys.readouterr().err
+    monkeypatch.setattr(_Health, "status", 503)
+    assert healthcheck.main([up], Path("/nonexistent")) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -118,7 +119,8 @@ def test_retrain_job_runs_retrain_serve_with_its_settings_and_takes_the_drift_we
     service = m.by_name(docs, "Service")["driftline-retrain"]
     assert service["spec"]["ports"][0]["port"] == 6067
     assert _drift_webhook_urls(docs) == ["http://driftline-retrain:6067/retrain"]
-    assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {
+    policies = [p for p in m.of_kind(docs, "NetworkPolicy") if not m.is_helm_test(p)]
+    assert {p["metadata"]["name"] for p in policies} == {
         "driftline", "driftline-retrain", "driftline-drift-to-retrain"
     }  # fmt: skip
 
@@ -400,3 +402,98 @@ def test_values_schema_follows_shared_settings() -> None:
         assert set(schema[group]["properties"][key]["enum"]) == allowed, f"{group}.{key}"
     mechanism = schema["kafka"]["properties"]["sasl"]["properties"]["mechanism"]["enum"]
     assert set(mechanism) == set(typing.get_args(fields["kafka_sasl_mechanism"].annotation))
+
+
+def test_extra_env_volumes_priority_and_digest_reach_every_pod(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    docs = load(helm_renderings["extras-values.yaml"])
+    digest = "sha256:" + "0123456789abcdef" * 4
+    pods = [(d["spec"]["template"]["spec"], d) for d, _ in m.workloads(docs)]
+    pods += [(p["spec"], p) for p in m.of_kind(docs, "Pod")]
+    assert len(pods) == len(SERVICE_SETTINGS) + 3  # workers, retrain job, topics Job, test pod
+    for pod, doc in pods:
+        (container,) = pod["containers"]
+        assert container["image"] == f"registry.example.internal/driftline@{digest}", m.name_of(doc)
+    for workload, container in m.workloads(docs):
+        pod = workload["spec"]["template"]["spec"]
+        router = m.component_of(container) == "router"
+        own = ["OMP_NUM_THREADS"] if m.component_of(container) in ("router", "retrain") else []
+        names = [e["name"] for e in container["env"]]
+        assert names[-1 - len(own) :] == ["HTTPS_PROXY", *own], m.name_of(workload)
+        volumes = [v["name"] for v in pod["volumes"]]
+        mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
+        assert volumes[-2 if router else -1 :] == [
+            "corporate-ca",
+            *(["models-cache"] if router else []),
+        ]
+        assert mounts["corporate-ca"] == "/etc/ssl/corporate"
+        assert ("models-cache" in mounts) == router
+        expected = "driftline-critical" if router else "driftline-workers"
+        assert pod["priorityClassName"] == expected, m.name_of(workload)
+    (retrain,) = [c for _, c in m.workloads(docs) if m.component_of(c) == m.RETRAIN]
+    assert {"name": "OMP_NUM_THREADS", "value": "2"} in retrain["env"]
+    default = load(helm_renderings["default-values.yaml"])
+    for workload, container in m.workloads(default):
+        assert "priorityClassName" not in workload["spec"]["template"]["spec"]
+        assert container["image"] == "driftline:0.1.0"
+
+
+def test_helm_test_pod_asks_every_running_component(
+    helm_renderings: dict[str, Path], load: Load
+) -> None:
+    for scenario, fullname in (
+        ("extras-values.yaml", "driftline"),
+        ("existing-secrets-values.yaml", "dl"),
+    ):
+        docs = load(helm_renderings[scenario])
+        (pod,) = m.of_kind(docs, "Pod")
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        (container,) = pod["spec"]["containers"]
+        assert container["command"] == ["python", "/opt/driftline/healthcheck.py"]
+        ports = {
+            m.component_of(c): c["ports"][0]["containerPort"]
+            for d, c in m.workloads(docs)
+            if d["kind"] == "Deployment"
+        }
+        assert sorted(container["args"]) == sorted(
+            f"http://{fullname}-{component}:{port}/health" for component, port in ports.items()
+        )
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    docs = load(helm_renderings["extras-values.yaml"])
+    tests = [p for p in m.of_kind(docs, "NetworkPolicy") if m.is_helm_test(p)]
+    assert {p["metadata"]["annotations"]["helm.sh/hook-weight"] for p in tests} == {"-1"}
+    assert not [
+        p for p in m.of_kind(load(helm_renderings["existing-secrets-values.yaml"]), "NetworkPolicy")
+    ]
+    assert not m.of_kind(m.load_all(helm_template("--set", "helmTest.enabled=false")), "Pod")
+
+
+def _hmac_secret(*args: str) -> dict[str, str]:
+    (secret,) = m.of_kind(m.load_all(helm_template(*args)), "Secret")
+    return secret["data"]
+
+
+def test_hmac_keys_are_stable_across_renderings_or_the_rendering_stops() -> None:
+    """Without cluster access (`helm template`, Argo CD) the chart cannot look its Secret up: given
+    keys render the same Secret every time; with neither keys nor existingSecret it stops."""
+    first, second = _hmac_secret(), _hmac_secret()
+    assert first == second
+    assert base64.b64decode(first["snapshot-key"]).decode().startswith("test-snapshot-key")
+    chart_only = [str(tool("helm")), "template", "x", str(CHART), "--set",
+                  "mlflow.existingSecret=m"]  # fmt: skip
+    done = subprocess.run(chart_only, capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "cannot see the cluster" in done.stderr, done.stderr
+    assert "hmac.existingSecret" in done.stderr
+    partial = subprocess.run(
+        [*chart_only, "--set", "hmac.keys.snapshot=" + "k" * 32],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert partial.returncode != 0 and "set all three" in partial.stderr, partial.stderr
+    short = subprocess.run(
+        [*chart_only, "--set", "hmac.keys.snapshot=short,hmac.keys.webhook=a,hmac.keys.state=b"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert short.returncode != 0 and "/hmac/keys" in short.stderr, short.stderr
+    existing = m.load_all(run([*chart_only, "--set", "hmac.existingSecret=keys"]))
+    assert not m.of_kind(existing, "Secret")

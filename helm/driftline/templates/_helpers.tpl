@@ -78,10 +78,35 @@ Name of the ServiceAccount the pods run as.
 {{- end }}
 
 {{/*
-The image, tag defaulting to the chart's appVersion.
+The image: `<repository>@<digest>` when `image.digest` is set (the exact image on every node),
+else `<repository>:<tag>`, the tag defaulting to the chart's appVersion.
 */}}
 {{- define "driftline.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A list value of every pod (`extraEnv`, `extraVolumes`, `extraVolumeMounts`) followed by the
+component's own, as YAML (empty when both are). Call with (dict "root" $ "values" <component's
+values or nil> "key" "<name>").
+*/}}
+{{- define "driftline.extraList" -}}
+{{- $items := concat (get .root.Values .key | default list) (get (.values | default dict) .key | default list) }}
+{{- with $items }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The PriorityClass of a component's pods: its own `priorityClassName`, else the global one. Call
+with (dict "root" $ "values" <component's values or nil>).
+*/}}
+{{- define "driftline.priorityClassName" -}}
+{{- get (.values | default dict) "priorityClassName" | default .root.Values.priorityClassName }}
 {{- end }}
 
 {{/*
@@ -205,6 +230,34 @@ Secret with the HMAC keys.
 {{- end }}
 
 {{/*
+The chart's HMAC Secret data (base64 values by key) that must be kept: from `hmac.keys` when
+given, else the Secret already in the cluster; empty at a first install (keys are then made).
+*/}}
+{{- define "driftline.hmacData" -}}
+{{- $keys := .Values.hmac.keys | default dict }}
+{{- if and $keys.snapshot $keys.webhook $keys.state }}
+{{ .Values.hmac.snapshotKey }}: {{ $keys.snapshot | b64enc }}
+{{ .Values.hmac.webhookKey }}: {{ $keys.webhook | b64enc }}
+{{ .Values.hmac.stateKey }}: {{ $keys.state | b64enc }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "driftline.hmacSecretName" .) }}
+{{- if and $existing $existing.data }}
+{{- toYaml $existing.data }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether the chart would make new HMAC keys at a rendering that cannot see the cluster: `helm
+template`, Argo CD, client-side dry runs (`lookup` then answers nothing, even for a list).
+*/}}
+{{- define "driftline.hmacKeysWouldRotate" -}}
+{{- if not (or .Values.hmac.existingSecret (include "driftline.hmacData" .)) }}
+{{- if not (lookup "v1" "Secret" .Release.Namespace "") }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
 How fast an autoscaler (the CPU HPA, or the one KEDA makes) may change a service's replicas.
 */}}
 {{- define "driftline.scalingBehavior" -}}
@@ -248,6 +301,13 @@ Stops a rendering whose values cannot work, with the reason.
 {{- end }}
 {{- if not (or .Values.mlflow.existingSecret .Values.mlflow.allowAnonymous) }}
 {{- fail "mlflow.existingSecret: name the Secret with MLflow's basic-auth credentials (or set mlflow.allowAnonymous=true for an MLflow without authentication)" }}
+{{- end }}
+{{- $keys := .Values.hmac.keys | default dict }}
+{{- if and (or $keys.snapshot $keys.webhook $keys.state) (not (and $keys.snapshot $keys.webhook $keys.state)) }}
+{{- fail "hmac.keys: set all three of snapshot, webhook and state (or none, to keep or make the Secret's)" }}
+{{- end }}
+{{- if include "driftline.hmacKeysWouldRotate" . }}
+{{- fail "hmac: this rendering cannot see the cluster (helm template, Argo CD, --dry-run=client), so generated HMAC keys would change on every render and every snapshot signed with the old ones would be refused. Set hmac.existingSecret (a Secret with keys snapshot-key, webhook-key, state-key, e.g. from External Secrets or Sealed Secrets) or hmac.keys.snapshot, hmac.keys.webhook and hmac.keys.state" }}
 {{- end }}
 {{- end }}
 
@@ -393,7 +453,8 @@ floats, without an exponent: 1000000, not 1e+06). Call with (dict "component" "<
 {{/*
 The Deployment of one long-running component: a service's worker or the retrain job. Call with
 (dict "root" $ "component" "<name>" "args" (list ...) "port" <web port> "resources" <map>
-"settings" <map>), and "replicas" <count> unless an HPA owns the count. Probes (`probes`):
+"settings" <map> "values" <its values: extraEnv, extraVolumes, extraVolumeMounts,
+priorityClassName>), and "replicas" <count> unless an HPA owns the count. Probes (`probes`):
 startup and readiness on /health, liveness on /live, which every component answers.
 */}}
 {{- define "driftline.deployment" -}}
@@ -448,6 +509,9 @@ spec:
           args: [{{ join ", " .args }}]
           {{- include "driftline.containerEnv" (dict "root" $root "principal" .component) | nindent 10 }}
             {{- include "driftline.componentEnv" . | nindent 12 }}
+            {{- with include "driftline.extraList" (dict "root" $root "values" .values "key" "extraEnv") }}
+            {{- . | nindent 12 }}
+            {{- end }}
           ports:
             - name: http
               containerPort: {{ .port }}
@@ -464,8 +528,17 @@ spec:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           volumeMounts:
             {{- include "driftline.volumeMounts" $root | nindent 12 }}
+            {{- with include "driftline.extraList" (dict "root" $root "values" .values "key" "extraVolumeMounts") }}
+            {{- . | nindent 12 }}
+            {{- end }}
       volumes:
         {{- include "driftline.volumes" $root | nindent 8 }}
+        {{- with include "driftline.extraList" (dict "root" $root "values" .values "key" "extraVolumes") }}
+        {{- . | nindent 8 }}
+        {{- end }}
+      {{- with include "driftline.priorityClassName" (dict "root" $root "values" .values) }}
+      priorityClassName: {{ . }}
+      {{- end }}
       {{- with $root.Values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
