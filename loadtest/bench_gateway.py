@@ -133,7 +133,10 @@ async def measure(
             await client.post("/v2/models/bench/infer", json=request_body(-i - 1, rng))
 
         async def infer(i: int) -> bool:
-            answer = await client.post("/v2/models/bench/infer", json=request_body(i, rng))
+            try:
+                answer = await client.post("/v2/models/bench/infer", json=request_body(i, rng))
+            except httpx.HTTPError:
+                return False
             return answer.status_code == 200
 
         async def live(_: int) -> bool:
@@ -205,6 +208,11 @@ def main(
     doc: Annotated[bool, typer.Option(help="Write docs/benchmarks.md and the JSON.")] = True,
 ) -> None:
     """Measure the gateway and write the results."""
+    from threadpoolctl import threadpool_limits
+
+    # As the gateway process does (`driftline gateway`): one thread per model call, or native
+    # thread pools hand work off on every call and the in-process figure measures that instead.
+    threadpool_limits(limits=1)
     rates = rate or [50.0, 200.0]
     broker = LocalKafka(port=port, home=default_home())
     started_broker = not broker.is_up(timeout=1.0)
