@@ -254,3 +254,42 @@ def test_model_metadata_lists_variants_as_versions_and_features_as_inputs() -> N
         {"name": "online", "datatype": "BOOL", "shape": [-1]},
     ]
     assert model_metadata(DEPLOYMENT, None)["inputs"] == []
+
+
+async def test_the_http_layer_answers_refusals_with_v2_error_bodies_never_a_traceback() -> None:
+    """The gateway's web app before any Kafka call: unknown models and paths, bad bodies and an
+    unready server get the protocol's JSON error and status (no broker: nothing is recorded)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from services.gateway.app import Gateway
+    from shared.settings import DriftlineSettings, GatewaySettings
+
+    gateway = Gateway(DriftlineSettings(), GatewaySettings(max_request_bytes=2048))
+    gateway.index.apply("fraud", DEPLOYMENT)
+    gateway.streams["payments"] = SCHEMA
+    async with TestClient(TestServer(gateway.web_app())) as client:
+        not_ready = await client.get("/v2/health/ready")
+        assert (not_ready.status, await not_ready.json()) == (400, {"ready": False})
+        assert (await client.get("/health")).status == 503
+        gateway.ready.set()
+        assert (await client.get("/v2/health/ready")).status == 200
+
+        unknown = await client.post("/v2/models/nope/infer", data=b"{}")
+        assert unknown.status == 404
+        assert (await unknown.json())["error"].startswith("no model 'nope' (models are deployments")
+        version = await client.get("/v2/models/fraud/versions/9")
+        assert version.status == 404 and "no version '9'" in (await version.json())["error"]
+        bad = await client.post("/v2/models/fraud/infer", data=b"[")
+        assert bad.status == 400 and "not JSON" in (await bad.json())["error"]
+        refused = await client.post(
+            "/v2/models/fraud/infer", data=body(tensor("amount", [-1.0]), id="x")
+        )
+        assert (
+            refused.status == 400 and "out of range: event 'x'" in (await refused.json())["error"]
+        )
+        large = await client.post("/v2/models/fraud/infer", data=b" " * 4096)
+        assert large.status == 413 and "larger than 2048 bytes" in (await large.json())["error"]
+        nowhere = await client.get("/v3/anything")
+        assert nowhere.status == 404 and "error" in await nowhere.json()
+        metadata = await (await client.get("/v2/models/fraud")).json()
+        assert metadata["parameters"] == {"stream": "payments"}
