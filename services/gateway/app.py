@@ -315,26 +315,31 @@ class Gateway:
                     )
                 for messages in (await reader.getmany(timeout_ms=500)).values():
                     for message in messages:
+                        if message.key is None:  # every record of these topics is keyed
+                            log.warning(
+                                "record without a key skipped",
+                                topic=message.topic,
+                                partition=message.partition,
+                                offset=message.offset,
+                            )
+                            continue
                         topics[message.topic](message.key, message.value)
         finally:
             await reader.stop()
 
-    def _apply_deployment(self, key: bytes | None, value: bytes | None) -> None:
+    def _apply_deployment(self, key: bytes, value: bytes | None) -> None:
         try:
             deployment = check_deployment(key, value, DEPLOYMENTS.full_name(self.common))
         except DriftlineError as exc:
             log.warning("deployment record skipped", key=key, reason=str(exc))
             return
-        assert key is not None  # checked
         self.index.apply(key.decode(), deployment)
 
-    def _apply_declaration(self, key: bytes | None, value: bytes | None) -> None:
+    def _apply_declaration(self, key: bytes, value: bytes | None) -> None:
         try:
             schema = check_declaration(key, value, STREAMS.full_name(self.common))
         except DriftlineError as exc:
             log.warning("stream declaration skipped", key=key, reason=str(exc))
-            return
-        if key is None:
             return
         if schema is None:
             self.streams.pop(key.decode(), None)
