@@ -1,19 +1,20 @@
 """The V2 gateway's latency at a stated request rate, beside calling the model directly.
 
-    .venv/bin/python -m loadtest.bench_gateway                # 20 s per rate, rates 50 and 200/s
+    .venv/bin/python -m loadtest.bench_gateway                # 20 s per rate, 50, 100, 200/s
     .venv/bin/python -m loadtest.bench_gateway --seconds 3 --rate 20 --no-doc   # a quick look
 
 On the bench broker (port 39092, started if none answers) and a local MLflow server of its own
 (port 15102), it registers a gradient-boosting classifier over four features, declares a stream,
 starts `driftline gateway` as a real process and deploys the model after it is ready. Then, at
-each rate, an open-loop client (one HTTP/1.1 keep-alive pool, httpx) sends one-row V2 inference
-requests on a fixed schedule; a request's latency runs from its scheduled time to its answer, so
-a gateway that falls behind is charged for the wait (no coordinated omission). Each answer
-includes writing the event to ``features`` and its prediction to ``predictions`` and waiting for
-Kafka's acks=all. Beside it, at the same rate: the same model called in-process through the
-router's own backend (`MlflowBackend.predict_many`, one row), which is the model's share of the
-gateway's time, and ``GET /v2/health/live`` on the gateway, the floor of the HTTP round trip.
-The table goes into ``docs/benchmarks.md`` (a generated block) and ``docs/benchmarks-gateway.json``.
+each rate, an open-loop client (aiohttp, one keep-alive pool of 64 connections) sends one-row
+V2 inference requests on a fixed schedule; a request's latency runs from its scheduled time to
+its answer, so a gateway that falls behind is charged for the wait (no coordinated omission).
+Each answer includes writing the event to ``features`` and its prediction to ``predictions``
+and waiting for Kafka's acks=all. Beside it, at the same rate: the same model called in-process
+through the router's own backend (`MlflowBackend.predict_many`, one row), which is the model's
+share of the gateway's time, and ``GET /v2/health/live`` on the gateway, the floor of the HTTP
+round trip. The table goes into ``docs/benchmarks.md`` (a generated block) and
+``docs/benchmarks-gateway.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
+import aiohttp
+import orjson
 import typer
 
 from loadtest.harness import Run, load_average
@@ -61,6 +63,16 @@ def register_model(tracking_uri: str) -> str:
     labels = (frame["amount"] + frame["score"] > 0).astype(int)
     model = GradientBoostingClassifier(n_estimators=50, random_state=7).fit(frame, labels)
     return f"models:/{MODEL}/{register_sklearn_model(tracking_uri, MODEL, model, frame)}"
+
+
+async def post(client: aiohttp.ClientSession, body: dict[str, Any]) -> bool:
+    """One inference request; whether it was answered 200 (an error counts as a failure)."""
+    try:
+        async with client.post("/v2/models/bench/infer", data=orjson.dumps(body)) as answer:
+            await answer.read()
+            return answer.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 def request_body(i: int, rng: random.Random) -> dict[str, Any]:
@@ -121,26 +133,30 @@ async def measure(
     backend = MlflowBackend(model_uri, tracking_uri)
     await backend.load()
     rng = random.Random(11)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     results: dict[str, Any] = {"rates": {}}
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{gateway.port}", timeout=30, limits=limits
-    ) as client:
+    base = f"http://127.0.0.1:{gateway.port}"
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(base, connector=connector) as client:
         # the first ask loads the model (seconds to a minute on a loaded machine)
-        while (await client.get("/v2/models/bench/ready", timeout=300)).status_code != 200:
+        ready = aiohttp.ClientTimeout(total=300)
+        while True:
+            async with client.get("/v2/models/bench/ready", timeout=ready) as answer:
+                if answer.status == 200:
+                    break
             await asyncio.sleep(0.2)
         for i in range(200):  # warm-up: connections, model, producer
-            await client.post("/v2/models/bench/infer", json=request_body(-i - 1, rng))
+            await post(client, request_body(-i - 1, rng))
 
         async def infer(i: int) -> bool:
-            try:
-                answer = await client.post("/v2/models/bench/infer", json=request_body(i, rng))
-            except httpx.HTTPError:
-                return False
-            return answer.status_code == 200
+            return await post(client, request_body(i, rng))
 
         async def live(_: int) -> bool:
-            return (await client.get("/v2/health/live")).status_code == 200
+            try:
+                async with client.get("/v2/health/live") as answer:
+                    await answer.read()
+                    return answer.status == 200
+            except aiohttp.ClientError:
+                return False
 
         async def direct(_: int) -> bool:
             row = ({f: rng.gauss(0, 1) for f in FEATURES}, "user-0")
@@ -213,7 +229,7 @@ def main(
     # As the gateway process does (`driftline gateway`): one thread per model call, or native
     # thread pools hand work off on every call and the in-process figure measures that instead.
     threadpool_limits(limits=1)
-    rates = rate or [50.0, 200.0]
+    rates = rate or [50.0, 100.0, 200.0]
     broker = LocalKafka(port=port, home=default_home())
     started_broker = not broker.is_up(timeout=1.0)
     if started_broker:
