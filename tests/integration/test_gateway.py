@@ -133,9 +133,11 @@ async def answer_label_and_monitor(
         await publish(pipeline.settings, DEPLOYMENTS, deployment.name, encode(deployment))
 
         async def model_ready() -> bool:
-            return (await client.get("/v2/models/loan-risk/ready")).status_code == 200
+            # the first ask loads the model from MLflow: half a minute or more on a busy machine
+            ready = await client.get("/v2/models/loan-risk/ready", timeout=180)
+            return ready.status_code == 200
 
-        await until(model_ready)  # applied without a restart, the model loaded
+        await until(model_ready, timeout=240)  # applied without a restart, the model loaded
         metadata = (await client.get("/v2/models/loan-risk")).json()
         assert metadata["versions"] == ["champion", "canary"]
         assert [i["name"] for i in metadata["inputs"]] == ["amount", "plan"]
