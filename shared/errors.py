@@ -132,6 +132,30 @@ class WrongFeaturesError(ModelError):
     code = "wrong_features"
 
 
+class EndpointError(ModelError):
+    """A V2 (Open Inference Protocol) endpoint did not answer (refused, timed out, failed with
+    5xx, not ready): try again later (exit 3 at the CLI)."""
+
+    kind = "endpoint unavailable"
+    code = "endpoint_unavailable"
+    exit_code = 3
+
+
+class CircuitOpenError(EndpointError):
+    """A V2 endpoint failed repeatedly; it is not asked until its breaker lets a probe through."""
+
+    kind = "circuit open"
+    code = "circuit_open"
+
+
+class EndpointRefusedError(ModelError):
+    """A V2 endpoint answered, but refused the request (4xx) or gave an answer that cannot be
+    read: the request or the model is at fault, not the server's availability."""
+
+    kind = "endpoint refused"
+    code = "endpoint_refused"
+
+
 class InternalError(DriftlineError):
     """A handler failed on a message for a reason that is not the message's fault (a bug, a
     failing dependency): the message is dead-lettered all the same, so nothing is lost."""

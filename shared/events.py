@@ -385,8 +385,9 @@ class Variant(BaseModel):
     name: Identifier
     role: VariantRole
     model_uri: Identifier
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (MLflow registry) or
-    ``online:<model id>`` (the learner's snapshots)."""
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (MLflow registry),
+    ``online:<model id>`` (the learner's snapshots) or ``v2+http(s)://<host>:<port>/<model>``
+    (an Open Inference Protocol server; `shared.model_uris`)."""
     weight: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of entities a canary serves (sticky per entity)."""
     rule: RoutingRule | None = None
@@ -460,7 +461,8 @@ class PromotionDecision(Event):
     decision_id: Identifier = Field(default_factory=new_id)
     deployment: Identifier
     model_name: Identifier
-    """Registered model both the champion and the challenger are versions of."""
+    """Registered model both the champion and the challenger are versions of; for a challenger
+    on another backend (a V2 endpoint, `shared.rollout.swap_challengers`), the challenger's."""
     champion_version: str | None = None
     """None when an operator decides without live numbers."""
     challenger_version: str
@@ -548,6 +550,12 @@ class WindowedAggregate(BaseModel):
     field: Identifier
     minutes: int = Field(ge=1, le=24 * 60)
 
+    @property
+    def feature_names(self) -> tuple[str, str]:
+        """The feature names of its count and mean, e.g. ``amount_count_10m``."""
+        suffix = f"{self.minutes}m"
+        return f"{self.field}_count_{suffix}", f"{self.field}_mean_{suffix}"
+
 
 class StreamSchema(Event):
     """A declared stream on ``streams`` (compacted, keyed by `name`): what its events must hold.
@@ -572,6 +580,12 @@ class StreamSchema(Event):
             if aggregate.field not in numeric:
                 raise ValueError(f"aggregate field {aggregate.field!r} is not a numeric feature")
         return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Every feature its feature events carry: the declared ones, then the aggregates'."""
+        names = [f.name for f in self.features]
+        return names + [n for a in self.aggregates for n in a.feature_names]
 
 
 E = TypeVar("E", bound=Event)

@@ -12,6 +12,12 @@ it, and every prefix of the steps leaves a champion serving:
 - rollback: (1) tag the version rejected; (2) publish the deployment without the challenger; (3)
   delete the ``challenger`` alias. The champion is never touched. The alias goes last, so a
   re-run after a crash still finds the challenger by it.
+
+A challenger on another backend (an Open Inference Protocol endpoint against an MLflow champion,
+or the other way round) has no registry alias to move: promoting it publishes the deployment
+with the challenger's URI as the champion's and without the challenger variant; rolling it back
+publishes the deployment without it. One step each, idempotent: once published, the deployment
+no longer has the variant, and a re-run publishes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Protocol
 from shared.errors import DriftlineError
 from shared.events import Deployment, Variant, utc_now
 from shared.logging import get_logger
-from shared.model_uris import RegistryUri, pinned_uri
+from shared.model_uris import V2_PREFIXES, RegistryUri, pinned_uri
 
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
@@ -105,6 +111,72 @@ def challenger_variants(deployment: Deployment) -> list[tuple[Variant, RegistryU
         ):
             found.append((variant, uri))
     return found
+
+
+def swap_challengers(deployment: Deployment) -> list[Variant]:
+    """The canary and shadow variants that promotion swaps in by URI: a V2 endpoint with
+    another URI than the champion's, or any registry model or V2 endpoint trying a V2
+    champion (a registry alias cannot point at either)."""
+    champion = next(v for v in deployment.variants if v.role == "champion")
+    champion_v2 = champion.model_uri.startswith(V2_PREFIXES)
+    return [
+        variant
+        for variant in deployment.variants
+        if variant.role in ("canary", "shadow")
+        and variant.model_uri != champion.model_uri
+        and (
+            variant.model_uri.startswith(V2_PREFIXES)
+            or (champion_v2 and RegistryUri.parse(variant.model_uri) is not None)
+        )
+    ]
+
+
+def find_swap_challenger(deployment: Deployment) -> Variant | None:
+    """The deployment's one challenger swapped in by URI (`swap_challengers`); None if it has
+    none; `NoChallengerError` if it has several, or a registry challenger too."""
+    swaps = swap_challengers(deployment)
+    if not swaps:
+        return None
+    others = [v for v, _ in challenger_variants(deployment)]
+    if len(swaps) > 1 or others:
+        names = ", ".join(sorted(v.name for v in [*swaps, *others]))
+        raise NoChallengerError(
+            deployment.name, f"several challengers (variants {names}): remove all but one first"
+        )
+    return swaps[0]
+
+
+def swapped(deployment: Deployment, variant_name: str, promoted: bool) -> Deployment:
+    """`deployment` without the variant `variant_name`; when `promoted`, its champion serves that
+    variant's URI. The deployment itself when it has no such variant (already done)."""
+    challenger = next((v for v in deployment.variants if v.name == variant_name), None)
+    if challenger is None or challenger.role not in ("canary", "shadow"):
+        return deployment
+    variants = []
+    for variant in deployment.variants:
+        if variant is challenger:
+            continue
+        if promoted and variant.role == "champion":
+            variant = variant.model_copy(update={"model_uri": challenger.model_uri})
+        variants.append(variant)
+    return Deployment.model_validate(
+        {**deployment.model_dump(), "variants": variants, "updated_at": utc_now()}
+    )
+
+
+def swap_steps(
+    publish: Publish, deployment: Deployment, variant_name: str, promoted: bool
+) -> list[Step]:
+    """The one step that promotes (or rolls back) a challenger on another backend."""
+    updated = swapped(deployment, variant_name, promoted)
+
+    async def publish_swapped() -> None:
+        if updated is not deployment:
+            await publish(updated)
+
+    action = "as its champion" if promoted else "without it"
+    what = f"publish {deployment.name} with variant {variant_name} {action}"
+    return [Step(what, publish_swapped)]
 
 
 def find_challenger(

@@ -236,6 +236,15 @@ class RouterSettings(ServiceSettings):
     """Most feature events routed as one micro-batch (decode, models, produce per batch)."""
     batch_within_s: float = Field(default=0.01, gt=0)
     """Longest an event waits for its micro-batch to fill: the latency paid at low rates."""
+    v2_timeout_s: float = Field(default=5.0, gt=0)
+    """Longest one request to a V2 (Open Inference Protocol) endpoint may take."""
+    v2_max_concurrency: int = Field(default=4, ge=1)
+    """Requests in flight per V2 endpoint at most."""
+    v2_breaker_failures: int = Field(default=3, ge=1)
+    """Outages in a row (no answer, timeout, 5xx) that open a V2 endpoint's circuit: its
+    events then fail at once instead of waiting for a timeout each."""
+    v2_breaker_reset_s: float = Field(default=2.0, gt=0)
+    """Seconds an open circuit refuses before one probe request may try the endpoint again."""
 
 
 class FeedbackSettings(ServiceSettings):
@@ -374,6 +383,16 @@ class GatewaySettings(ServiceSettings):
     write_timeout_s: float = Field(default=10.0, gt=0)
     """Longest a request waits for Kafka to store its records; then it is answered 503 (nothing
     is answered that is not recorded)."""
+    v2_timeout_s: float = Field(default=5.0, gt=0)
+    """Longest one request to a V2 (Open Inference Protocol) model endpoint may take."""
+    v2_max_concurrency: int = Field(default=32, ge=1)
+    """Requests in flight per V2 model endpoint at most: the gateway asks once per request,
+    not once per micro-batch as the router does, so it allows more than the router."""
+    v2_breaker_failures: int = Field(default=3, ge=1)
+    """Outages in a row (no answer, timeout, 5xx) that open a V2 endpoint's circuit: its
+    requests then fail at once (503) instead of waiting for a timeout each."""
+    v2_breaker_reset_s: float = Field(default=2.0, gt=0)
+    """Seconds an open circuit refuses before one probe request may try the endpoint again."""
 
 
 class MlflowCredentials(BaseSettings):

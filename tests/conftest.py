@@ -12,6 +12,7 @@ import pytest
 
 from shared.localkafka import LocalKafka
 from shared.localmlflow import LocalMlflow
+from tests.support.mlserver import V2_MODEL, LocalMlserver, threshold_model, write_model
 from tests.support.pipeline import Pipeline
 
 # Tests run with the public development keys; every worker they start inherits this. A test of
@@ -76,6 +77,23 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlf
 def mlflow_uri(mlflow_server: LocalMlflow) -> str:
     """Tracking URI of the test run's MLflow server."""
     return mlflow_server.uri
+
+
+@pytest.fixture(scope="session")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlserver]:
+    """A real MLServer (scikit-learn runtime) for this test run, on DRIFTLINE_TEST_MLSERVER_PORT
+    (18081; gRPC on the next port, no metrics server), serving `V2_MODEL`: a classifier of
+    ``amount > 0.5`` trained here. Stopped at the end, whatever failed; a test may kill and
+    restart it."""
+    repository = tmp_path_factory.mktemp("mlserver") / "models"
+    write_model(repository, threshold_model(V2_MODEL, cut=0.5))
+    port = int(os.environ.get("DRIFTLINE_TEST_MLSERVER_PORT", "18081"))
+    server = LocalMlserver(repository, http_port=port, grpc_port=port + 1)
+    try:
+        server.start([V2_MODEL])
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 `weigh_challengers` reads labeled predictions (keyed by deployment, so one deployment's events
 arrive in order on one partition) and, for each challenger of the event's deployment (a canary
-or shadow of another version of the champion's registered model, see `shared.rollout`), counts
+or shadow of another version of the champion's registered model, or one on another backend such
+as a V2 endpoint, see `shared.rollout`), counts
 both variants' outcomes in a `Trial` kept per (deployment, model, challenger version) in the
 ``promotion_trials`` table. Every `promotion_every` challenger outcomes it evaluates the
 deployment's promotion policy and publishes the decision on ``decisions``. A promote or rollback is
@@ -35,6 +36,8 @@ from shared.rollout import (
     execute,
     promotion_steps,
     rollback_steps,
+    swap_challengers,
+    swap_steps,
 )
 from shared.sealing import SealedState, json_codec, sealed_table
 from shared.topics import DECISIONS, DEPLOYMENTS, PREDICTIONS_LABELED
@@ -66,11 +69,13 @@ def add_promotion(
     async def run(trial: Trial, deployment: Deployment) -> None:
         """Run the trial's decided action; a failure is logged and retried on its next event."""
         challenger = Challenger(trial.model_name, trial.version, trial.variant)
-        steps = (
-            promotion_steps(registry, publish, deployment, challenger)
-            if trial.decided == "promote"
-            else rollback_steps(registry, publish, deployment, challenger, trial.reason)
-        )
+        promote = trial.decided == "promote"
+        if trial.swapped:
+            steps = swap_steps(publish, deployment, trial.variant, promoted=promote)
+        elif promote:
+            steps = promotion_steps(registry, publish, deployment, challenger)
+        else:
+            steps = rollback_steps(registry, publish, deployment, challenger, trial.reason)
         try:
             await execute(steps)
         except DriftlineError as exc:
@@ -89,21 +94,39 @@ def add_promotion(
         # Keyed by deployment name: most deployments have no challenger, and their records need
         # no decoding here (the concept-drift agent decodes and dead-letters bad ones).
         deployment = deployments.get((message.key or b"").decode(errors="replace"))
-        challengers = challenger_variants(deployment) if deployment is not None else []
-        if deployment is None or not challengers:
+        if deployment is None:
+            return
+        challengers = [(v, uri.name, uri.version) for v, uri in challenger_variants(deployment)]
+        challengers += [(v, None, None) for v in swap_challengers(deployment)]
+        if not challengers:
             return
         labeled = decode(LabeledPrediction, message.value, message.topic)
         lineage = lineage_of(labeled.provenance, message.topic, message.partition, message.offset)
-        for variant, uri in challengers:
-            version = uri.version or next(
-                (o.model_version for o in labeled.outcomes if o.variant == variant.name), None
-            )
-            if version is None:
-                continue
-            key = orjson.dumps([deployment.name, uri.name, version])
-            trial = sealed.loads(key, trials.get(key)) or Trial(
-                deployment.name, uri.name, variant.name, version
-            )
+        for variant, registered, pinned in challengers:
+            answered = next((o for o in labeled.outcomes if o.variant == variant.name), None)
+            if registered is None:
+                # Swapped in by URI: its trial is the URI's, and takes the model's name and
+                # version from its first answer (nothing counts before that one anyway).
+                key = orjson.dumps([deployment.name, variant.model_uri])
+                trial = sealed.loads(key, trials.get(key))
+                if trial is None:
+                    if answered is None:
+                        continue
+                    trial = Trial(
+                        deployment.name,
+                        answered.model_name,
+                        variant.name,
+                        answered.model_version,
+                        swapped=True,
+                    )
+            else:
+                version = pinned or (answered.model_version if answered is not None else None)
+                if version is None:
+                    continue
+                key = orjson.dumps([deployment.name, registered, version])
+                trial = sealed.loads(key, trials.get(key)) or Trial(
+                    deployment.name, registered, variant.name, version
+                )
             if trial.decided is not None:
                 if not trial.executed:
                     await run(trial, deployment)

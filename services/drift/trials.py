@@ -29,6 +29,9 @@ class Trial:
     model_name: str
     variant: str
     version: str
+    swapped: bool = False
+    """A challenger on another backend (`shared.rollout.swap_challengers`): promoting it
+    republishes the deployment with its URI as the champion's, no registry alias moves."""
     champion: VariantRecord = field(default_factory=VariantRecord)
     challenger: VariantRecord = field(default_factory=VariantRecord)
     champion_version: str | None = None
@@ -66,7 +69,7 @@ class Trial:
             return False
         tier = _tier(labeled, tier_feature)
         if champion is not None and champion.output is not None:
-            if champion.model_version == self.version:
+            if (champion.model_name, champion.model_version) == (self.model_name, self.version):
                 return False
             self.champion.add(_wrong(champion, labeled), tier)
             self.champion_version = champion.model_version

@@ -46,6 +46,7 @@ from shared.records import check_declaration, check_deployment
 from shared.routing import DeploymentIndex, answer_calls, count_answers
 from shared.settings import DriftlineSettings, GatewaySettings
 from shared.topics import DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS, STREAMS
+from shared.v2 import V2Options
 
 SERVICE = "gateway"
 log = get_logger(__name__)
@@ -62,8 +63,14 @@ class Gateway:
         self.index = DeploymentIndex.empty()
         self.streams: dict[str, StreamSchema] = {}
         self.snapshots = SnapshotStore(common.snapshot_keys, own.online_model_cache_size)
+        v2_options = V2Options(
+            timeout_s=own.v2_timeout_s,
+            max_concurrency=own.v2_max_concurrency,
+            breaker_failures=own.v2_breaker_failures,
+            breaker_reset_s=own.v2_breaker_reset_s,
+        )
         self.models = ModelCache(
-            lambda uri: backend_for(uri, common.mlflow_tracking_uri, self.snapshots),
+            lambda uri: backend_for(uri, common.mlflow_tracking_uri, self.snapshots, v2_options),
             retry_seconds=own.model_refresh_seconds,
         )
         self.ready = asyncio.Event()

@@ -60,7 +60,7 @@ class V2Error(DriftlineError):
     """A request the gateway cannot answer, with the HTTP status the protocol gives it; its
     message is the ``error`` of the V2 error body."""
 
-    code = "v2_refused"
+    code = "request_refused"
 
     def __init__(self, status: int, message: str) -> None:
         self.status = status

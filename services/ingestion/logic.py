@@ -91,12 +91,6 @@ def to_feature_event(
         raise EventDecodeError(provenance.topic, describe_problem(exc)) from None
 
 
-def aggregate_names(aggregate: WindowedAggregate) -> tuple[str, str]:
-    """The feature names of an aggregate's count and mean, e.g. ``amount_count_10m``."""
-    suffix = f"{aggregate.minutes}m"
-    return f"{aggregate.field}_count_{suffix}", f"{aggregate.field}_mean_{suffix}"
-
-
 def bucket_key(stream: str, entity_id: str, field: str) -> str:
     """The key of one entity's aggregate buckets for one field of one stream."""
     return f"{stream}\x1f{entity_id}\x1f{field}"
@@ -111,7 +105,7 @@ def window_features(aggregate: WindowedAggregate, count: float, total: float) ->
     """The aggregate's count and mean from its window's count and sum (no mean while empty).
     The mean of values within `MAX_MAGNITUDE` lies within it, but the rounding of a long sum
     can take it a hair past: it is kept within, so the feature event accepts it."""
-    count_name, mean_name = aggregate_names(aggregate)
+    count_name, mean_name = aggregate.feature_names
     if not count:
         return {count_name: 0.0}
     return {count_name: count, mean_name: max(-MAX_MAGNITUDE, min(MAX_MAGNITUDE, total / count))}

@@ -40,6 +40,7 @@ from shared.routing import (
     plan_calls,
 )
 from shared.topics import FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
+from shared.v2 import V2Options
 
 SERVICE = "router"
 log = get_logger(__name__)
@@ -58,8 +59,14 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
     snapshot_records = watched_global_table(
         app, snapshots.table, MODEL_SNAPSHOTS.partitions(common), snapshots.apply
     )
+    v2_options = V2Options(
+        timeout_s=own.v2_timeout_s,
+        max_concurrency=own.v2_max_concurrency,
+        breaker_failures=own.v2_breaker_failures,
+        breaker_reset_s=own.v2_breaker_reset_s,
+    )
     models = ModelCache(
-        lambda uri: backend_for(uri, common.mlflow_tracking_uri, snapshots),
+        lambda uri: backend_for(uri, common.mlflow_tracking_uri, snapshots, v2_options),
         retry_seconds=own.model_refresh_seconds,
     )
 

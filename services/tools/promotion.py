@@ -44,6 +44,8 @@ class Override:
     deployment: Deployment
     challenger: Challenger
     decision: PromotionDecision
+    swapped: bool = False
+    """A challenger on another backend: its URI replaces the champion's, no alias moves."""
 
 
 def register(app: typer.Typer) -> None:
@@ -62,11 +64,33 @@ async def plan(
     """Decide `action` on the deployment's challenger (or `version`) as an operator, changing
     nothing yet."""
     from shared.admin import live_deployments
-    from shared.rollout import CHAMPION_ALIAS, NoChallengerError, find_challenger
+    from shared.model_uris import model_identity
+    from shared.rollout import (
+        CHAMPION_ALIAS,
+        Challenger,
+        NoChallengerError,
+        find_challenger,
+        find_swap_challenger,
+    )
 
     deployment = (await live_deployments(common)).get(name)
     if deployment is None:
         raise UnknownDeploymentError(name)
+    swap = find_swap_challenger(deployment) if version is None else None
+    if swap is not None:
+        model, swap_version = model_identity(swap.model_uri)
+        champion = next(v for v in deployment.variants if v.role == "champion")
+        decision = PromotionDecision(
+            deployment=name,
+            model_name=model,
+            champion_version=model_identity(champion.model_uri)[1],
+            challenger_version=swap_version,
+            challenger_variant=swap.name,
+            action=action,
+            reason=OPERATOR_REASON,
+            decided_by="operator",
+        )
+        return Override(deployment, Challenger(model, swap_version, swap.name), decision, True)
     challenger = await asyncio.to_thread(find_challenger, deployment, registry, version)
     aliases = await asyncio.to_thread(registry.aliases, challenger.model_name)
     champion_version = aliases.get(CHAMPION_ALIAS)
@@ -91,7 +115,7 @@ async def carry_out(
     """Publish the decision and run its steps (each logged on stderr)."""
     from shared.admin import publish
     from shared.events import encode
-    from shared.rollout import execute, promotion_steps, rollback_steps
+    from shared.rollout import execute, promotion_steps, rollback_steps, swap_steps
     from shared.topics import DECISIONS, DEPLOYMENTS
 
     deployment, challenger, decision = override.deployment, override.challenger, override.decision
@@ -100,11 +124,15 @@ async def carry_out(
     async def publish_deployment(updated: Deployment) -> None:
         await publish(common, DEPLOYMENTS, updated.name, encode(updated))
 
-    steps = (
-        promotion_steps(registry, publish_deployment, deployment, challenger)
-        if decision.action == "promote"
-        else rollback_steps(registry, publish_deployment, deployment, challenger, OPERATOR_REASON)
-    )
+    if override.swapped and challenger.variant is not None:
+        promoted = decision.action == "promote"
+        steps = swap_steps(publish_deployment, deployment, challenger.variant, promoted)
+    elif decision.action == "promote":
+        steps = promotion_steps(registry, publish_deployment, deployment, challenger)
+    else:
+        steps = rollback_steps(
+            registry, publish_deployment, deployment, challenger, OPERATOR_REASON
+        )
     await execute(steps)
 
 

@@ -65,6 +65,27 @@ class Pipeline:
         except ServiceStartError as exc:
             raise AssertionError(f"{exc}:\n{worker.tail()}") from None
 
+    def start_together(self, services: Mapping[str, Mapping[str, str]]) -> list[Worker]:
+        """Start several workers at once (service -> its extra environment) and wait until each
+        is healthy: their start-ups overlap instead of adding up."""
+        started = [
+            Worker(
+                service,
+                {**self.env, **extra_env},
+                self.workdir / f"{service}-{len(self.workers) + i}.log",
+            )
+            for i, (service, extra_env) in enumerate(services.items())
+        ]
+        self.workers.extend(started)
+        for worker in started:
+            worker.spawn()
+        for worker in started:
+            try:
+                worker.wait_ready()
+            except ServiceStartError as exc:
+                raise AssertionError(f"{exc}:\n{worker.tail()}") from None
+        return started
+
     def driftline(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
         """Run the `driftline` command (its real entry point: errors are one line on stderr and
         exit 2) against this test's Driftline."""

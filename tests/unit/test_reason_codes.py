@@ -8,6 +8,7 @@ import typing
 
 import services.drift.app
 import services.feedback.app
+import services.gateway.app
 import services.ingestion.app
 import services.learner.app
 import services.router.app  # noqa: F401  (the services' own errors)

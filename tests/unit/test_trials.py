@@ -141,3 +141,11 @@ def test_the_decision_record_carries_the_numbers_and_no_infinities() -> None:
     assert (record.champion_error, record.challenger_error) == (0.3, 0.1)
     assert (record.champion_samples, record.challenger_samples) == (200, 200)
     assert record.z is None and record.p_value is None
+
+
+def test_a_challenger_on_another_backend_counts_a_champion_of_the_same_version_string() -> None:
+    trial = Trial("fraud", "fraud-v2", "challenger", "1", swapped=True)
+    v2 = _outcome("challenger", "canary", "1", 1).model_copy(update={"model_name": "fraud-v2"})
+    assert trial.count(_at(1, 0, v2), None)
+    assert not trial.count(_at(1, 1, champion(0, version="1")), None), "champion, no challenger"
+    assert _counts(trial) == (1, 1, 0, 1), "MLflow's version 1 is not the endpoint's 1"
