@@ -310,8 +310,8 @@ def main(
     print(render(results, seconds))
     if doc:
         suffix = "-mlserver" if mlserver else ""
-        start = BLOCK_START.replace("bench_gateway", f"bench_gateway{suffix}")
-        end = BLOCK_END.replace("bench_gateway", f"bench_gateway{suffix}")
+        start = BLOCK_START.replace("bench_gateway:", f"bench_gateway{suffix}:")
+        end = BLOCK_END.replace("bench_gateway:", f"bench_gateway{suffix}:")
         block = render(results, seconds).replace(BLOCK_START, start).replace(BLOCK_END, end)
         write_block(Path("docs/benchmarks.md"), block, start, end)
         path = Path(f"docs/benchmarks-gateway{suffix}.json")
