@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: lock schemas demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift
+.PHONY: lock schemas demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift bench-gateway
 
 # Every package from requirements.lock (all extras, hashed), then the project itself, editable,
 # built by the locked setuptools: two installs from the same lock get the same versions.
@@ -69,6 +69,12 @@ demo: $(STAMP)
 # docs/benchmarks.md and docs/benchmarks.json. `make bench BENCH_QUICK=1` runs each tiny.
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
+# The V2 gateway's latency at stated request rates beside the model called in-process, on the
+# bench broker (port 39092) and an MLflow server of its own (port 15102); writes its block of
+# docs/benchmarks.md and docs/benchmarks-gateway.json. BENCH_GATEWAY_ARGS="--seconds 5" is quicker.
+bench-gateway: $(STAMP)
+	$(BIN)/python -m loadtest.bench_gateway $(BENCH_GATEWAY_ARGS)
 
 # Detection quality of the drift detectors (no broker): synthetic streams with known change
 # points, the concept-drift switch, and TCPD's annotated series if a copy of its repository is in

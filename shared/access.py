@@ -136,6 +136,12 @@ PRINCIPALS: tuple[Principal, ...] = (
         watches_groups=True,
     ),
     Principal(
+        "gateway",
+        "the V2 inference gateway (driftline gateway)",
+        reads=(DEPLOYMENTS, MODEL_SNAPSHOTS, STREAMS),
+        writes=(FEATURES, PREDICTIONS),
+    ),
+    Principal(
         "operator",
         "people and CI at the CLI: topics, deployments, streams, promotions, status, traces",
         reads=ALL_TOPICS,
@@ -149,7 +155,8 @@ PRINCIPALS: tuple[Principal, ...] = (
         writes=(EVENTS_RAW, FEEDBACK),
     ),
 )
-"""Every principal. Only the learner writes ``model-snapshots``; the router only reads it."""
+"""Every principal. Only the learner writes ``model-snapshots``; the router and the gateway only
+read it."""
 
 
 def principal(name: str) -> Principal:

@@ -176,7 +176,11 @@ class FeatureEvent(Event):
     features: dict[str, FeatureValue]
     ingested_at: UtcDatetime = Field(default_factory=utc_now)
     provenance: Provenance | None = None
-    """The raw event's message (absent in records written before it was added)."""
+    """The raw event's message (absent in records written before it was added, and in events
+    the V2 gateway wrote from a request)."""
+    answered_for: list[Identifier] = Field(default_factory=list)
+    """Deployments that already predicted this event within a request (the V2 gateway wrote
+    their predictions): routers pass them by, while drift still monitors the features."""
 
 
 class VariantOutput(BaseModel):

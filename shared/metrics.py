@@ -74,7 +74,8 @@ DUPLICATE_EVENTS = Counter(
 )
 PREDICTIONS = Counter(
     "driftline_predictions_total",
-    "Predictions the router produced, by deployment, variant and whether they were served.",
+    "Predictions the router (or the V2 gateway) produced, by deployment, variant and whether "
+    "they were served.",
     ["deployment", "variant", "served"],
 )
 MODEL_INFERENCE_SECONDS = Histogram(
@@ -211,6 +212,19 @@ RETRAIN_PENDING = Gauge(
     "driftline_retrain_pending",
     "Alerts the retrain job accepted and has not finished (queued, retraining or waiting to "
     "retry); read when scraped.",
+)
+GATEWAY_REQUESTS = Counter(
+    "driftline_gateway_requests_total",
+    "V2 inference requests the gateway answered, by deployment (the URL's model name; ``-`` "
+    "for a name no deployment has) and HTTP status.",
+    ["model", "status"],
+)
+GATEWAY_REQUEST_SECONDS = Histogram(
+    "driftline_gateway_request_seconds",
+    "Time from a V2 inference request's receipt to its answer, its records' acknowledgement by "
+    "Kafka included, by deployment (answered requests only).",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
 PROMOTION_DECISIONS = Counter(
     "driftline_promotion_decisions_total",

@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import operator
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from shared import metrics
 from shared.backends import Answer, ModelBackend
 from shared.errors import DriftlineError, ModelError
 from shared.events import (
@@ -204,7 +206,8 @@ def plan_calls(
     events: Sequence[tuple[int, FeatureEvent]], index: DeploymentIndex
 ) -> tuple[list[Call], dict[int, DriftlineError]]:
     """Every variant call of a batch's decoded events (with their positions), in event order,
-    and the error of each event whose stream has no deployment."""
+    and the error of each event whose stream has no deployment. Deployments an event was
+    answered for already (by the V2 gateway, `FeatureEvent.answered_for`) are not asked again."""
     calls: list[Call] = []
     unrouted: dict[int, DriftlineError] = {}
     for position, event in events:
@@ -214,6 +217,8 @@ def plan_calls(
             unrouted[position] = exc
             continue
         for deployment in deployments:
+            if deployment.name in event.answered_for:
+                continue
             for variant, served in choose_variants(deployment, event):
                 calls.append(Call(position, event, deployment, variant, served))
     return calls, unrouted
@@ -277,3 +282,17 @@ def _prediction_or_error(call: Call, answer: Answer, latency_ms: float) -> Predi
     except ValidationError as exc:
         problem = describe_problem(exc)
         return ModelError(call.variant.model_uri, f"unusable answer: {problem}")
+
+
+def count_answers(predictions: Sequence[Prediction], failures: Mapping[int, list[Failure]]) -> None:
+    """Count a batch's predictions (by deployment, variant, served), their model time, and the
+    variants that failed, as the router and the gateway report them alike."""
+    served = Counter((p.deployment, p.outcome.variant, str(p.outcome.served)) for p in predictions)
+    for labels, count in served.items():
+        metrics.child(metrics.PREDICTIONS, *labels).inc(count)
+    inference = metrics.MODEL_INFERENCE_SECONDS
+    for p in predictions:
+        metrics.child(inference, p.deployment, p.outcome.variant).observe(p.latency_ms / 1000)
+    for failed in failures.values():
+        for deployment, variant, exc in failed:
+            metrics.child(metrics.MODEL_FAILURES, deployment, variant, exc.kind).inc()

@@ -402,6 +402,36 @@ class ConsoleSettings(ServiceSettings):
         return bool(self.viewer_token or self.editor_token or self.trusted_user_header)
 
 
+class GatewaySettings(ServiceSettings):
+    """V2 inference gateway, ``driftline gateway`` (prefix ``DRIFTLINE_GATEWAY_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_GATEWAY_")
+
+    web_port: int = Field(default=6069, ge=1, le=65535)
+    """Port of the gateway's HTTP endpoint (the V2 REST API, ``/metrics``, ``/health``)."""
+    model_refresh_seconds: float = Field(default=30.0, gt=0)
+    """How often MLflow aliases are re-resolved (a moved alias reloads its model)."""
+    online_model_cache_size: int = Field(default=10_000, ge=1)
+    """Unpickled online models kept in memory; others are unpickled again when used."""
+    max_request_bytes: int = Field(default=1_000_000, ge=1024)
+    """Inference requests with a larger body are refused (413) unread."""
+    max_rows: int = Field(default=1000, ge=1)
+    """Most rows (events) one inference request may hold."""
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest a request waits for Kafka to store its records; then it is answered 503 (nothing
+    is answered that is not recorded)."""
+    v2_timeout_s: float = Field(default=5.0, gt=0)
+    """Longest one request to a V2 (Open Inference Protocol) model endpoint may take."""
+    v2_max_concurrency: int = Field(default=32, ge=1)
+    """Requests in flight per V2 model endpoint at most: the gateway asks once per request,
+    not once per micro-batch as the router does, so it allows more than the router."""
+    v2_breaker_failures: int = Field(default=3, ge=1)
+    """Outages in a row (no answer, timeout, 5xx) that open a V2 endpoint's circuit: its
+    requests then fail at once (503) instead of waiting for a timeout each."""
+    v2_breaker_reset_s: float = Field(default=2.0, gt=0)
+    """Seconds an open circuit refuses before one probe request may try the endpoint again."""
+
+
 class MlflowCredentials(BaseSettings):
     """Credentials for MLflow's basic-auth app, in MLflow's own client variables (prefix
     ``MLFLOW_TRACKING_``): every MLflow client in a Driftline process (router, learner, drift,
@@ -442,6 +472,7 @@ def _settings_classes() -> list[type[BaseSettings]]:
         *SERVICE_SETTINGS.values(),
         RetrainSettings,
         ConsoleSettings,
+        GatewaySettings,
         MlflowCredentials,
     ]
 

@@ -23,7 +23,6 @@ from services.ingestion.logic import (
     ingest_event,
     parse_raw_event,
     stream_schema,
-    validate_features,
 )
 from services.ingestion.state import PartitionState
 from shared import metrics
@@ -44,6 +43,7 @@ from shared.events import FeatureEvent, encode
 from shared.global_tables import checked_global_table
 from shared.records import check_declaration
 from shared.topics import EVENTS_RAW, FEATURES, STREAMS
+from shared.validation import validate_features
 
 SERVICE = "ingestion"
 

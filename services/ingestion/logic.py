@@ -1,8 +1,8 @@
 """Turning raw events into feature events, without Kafka.
 
-Validation checks a raw event against its stream's declaration (`StreamSchema`) and either returns
-its features or raises an error whose message is the dead-letter reason. The reason starts with
-the kind of fault (``missing field: ...``) so the dead-letter metric can be labelled by it.
+Validation (`shared.validation`, shared with the V2 gateway) checks a raw event against its
+stream's declaration (`StreamSchema`) and either returns its features or raises an error whose
+message is the dead-letter reason.
 Windowed aggregates are kept in fixed event-time buckets (count and sum per bucket, see
 `services.ingestion.state`); a window is the sum of its buckets. A number beyond
 `shared.events.MAX_MAGNITUDE` is refused like the other faults, so no window's sum can overflow
@@ -12,9 +12,6 @@ event's feature event is built: an event refused at any step leaves no trace.
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 from pydantic import ValidationError
 
 from services.ingestion.state import PartitionState
@@ -22,52 +19,15 @@ from shared.errors import DriftlineError, EventDecodeError
 from shared.events import (
     MAX_MAGNITUDE,
     FeatureEvent,
-    FeatureSpec,
     FeatureValue,
     Provenance,
     RawEvent,
     StreamSchema,
     WindowedAggregate,
-    check_number,
     decode,
     describe_problem,
 )
-
-
-class UnknownStreamError(DriftlineError):
-    """A raw event names a stream nobody declared."""
-
-    code = "unknown_stream"
-
-    def __init__(self, stream: str) -> None:
-        self.stream = stream
-        super().__init__(
-            f"unknown stream: {stream!r} is not declared; declare it with "
-            "`driftline streams declare --file <schema.json>`"
-        )
-
-
-Fault = Literal[
-    "missing field",
-    "wrong type",
-    "unknown category",
-    "not finite",
-    "too large",
-    "out of range",
-    "future event time",
-]
-"""What can be wrong with a raw event's content."""
-
-
-class InvalidEventError(DriftlineError):
-    """A raw event breaks its stream's declaration; `kind` names the fault for metrics."""
-
-    def __init__(self, kind: Fault, raw: RawEvent, detail: str) -> None:
-        self.kind = kind
-        self.code = kind.replace(" ", "_")
-        self.event_id = raw.event_id
-        self.stream = raw.stream
-        super().__init__(f"{kind}: event {raw.event_id!r} of stream {raw.stream!r}: {detail}")
+from shared.validation import InvalidEventError, UnknownStreamError
 
 
 class WindowTooLongError(DriftlineError):
@@ -97,45 +57,6 @@ def stream_schema(schema: StreamSchema | None, stream: str, horizon: int) -> Str
         if aggregate.minutes > horizon:
             raise WindowTooLongError(stream, aggregate.minutes, horizon)
     return schema
-
-
-def validate_features(raw: RawEvent, schema: StreamSchema) -> dict[str, FeatureValue]:
-    """The declared features of `raw`, checked; undeclared fields are left out."""
-    features: dict[str, FeatureValue] = {}
-    for spec in schema.features:
-        if spec.name not in raw.data or raw.data[spec.name] is None:
-            if spec.required:
-                raise InvalidEventError("missing field", raw, f"required {spec.name!r} is absent")
-            continue
-        features[spec.name] = _checked_value(spec, raw.data[spec.name], raw)
-    return features
-
-
-def _checked_value(spec: FeatureSpec, value: object, raw: RawEvent) -> FeatureValue:
-    shown = f"{spec.name}={value!r}"
-    if spec.type == "boolean":
-        if not isinstance(value, bool):
-            raise InvalidEventError("wrong type", raw, f"{shown} is not a boolean")
-        return value
-    if spec.type == "categorical":
-        if not isinstance(value, str):
-            raise InvalidEventError("wrong type", raw, f"{shown} is not text")
-        if spec.categories is not None and value not in spec.categories:
-            allowed = ", ".join(spec.categories)
-            raise InvalidEventError("unknown category", raw, f"{shown} is not one of {allowed}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEventError("wrong type", raw, f"{shown} is not a number")
-    try:
-        number = check_number(value)
-    except ValueError as exc:
-        kind: Fault = (
-            "not finite" if isinstance(value, float) and not math.isfinite(value) else "too large"
-        )
-        raise InvalidEventError(kind, raw, f"{spec.name}: {exc}") from None
-    if (spec.min is not None and number < spec.min) or (spec.max is not None and number > spec.max):
-        raise InvalidEventError("out of range", raw, f"{shown} is outside [{spec.min}, {spec.max}]")
-    return number
 
 
 def event_timestamp(raw: RawEvent, now: float, max_ahead_s: float) -> float:

@@ -11,7 +11,6 @@ previous one keeps serving.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import faust
@@ -37,6 +36,7 @@ from shared.routing import (
     DeploymentIndex,
     VariantsFailedError,
     answer_calls,
+    count_answers,
     plan_calls,
 )
 from shared.topics import FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
@@ -107,17 +107,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
             [(p.event_id.encode(), encode(p)) for p in predictions],
         )
         metrics.observe_end_to_end(SERVICE, (p.event_time.timestamp() for p in predictions))
-        served = Counter(
-            (p.deployment, p.outcome.variant, str(p.outcome.served)) for p in predictions
-        )
-        for labels, count in served.items():
-            metrics.child(metrics.PREDICTIONS, *labels).inc(count)
-        for p in predictions:
-            inference = metrics.MODEL_INFERENCE_SECONDS
-            metrics.child(inference, p.deployment, p.outcome.variant).observe(p.latency_ms / 1000)
+        count_answers(predictions, failures)
         for position, failed in failures.items():
-            for deployment, variant, exc in failed:
-                metrics.child(metrics.MODEL_FAILURES, deployment, variant, exc.kind).inc()
             reasons[position] = VariantsFailedError(failed)
         return [(events[position], reasons[position]) for position in sorted(reasons)]
 

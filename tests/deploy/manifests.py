@@ -20,6 +20,7 @@ import yaml
 from shared.settings import (
     INSECURE_DEV_KEY,
     SERVICE_SETTINGS,
+    GatewaySettings,
     RetrainSettings,
     ServiceSettings,
     env_variables,
@@ -35,11 +36,15 @@ RETRAIN = "retrain"
 CONSOLE = "console"
 """The operator console's component name: ``args: [console]``."""
 """The webhook-triggered retrain job's component name: ``args: [retrain, serve]``."""
+GATEWAY = "gateway"
+"""The V2 inference gateway's component name: ``args: [gateway]``."""
 COMPONENT_SETTINGS: dict[str, type[ServiceSettings]] = {
     **SERVICE_SETTINGS,
     RETRAIN: RetrainSettings,
+    GATEWAY: GatewaySettings,
 }
-"""Settings of every long-running component (the services' workers and the retrain job)."""
+"""Settings of every long-running component (the services' workers, the retrain job and the
+gateway)."""
 
 TOPIC_SETTINGS = (
     "DRIFTLINE_KAFKA_BROKER",
@@ -142,18 +147,20 @@ def workloads(docs: list[Manifest]) -> list[tuple[Manifest, Manifest]]:
 
 def component_of(container: Manifest) -> str | None:
     """The long-running component a container runs: a service's worker (``args: [<service>,
-    worker]``), the retrain job (``[retrain, serve]``) or the console (``[console]``); None for
-    the one-shot Jobs, ``topics create`` and ``apply --file <specs>``."""
+    worker]``), the retrain job (``[retrain, serve]``), the console (``[console]``) or the
+    gateway (``[gateway]``); None for the one-shot Jobs, ``topics create`` and ``apply --file
+    <specs>``."""
     args = container.get("args", [])
     if len(args) == 2 and args[1] == "worker":
         assert args[0] in SERVICE_SETTINGS, f"unknown service in args {args}"
         return args[0]
     if args == [RETRAIN, "serve"]:
         return RETRAIN
-    if args == [CONSOLE]:
-        return CONSOLE
+    if args in ([CONSOLE], [GATEWAY]):
+        return args[0]
     assert args == ["topics", "create"] or args[:2] == ["apply", "--file"], (
-        f"a container runs neither a worker, the retrain job, the console, topics nor apply: {args}"
+        f"a container runs neither a worker, the retrain job, the console, the gateway, topics"
+        f" nor apply: {args}"
     )
     return None
 
@@ -553,3 +560,38 @@ def check_specs_job(docs: list[Manifest]) -> list[Spec]:
         for name, text in sorted(configmap["data"].items())
         for spec in parse_specs(text, f"{name_of(configmap)}/{name}")
     ]
+
+
+def check_gateway(docs: list[Manifest]) -> None:
+    """The V2 gateway: `driftline gateway` with its own settings only, no autoscaler or
+    disruption budget of the services', a Service on its web port and, with NetworkPolicies, one
+    that selects the gateway pods alone and lets its clients in on that port."""
+    ((deployment, container),) = [(d, c) for d, c in workloads(docs) if component_of(c) == GATEWAY]
+    where = name_of(deployment)
+    env = container_env(docs, container)
+    known = set(env_variables())
+    for name in env:
+        if name.startswith("DRIFTLINE_GATEWAY_"):
+            assert name in known, f"{where} sets {name}, which GatewaySettings does not read"
+    web_ports = [name for name in env if name.endswith("_WEB_PORT")]
+    assert web_ports == ["DRIFTLINE_GATEWAY_WEB_PORT"], f"{where}: web ports {web_ports}"
+    port = int(env["DRIFTLINE_GATEWAY_WEB_PORT"].value or 0)
+    labels = pod_labels(deployment)
+    services = [
+        s for s in of_kind(docs, "Service") if s["spec"]["selector"].items() <= labels.items()
+    ]
+    assert len(services) == 1, f"{where}: {len(services)} Services"
+    assert [p["port"] for p in services[0]["spec"]["ports"]] == [port], name_of(services[0])
+    policies = of_kind(docs, "NetworkPolicy")
+    if policies:
+        others = [pod_labels(d) for d, c in workloads(docs) if component_of(c) != GATEWAY]
+        own = [
+            p
+            for p in policies
+            if selects(p["spec"]["podSelector"], labels)
+            and not any(selects(p["spec"]["podSelector"], other) for other in others)
+            and not is_helm_test(p)
+        ]
+        assert len(own) == 1, f"{where}: {len(own)} NetworkPolicies for the gateway's clients"
+        (rule,) = own[0]["spec"]["ingress"]
+        assert {p["port"] for p in rule["ports"]} <= {"http", port}, f"{where}: {rule}"

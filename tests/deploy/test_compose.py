@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.settings import SERVICE_SETTINGS, ConsoleSettings, RetrainSettings, env_variables
+from shared.settings import (
+    SERVICE_SETTINGS,
+    ConsoleSettings,
+    GatewaySettings,
+    RetrainSettings,
+    env_variables,
+)
 from tests.deploy.conftest import ROOT, run, tool
 from tests.deploy.manifests import REQUIRED_SETTINGS
 
@@ -115,6 +121,22 @@ def test_the_retrain_job_runs_only_in_its_profile_behind_the_drift_webhook(
     assert json.loads(services["drift"]["environment"]["DRIFTLINE_DRIFT_WEBHOOK_URLS"]) == [url]
 
 
+def test_the_gateway_serves_the_v2_api_on_the_host_loopback(compose: dict[str, Any]) -> None:
+    gateway = compose["services"]["gateway"]
+    assert gateway["command"] == ["gateway"]
+    assert gateway["image"] == compose["services"]["router"]["image"]
+    env = gateway["environment"]
+    port = env["DRIFTLINE_GATEWAY_WEB_PORT"]
+    assert port == str(GatewaySettings.model_fields["web_port"].default)
+    for name in REQUIRED_SETTINGS:
+        assert name in env, f"gateway: {name} is not set"
+    assert [(p["host_ip"], p["published"], p["target"]) for p in gateway["ports"]] == [
+        ("127.0.0.1", port, int(port))
+    ]
+    assert gateway["read_only"] is True
+    assert gateway["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
 def test_one_image_built_once_runs_every_service(compose: dict[str, Any]) -> None:
     services = compose["services"]
     image = services["topics"]["image"]
@@ -147,7 +169,7 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
     }
     assert targets == {
         f"driftline-{service}": [f"{service}:{cls.model_fields['web_port'].default}"]
-        for service, cls in SERVICE_SETTINGS.items()
+        for service, cls in {**SERVICE_SETTINGS, "gateway": GatewaySettings}.items()
     }
 
 

@@ -19,6 +19,7 @@ from shared.settings import (
     SERVICE_SETTINGS,
     ConsoleSettings,
     DriftlineSettings,
+    GatewaySettings,
     RetrainSettings,
     env_variables,
 )
@@ -68,9 +69,13 @@ def test_workloads_have_settings_secrets_probes_and_a_writable_data_dir(
     disabled = {s for s, v in values.get("services", {}).items() if v.get("enabled") is False}
     retrain = {m.RETRAIN} if values.get("retrainJob", {}).get("enabled") else set()
     console = {m.CONSOLE} if values.get("console", {}).get("enabled") else set()
-    assert sorted(services) == sorted(set(SERVICE_SETTINGS) - disabled | retrain | console)
+    gateway = {m.GATEWAY} if values.get("gateway", {}).get("enabled", True) else set()
+    expected = set(SERVICE_SETTINGS) - disabled | retrain | console | gateway
+    assert sorted(services) == sorted(expected)
     if retrain:
         m.check_retrain_job(docs)
+    if gateway:
+        m.check_gateway(docs)
     m.check_autoscalers(docs)
     m.check_scaled_objects(docs)
     m.check_disruption_budgets(docs)
@@ -96,7 +101,8 @@ def test_defaults_make_topics_with_the_job_and_keep_the_hmac_secret(
     (secret,) = m.of_kind(docs, "Secret")
     assert set(secret["data"]) == {"snapshot-key", "webhook-key", "state-key"}
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert len(m.of_kind(docs, "Deployment")) == len(m.of_kind(docs, "HorizontalPodAutoscaler"))
+    autoscaled = len(m.of_kind(docs, "HorizontalPodAutoscaler"))
+    assert len(m.of_kind(docs, "Deployment")) == autoscaled + 1  # the gateway: no HPA
     assert m.of_kind(docs, "NetworkPolicy") and not m.of_kind(docs, "KafkaTopic")
     assert not m.of_kind(docs, "PrometheusRule"), "opt-in: its CRD may be missing"
     assert not [c for _, c in m.workloads(docs) if m.component_of(c) == m.RETRAIN], "opt-in"
@@ -129,7 +135,7 @@ def test_retrain_job_runs_retrain_serve_with_its_settings_and_takes_the_drift_we
     assert _drift_webhook_urls(docs) == ["http://driftline-retrain:6067/retrain"]
     policies = [p for p in m.of_kind(docs, "NetworkPolicy") if not m.is_helm_test(p)]
     assert {p["metadata"]["name"] for p in policies} == {
-        "driftline", "driftline-retrain", "driftline-drift-to-retrain"
+        "driftline", "driftline-retrain", "driftline-drift-to-retrain", "driftline-gateway"
     }  # fmt: skip
 
 
@@ -229,7 +235,7 @@ def test_strimzi_scenario_runs_each_workload_as_its_own_user(
         assert env["DRIFTLINE_KAFKA_SASL_USERNAME"].value == f"driftline-prod-{principal}"
         assert env["DRIFTLINE_KAFKA_SASL_USERNAME"].value in users
         assert env["DRIFTLINE_KAFKA_SASL_PASSWORD"].source == "secret"
-    assert ran == {*SERVICE_SETTINGS, "retrain"}
+    assert ran == {*SERVICE_SETTINGS, "retrain", "gateway"}
 
 
 def test_whole_numbers_of_values_files_reach_the_settings_without_an_exponent() -> None:
@@ -265,6 +271,8 @@ def test_whole_numbers_of_values_files_reach_the_settings_without_an_exponent() 
         ("retrainJob.replicas=2", "/retrainJob/replicas"),
         ("retrainJob.port=0", "/retrainJob/port"),
         ("retrainJob.trainer=x", "'trainer' not allowed"),
+        ("gateway.enabled=yes", "/gateway/enabled"),
+        ("gateway.port=0", "/gateway/port"),
         ("mlflow.existingSecret=", "mlflow.existingSecret: name the Secret"),
         ("keda.enabled=true,kafka.securityProtocol=SSL", "keda.authenticationRef"),
         ("keda.lagThreshold=0", "/keda/lagThreshold"),
@@ -305,6 +313,11 @@ def test_service_settings_in_values_are_settings_of_shared() -> None:
         for key in source.get("retrainJob", {}).get("settings", {}):
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
             assert f"DRIFTLINE_RETRAIN_{snake}" in known, f"retrainJob: {key}"
+    assert values["gateway"]["port"] == GatewaySettings.model_fields["web_port"].default
+    for source in [values, *scenario_values]:
+        for key in source.get("gateway", {}).get("settings", {}):
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
+            assert f"DRIFTLINE_GATEWAY_{snake}" in known, f"gateway: {key}"
 
 
 def test_every_value_is_documented() -> None:
@@ -443,7 +456,7 @@ def test_extra_env_volumes_priority_and_digest_reach_every_pod(
     digest = "sha256:" + "0123456789abcdef" * 4
     pods = [(d["spec"]["template"]["spec"], d) for d, _ in m.workloads(docs)]
     pods += [(p["spec"], p) for p in m.of_kind(docs, "Pod")]
-    assert len(pods) == len(SERVICE_SETTINGS) + 3  # workers, retrain job, topics Job, test pod
+    assert len(pods) == len(SERVICE_SETTINGS) + 4  # + retrain job, gateway, topics Job, test pod
     for pod, doc in pods:
         (container,) = pod["containers"]
         assert container["image"] == f"registry.example.internal/driftline@{digest}", m.name_of(doc)

@@ -1,7 +1,8 @@
 """The plain manifests of k8s/ (kustomize base and dev overlay) and their agreement with shared/.
 
 The retrain job is a kustomize Component (k8s/components/retrain-job), opt-in like the chart's
-``retrainJob.enabled``: the base renders without it, the dev overlay adds it.
+``retrainJob.enabled``: the base renders without it, the dev overlay adds it. The V2 gateway is in
+the base (k8s/base/services/gateway), on like the chart's ``gateway.enabled``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import SERVICE_SETTINGS, ConsoleSettings, RetrainSettings
+from shared.settings import SERVICE_SETTINGS, ConsoleSettings, GatewaySettings, RetrainSettings
 from tests.deploy import manifests as m
 from tests.deploy.conftest import KUSTOMIZATIONS, ROOT, run, tool
 
@@ -38,7 +39,9 @@ def test_manifests_agree_with_shared(
     for workload, container in m.workloads(docs):
         m.check_workload(docs, workload, container)
     components = [m.check_worker(docs, d, c) for d, c in m.workloads(docs)]
-    expected = dict(m.COMPONENT_SETTINGS if WITH_RETRAIN_JOB[folder] else SERVICE_SETTINGS)
+    expected = {**SERVICE_SETTINGS, m.GATEWAY: GatewaySettings}
+    if WITH_RETRAIN_JOB[folder]:
+        expected[m.RETRAIN] = RetrainSettings
     if WITH_CONSOLE[folder]:
         expected[m.CONSOLE] = ConsoleSettings
     assert sorted(components) == sorted(expected)
@@ -52,6 +55,7 @@ def test_manifests_agree_with_shared(
     m.check_disruption_budgets(docs)
     m.check_network_policy(docs)
     m.check_service_monitor(docs)
+    m.check_gateway(docs)
     if WITH_RETRAIN_JOB[folder]:
         m.check_retrain_job(docs)
     assert len(m.of_kind(docs, "PodDisruptionBudget")) == len(SERVICE_SETTINGS)
@@ -88,7 +92,8 @@ def test_base_leaves_the_retrain_job_out(kustomize_renderings: dict[str, Path], 
     assert not [c for _, c in m.workloads(docs) if m.component_of(c) == m.RETRAIN], "opt-in"
     assert not [d for d in docs if "retrain" in d["metadata"]["name"]]
     assert _drift_webhook_urls(docs) is None, "drift posts to a job that is not there"
-    assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {"driftline"}
+    policies = {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")}
+    assert policies == {"driftline", "driftline-gateway"}
 
 
 def test_dev_overlay_adds_the_retrain_job_behind_the_drift_webhook(
@@ -108,7 +113,8 @@ def test_dev_overlay_adds_the_retrain_job_behind_the_drift_webhook(
     ]
     assert _drift_webhook_urls(docs) == [RETRAIN_URL]
     assert {p["metadata"]["name"] for p in m.of_kind(docs, "NetworkPolicy")} == {
-        "driftline", "driftline-retrain", "driftline-drift-to-retrain", "driftline-console"
+        "driftline", "driftline-retrain", "driftline-drift-to-retrain", "driftline-console",
+        "driftline-gateway",
     }  # fmt: skip
     m.check_retrain_job(docs)
 

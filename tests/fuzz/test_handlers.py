@@ -19,7 +19,6 @@ from services.ingestion.logic import (
     bucket_key,
     event_timestamp,
     ingest_event,
-    validate_features,
 )
 from services.ingestion.state import PartitionState
 from services.learner.logic import OnlineLearner, learner_for, training_examples
@@ -40,6 +39,7 @@ from shared.events import (
     encode,
 )
 from shared.routing import DeploymentIndex, answer_calls, plan_calls
+from shared.validation import validate_features
 from tests.fuzz.strategies import HOSTILE_NUMBERS, JSON_VALUES, mutated, schema_shaped
 from tests.support.samples import AT, SAMPLES
 

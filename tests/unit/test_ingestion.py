@@ -8,14 +8,11 @@ from typing import Any
 import pytest
 
 from services.ingestion.logic import (
-    InvalidEventError,
-    UnknownStreamError,
     WindowTooLongError,
     event_timestamp,
     ingest_event,
     parse_raw_event,
     stream_schema,
-    validate_features,
     window_features,
 )
 from services.ingestion.state import PartitionState
@@ -29,6 +26,7 @@ from shared.events import (
     encode,
 )
 from shared.records import check_declaration
+from shared.validation import InvalidEventError, UnknownStreamError, validate_features
 
 SCHEMA = StreamSchema(
     name="payments",

@@ -8,12 +8,13 @@ import typing
 
 import services.drift.app
 import services.feedback.app
+import services.gateway.app
 import services.ingestion.app
 import services.learner.app
 import services.router.app  # noqa: F401  (the services' own errors)
-from services.ingestion.logic import Fault, InvalidEventError
 from shared.errors import DriftlineError, InternalError, SignatureError, SignatureProblem
 from shared.events import RawEvent
+from shared.validation import Fault, InvalidEventError
 
 CODE = re.compile(r"^[a-z]+(_[a-z]+)*$")
 

@@ -287,6 +287,26 @@ class Echo(ModelBackend):
         return await super().predict_many(rows)
 
 
+def test_deployments_the_gateway_answered_an_event_for_are_not_asked_again() -> None:
+    other = DEPLOYMENT.model_copy(update={"name": "audit"})
+    index = DeploymentIndex.empty()
+    index.apply("fraud", DEPLOYMENT)
+    index.apply("audit", other)
+    answered = event("u1").model_copy(update={"answered_for": ["fraud"]})
+    both = event("u2")
+
+    calls, unrouted = plan_calls([(0, answered), (1, both)], index)
+
+    assert not unrouted
+    assert {(c.position, c.deployment.name) for c in calls} == {
+        (0, "audit"),
+        (1, "fraud"),
+        (1, "audit"),
+    }
+    only_fraud = event("u3").model_copy(update={"answered_for": ["fraud", "audit"]})
+    assert plan_calls([(0, only_fraud)], index) == ([], {})
+
+
 async def test_a_batch_asks_each_model_once_and_keeps_event_order_and_failures_apart() -> None:
     two = Deployment(
         name="two",

@@ -1,0 +1,1 @@
+"""The V2 inference gateway: synchronous Open Inference Protocol answers, recorded on topics."""
