@@ -23,8 +23,8 @@ from rich.table import Table
 
 from services.console.commands import register as register_console
 from services.demo.commands import register as register_demo
-from services.tools.apply import register as register_apply
 from services.gateway.commands import register as register_gateway
+from services.tools.apply import register as register_apply
 from services.tools.promotion import register as register_promotion
 from services.tools.retrain import register as register_retrain
 from services.tools.status import register as register_status
