@@ -2,10 +2,10 @@
 
 A spec is one YAML document: ``kind`` (``Deployment`` or ``Stream``) and the fields of the record
 as it stands on its topic (`shared.events.Deployment`, `shared.events.StreamSchema`), less what a
-publisher stamps (``updated_at``) and ``deleted`` (a deployment the files stop naming is deleted
-by ``driftline apply --prune``). A file holds one spec or several, ``---`` between them. The
-records are the schema: `spec_schema` exports it as JSON Schema for editors and CI, and
-`plan` says what publishing the specs would change, by `describe_change`'s diff.
+publisher stamps (``updated_at``, ``updated_by``) and ``deleted`` (a deployment the files stop
+naming is deleted by ``driftline apply --prune``). A file holds one spec or several, ``---``
+between them. The records are the schema: `spec_schema` exports it as JSON Schema for editors and
+CI, and `plan` says what publishing the specs would change, by `describe_change`'s diff.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
-from shared.deploying import describe_change
+from shared.deploying import BOOKKEEPING, describe_change
 from shared.errors import DriftlineError
 from shared.events import Deployment, StreamSchema, describe_problem
 
@@ -32,8 +32,8 @@ RECORDS: dict[SpecKind, type[Deployment] | type[StreamSchema]] = {
 }
 """What each kind of spec stands for; streams first, the order they are published in (a
 deployment may answer a stream declared by the same apply)."""
-LEFT_OUT = ("updated_at", "deleted")
-"""Record fields a spec does not carry: the publisher stamps the time, pruning deletes."""
+LEFT_OUT = (*sorted(BOOKKEEPING), "deleted")
+"""Record fields a spec does not carry: the publisher stamps when and who, pruning deletes."""
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 SCHEMA_ID = "https://driftline.dev/schemas/{name}.schema.json"
 
