@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
@@ -58,6 +57,7 @@ from shared.logging import get_logger
 from shared.overrides import carry_out, describe, plan, retrain_as
 from shared.registry import MlflowRegistry
 from shared.settings import ConsoleSettings, DriftlineSettings
+from shared.sidecar import run_until_stopped
 from shared.topics import (
     ALERTS,
     DEADLETTER,
@@ -634,10 +634,7 @@ async def serve(common: DriftlineSettings, own: ConsoleSettings) -> None:
     """Run the console until SIGTERM (as a container is stopped) or Ctrl-C, then stop it."""
     console = Console(common, own)
     await console.start()
-    terminated = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
     try:
-        await terminated.wait()
+        await run_until_stopped(console.stop)
     finally:
-        await console.stop()
         log.info("console stopped")

@@ -13,7 +13,6 @@ request whose records cannot be written is answered 503 and nothing else.
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -45,6 +44,7 @@ from shared.logging import get_logger
 from shared.records import check_declaration, check_deployment
 from shared.routing import DeploymentIndex, answer_calls, count_answers
 from shared.settings import DriftlineSettings, GatewaySettings
+from shared.sidecar import run_until_stopped
 from shared.topics import DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS, STREAMS
 from shared.v2 import V2Options
 
@@ -371,18 +371,9 @@ async def serve(common: DriftlineSettings, own: GatewaySettings) -> None:
     """Run the gateway until SIGTERM (as a container is stopped) or Ctrl-C, then stop it."""
     gateway = Gateway(common, own)
     await gateway.start()
-    terminated = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
-    stopping = asyncio.create_task(terminated.wait())
     try:
         # a task that ends (following the topics, say) has failed: the process must not serve
         # stale deployments, so it stops with that task's error
-        done, _ = await asyncio.wait(
-            [stopping, *gateway.tasks], return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in done - {stopping}:
-            task.result()
+        await run_until_stopped(gateway.stop, gateway.tasks)
     finally:
-        stopping.cancel()
-        await gateway.stop()
         log.info("gateway stopped")

@@ -22,7 +22,6 @@ retrained before finds that version by its MLflow tag instead of training anothe
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -38,6 +37,7 @@ from shared.events import DriftAlert, decode
 from shared.logging import get_logger
 from shared.retraining import NotEnoughLabelsError, NotRetrainableError, check_retrainable, retrain
 from shared.settings import DriftlineSettings, RetrainSettings
+from shared.sidecar import run_until_stopped
 from shared.webhooks import verify_request
 
 log = get_logger(__name__)
@@ -223,10 +223,7 @@ async def serve(common: DriftlineSettings, own: RetrainSettings) -> None:
     """Run the job until SIGTERM (as a container is stopped) or Ctrl-C, then stop it cleanly."""
     job = RetrainJob(common, own)
     await job.start()
-    terminated = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
     try:
-        await terminated.wait()
+        await run_until_stopped(job.stop)
     finally:
-        await job.stop()
         log.info("retrain job stopped", unfinished=job.pending)
