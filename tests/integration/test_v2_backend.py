@@ -21,7 +21,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 
-from services.tools.promotion import carry_out, describe, plan
 from shared.admin import publish, read_compacted
 from shared.deploying import check_deployable
 from shared.errors import DriftlineError
@@ -36,6 +35,7 @@ from shared.events import (
     decode,
     encode,
 )
+from shared.overrides import carry_out, describe, plan
 from shared.registry import MlflowRegistry, register_sklearn_model
 from shared.topics import DEADLETTER, DECISIONS, DEPLOYMENTS, FEATURES, FEEDBACK, PREDICTIONS
 from tests.support.kafka import Record, consume_until, produce
@@ -234,7 +234,7 @@ async def test_an_operator_promotes_a_v2_challenger_by_republishing_the_deployme
     await publish(pipeline.settings, DEPLOYMENTS, "fraud", encode(deployment))
     registry = MlflowRegistry("http://127.0.0.1:9")  # no alias moves: never asked
 
-    override = await plan(pipeline.settings, registry, "fraud", "promote", None)
+    override = await plan(pipeline.settings, registry, "fraud", "promote", None, "test")
     assert describe(override.decision, done=False) == (
         "would promote fraud version 2 in fraud (champion was latest)"
     )
