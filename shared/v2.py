@@ -260,19 +260,18 @@ def read_answers(
             scores = _columns(outputs[proba_spec.name], rows)
             if any(len(row) != len(classes) for row in scores):
                 raise ValueError(f"{proba_spec.name} has not one column per declared class")
-    except (KeyError, TypeError, ValueError, StopIteration) as exc:
+        answers: list[tuple[Label | None, Probabilities]] = []
+        for i in range(rows):
+            probabilities, output = None, None
+            if scores is not None and classes is not None:
+                row = [float(p) for p in scores[i]]  # a value that is not a number: refused
+                probabilities = dict(zip(map(str, classes), row, strict=True))
+                output = classes[row.index(max(row))]
+            if labels is not None:
+                output = labels[i][0]
+            answers.append((output, probabilities))
+    except (KeyError, TypeError, ValueError, OverflowError, StopIteration) as exc:
         raise EndpointRefusedError(uri, f"unreadable inference answer ({exc!r})") from None
-    answers: list[tuple[Label | None, Probabilities]] = []
-    for i in range(rows):
-        probabilities = None
-        if scores is not None and classes is not None:
-            probabilities = {str(c): float(p) for c, p in zip(classes, scores[i], strict=True)}
-        output: Label | None = None
-        if labels is not None:
-            output = labels[i][0]
-        elif scores is not None and classes is not None:
-            output = classes[max(range(len(classes)), key=scores[i].__getitem__)]
-        answers.append((output, probabilities))
     return answers
 
 
