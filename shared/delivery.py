@@ -162,6 +162,8 @@ async def sends_delivered(consumer: faust_aiokafka.Consumer, uncommitted: Mappin
         await producer.flush()
         await producer.deliveries.settle()
     except DeliveryFailedError as exc:
+        if consumer.crashed:  # said once and stopping: later commits are refused, not said again
+            return False
         log.error(
             "sends failed; offsets not committed, stopping the worker",
             error=str(exc),
