@@ -101,6 +101,8 @@ class Comparison:
     reference_n: int
     recent_n: int
     psi: float
+    edges: list[float] | None = None
+    """The bins' edges of a numeric feature; None for categories."""
 
 
 def compare(
@@ -113,6 +115,7 @@ def compare(
     """The shares of both samples over shared bins (numbers: `bins` of equal width over both
     samples' range) or categories (the reference's most common first), and their PSI."""
     numbers = [v for v in (*reference, *recent) if isinstance(v, float)]
+    edges: list[float] | None = None
     if kind == "numeric" and numbers and len(numbers) == len(reference) + len(recent):
         edges = bin_edges(numbers, bins)
         labels = [f"{a:.3g}…{b:.3g}" for a, b in pairwise(edges)]
@@ -132,6 +135,7 @@ def compare(
         len(reference),
         len(recent),
         psi(ref_shares, new_shares) if reference and recent else 0.0,
+        edges,
     )
 
 
@@ -176,7 +180,7 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
 REFERENCE_COLOUR, RECENT_COLOUR = "#999999", "#1f77b4"
 
 
-def distribution_chart(comparison: Comparison, width: int = 360) -> str:
+def distribution_chart(comparison: Comparison, width: int = 420) -> str:
     """An inline SVG of a feature's reference and recent shares side by side in each bin or
     category, with the PSI; empty text when there is nothing to draw."""
     count = len(comparison.labels)
@@ -204,10 +208,16 @@ def distribution_chart(comparison: Comparison, width: int = 360) -> str:
                 f'height="{h:.1f}" fill="{colour}"><title>{escape(label)}: '
                 f"{share:.1%}</title></rect>"
             )
-        if count <= 12:
-            parts.append(
-                f'<text x="{x:.1f}" y="{height + 12}" font-size="9">{escape(label[:10])}</text>'
-            )
+        if comparison.edges is None and count <= 12:
+            shown = escape(label[: max(int(slot / 6), 1)])
+            parts.append(f'<text x="{x:.1f}" y="{height + 12}" font-size="9">{shown}</text>')
+    if comparison.edges is not None:
+        low, high = comparison.edges[0], comparison.edges[-1]
+        parts.append(
+            f'<text x="{pad}" y="{height + 12}" font-size="9">{low:.4g}</text>'
+            f'<text x="{width - pad}" y="{height + 12}" font-size="9" text-anchor="end">'
+            f"{high:.4g}</text>"
+        )
     legend = height + 30
     parts.append(
         f'<rect x="{pad}" y="{legend - 9}" width="10" height="10" fill="{REFERENCE_COLOUR}"/>'

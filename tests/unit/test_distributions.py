@@ -87,3 +87,5 @@ def test_the_chart_draws_both_samples_per_bin_and_escapes_labels() -> None:
     assert chart.startswith("<svg") and chart.count("<rect") == 2 * 2 + 2
     assert "&lt;b&gt;" in chart and "<b>" not in chart and 'data-feature="&lt;x&gt;"' in chart
     assert distribution_chart(compare("x", "numeric", [], [], bins=3)) == ""
+    numeric = distribution_chart(compare("x", "numeric", [0.0, 1.0], [2.5], bins=3))
+    assert numeric.count("<rect") == 2 * 3 + 2 and ">0<" in numeric and ">2.5<" in numeric
