@@ -47,8 +47,12 @@ def deployment_from_options(
     canary_weight: float = 0.0,
     rules: list[str] | None = None,
     shadows: list[str] | None = None,
+    retrain: Mapping[str, Any] | None = None,
+    promotion: Mapping[str, Any] | None = None,
 ) -> Deployment:
-    """The deployment the `deploy` options describe; a mistake raises one readable line."""
+    """The deployment the `deploy` options describe; a mistake raises one readable line.
+    `retrain` and `promotion`: fields of its `RetrainSpec` and `PromotionPolicy` (numbers may
+    be text, as a form sends them); a field left out keeps its default."""
     try:
         variants = [Variant(name="champion", role="champion", model_uri=champion)]
         if canary is not None:
@@ -60,7 +64,15 @@ def deployment_from_options(
             variants.append(Variant(name=f"rule-{i}", role="rule", model_uri=uri, rule=rule))
         for i, uri in enumerate(shadows or [], start=1):
             variants.append(Variant(name=f"shadow-{i}", role="shadow", model_uri=uri))
-        return Deployment(name=name, stream=stream, variants=variants)
+        return Deployment.model_validate(
+            {
+                "name": name,
+                "stream": stream,
+                "variants": variants,
+                "retrain": dict(retrain or {}),
+                "promotion": dict(promotion or {}),
+            }
+        )
     except ValidationError as exc:
         raise DriftlineError(f"deployment {name!r}: {describe_problem(exc)}") from None
 

@@ -393,6 +393,11 @@ class ConsoleSettings(ServiceSettings):
     """Labeled predictions of the last this many seconds feed the error charts."""
     error_bucket_s: float = Field(default=60.0, gt=0)
     """Width of one point of the error charts."""
+    distribution_sample: int = Field(default=1000, ge=10, le=100_000)
+    """Values of each declared feature kept for the stream page, twice: the first ones seen
+    after the console started (or an editor reset the stream's reference) and the latest."""
+    distribution_bins: int = Field(default=10, ge=2, le=100)
+    """Bins of equal width of a numeric feature's histograms on the stream page."""
     refresh_s: float = Field(default=5.0, gt=0)
     """How often health, metrics and lag are asked again."""
 

@@ -24,6 +24,7 @@ from aiokafka.structs import TopicPartition
 from markupsafe import Markup
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from services.console.distributions import Distributions, distribution_chart
 from services.console.logic import (
     ErrorSeries,
     LiveView,
@@ -38,6 +39,7 @@ from services.console.logic import (
     form_values,
     lag_of,
     per_second,
+    policy_fields,
 )
 from shared import metrics
 from shared.admin import offsets_at_time, partition_counts, publish
@@ -96,6 +98,7 @@ class Console:
             common.topic_prefix,
             own.history,
             ErrorSeries(own.error_bucket_s, own.error_horizon_s),
+            Distributions(own.distribution_sample, own.distribution_bins),
         )
         self.board: list[ServiceRow] = []
         self.registry = MlflowRegistry(common.mlflow_tracking_uri)
@@ -135,6 +138,7 @@ class Console:
         post("/streams/publish", self.stream_publish)
         get("/streams/{name}", self.stream_page)
         get("/streams/{name}/edit", self.stream_form)
+        post("/streams/{name}/reset-reference", self.reset_reference)
         get("/trace", self.trace_page)
         get("/health", self.health)
         get("/live", self.live)
@@ -207,12 +211,14 @@ class Console:
 
     async def _read_topics(self) -> None:
         """Keep the live view up to date: the topics of record, alerts, decisions and dead
-        letters from their start, labeled predictions from `error_horizon_s` ago. The console
-        is ready once it has read up to where the topics ended when it started."""
+        letters from their start, labeled predictions from `error_horizon_s` ago, features from
+        now on (the distributions' reference is what comes after the start). The console is
+        ready once it has read up to where the topics ended when it started."""
         common = self.common
         names = [topic.full_name(common) for topic in READ_FROM_START]
         labeled = PREDICTIONS_LABELED.full_name(common)
-        counts = await partition_counts(common, *READ_FROM_START, PREDICTIONS_LABELED)
+        features = FEATURES.full_name(common)
+        counts = await partition_counts(common, *READ_FROM_START, PREDICTIONS_LABELED, FEATURES)
         partitions = [TopicPartition(n, p) for n, count in counts.items() for p in range(count)]
         since = time.time() - self.own.error_horizon_s
         starts = await offsets_at_time(
@@ -225,6 +231,8 @@ class Console:
             for partition in partitions:
                 if partition.topic in names:
                     reader.seek(partition, 0)
+                elif partition.topic == features:
+                    await reader.seek_to_end(partition)
                 else:
                     reader.seek(partition, starts[labeled][partition.partition])
             ends = await reader.end_offsets(partitions)
@@ -469,6 +477,7 @@ class Console:
             editing=editing,
             models=models,
             streams=sorted(self.view.streams),
+            policy_fields=policy_fields(),
             **extra,
         )
 
@@ -519,19 +528,31 @@ class Console:
         )
 
     async def stream_page(self, request: web.Request) -> web.Response:
-        """A stream's declared features and its data-drift alerts."""
+        """A stream's declared features, their distributions now against the reference, and its
+        data-drift alerts."""
         name = request.match_info["name"]
         stream = self.view.streams.get(name)
         if stream is None:
             return self._problem(request, 404, f"no stream {name!r} is declared")
         deployments = [d for d in self.view.deployments.values() if d.stream == name]
+        charts = [Markup(distribution_chart(c)) for c in self.view.distributions.compare(stream)]
         return self.render(
             request,
             "stream.html",
             stream=stream,
             alerts=self.view.stream_alerts(name)[:50],
             deployments=deployments,
+            charts=charts,
+            sample=self.own.distribution_sample,
         )
+
+    async def reset_reference(self, request: web.Request) -> web.StreamResponse:
+        """Start the stream's reference distributions again from the next feature events (after
+        a change the operator wants to compare against)."""
+        name = request.match_info["name"]
+        self.view.distributions.reset(name)
+        log.info("reference distributions reset", stream=name, by=request["user"].name)
+        raise web.HTTPSeeOther(f"/streams/{quote(name)}")
 
     async def stream_form(self, request: web.Request) -> web.Response:
         """The form that declares a stream, or changes the one named in the path: its JSON, as

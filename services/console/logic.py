@@ -1,5 +1,6 @@
 """The console's logic without Kafka or HTTP: who a request is, the live view of the topics it
-reads, error rates per variant over time and their charts, and the service board."""
+reads, error rates per variant over time and their charts, the service board and the deployment
+form (features' distributions are in `distributions`)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,35 @@ from datetime import datetime
 from html import escape
 from typing import Literal
 
+from pydantic import BaseModel
+
+from services.console.distributions import Distributions
 from shared.deploying import deployment_from_options
 from shared.errors import DriftlineError
 from shared.events import (
     DeadLetter,
     Deployment,
     DriftAlert,
+    FeatureEvent,
     LabeledPrediction,
     PromotionDecision,
+    PromotionPolicy,
+    RetrainSpec,
     StreamSchema,
     decode,
 )
 from shared.health import Counts
 from shared.records import check_declaration, check_deployment
 from shared.settings import ConsoleSettings
-from shared.topics import ALERTS, DEADLETTER, DECISIONS, DEPLOYMENTS, PREDICTIONS_LABELED, STREAMS
+from shared.topics import (
+    ALERTS,
+    DEADLETTER,
+    DECISIONS,
+    DEPLOYMENTS,
+    FEATURES,
+    PREDICTIONS_LABELED,
+    STREAMS,
+)
 
 Role = Literal["viewer", "editor"]
 
@@ -226,6 +241,7 @@ class LiveView:
     prefix: str
     history: int
     errors: ErrorSeries
+    distributions: Distributions
     deployments: dict[str, Deployment] = field(default_factory=dict)
     streams: dict[str, StreamSchema] = field(default_factory=dict)
     alerts: deque[DriftAlert] = field(default_factory=deque)
@@ -256,6 +272,9 @@ class LiveView:
             self.dead_letter_reasons[(letter.service, letter.code)] = letter.reason
         elif name == PREDICTIONS_LABELED.name:
             self.errors.add(decode(LabeledPrediction, value, topic))
+        elif name == FEATURES.name:
+            event = decode(FeatureEvent, value, topic)
+            self.distributions.add(event, self.streams.get(event.stream))
         return None
 
     def alert(self, alert_id: str) -> DriftAlert | None:
@@ -343,10 +362,46 @@ def first_event(starts: list[tuple[int, str | None]]) -> str | None:
     return min(named)[1] if named else None
 
 
+POLICIES: dict[str, type[BaseModel]] = {"retrain": RetrainSpec, "promotion": PromotionPolicy}
+"""A deployment's policies the form edits, by field of `Deployment`; the form names each of
+their fields ``<policy>.<field>``."""
+
+
+@dataclass(frozen=True)
+class PolicyField:
+    """One field of a policy as the form shows it."""
+
+    policy: str
+    name: str
+    help: str
+    """The field's docstring."""
+    default: str
+
+    @property
+    def key(self) -> str:
+        """The form field's name, e.g. ``promotion.min_samples``."""
+        return f"{self.policy}.{self.name}"
+
+
+def policy_fields() -> list[PolicyField]:
+    """Every field of the policies, in the models' order, read from the models themselves so a
+    new field appears in the form without touching it."""
+    return [
+        PolicyField(policy, name, info.description or "", _text(info.get_default()))
+        for policy, model in POLICIES.items()
+        for name, info in model.model_fields.items()
+    ]
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
 def deployment_from_form(form: Mapping[str, str], live: Deployment | None) -> Deployment:
     """The deployment a console form describes, built by the CLI's own `deployment_from_options`
-    (one rule or shadow per line, in the CLI's syntax); an existing deployment keeps its online
-    models and its retrain and promotion policies. A mistake raises one readable line."""
+    (one rule or shadow per line, in the CLI's syntax; each policy field as text, a blank one
+    takes its default); an existing deployment keeps its online models. A mistake raises one
+    readable line."""
     weight_text = form.get("canary_weight", "").strip() or "0"
     try:
         weight = float(weight_text)
@@ -354,6 +409,14 @@ def deployment_from_form(form: Mapping[str, str], live: Deployment | None) -> De
         raise DriftlineError(
             f"canary weight {weight_text!r}: expected a number from 0 to 1"
         ) from None
+    policies = {
+        policy: {
+            name: text
+            for name in model.model_fields
+            if (text := form.get(f"{policy}.{name}", "").strip())
+        }
+        for policy, model in POLICIES.items()
+    }
     deployment = deployment_from_options(
         form.get("name", "").strip(),
         form.get("stream", "").strip(),
@@ -362,11 +425,12 @@ def deployment_from_form(form: Mapping[str, str], live: Deployment | None) -> De
         weight,
         _lines(form.get("rules", "")),
         _lines(form.get("shadows", "")),
+        retrain=policies["retrain"],
+        promotion=policies["promotion"],
     )
     if live is None:
         return deployment
-    kept = {"online_models", "retrain", "promotion"}
-    return deployment.model_copy(update={name: getattr(live, name) for name in kept})
+    return deployment.model_copy(update={"online_models": live.online_models})
 
 
 def _lines(text: str) -> list[str]:
@@ -374,9 +438,11 @@ def _lines(text: str) -> list[str]:
 
 
 def form_values(deployment: Deployment | None) -> dict[str, str]:
-    """A deployment as the console's form shows it (the first canary only: the form has one)."""
+    """A deployment as the console's form shows it (the first canary only: the form has one);
+    a new one shows the policies' defaults."""
     if deployment is None:
-        return {"canary_weight": "0.1"}
+        defaults = {field.key: field.default for field in policy_fields()}
+        return {"canary_weight": "0.1", **defaults}
     canary = next((v for v in deployment.variants if v.role == "canary"), None)
     rules = [
         f"{v.rule.field}{v.rule.op if v.rule.op != 'in' else ' in '}"
@@ -393,4 +459,8 @@ def form_values(deployment: Deployment | None) -> dict[str, str]:
         "canary_weight": str(canary.weight) if canary else "0.1",
         "rules": "\n".join(rules),
         "shadows": "\n".join(v.model_uri for v in deployment.variants if v.role == "shadow"),
+        **{
+            field.key: _text(getattr(getattr(deployment, field.policy), field.name))
+            for field in policy_fields()
+        },
     }

@@ -1,9 +1,10 @@
 """The operator console in a real browser (Debian's Chromium driven by Playwright) against a live
 router on the real broker and MLflow: each page loads; a deployment made through the form is
-served by the router; the router's answers, labeled, make each variant's error; an alert
-arrives on an open page without a reload; a challenger is promoted from its page; access needs
-a token, viewers cannot change anything and a form without its token is refused. Screenshots of
-each page go to docs/img/."""
+served by the router, and a promotion-policy field changed through it reaches the record; the
+stream page shows its features' distributions; the router's answers, labeled, make each
+variant's error; an alert arrives on an open page without a reload; a challenger is promoted
+from its page; access needs a token, viewers cannot change anything and a form without its token
+is refused. Screenshots of each page go to docs/img/."""
 
 from __future__ import annotations
 
@@ -272,6 +273,21 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
 
     await consume_until(pipeline.bootstrap, [pipeline.topic(PREDICTIONS)], served_loans, 120)
 
+    # a promotion-policy field changed through the form: in the diff, then in the record
+    await page.goto("/deployments/loans/edit")
+    await page.fill("input[name='promotion.min_samples']", "250")
+    await page.click("#preview")
+    await expect(page.locator("#diff")).to_contain_text('+    "min_samples": 250,')
+    await page.click("#publish")
+    await expect(page.locator("#notice")).to_contain_text("changed loans as alice")
+
+    def policy_changed(records: list[Record]) -> bool:
+        return any(
+            r.key == b"loans" and r.json()["promotion"]["min_samples"] == 250 for r in records
+        )
+
+    await consume_until(pipeline.bootstrap, [pipeline.topic(DEPLOYMENTS)], policy_changed, 60)
+
     # alerts arrive live on an open page, without a reload
     await page.goto("/alerts")
     await expect(page.locator("#live")).to_have_text("live")
@@ -313,6 +329,8 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
     # the stream page, and a declaration changed through its form
     await page.goto("/streams/payments")
     await expect(page.locator("#features")).to_contain_text("amount")
+    amount = page.locator("#distributions svg.distribution[data-feature=amount]")
+    await expect(amount).to_contain_text("reference n=40, recent n=40")
     await _shot(page, "stream")
     await page.goto("/streams/loans/edit")
     await page.fill("textarea[name=declaration]", '{"name": "loans", "features": [{"name": 1}]}')

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
+from services.console.distributions import Distributions
 from services.console.logic import (
     ErrorSeries,
     LiveView,
@@ -20,12 +21,15 @@ from services.console.logic import (
     error_chart,
     first_event,
     form_values,
+    policy_fields,
 )
 from shared.errors import DriftlineError
 from shared.events import (
     DriftAlert,
     LabeledPrediction,
+    OnlineModelSpec,
     PromotionPolicy,
+    RetrainSpec,
     VariantOutput,
     encode,
 )
@@ -127,18 +131,54 @@ def test_the_form_is_read_by_the_cli_code_and_keeps_the_live_policies() -> None:
         ("rule-1", "rule", "models:/fraud@premium"),
         ("shadow-1", "shadow", "online:hat"),
     ]
-    assert form_values(new) == form | {"rules": "tier==premium=models:/fraud@premium",
-                                       "shadows": "online:hat"}  # fmt: skip
-    live = new.model_copy(update={"promotion": PromotionPolicy(min_samples=7)})
-    assert deployment_from_form(form, live).promotion.min_samples == 7
+    assert form_values(new) == form_values(None) | form | {
+        "rules": "tier==premium=models:/fraud@premium",
+        "shadows": "online:hat",
+    }
+    online = [OnlineModelSpec(model_id="hat", model_type="hoeffding_tree")]
+    live = new.model_copy(
+        update={"promotion": PromotionPolicy(min_samples=7), "online_models": online}
+    )
+    again = deployment_from_form(form_values(live), live)
+    assert (again.promotion.min_samples, again.online_models) == (7, online)
     with pytest.raises(DriftlineError, match="canary weight 'lots'"):
         deployment_from_form(form | {"canary_weight": "lots"}, None)
     with pytest.raises(DriftlineError, match="rule 'tier'"):
         deployment_from_form(form | {"rules": "tier"}, None)
 
 
+def test_the_form_edits_both_policies_and_checks_them_as_the_cli_does() -> None:
+    form = form_values(None) | {
+        "name": "fraud",
+        "stream": "payments",
+        "champion": "models:/fraud@champion",
+        "promotion.min_samples": " 300 ",
+        "promotion.tier_feature": "plan",
+        "retrain.deploy_as": "canary",
+        "retrain.model_name": "",
+    }
+    new = deployment_from_form(form, None)
+    assert new.promotion == PromotionPolicy(min_samples=300, tier_feature="plan")
+    assert new.retrain == RetrainSpec(deploy_as="canary")
+    assert form_values(new)["promotion.min_samples"] == "300"
+    assert form_values(new)["retrain.model_name"] == ""
+    blank = {key: "" for key in form if "." in key}
+    assert deployment_from_form(form | blank, None).promotion == PromotionPolicy()
+    with pytest.raises(DriftlineError, match=r"promotion\.alpha: .*less than 1"):
+        deployment_from_form(form | {"promotion.alpha": "1.5"}, None)
+    with pytest.raises(DriftlineError, match=r"retrain\.deploy_as"):
+        deployment_from_form(form | {"retrain.deploy_as": "champion"}, None)
+    with pytest.raises(DriftlineError, match=r"promotion\.max_looks: .*integer"):
+        deployment_from_form(form | {"promotion.max_looks": "many"}, None)
+    fields = policy_fields()
+    assert {f.key for f in fields} >= {"promotion.min_samples", "retrain.trainer"}
+    assert all(f.help for f in fields)
+
+
 def test_the_view_keeps_records_and_finds_open_alerts() -> None:
-    view = LiveView("p.", history=2, errors=ErrorSeries(60, 600))
+    view = LiveView(
+        "p.", history=2, errors=ErrorSeries(60, 600), distributions=Distributions(10, 4)
+    )
     alerts = [
         DriftAlert(
             alert_id=f"a{i}", kind="concept", level=level, key="concept:m:1", deployment="d",
