@@ -4,11 +4,15 @@ served by the router, and a promotion-policy field changed through it reaches th
 stream page shows its features' distributions; the router's answers, labeled, make each
 variant's error; an alert arrives on an open page without a reload; a challenger is promoted
 from its page; access needs a token, viewers cannot change anything and a form without its token
-is refused. Screenshots of each page go to docs/img/."""
+is refused. Screenshots of each page go to the test's temporary directory, or to the directory
+DRIFTLINE_CONSOLE_SCREENSHOTS names (`DRIFTLINE_CONSOLE_SCREENSHOTS=docs/img` renews the docs'),
+so a test run leaves the checkout as it was."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -58,7 +62,7 @@ from tests.support.workers import Worker
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+SCREENSHOTS = os.environ.get("DRIFTLINE_CONSOLE_SCREENSHOTS")
 EDITOR, VIEWER = "editor-secret", "viewer-secret"
 WAIT_MS = 60_000
 expect.set_options(timeout=WAIT_MS)  # the machine is shared and busy: conditions, with room
@@ -182,8 +186,9 @@ async def _reload_until(page: Page, path: str, selector: str, text: str) -> None
 
 
 async def _shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"console-{name}.png"), full_page=True)
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else Path(tempfile.gettempdir()) / "driftline-console"
+    folder.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(folder / f"console-{name}.png"), full_page=True)
 
 
 async def _predicted_and_labeled(pipeline: Pipeline, prefix: str, n: int) -> None:
