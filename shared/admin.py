@@ -110,7 +110,7 @@ async def read_topic(
         if not partitions:
             raise DriftlineError(f"topic {topic} does not exist: run `driftline topics create`")
         ends = await consumer.end_offsets(partitions)
-        while not until_end or await _behind(consumer, ends):
+        while not until_end or not await caught_up(consumer, ends):
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for message in messages:
                     yield message
@@ -118,12 +118,13 @@ async def read_topic(
         await consumer.stop()
 
 
-async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    """Whether some partition has not been read up to `ends` yet."""
+async def caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether the consumer has read every partition up to `ends` (e.g. the ends when it began:
+    a reader of the topics of record is then ready)."""
     for partition, end in ends.items():
         if await consumer.position(partition) < end:
-            return True
-    return False
+            return False
+    return True
 
 
 async def read_compacted(settings: DriftlineSettings, topic: Topic) -> dict[bytes, bytes]:

@@ -18,7 +18,6 @@ from urllib.parse import quote, urlencode, urlparse
 
 import jinja2
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from markupsafe import Markup
@@ -42,7 +41,7 @@ from services.console.logic import (
     policy_fields,
 )
 from shared import metrics
-from shared.admin import offsets_at_time, partition_counts, publish
+from shared.admin import caught_up, offsets_at_time, partition_counts, publish
 from shared.deploying import check_deployable, describe_change, stream_from_text
 from shared.errors import DriftlineError
 from shared.events import DriftAlert, PromotionAction, encode
@@ -240,7 +239,7 @@ class Console:
                 for batch in (await reader.getmany(timeout_ms=500)).values():
                     for record in batch:
                         self._take(record.topic, record.partition, record.offset, record)
-                if not self.ready.is_set() and await _caught_up(reader, ends):
+                if not self.ready.is_set() and await caught_up(reader, ends):
                     self.ready.set()
                     log.info("console caught up", alerts=len(self.view.alerts))
         finally:
@@ -641,14 +640,6 @@ class Console:
         return web.Response(
             body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
-
-
-async def _caught_up(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    """Whether the reader is at or past `ends` on every partition."""
-    for partition, end in ends.items():
-        if await reader.position(partition) < end:
-            return False
-    return True
 
 
 async def serve(common: DriftlineSettings, own: ConsoleSettings) -> None:

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -35,7 +34,7 @@ from services.gateway.logic import (
     unknown_version,
 )
 from shared import metrics
-from shared.admin import durable_producer, partition_counts
+from shared.admin import caught_up, durable_producer, partition_counts
 from shared.backends import ModelBackend, ModelCache, SnapshotStore, backend_for
 from shared.errors import DriftlineError, ModelError
 from shared.events import Deployment, FeatureEvent, Prediction, StreamSchema, encode
@@ -315,7 +314,7 @@ class Gateway:
             await reader.seek_to_beginning(*partitions)
             ends = await reader.end_offsets(partitions)
             while True:
-                if not self.ready.is_set() and await _caught_up(reader, ends):
+                if not self.ready.is_set() and await caught_up(reader, ends):
                     self.ready.set()
                     log.info(
                         "gateway ready", deployments=len(self.index), streams=len(self.streams)
@@ -358,13 +357,6 @@ class Gateway:
         while True:
             await asyncio.sleep(self.own.model_refresh_seconds)
             await self.models.refresh(self.index.model_uris())
-
-
-async def _caught_up(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for partition, end in ends.items():
-        if await reader.position(partition) < end:
-            return False
-    return True
 
 
 async def serve(common: DriftlineSettings, own: GatewaySettings) -> None:
