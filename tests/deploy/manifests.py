@@ -455,31 +455,41 @@ def check_custom_kinds(docs: list[Manifest]) -> None:
         assert (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS, f"unchecked kind {name_of(doc)}"
 
 
-def check_retrain_job(docs: list[Manifest]) -> None:
-    """The retrain job: one replica of `driftline retrain serve` with no autoscaler, its own
-    settings only, a Service on its web port that the drift service's webhook URLs name, and, with
-    NetworkPolicies, a way in from the drift pods only and a way out to it from them."""
-    ((deployment, container),) = [(d, c) for d, c in workloads(docs) if component_of(c) == RETRAIN]
+def served_component(docs: list[Manifest], name: str) -> tuple[Manifest, Manifest, int]:
+    """Component `name`, one that serves HTTP beside the workers (the retrain job, the gateway): its
+    Deployment, reading its own settings only (``DRIFTLINE_<COMPONENT>_*``, one web port), and
+    the one Service that selects its pods, on that port; with the port."""
+    ((deployment, container),) = [(d, c) for d, c in workloads(docs) if component_of(c) == name]
     where = name_of(deployment)
-    assert deployment["spec"].get("replicas") == 1, f"{where}: one retrain at a time"
-    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
-        assert hpa["spec"]["scaleTargetRef"]["name"] != deployment["metadata"]["name"], where
+    prefix, settings = f"DRIFTLINE_{name.upper()}_", COMPONENT_SETTINGS[name].__name__
     env = container_env(docs, container)
     known = set(env_variables())
     for name in env:
-        if name.startswith("DRIFTLINE_RETRAIN_"):
-            assert name in known, f"{where} sets {name}, which RetrainSettings does not read"
+        if name.startswith(prefix):
+            assert name in known, f"{where} sets {name}, which {settings} does not read"
     web_ports = [name for name in env if name.endswith("_WEB_PORT")]
-    assert web_ports == ["DRIFTLINE_RETRAIN_WEB_PORT"], f"{where}: web ports {web_ports}"
-    port = int(env["DRIFTLINE_RETRAIN_WEB_PORT"].value or 0)
-
+    assert web_ports == [f"{prefix}WEB_PORT"], f"{where}: web ports {web_ports}"
+    port = int(env[f"{prefix}WEB_PORT"].value or 0)
     labels = pod_labels(deployment)
     services = [
         s for s in of_kind(docs, "Service") if s["spec"]["selector"].items() <= labels.items()
     ]
     assert len(services) == 1, f"{where}: {len(services)} Services"
     assert [p["port"] for p in services[0]["spec"]["ports"]] == [port], name_of(services[0])
-    url = f"http://{services[0]['metadata']['name']}:{port}/retrain"
+    return deployment, services[0], port
+
+
+def check_retrain_job(docs: list[Manifest]) -> None:
+    """The retrain job: one replica of `driftline retrain serve` with no autoscaler, its own
+    settings only, a Service on its web port that the drift service's webhook URLs name, and, with
+    NetworkPolicies, a way in from the drift pods only and a way out to it from them."""
+    deployment, service, port = served_component(docs, RETRAIN)
+    where = name_of(deployment)
+    assert deployment["spec"].get("replicas") == 1, f"{where}: one retrain at a time"
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["scaleTargetRef"]["name"] != deployment["metadata"]["name"], where
+    labels = pod_labels(deployment)
+    url = f"http://{service['metadata']['name']}:{port}/retrain"
     ((drift, drift_container),) = [(d, c) for d, c in workloads(docs) if component_of(c) == "drift"]
     drift_env = container_env(docs, drift_container)
     assert "DRIFTLINE_DRIFT_WEBHOOK_URLS" in drift_env, f"{name_of(drift)}: no webhook URLs"
@@ -566,22 +576,9 @@ def check_gateway(docs: list[Manifest]) -> None:
     """The V2 gateway: `driftline gateway` with its own settings only, no autoscaler or
     disruption budget of the services', a Service on its web port and, with NetworkPolicies, one
     that selects the gateway pods alone and lets its clients in on that port."""
-    ((deployment, container),) = [(d, c) for d, c in workloads(docs) if component_of(c) == GATEWAY]
+    deployment, _, port = served_component(docs, GATEWAY)
     where = name_of(deployment)
-    env = container_env(docs, container)
-    known = set(env_variables())
-    for name in env:
-        if name.startswith("DRIFTLINE_GATEWAY_"):
-            assert name in known, f"{where} sets {name}, which GatewaySettings does not read"
-    web_ports = [name for name in env if name.endswith("_WEB_PORT")]
-    assert web_ports == ["DRIFTLINE_GATEWAY_WEB_PORT"], f"{where}: web ports {web_ports}"
-    port = int(env["DRIFTLINE_GATEWAY_WEB_PORT"].value or 0)
     labels = pod_labels(deployment)
-    services = [
-        s for s in of_kind(docs, "Service") if s["spec"]["selector"].items() <= labels.items()
-    ]
-    assert len(services) == 1, f"{where}: {len(services)} Services"
-    assert [p["port"] for p in services[0]["spec"]["ports"]] == [port], name_of(services[0])
     policies = of_kind(docs, "NetworkPolicy")
     if policies:
         others = [pod_labels(d) for d, c in workloads(docs) if component_of(c) != GATEWAY]
