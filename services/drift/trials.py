@@ -1,12 +1,12 @@
 """A challenger's trial against the champion, without Kafka: which labeled outcomes count as
 evidence, when the policy looks, and the decision record of each look.
 
-Evidence is counted from the challenger's deployment onward: from the event time of its first
-labeled answer, every champion and challenger answer counts. A shadow answers the same events
-as the champion, a canary its share of the entities while the champion answers the others: the
-same traffic either way. Outcomes are counted one by one, not in pairs, because the feedback
-join may label an event's variants in separate records. Only classification errors count (the
-policy compares error rates).
+Evidence is counted from the challenger's deployment onward: every challenger answer, and every
+champion answer from the event time of the challenger's earliest answer on. A shadow answers
+the same events as the champion, a canary its share of the entities while the champion answers
+the others: the same traffic either way. Outcomes are counted one by one, not in pairs, because
+the feedback join may label an event's variants in separate records. Only classification errors
+count (the policy compares error rates).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ class Trial:
     executed: bool = False
     """Whether the decided action ran to its end."""
     started_at: datetime | None = None
-    """Event time of the challenger's first counted answer: nothing before it counts."""
+    """Event time of the challenger's earliest answer counted so far: no champion outcome before
+    it counts. Partitions deliver out of event-time order, so a challenger answer older than the
+    first one moves it back instead of being dropped (the looks fall on exact counts)."""
     looks: int = 0
     """Looks that ran the significance test so far."""
     applied: Applied = field(default_factory=Applied)
@@ -63,7 +65,9 @@ class Trial:
         challenger = next((o for o in labeled.outcomes if o.variant == self.variant), None)
         if challenger is not None and not self._is_challenger(challenger):
             challenger = None
-        if challenger is not None and self.started_at is None:
+        if challenger is not None and (
+            self.started_at is None or labeled.event_time < self.started_at
+        ):
             self.started_at = labeled.event_time
         if self.started_at is None or labeled.event_time < self.started_at:
             return False

@@ -78,6 +78,15 @@ def test_a_shadow_counts_from_its_first_answer_on_and_looks_at_its_own_outcomes(
     assert trial.champion_version == "1"
 
 
+def test_an_older_challenger_answer_from_another_partition_still_counts() -> None:
+    trial = _trial()
+    assert trial.count(_at(1, 5, champion(1), shadow(1)), None)
+    assert trial.count(_at(0, 3, champion(0), shadow(1)), None), "older, read after"
+    assert trial.started_at == T + timedelta(minutes=3)
+    assert not trial.count(_at(1, 4, champion(1)), None)
+    assert _counts(trial) == (0, 3, 1, 2)
+
+
 def test_a_canary_and_the_champions_other_entities_count_alike() -> None:
     trial = _trial()
     assert not trial.count(_at(1, 0, champion(1)), None), "before the canary's first answer"
