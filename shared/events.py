@@ -143,7 +143,7 @@ class Provenance(BaseModel):
     provenance once (`shared.replays.Applied`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     topic: str
     partition: int = Field(ge=0)
@@ -267,7 +267,7 @@ class DataWindow(BaseModel):
     at the time it is read, so a retrain started later sees more fresh data.
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     start_time: UtcDatetime
     """Event time of the first value the detector attributes to the new behaviour."""
@@ -372,7 +372,9 @@ class ModelSnapshot(Event):
 class RoutingRule(BaseModel):
     """Send events whose feature `field` compares to `value` by `op` to a variant."""
 
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     field: Identifier
     op: Literal["==", "!=", "<", "<=", ">", ">=", "in"] = "=="
@@ -382,7 +384,9 @@ class RoutingRule(BaseModel):
 class Variant(BaseModel):
     """One model serving (or shadowing) a deployment."""
 
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     name: Identifier
     role: VariantRole
@@ -399,7 +403,9 @@ class Variant(BaseModel):
 class OnlineModelSpec(BaseModel):
     """An online model the learner trains for a deployment."""
 
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     model_id: Identifier
     model_type: Identifier
@@ -414,7 +420,9 @@ class RetrainSpec(BaseModel):
     """How a deployment's batch model is retrained after a drift alert, and how the new version
     is tried before it may serve."""
 
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     trainer: str = "shared.trainers:gradient_boosting"
     """``package.module:function`` taking (features DataFrame, labels Series), returning a fitted
@@ -432,7 +440,9 @@ class RetrainSpec(BaseModel):
 class PromotionPolicy(BaseModel):
     """When a challenger may replace the champion (see `shared.promotion.decide`)."""
 
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     min_samples: int = Field(default=500, ge=1)
     """Labeled outcomes each variant needs before any decision."""
@@ -529,7 +539,9 @@ FeatureType = Literal["numeric", "categorical", "boolean"]
 class FeatureSpec(BaseModel):
     """One declared feature of a stream: its type and what values it may take."""
 
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     name: Identifier
     type: FeatureType = "numeric"
@@ -555,7 +567,9 @@ class WindowedAggregate(BaseModel):
     Added to each feature event as ``<field>_count_<minutes>m`` and ``<field>_mean_<minutes>m``.
     """
 
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, use_attribute_docstrings=True, extra="forbid", allow_inf_nan=False
+    )
 
     field: Identifier
     minutes: int = Field(ge=1, le=24 * 60)

@@ -13,6 +13,7 @@ from shared.errors import EventDecodeError
 from shared.events import (
     MAX_MAGNITUDE,
     DeadLetter,
+    Deployment,
     DriftAlert,
     Event,
     FeatureEvent,
@@ -226,6 +227,7 @@ def test_a_declared_range_no_value_fits_is_refused() -> None:
         (LabeledPrediction, ("feedback_delay_s",)),
         (DriftAlert, ("stats_before", "mean")),
         (ModelSnapshot, ("metrics", "mae")),
+        (Deployment, ("promotion", "max_tier_regression")),
     ],
 )
 def test_no_float_of_a_record_takes_nan_it_could_not_be_read_back(
