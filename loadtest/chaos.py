@@ -54,6 +54,7 @@ from shared import failpoints, kafka_clients
 from shared.kafka_clients import KafkaAccess
 from shared.localkafka import KAFKA_VERSION, LocalKafka, default_home
 from shared.sealing import PICKLE, SealedState
+from shared.settings import DriftlineSettings
 from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
 
@@ -90,6 +91,11 @@ class Fault:
     for_s: float = 0.0
 
 
+SESSION_TIMEOUT_S: float = DriftlineSettings.model_fields["kafka_session_timeout_s"].default
+"""Driftline's default DRIFTLINE_KAFKA_SESSION_TIMEOUT_S: a stopped worker's partitions go to
+its successor after this long."""
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A pipeline, a workload and a fault schedule."""
@@ -105,6 +111,9 @@ class Scenario:
     """CPU-bound processes kept running beside the pipeline for the whole run."""
     runs: int | None = None
     """Runs of a full `make chaos` when not the default (a scenario that repeats its fault)."""
+    session_timeout_s: float = SESSION_TIMEOUT_S
+    """The workers' DRIFTLINE_KAFKA_SESSION_TIMEOUT_S: how long a killed worker's partitions
+    wait before its successor gets them."""
 
     @property
     def input_topic(self) -> Any:
@@ -126,11 +135,6 @@ def kill_each(
     return tuple(Fault(first_s + i * every_s, action, s) for i, s in enumerate(names))
 
 
-SESSION_TIMEOUT_S = 60.0
-"""faust-streaming's default ``broker_session_timeout``: a stopped worker's partitions go to
-its successor after this long."""
-
-
 def stop_each(services: Iterable[str], first_s: float, every_s: float, for_s: float) -> tuple:
     """SIGSTOP each service in turn, `every_s` apart, for `for_s` seconds each."""
     return tuple(Fault(first_s + i * every_s, "stop", s, for_s) for i, s in enumerate(services))
@@ -143,7 +147,7 @@ def plan(quick: bool) -> list[Scenario]:
     if quick:
         return [
             Scenario("T1a kill router, feedback, learner", learning, 1_500, 100.0,
-                     kill_each(learning, 4.0, 3.0)),
+                     kill_each(learning, 4.0, 3.0), session_timeout_s=10.0),
         ]  # fmt: skip
     return [
         Scenario("T1a kill router, feedback, learner", learning, 3_000, 140.0,
@@ -492,7 +496,13 @@ async def table_state(run: Run, service: str, table: str) -> dict[bytes, Any]:
 
 def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: float) -> Effects:
     """One run of `scenario` on a fresh private Driftline; its effects checked by id."""
-    run = Run(bootstrap, workdir, scenario.name.split()[0].lower(), scenario.partitions)
+    run = Run(
+        bootstrap,
+        workdir,
+        scenario.name.split()[0].lower(),
+        scenario.partitions,
+        session_timeout_s=scenario.session_timeout_s,
+    )
     workload = Workload(run=run.prefix)
     effects = Effects(events=scenario.events)
     try:

@@ -127,6 +127,7 @@ def create_app(service: str, common: DriftlineSettings, own: ServiceSettings) ->
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=common.kafka_session_timeout_s,
         # A topic that appears after the first rebalance (the worker creates its internal
         # topics before it starts, but a repartition topic or a public topic created late
         # cannot be) is seen, and rejoined for, in seconds instead of the 5-minute default.

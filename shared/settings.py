@@ -48,6 +48,11 @@ class DriftlineSettings(BaseSettings):
     """SASL password."""
     kafka_ssl_cafile: Path | None = None
     """CA bundle that signs the brokers' certificates (SSL and SASL_SSL)."""
+    kafka_session_timeout_s: float = Field(default=45.0, ge=6, le=300)
+    """How long a consumer group waits on a worker that stopped heartbeating (killed, or its
+    node gone) before its partitions go to the others: the failover time after a crash. Kafka's
+    own default; lower means faster failover, but a worker whose event loop stalls for longer
+    (heartbeats every 3 s) is taken for dead and its partitions move."""
     topic_prefix: str = ""
     """Prepended to every topic and consumer-group name: many Driftlines share one cluster."""
     topic_partitions: int = Field(default=4, ge=1, le=4096)
