@@ -39,7 +39,7 @@ from loadtest.measure import (
 from loadtest.workload import Record, Workload, setup_records
 from services.processes import ServiceProcess
 from shared import kafka_clients
-from shared.admin import create_topics
+from shared.admin import create_topics, delete_prefixed_topics
 from shared.kafka_clients import KafkaAccess
 from shared.logging import get_logger
 from shared.settings import DriftlineSettings
@@ -59,6 +59,8 @@ class Run:
     workdir: Path
     name: str
     partitions: int = 4
+    session_timeout_s: float | None = None
+    """The workers' DRIFTLINE_KAFKA_SESSION_TIMEOUT_S (Driftline's default when None)."""
     prefix: str = field(init=False)
     settings: DriftlineSettings = field(init=False)
     workers: list[ServiceProcess] = field(default_factory=list)
@@ -82,7 +84,9 @@ class Run:
     @property
     def env(self) -> dict[str, str]:
         """The environment every worker of this run gets (no MLflow server runs in a benchmark)."""
+        session = self.session_timeout_s
         return {
+            **({"DRIFTLINE_KAFKA_SESSION_TIMEOUT_S": str(session)} if session else {}),
             "DRIFTLINE_KAFKA_BROKER": self.bootstrap,
             "DRIFTLINE_TOPIC_PREFIX": self.prefix,
             "DRIFTLINE_TOPIC_PARTITIONS": str(self.partitions),
@@ -221,18 +225,7 @@ class Run:
         for worker in self.workers:
             worker.stop(timeout=15.0)
         if not keep_topics:
-            asyncio.run(_delete_topics(self.bootstrap, self.prefix))
-
-
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = kafka_clients.admin_client(KafkaAccess(bootstrap))
-    await admin.start()
-    try:
-        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
+            asyncio.run(delete_prefixed_topics(KafkaAccess(self.bootstrap), self.prefix))
 
 
 async def create_plain_topics(bootstrap: str, names: list[str], partitions: int) -> None:

@@ -63,6 +63,22 @@ async def ensure_topics(
         await admin.close()
 
 
+async def delete_prefixed_topics(target: Target, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with `prefix` (a throw-away Driftline's: the load
+    test's runs, a test's pipeline), internal ones included; return their names."""
+    if not prefix:
+        raise ValueError("refusing to delete every topic of the cluster: give a prefix")
+    admin = admin_client(target)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+        return mine
+    finally:
+        await admin.close()
+
+
 async def _until_described(
     admin: AIOKafkaAdminClient, names: list[str], timeout: float = 30.0
 ) -> None:

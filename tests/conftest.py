@@ -13,7 +13,7 @@ import pytest
 
 from shared.localkafka import LocalKafka
 from shared.localmlflow import LocalMlflow
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import FAILED, Pipeline, failed
 
 if TYPE_CHECKING:
     from tests.support.mlserver import LocalMlserver
@@ -102,9 +102,27 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMlserver
         server.stop()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[pytest.TestReport]:
+    """A failed test's report ends with the tail of every worker log of its pipelines: a CI
+    failure is diagnosable from the printed output alone; its topics are kept."""
+    report: pytest.TestReport = yield
+    if not report.failed:
+        return report
+    item.stash[FAILED] = True
+    for pipeline in getattr(item, "funcargs", {}).values():
+        if isinstance(pipeline, Pipeline):
+            for worker in pipeline.workers:
+                report.sections.append((f"log of {worker.log_path.name}", worker.tail(40)))
+    return report
+
+
 @pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    """A private Driftline on the real broker; its workers are stopped after the test."""
+def pipeline(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
+    """A private Driftline on the real broker; its workers are stopped after the test and its
+    topics deleted unless it failed."""
     pipe = Pipeline(kafka_bootstrap, tmp_path)
     yield pipe
-    pipe.close()
+    pipe.close(keep_topics=failed(request))

@@ -36,7 +36,7 @@ from shared.topics import DEADLETTER, DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PR
 from shared.topics import PREDICTIONS_LABELED as LABELED
 from tests.support.hostile import marker_pickle, payload_only_signature
 from tests.support.kafka import consume_until, count_of, produce
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, failed
 from tests.support.records import unsigned_snapshot
 from tests.support.workers import Worker
 
@@ -46,12 +46,14 @@ NOW = datetime.now(UTC)
 
 
 @pytest.fixture
-def one_partition(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
+def one_partition(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
     """A private Driftline whose topics and tables have one partition (one changelog partition
     for the forged records to go to)."""
     pipe = Pipeline(kafka_bootstrap, tmp_path, partitions=1)
     yield pipe
-    pipe.close()
+    pipe.close(keep_topics=failed(request))
 
 
 def changelog(pipe: Pipeline, service: str, table: str) -> str:

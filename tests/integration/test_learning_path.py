@@ -40,7 +40,7 @@ from shared.signing import KeyRing
 from shared.topics import DEADLETTER, DEPLOYMENTS, FEEDBACK, MODEL_SNAPSHOTS, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
 from tests.support.kafka import Record, consume_until, count_of, produce
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, failed
 from tests.support.records import fraud_prediction
 
 pytestmark = pytest.mark.integration
@@ -51,11 +51,13 @@ N_ENTITIES = 1000
 
 
 @pytest.fixture
-def one_partition(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
+def one_partition(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
     """A private Driftline whose topics have one partition: one watermark, one arrival order."""
     pipe = Pipeline(kafka_bootstrap, tmp_path, partitions=1)
     yield pipe
-    pipe.close()
+    pipe.close(keep_topics=failed(request))
 
 
 def prediction(event_id: str, at: float, variant: str = "champion") -> Prediction:

@@ -51,7 +51,7 @@ def secure(secure_kafka: LocalKafka, tmp_path: Path) -> Iterator[Pipeline]:
         prefix=prefix,
     )
     yield pipe
-    pipe.close()
+    pipe.close(keep_topics=True)  # the secure broker is deleted after the run
 
 
 def raw_event(event_id: str, amount: float) -> bytes:

@@ -10,11 +10,21 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from services.processes import ServiceStartError
-from shared.admin import create_topics
+from shared.admin import create_topics, delete_prefixed_topics
 from shared.settings import DriftlineSettings
 from shared.topics import Topic
 from tests.support.workers import Worker
+
+FAILED = pytest.StashKey[bool]()
+"""Set on a test item by the report hook of tests/conftest.py when its call failed."""
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test that requested the fixture failed (its topics are kept as evidence)."""
+    return request.node.stash.get(FAILED, False)
 
 
 class Pipeline:
@@ -40,6 +50,8 @@ class Pipeline:
             "DRIFTLINE_TOPIC_PARTITIONS": str(partitions),
             "DRIFTLINE_DATA_DIR": str(workdir / "data"),
             "DRIFTLINE_LOG_LEVEL": "info",
+            # A killed worker's successor gets its partitions after 10 s instead of 45 s.
+            "DRIFTLINE_KAFKA_SESSION_TIMEOUT_S": "10",
             **(kafka_env or {}),
         }
         self.settings = DriftlineSettings(
@@ -98,7 +110,11 @@ class Pipeline:
             check=False,
         )
 
-    def close(self) -> None:
-        """Stop every worker this test started."""
+    def close(self, keep_topics: bool = False) -> None:
+        """Stop every worker this test started, then delete the test's topics unless
+        `keep_topics` (a failed test's records are the evidence): a run's broker stays as small
+        as a fresh one instead of gathering thousands of partitions."""
         for worker in self.workers:
             worker.stop()
+        if not keep_topics:
+            asyncio.run(delete_prefixed_topics(self.settings, self.prefix))
