@@ -66,6 +66,8 @@ class DemoObserver:
     sent: int = 0
     predictions: int = 0
     labeled: int = 0
+    malformed: int = 0
+    """Malformed records the replay sent beside the events (`Scenario.malformed_every`)."""
     dead_letters: int = 0
     variants: dict[str, VariantTrack] = field(default_factory=dict)
     champion_versions: dict[str, VariantTrack] = field(default_factory=dict)

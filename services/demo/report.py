@@ -32,7 +32,8 @@ def summary(observer: DemoObserver, scenario: Scenario) -> list[str]:
     detected = first_concept_drift(observer)
     lines = [
         f"events {observer.sent}, predictions {observer.predictions}, "
-        f"labeled {observer.labeled}, dead letters {observer.dead_letters}",
+        f"labeled {observer.labeled}, dead letters {observer.dead_letters} "
+        f"(of {observer.malformed} malformed records sent)",
         f"true concept drift at event {scenario.drift_at}",
         (
             f"concept drift detected at event {detected} ({detected - scenario.drift_at} events "

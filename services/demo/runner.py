@@ -28,7 +28,15 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from services.demo.observer import DemoObserver
-from services.demo.scenario import FEATURES, STREAM, Labeled, Scenario, replay, training_rows
+from services.demo.scenario import (
+    FEATURES,
+    STREAM,
+    Labeled,
+    Scenario,
+    malformed_record,
+    replay,
+    training_rows,
+)
 from services.processes import ServiceProcess, free_port
 from shared import kafka_clients
 from shared.admin import create_topics, durable_producer, publish
@@ -287,6 +295,10 @@ class Demo:
                     raw_topic, key=item.event.entity_id.encode(), value=encode(item.event)
                 )
                 self.observer.sent += 1
+                if self.observer.sent % scenario.malformed_every == 0:
+                    bad = malformed_record(self.observer.malformed)
+                    await producer.send(raw_topic, key=b"applicant-malformed", value=bad)
+                    self.observer.malformed += 1
                 waiting.append((loop.time() + scenario.label_delay, item))
                 while waiting and waiting[0][0] <= loop.time():
                     _, labeled = waiting.popleft()

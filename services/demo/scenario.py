@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import orjson
 from river.datasets import synth
 
 from shared.events import Feedback, RawEvent
@@ -43,6 +44,9 @@ class Scenario:
     tail_after_switch: int = 600
     """Events replayed after the champion switch, past `n_events` if need be, so the retrained
     champion's recovery shows; the replay never runs past twice `n_events`."""
+    malformed_every: int = 1000
+    """After every so many events one malformed record goes to the raw topic too (see
+    `malformed_record`): ingestion dead-letters it with its reason and the stream goes on."""
 
     def index_at(self, start: datetime, event_time: datetime) -> int:
         """Which event of a replay begun at `start` carries `event_time`."""
@@ -71,6 +75,28 @@ def training_rows(scenario: Scenario) -> tuple[list[dict[str, float]], list[bool
     return [{name: float(x[name]) for name in FEATURES} for x, _ in rows], [
         bool(y) for _, y in rows
     ]
+
+
+def malformed_record(index: int) -> bytes:
+    """The `index`-th malformed raw record, taking turns: not JSON, a declared feature missing,
+    a feature that is text; none is an event, each a dead letter with its reason."""
+    kind = index % 3
+    if kind == 0:
+        return b'{"event_id": "truncated-' + str(index).encode() + b'", "data": {"salar'
+    data: dict[str, object] = dict.fromkeys(FEATURES, 1.0)
+    if kind == 1:
+        del data["salary"]
+    else:
+        data["age"] = "forty"
+    return orjson.dumps(
+        {
+            "event_id": f"malformed-{index}",
+            "stream": STREAM,
+            "entity_id": "applicant-malformed",
+            "event_time": datetime.now(UTC).isoformat(),
+            "data": data,
+        }
+    )
 
 
 def replay(scenario: Scenario, start: datetime) -> Iterator[Labeled]:

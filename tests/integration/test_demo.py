@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from services.demo.observer import DemoObserver
 from services.demo.report import first_concept_drift, plot, summary
 from services.demo.runner import Demo, DemoConfig
 from services.demo.scenario import Scenario
@@ -13,6 +16,7 @@ from services.tools.status import deployments
 from shared.health import consumer_lag
 from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS, PREDICTIONS_LABELED
 from shared.tracing import trace
+from tests.support.promql import DASHBOARDS, queries, samples, selectors
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +38,22 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
         drain_timeout=120.0,
         switch_timeout=600.0,
     )
-    demo = Demo(config, on_tick=lambda observer: None)
+    scraped: dict[str, str] = {}
+    last_scrape = 0.0
+
+    def scrape(observer: DemoObserver) -> None:
+        """Every few seconds once the champion switched, each process's /metrics."""
+        nonlocal last_scrape
+        if not observer.switches or time.monotonic() - last_scrape < 3:
+            return
+        last_scrape = time.monotonic()
+        for process in demo.processes:
+            try:
+                scraped[process.service] = process.metrics()
+            except httpx.HTTPError:
+                continue  # stopping already: the previous scrape stands
+
+    demo = Demo(config, on_tick=scrape)
 
     observer = await demo.run()
 
@@ -58,6 +77,17 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
     old_after_drift = [acc for index, acc in versions[old[0]].points if index >= scenario.drift_at]
     assert versions[switch.version].rolling > old_after_drift[-1] + 0.1
     assert observer.labeled >= observer.sent >= scenario.n_events
+    assert observer.dead_letters == observer.malformed >= 2, "each malformed record, one letter"
+
+    live = samples(scraped.values())
+    for dashboard in DASHBOARDS:
+        empty = {
+            str(selector)
+            for expression in queries(dashboard)
+            for selector in selectors(expression)
+            if not any(selector.matches(sample) for sample in live)
+        }
+        assert not empty, f"{dashboard.name}: no data in the demo for {sorted(empty)}"
     png = plot(observer, scenario, tmp_path / "accuracy.png")
     assert png.stat().st_size > 10_000
     assert all(p.process is not None and p.process.poll() is not None for p in demo.processes)

@@ -6,27 +6,16 @@ model" was, for as long as it existed); these tests make it a failure instead.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from faust.sensors.prometheus import FaustMetrics
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 
 import shared.metrics  # noqa: F401  (registers Driftline's metrics)
+from tests.support.promql import DASHBOARDS, NAME, ROOT, RULE_FILES, Selector, queries, selectors
 
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARDS = sorted(
-    [*ROOT.glob("deploy/grafana/*.json"), *ROOT.glob("helm/driftline/files/*dashboard*.json")]
-)
-RULE_FILES = sorted(
-    [*ROOT.glob("deploy/prometheus/rules/*.yml"), *ROOT.glob("helm/driftline/files/*alerts*.yml")]
-)
-_NAME = re.compile(r"\b((?:driftline|faust)_[a-z0-9_]+)\b")
 _SUFFIXES = {
     "counter": ("_total", "_created"),
     "gauge": ("",),
@@ -48,29 +37,9 @@ def exported() -> set[str]:
     return series_names(REGISTRY.collect()) | series_names(faust_registry.collect())
 
 
-def _strings(node: Any, keys: set[str]) -> Iterator[str]:
-    """Every string under one of `keys`, anywhere in a parsed JSON or YAML document."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in keys and isinstance(value, str):
-                yield value
-            else:
-                yield from _strings(value, keys)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _strings(item, keys)
-
-
-def queries(path: Path) -> list[str]:
-    """The PromQL of a dashboard (panel targets, variable queries) or of a rules file."""
-    if path.suffix == ".json":
-        return list(_strings(json.loads(path.read_text()), {"expr", "query", "definition"}))
-    return list(_strings(yaml.safe_load(path.read_text()), {"expr"}))
-
-
 def unexported(expressions: list[str], known: set[str]) -> set[str]:
     """The Driftline or Faust names `expressions` use that are not in `known`."""
-    return {name for expr in expressions for name in _NAME.findall(expr)} - known
+    return {name for expr in expressions for name in NAME.findall(expr)} - known
 
 
 def test_the_checked_files_exist() -> None:
@@ -98,4 +67,18 @@ def test_a_query_on_a_name_nothing_exports_is_caught() -> None:
             "rate(driftline_dead_letters_total[5m]) and faust_total_rebalances_recovering",
         ],
         known,
+    )
+
+
+def test_a_selector_has_data_only_where_a_sample_matches_its_literal_matchers() -> None:
+    [rate] = selectors('1 - max(driftline_model_error_rate{model=~"$model", window=~"hopping_.*"})')
+    assert rate == Selector("driftline_model_error_rate", (("window", "=~", "hopping_.*"),))
+    assert rate.matches(("driftline_model_error_rate", {"model": "m", "window": "hopping_5m"}))
+    assert not rate.matches(("driftline_model_error_rate", {"window": "tumbling_5m"}))
+    assert not rate.matches(("driftline_model_mae", {"window": "hopping_5m"}))
+    [lag, committed] = selectors('faust_topic_partition_end_offset - faust_x{job!="a"}')
+    assert (lag.name, lag.matchers, str(committed)) == (
+        "faust_topic_partition_end_offset",
+        (),
+        'faust_x{job!="a"}',
     )
