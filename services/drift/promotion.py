@@ -28,10 +28,10 @@ from shared.errors import DriftlineError
 from shared.events import Deployment, LabeledPrediction, decode
 from shared.global_tables import deployment_table
 from shared.logging import get_logger
-from shared.registry import MlflowRegistry
 from shared.replays import lineage_of
 from shared.rollout import (
     Challenger,
+    Registry,
     challenger_variants,
     execute,
     promotion_steps,
@@ -43,6 +43,14 @@ from shared.sealing import SealedState, json_codec, sealed_table
 from shared.topics import DECISIONS, DEPLOYMENTS, PREDICTIONS_LABELED
 
 log = get_logger(__name__)
+
+
+def mlflow_registry(tracking_uri: str) -> Registry:
+    """MLflow's registry client, imported when a decision first needs it: importing MLflow is
+    about a quarter of a drift worker's start, and most deployments have no challenger."""
+    from shared.registry import MlflowRegistry
+
+    return MlflowRegistry(tracking_uri)
 
 
 def add_promotion(
@@ -59,7 +67,7 @@ def add_promotion(
     deployments: Mapping[str, Deployment] = deployment_table(app, common, dead_letters)
     sealed = SealedState(service, "promotion_trials", common.state_keys, json_codec(Trial))
     trials = sealed_table(app, sealed)
-    registry = MlflowRegistry(common.mlflow_tracking_uri)
+    registry: Registry | None = None
 
     async def publish(deployment: Deployment) -> None:
         # Given to the app's producer, which a commit flushes first: a crash before that
@@ -68,6 +76,8 @@ def add_promotion(
 
     async def run(trial: Trial, deployment: Deployment) -> None:
         """Run the trial's decided action; a failure is logged and retried on its next event."""
+        nonlocal registry
+        registry = registry or mlflow_registry(common.mlflow_tracking_uri)
         challenger = Challenger(trial.model_name, trial.version, trial.variant)
         promote = trial.decided == "promote"
         if trial.swapped:

@@ -68,7 +68,7 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> FlakyRegistry:
     registry = FlakyRegistry(versions={"fraud": {"1", "2"}})
     registry.set_alias("fraud", "champion", "1")
     registry.set_alias("fraud", "challenger", "2")
-    monkeypatch.setattr(services.drift.promotion, "MlflowRegistry", lambda uri: registry)
+    monkeypatch.setattr(services.drift.promotion, "mlflow_registry", lambda uri: registry)
     return registry
 
 

@@ -118,8 +118,8 @@ def test_events_flow_through_all_five_services_with_a_foreign_client(pipeline: P
     )
     asyncio.run(publish(pipeline.settings, STREAMS, "payments", encode(stream)))
     asyncio.run(publish(pipeline.settings, DEPLOYMENTS, "payments", encode(deployment)))
-    for service in ("ingestion", "router", "feedback", "learner", "drift"):
-        pipeline.start(service, DRIFTLINE_LEARNER_SNAPSHOT_EVERY="1")
+    services = ("ingestion", "router", "feedback", "learner", "drift")
+    pipeline.start_together({s: {"DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "1"} for s in services})
     producer = KafkaProducer(bootstrap_servers=pipeline.bootstrap)
     now = time.time()
     n_events = 300

@@ -193,11 +193,14 @@ async def test_bad_events_are_dead_lettered_good_ones_predicted_and_shadowed_and
         encode(Deployment(name="ghost", stream="clicks", variants=[ghost])),
     )
     set_alias(models, MODEL, "champion", "1")
-    ingestion = pipeline.start("ingestion", DRIFTLINE_INGESTION_MAX_EVENT_BYTES="1000")
-    router = pipeline.start(
-        "router",
-        DRIFTLINE_MLFLOW_TRACKING_URI=models,
-        DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS="1",
+    ingestion, router = pipeline.start_together(
+        {
+            "ingestion": {"DRIFTLINE_INGESTION_MAX_EVENT_BYTES": "1000"},
+            "router": {
+                "DRIFTLINE_MLFLOW_TRACKING_URI": models,
+                "DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "1",
+            },
+        }
     )
 
     bad = {

@@ -84,9 +84,13 @@ def _deployment(name: str) -> Deployment:
 def _start_workers(pipeline: Pipeline, mlflow_uri: str) -> Worker:
     """Router, feedback and drift workers; returns the router."""
     env = {"DRIFTLINE_MLFLOW_TRACKING_URI": mlflow_uri}
-    router = pipeline.start("router", DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS="1", **env)
-    pipeline.start("feedback")
-    pipeline.start("drift", DRIFTLINE_DRIFT_PROMOTION_EVERY=str(EVERY), **env)
+    router, _, _ = pipeline.start_together(
+        {
+            "router": {"DRIFTLINE_ROUTER_MODEL_REFRESH_SECONDS": "1", **env},
+            "feedback": {},
+            "drift": {"DRIFTLINE_DRIFT_PROMOTION_EVERY": str(EVERY), **env},
+        }
+    )
     return router
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -165,3 +167,16 @@ def test_an_uncaught_exception_in_a_thread_is_one_log_record(
     assert "uncaught exception in thread" in text
     assert "Traceback" in text
     assert "RuntimeError: boom in a thread" in text
+
+
+def test_the_drift_worker_loads_mlflow_only_for_a_promotion() -> None:
+    """MLflow's import is about a quarter of a drift worker's start; the app imports it only
+    when a trial's decision runs."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, services.drift.app; print('mlflow' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"
