@@ -683,7 +683,7 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
         verdict = progress.take(tp, message.offset, stream)  # "next" for an untracked partition
         if verdict != "early":
             return verdict == "next"
-        self._abandoned.add(message)
+        self._forget(message)
         missing = progress.next_to_take(tp, stream)
         fetched_since_seek = self._admitted_in.get(message) == self.fetch_guard.era(tp)
         if missing is not None and fetched_since_seek and self.fetch_guard.refetch(tp, missing):
@@ -703,12 +703,19 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
         is fetched again from the first of them before its stream takes anything later."""
         first: dict[TP, int] = {}
         for message in messages:
-            self._abandoned.add(message)
+            self._forget(message)
             first[message.tp] = min(first.get(message.tp, message.offset), message.offset)
         for tp, offset in first.items():
             if self.progress.tracks(tp):
                 self.progress.untake(tp, offset, stream)
                 self.fetch_guard.refetch(tp, offset)
+
+    def _forget(self, message: Message) -> None:
+        """Never acknowledge `message` (its partition is fetched again, as new messages), nor
+        wait for it at stop: Faust's stop waited for every such record the whole shutdown
+        grace and the worker exited 70 instead of cleanly."""
+        self._abandoned.add(message)
+        self._unacked_messages.discard(message)
 
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True

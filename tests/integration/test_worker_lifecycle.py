@@ -219,6 +219,9 @@ async def test_a_handler_interrupted_mid_way_is_fetched_again_and_nothing_is_los
     events = [r.get("event", "") for r in _records(worker.log_path)]
     assert any(event.startswith("records its stream has not processed") for event in events)
     assert not any(event.startswith("records were processed past one") for event in events)
+    stopped = time.monotonic()
+    assert worker.stop() == 0, "the interrupted record held the stop until its grace ran out"
+    assert time.monotonic() - stopped < 15
 
 
 async def _committed(bootstrap: str, group: str, topic: str) -> int | None:
