@@ -10,7 +10,6 @@ started looking, or since I reset the reference after the last change."""
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from html import escape
 from itertools import pairwise
 
 from shared.events import FeatureEvent, FeatureType, StreamSchema
+from shared.psi import psi
 
 Value = float | str
 """A kept value: a number of a numeric feature, the text of a category or a flag."""
@@ -161,20 +161,6 @@ def category_shares(values: Sequence[str], categories: Sequence[str]) -> list[fl
     """The share of `values` that is each of `categories`."""
     counts = Counter(values)
     return [counts[c] / len(values) if values else 0.0 for c in categories]
-
-
-PSI_FLOOR = 1e-4
-"""The share an empty bin counts as, so one empty bin does not make the PSI infinite."""
-
-
-def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
-    """The population stability index of `actual` shares against `expected` ones:
-    sum((a - e) * ln(a / e)). Below 0.1 is usually read as stable, above 0.25 as moved."""
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e, a = max(e, PSI_FLOOR), max(a, PSI_FLOOR)
-        total += (a - e) * math.log(a / e)
-    return total
 
 
 REFERENCE_COLOUR, RECENT_COLOUR = "#999999", "#1f77b4"

@@ -9,7 +9,6 @@ distribution test that speaks River's verbs.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from river.drift.binary import DDM, EDDM, FHDDM, HDDMA, HDDMW
 
 from services.drift.bocpd import BOCPD
 from shared.errors import DriftlineError
+from shared.psi import psi
 
 Input = Literal["value", "error", "category"]
 
@@ -102,12 +102,12 @@ class PSI(base.DriftAndWarningDetector):
     def index(self, reference: Counter[str], current: Counter[str]) -> float:
         """PSI of `current` against `reference`: sum of (q - p) * ln(q / p) over categories."""
         n_ref, n_cur = reference.total(), current.total()
-        total = 0.0
-        for category in reference.keys() | current.keys():
-            p = max(reference[category] / n_ref, self.epsilon)
-            q = max(current[category] / n_cur, self.epsilon)
-            total += (q - p) * math.log(q / p)
-        return total
+        categories = reference.keys() | current.keys()
+        return psi(
+            [reference[c] / n_ref for c in categories],
+            [current[c] / n_cur for c in categories],
+            self.epsilon,
+        )
 
 
 _KINDS: dict[str, tuple[type[base.DriftDetector], Input]] = {

@@ -15,9 +15,9 @@ from services.console.distributions import (
     compare,
     distribution_chart,
     numeric_shares,
-    psi,
 )
 from shared.events import FeatureEvent, FeatureSpec, StreamSchema
+from shared.psi import psi
 
 PAYMENTS = StreamSchema(
     name="payments",
