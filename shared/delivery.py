@@ -515,13 +515,6 @@ class FetchTrackingThread(faust_aiokafka.AIOKafkaConsumerThread):
             await consumer.seek_to_beginning(partition)
             self._fetch_from.pop(tp, None)  # a fetch may have returned records meanwhile
 
-    async def log_starts(self, partitions: Sequence[TP]) -> dict[TP, int]:
-        """The broker's first offset of each partition. Runs in this thread (`call_thread`)."""
-        found = await self._ensure_consumer().beginning_offsets(
-            [TopicPartition(tp.topic, tp.partition) for tp in partitions]
-        )
-        return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
-
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed_here)
 
@@ -581,8 +574,9 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek every assigned partition to its committed offset, and every stream partition
-        with none to the reset policy's start: aiokafka leaves a partition whose committed
-        offset is 0 or missing where its last fetch left it."""
+        with none to the broker's first offset (``earliest``) or the reset policy's start:
+        aiokafka leaves a partition whose committed offset is 0 or missing where its last fetch
+        left it."""
         guard = self.fetch_guard
         streams = self._stream_partitions(self.assignment())
         for tp in streams:
@@ -594,21 +588,14 @@ class SeekGuardedConsumer(faust_aiokafka.Consumer):
             starts[tp] = offset if offset is not None and offset >= 0 else None
         unset = [tp for tp, start in starts.items() if start is None]
         if unset and self.app.conf.consumer_auto_offset_reset == "earliest":
-            starts |= await self._log_starts(unset)
+            # The broker's first offset, not the first record fetched: a successor of a worker
+            # killed before its first commit got a fetch from further on first, took it for
+            # the start and skipped everything before it (chaos T1a, 10 s session timeout).
+            starts |= await self.earliest_offsets(*unset)
         for tp in streams:
             self.progress.started(tp, starts[tp])
             await self._seek_stream(tp, starts[tp])
         return committed
-
-    async def _log_starts(self, partitions: Sequence[TP]) -> dict[TP, int]:
-        """The first offset the broker holds of each partition: where a stream partition that
-        nothing was committed for starts. Taking its first fetched record for the start lost
-        records when a worker took over partitions its killed predecessor never committed:
-        a fetch from further on came first, and everything before it was skipped and committed
-        (chaos T1a with a 10 s session timeout, 250-670 of 1,500 events unpredicted)."""
-        thread = self._thread
-        assert isinstance(thread, FetchTrackingThread)
-        return await thread.call_thread(thread.log_starts, partitions)
 
     async def seek(self, partition: TP, offset: int) -> None:
         if not self.fetch_guard.guards(partition):
