@@ -176,7 +176,8 @@ async def test_drift_alerts_carry_the_window_of_a_seeded_switch(pipeline: Pipeli
     alerts_topic = pipeline.topic(ALERTS)
     partitions = pipeline.settings.topic_partitions
 
-    pipeline.start("drift", DRIFTLINE_DRIFT_COOLDOWN_S="0")
+    # Both topics are written before the worker starts: an alert's window looks up offsets for
+    # times in every topic, and a topic still being written has no answer yet for later times.
     await produce(
         pipeline.bootstrap,
         labeled_topic,
@@ -189,6 +190,7 @@ async def test_drift_alerts_carry_the_window_of_a_seeded_switch(pipeline: Pipeli
         [(e.entity_id, e) for e in features],
         timestamps=[e.event_time.timestamp() for e in features],
     )
+    pipeline.start("drift", DRIFTLINE_DRIFT_COOLDOWN_S="0")
 
     def drift_at(records: list[Record], key: str, position: int) -> dict | None:
         return next(
