@@ -11,9 +11,12 @@ made up at the first start and kept in the server's directory, readable by its o
 from __future__ import annotations
 
 import configparser
+import contextlib
+import hashlib
 import importlib.metadata
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -179,11 +182,29 @@ class LocalMlflow:
             if process.poll() is not None:
                 raise DriftlineError(f"MLflow server exited at start; see {self.log_path}")
             if self.is_up(timeout=1.0):
+                self._hash_made_up_password_cheaply()
                 self.check_credentials()
                 return time.monotonic() - began
             time.sleep(0.5)
         self.stop()
         raise DriftlineError(f"MLflow server gave no answer in {timeout:.0f}s; see {self.log_path}")
+
+    def _hash_made_up_password_cheaply(self) -> None:
+        """Store the made-up admin password's hash as PBKDF2 with 1,000 rounds instead of
+        MLflow's scrypt: the basic-auth app checks the hash on every request, and scrypt's 0.3 s
+        of server CPU each made a registration (22 requests) take 5 s and every router's alias
+        check cost the server a third of a core-second. Only a made-up password (24 random
+        bytes, never guessed whatever the hash) gets this; a password the user set keeps scrypt."""
+        if self.credentials.password is not None:
+            return
+        # The form of the server's own hashes (werkzeug's): method$salt$hex digest.
+        method, salt = "pbkdf2:sha256:1000", secrets.token_hex(8)
+        digest = hashlib.pbkdf2_hmac("sha256", self.password().encode(), salt.encode(), 1000)
+        cheap = f"{method}${salt}${digest.hex()}"
+        with contextlib.closing(sqlite3.connect(self.workdir / "basic_auth.db")) as db, db:
+            db.execute(
+                "UPDATE users SET password_hash = ? WHERE username = ?", (cheap, self.username)
+            )
 
     def stop(self, timeout: float = 20.0) -> bool:
         """Stop the server this tool started; False if none ran."""
