@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,13 +96,21 @@ class ServiceProcess:
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the worker's process group and wait for a clean exit; SIGKILL the group after
         `timeout` (returning None), and whatever the worker left running in it in any case."""
+        self.terminate()
+        return self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM the worker's process group: the worker begins its clean shutdown."""
+        if self.process is not None and self.process.returncode is None:
+            self._signal_group(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float) -> int | None:
+        """Wait for the exit `terminate` asked for, as `stop` does."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            if not self._exited_within(timeout):
-                self.kill()
-                return None
+        if not self._exited_within(timeout):
+            self.kill()
+            return None
         self._signal_group(signal.SIGKILL)
         return self.process.wait()
 
@@ -144,3 +153,13 @@ class ServiceProcess:
         """The end of the worker's log."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_all(processes: Sequence[ServiceProcess], timeout: float = 30.0) -> None:
+    """`stop` every process, SIGTERM to all at once and one deadline for all: their shutdowns
+    overlap, so a pipeline stops in the time of its slowest worker instead of the sum."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.wait_stopped(max(0.0, deadline - time.monotonic()))

@@ -37,7 +37,7 @@ from services.demo.scenario import (
     replay,
     training_rows,
 )
-from services.processes import ServiceProcess, free_port
+from services.processes import ServiceProcess, free_port, stop_all
 from shared import kafka_clients
 from shared.admin import create_topics, durable_producer, publish
 from shared.errors import WebhookRefusedError
@@ -184,7 +184,7 @@ class Demo:
             os.environ.update(self.mlflow.client_env())
             yield
         finally:
-            await asyncio.to_thread(self._stop_services)
+            await asyncio.to_thread(stop_all, self.processes)
             if started_mlflow:
                 await asyncio.to_thread(self.mlflow.stop)
             if started_kafka:
@@ -270,10 +270,6 @@ class Demo:
             process.spawn()
         for process in self.processes:
             process.wait_ready(timeout=180)
-
-    def _stop_services(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
 
     async def _replay(self) -> None:
         """Send events at the scenario's rate and each label `label_delay` seconds later."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.processes import ServiceStartError
+from services.processes import ServiceStartError, stop_all
 from shared.admin import create_topics, delete_prefixed_topics
 from shared.settings import DriftlineSettings
 from shared.topics import Topic
@@ -114,7 +114,6 @@ class Pipeline:
         """Stop every worker this test started, then delete the test's topics unless
         `keep_topics` (a failed test's records are the evidence): a run's broker stays as small
         as a fresh one instead of gathering thousands of partitions."""
-        for worker in self.workers:
-            worker.stop()
+        stop_all(self.workers)
         if not keep_topics:
             asyncio.run(delete_prefixed_topics(self.settings, self.prefix))

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from services.processes import ServiceProcess
+from services.processes import ServiceProcess, stop_all
 
 _PARENT = """
 import signal, subprocess, sys, time
@@ -70,3 +70,45 @@ def test_stop_kills_the_whole_group_of_a_worker_that_ignores_sigterm(tmp_path: P
     assert time.monotonic() - began < 10
     assert process.process is not None and process.process.poll() is not None
     assert _gone_soon(child)
+
+
+_SLOW_TO_STOP = """
+import signal, sys, time
+def stopping(*_):
+    open(sys.argv[1], "a").write(f"term {time.time()}\\n")
+    time.sleep(1)
+    open(sys.argv[1], "a").write(f"exit {time.time()}\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopping)
+open(sys.argv[1], "a").write("ready\\n")
+time.sleep(300)
+"""
+
+
+def test_stop_all_asks_every_process_to_stop_before_waiting_for_any(tmp_path: Path) -> None:
+    """Two processes that take a second to shut down: the second is asked before the first has
+    finished, and both exit cleanly."""
+    journals = [tmp_path / f"p{i}.txt" for i in range(2)]
+    processes = [
+        ServiceProcess("slow", {}, tmp_path / f"p{i}.log", argv=["-c", _SLOW_TO_STOP, str(j)])
+        for i, j in enumerate(journals)
+    ]
+    for process in processes:
+        process.spawn()
+    deadline = time.monotonic() + 30
+    while not all(j.exists() and "ready" in j.read_text() for j in journals):
+        assert time.monotonic() < deadline, [p.tail() for p in processes]
+        time.sleep(0.05)
+
+    stop_all(processes, timeout=20)
+
+    def moment(journal: Path, what: str) -> float:
+        [when] = [
+            float(line.split()[1])
+            for line in journal.read_text().split("\n")
+            if line.startswith(what)
+        ]
+        return when
+
+    assert moment(journals[1], "term") < moment(journals[0], "exit")
+    assert [p.process.returncode for p in processes if p.process] == [0, 0]
