@@ -19,6 +19,8 @@ import orjson
 import pytest
 from river import linear_model
 
+from services.drift.app import build as build_drift
+from services.learner.app import build as build_learner
 from shared.admin import publish
 from shared.events import (
     Deployment,
@@ -31,9 +33,12 @@ from shared.events import (
     encode,
 )
 from shared.sealing import seal
+from shared.settings import DriftSettings, LearnerSettings
 from shared.signing import sign_snapshot
 from shared.topics import DEADLETTER, DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
+from shared.worker import create_internal_topics
+from tests.support.faust_doubles import isolate_prometheus
 from tests.support.hostile import marker_pickle, payload_only_signature
 from tests.support.kafka import consume_until, count_of, produce
 from tests.support.pipeline import Pipeline, failed
@@ -161,7 +166,7 @@ async def test_the_router_refuses_forged_snapshots_and_keeps_serving_the_previou
 
 
 async def test_the_learner_refuses_a_forged_model_state_and_learns_afresh(
-    one_partition: Pipeline, tmp_path: Path
+    one_partition: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipe = one_partition
     marker = tmp_path / "learner-pwned"
@@ -170,7 +175,8 @@ async def test_the_learner_refuses_a_forged_model_state_and_learns_afresh(
     deployment = Deployment(name="fraud", stream="pay", variants=[champion], online_models=[spec])
     await publish(pipe.settings, DEPLOYMENTS, "fraud", encode(deployment))
     env = {"DRIFTLINE_LEARNER_MLFLOW_ENABLED": "false", "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "5"}
-    pipe.start("learner", **env).stop()  # creates the table's changelog topic
+    isolate_prometheus(monkeypatch)
+    await create_internal_topics(build_learner(pipe.settings, LearnerSettings()))
 
     await produce(
         pipe.bootstrap, changelog(pipe, "learner", "model_state"), [("m", marker_pickle(marker))]
@@ -188,7 +194,7 @@ async def test_the_learner_refuses_a_forged_model_state_and_learns_afresh(
 
 
 async def test_the_drift_worker_refuses_forged_detectors_and_trials(
-    one_partition: Pipeline, tmp_path: Path
+    one_partition: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipe = one_partition
     markers = [tmp_path / f"drift-pwned-{i}" for i in range(2)]
@@ -198,7 +204,8 @@ async def test_the_drift_worker_refuses_forged_detectors_and_trials(
     ]
     deployment = Deployment(name="fraud", stream="pay", variants=variants)
     await publish(pipe.settings, DEPLOYMENTS, "fraud", encode(deployment))
-    pipe.start("drift").stop()  # creates the tables' changelog topics
+    isolate_prometheus(monkeypatch)
+    await create_internal_topics(build_drift(pipe.settings, DriftSettings()))
 
     model_key = orjson.dumps(["fraud", "fraud-model", "3"])
     trial_key = orjson.dumps(["fraud", "fraud-model", "4"])

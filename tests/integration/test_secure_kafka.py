@@ -92,22 +92,21 @@ async def test_the_pipeline_runs_over_sasl_ssl_each_service_as_its_own_user(
         file = "stream.json" if command[0] == "streams" else "deployment.json"
         done = pipe.driftline(*command, "--file", str(tmp_path / file))
         assert done.returncode == 0, done.stderr
-    for service, extra in (
-        ("ingestion", {}),
-        ("router", {}),
-        ("feedback", {}),
-        ("drift", {}),
-        (
-            "learner",
-            {
-                "DRIFTLINE_LEARNER_MLFLOW_ENABLED": "false",
-                "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "5",
-                "DRIFTLINE_LEARNER_SNAPSHOT_EVERY_S": "1",
-                "DRIFTLINE_LEARNER_BATCH_WITHIN_S": "0.1",
-            },
-        ),
-    ):
-        pipe.start(service, **secure_kafka.client_env(service), **extra)
+    learner = {
+        "DRIFTLINE_LEARNER_MLFLOW_ENABLED": "false",
+        "DRIFTLINE_LEARNER_SNAPSHOT_EVERY": "5",
+        "DRIFTLINE_LEARNER_SNAPSHOT_EVERY_S": "1",
+        "DRIFTLINE_LEARNER_BATCH_WITHIN_S": "0.1",
+    }
+    pipe.start_together(
+        {
+            service: {
+                **secure_kafka.client_env(service),
+                **(learner if service == "learner" else {}),
+            }
+            for service in ("ingestion", "router", "feedback", "drift", "learner")
+        }
+    )
     producer, operator = secure_kafka.access("producer"), KafkaAccess.of(pipe.settings)
     predictions = pipe.topic(PREDICTIONS)
 
