@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import secrets
+import shlex
 import sys
 import time
 from collections import deque
@@ -413,10 +415,13 @@ class Demo:
             "--json",
         ]
         log_path = self.run_info.directory / "logs" / "retrain.log"
-        while True:
+        for attempt in itertools.count(1):
             # One OpenMP thread: on a machine busy with five workers, a broker and MLflow, the
             # trainer's spinning thread pool made a fit of a few hundred rows take half a minute.
             with log_path.open("ab") as log:  # beside the services' logs, as it runs
+                started = datetime.now(UTC).isoformat(timespec="seconds")
+                log.write(f"{started} attempt {attempt}: {shlex.join(command[1:])}\n".encode())
+                log.flush()
                 process = await asyncio.create_subprocess_exec(
                     *command, env={**os.environ, **self._service_env(), "OMP_NUM_THREADS": "1"},
                     stdout=asyncio.subprocess.PIPE, stderr=log,

@@ -26,7 +26,7 @@ async def test_demo_detects_the_drift_retrains_and_switches_the_champion(
     kafka_bootstrap: str, mlflow_uri: str, tmp_path: Path
 ) -> None:
     scenario = Scenario(
-        n_events=2000, drift_at=800, rate=60.0, label_delay=1.0, n_train=600, tail_after_switch=300
+        n_events=2000, drift_at=800, rate=30.0, label_delay=1.0, n_train=600, tail_after_switch=300
     )
     config = DemoConfig(
         scenario=scenario,
