@@ -333,11 +333,7 @@ class V2Backend(ModelBackend):
         all of them when the endpoint fails, get the `ModelError` saying why."""
         try:
             if not self.breaker.allow():
-                raise CircuitOpenError(
-                    self.uri,
-                    f"{self.breaker.failures} failures in a row; "
-                    f"next try in {self.breaker.retry_in():.1f}s",
-                )
+                raise self._circuit_open()
             if self.metadata is None:
                 self.metadata = await self._guarded(self._read_metadata())
         except ModelError as exc:
@@ -387,6 +383,8 @@ class V2Backend(ModelBackend):
         half-open circuit never waits for a probe that will not report."""
         try:
             result = await request
+        except CircuitOpenError:
+            raise  # not asked: nothing to tell the breaker
         except EndpointError:
             self.breaker.failed()
             raise
@@ -432,6 +430,9 @@ class V2Backend(ModelBackend):
         session = self._client()
         attempts = 2 if retry_connect else 1
         async with self._slots:
+            if self.breaker.state == "open":
+                # It opened while this request waited for a slot: fail now, not a timeout later.
+                raise self._circuit_open()
             for attempt in range(1, attempts + 1):
                 try:
                     async with session.request(method, url, json=body) as response:
@@ -449,6 +450,13 @@ class V2Backend(ModelBackend):
                 except aiohttp.ClientError as exc:
                     raise EndpointError(self.uri, f"{type(exc).__name__}: {exc}") from None
         return status, text
+
+    def _circuit_open(self) -> CircuitOpenError:
+        return CircuitOpenError(
+            self.uri,
+            f"{self.breaker.failures} failures in a row; "
+            f"next try in {self.breaker.retry_in():.1f}s",
+        )
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
