@@ -2,16 +2,19 @@
 router on the real broker and MLflow: each page loads; a deployment made through the form is
 served by the router, and a promotion-policy field changed through it reaches the record; the
 stream page shows its features' distributions; the router's answers, labeled, make each
-variant's error; an alert arrives on an open page without a reload; a challenger is promoted
-from its page; access needs a token, viewers cannot change anything and a form without its token
-is refused. Screenshots of each page go to the test's temporary directory, or to the directory
-DRIFTLINE_CONSOLE_SCREENSHOTS names (`DRIFTLINE_CONSOLE_SCREENSHOTS=docs/img` renews the docs'),
-so a test run leaves the checkout as it was."""
+variant's error; an alert arrives on an open page without a reload and is filtered; the
+launchpad counts dead letters, rates and lag; a challenger is promoted from its page, a retrain
+runs on an alert's window from its page and its version is rolled back; access needs a token,
+viewers cannot change anything and a form without its token is refused. Screenshots of each page
+go to the test's temporary directory, or to the directory DRIFTLINE_CONSOLE_SCREENSHOTS names
+(`DRIFTLINE_CONSOLE_SCREENSHOTS=docs/img` renews the docs'), so a test run leaves the checkout as
+it was."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -40,12 +43,14 @@ from shared.events import (
     LabeledPrediction,
     Prediction,
     PromotionDecision,
+    RetrainSpec,
     StreamSchema,
     Variant,
     decode,
     encode,
 )
 from shared.registry import MlflowRegistry, register_sklearn_model
+from shared.rollout import REJECTED_TAG
 from shared.topics import (
     ALERTS,
     DECISIONS,
@@ -152,6 +157,7 @@ async def live(pipeline: Pipeline, mlflow_uri: str) -> AsyncIterator[Live]:
             Variant(name="champion", role="champion", model_uri=f"models:/{name}@champion"),
             Variant(name="challenger", role="shadow", model_uri=f"models:/{name}/2"),
         ],
+        retrain=RetrainSpec(min_samples=20),
     )
     await publish(pipeline.settings, DEPLOYMENTS, "fraud", encode(fraud))
     for worker in (router, console):
@@ -321,6 +327,13 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
     await expect(row).to_contain_text("drift")
     assert await page.evaluate("window.notReloaded") is True
     await _shot(page, "alerts")
+    await page.select_option("#filter select[name=kind]", "data")
+    await page.click("#filter button")
+    await expect(page.locator("#alerts")).not_to_contain_text(alert.key)
+    await page.select_option("#filter select[name=kind]", "concept")
+    await page.fill("#filter input[name=q]", alert.key)
+    await page.click("#filter button")
+    await expect(page.locator("#alerts tr", has_text=alert.key)).to_contain_text("drift")
 
     # the alert's window, and the trace of its first event
     await row.get_by_text("window since").click()
@@ -330,6 +343,17 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
     await expect(page.locator("#journey")).to_contain_text("predictions.labeled")
     assert "event_id=seen-" in page.url
     await _shot(page, "trace")
+
+    # the launchpad: the open alert, a dead letter by service and reason, the router's rates and lag
+    await produce(pipeline.bootstrap, pipeline.topic(FEATURES), [("bad", b"not json")])
+    await _reload_until(page, "/", "#deadletters", "router")
+    await expect(page.locator("#alerts")).to_contain_text(alert.key)
+    await expect(
+        page.locator("#deadletters tr", has_text="router").locator("td").nth(2)
+    ).to_have_text("1")
+    router_cells = page.locator("#services tr", has_text="router").locator("td")
+    await expect(router_cells.nth(2)).to_have_text(re.compile(r"^\d+\.\d$"))
+    await expect(router_cells.nth(4)).to_have_text(re.compile(r"^\d+$"))
 
     # the stream page, and a declaration changed through its form
     await page.goto("/streams/payments")
@@ -381,6 +405,27 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
         "operator",
         "alice",
     )
+
+    # retrain on the alert's window from its page; the new version is rolled back from its page
+    await page.goto(f"/alerts/{alert.alert_id}")
+    await page.get_by_text("Retrain on this window").click()
+    await expect(page.locator(".notice")).to_contain_text(
+        f"retrained {live.model} on 40 rows of alert {alert.alert_id}'s window: "
+        "version 3 deployed as the challenger of fraud"
+    )
+    await _reload_until(page, "/deployments/fraud", "#variants", f"models:/{live.model}/3")
+    await page.click("#rollback")
+    await expect(page.locator("#notice")).to_contain_text(
+        f"rolled back {live.model} version 3 in fraud (champion stays 2)"
+    )
+    assert MlflowRegistry(live.mlflow_uri).aliases(live.model) == {"champion": "2"}
+    tags = MlflowClient(live.mlflow_uri).get_model_version(live.model, "3").tags
+    assert tags[REJECTED_TAG] == "operator override"
+    records = await consume_until(pipeline.bootstrap, [topic], lambda rs: len(rs) >= 4)
+    assert [
+        (d.action, d.challenger_version, d.operator)
+        for d in (decode(PromotionDecision, r.value, topic) for r in records[-2:])
+    ] == [("retrain", "3", "alice"), ("rollback", "3", "alice")]
     await context.close()
     await _access_is_checked(live)
 
