@@ -178,7 +178,8 @@ def mlflow_start(port: MlflowPortOption = 5000) -> None:
     from shared.localmlflow import LocalMlflow
 
     server = LocalMlflow(port=port)
-    seconds = server.start()
+    with console.status(f"starting MLflow on {server.uri}"):
+        seconds = server.start()
     console.print(f"MLflow {server.uri} up in {seconds:.1f}s (log: {server.log_path})")
     password = (
         f"$(cat {server.password_path})"

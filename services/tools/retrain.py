@@ -57,13 +57,13 @@ def retrain_command(
 
     bound_mlflow_requests()
     settings = cfg.load(cfg.DriftlineSettings)
+    # On stderr: with --json, stdout holds the result alone (MLflow's own progress goes there too).
+    progress = Console(stderr=True).status(f"retraining on the window of alert {alert}")
+    with progress, contextlib.redirect_stdout(sys.stderr):
+        result = asyncio.run(retrain(settings, alert))
     if as_json:
-        # MLflow prints its progress to stdout; with --json, stdout holds the result alone.
-        with contextlib.redirect_stdout(sys.stderr):
-            result = asyncio.run(retrain(settings, alert))
         typer.echo(result.to_json())
     else:
-        result = asyncio.run(retrain(settings, alert))
         Console().print(summary(result))
 
 
