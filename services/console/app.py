@@ -425,7 +425,8 @@ class Console:
         deployment = self.view.deployments.get(name)
         if deployment is None:
             return self._problem(request, 404, f"no deployment {name!r}")
-        chart = error_chart(self.view.errors.series(name))
+        alerts = self.view.alerts_of(deployment)[:50]
+        chart = error_chart(self.view.errors.series(name), alerts)
         return self.render(
             request,
             "deployment.html",
@@ -433,7 +434,7 @@ class Console:
             trial=self.view.trial(name),
             chart=Markup(chart),
             errors=self.view.errors.recent(name),
-            alerts=self.view.alerts_of(deployment)[:50],
+            alerts=alerts,
             notice=request.query.get("notice", ""),
         )
 

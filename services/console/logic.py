@@ -11,7 +11,7 @@ import hmac
 import json
 import math
 from collections import Counter, defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
@@ -188,25 +188,36 @@ class ErrorSeries:
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
-def error_chart(series: dict[str, list[tuple[float, float]]], width: int = 640) -> str:
-    """An inline SVG line chart of each series' error over time, with a legend; empty text when
-    there is nothing to draw."""
+def error_chart(
+    series: dict[str, list[tuple[float, float]]],
+    alerts: Sequence[DriftAlert] = (),
+    width: int = 640,
+) -> str:
+    """An inline SVG line chart of each series' error over time, with a legend, and the
+    deployment's drift alerts on the same time axis: a line at each alert and, shaded behind
+    it, its fresh-data window (from the window's start to the alert). Empty text when there is
+    nothing to draw."""
     points = [p for values in series.values() for p in values]
-    if not points:
+    marks = [(a, a.event_time.timestamp()) for a in alerts if a.level == "drift"]
+    windows = [a.window.start_time.timestamp() for a, _ in marks if a.window is not None]
+    times = [t for t, _ in points] + [t for _, t in marks] + windows
+    if not times:
         return ""
     height, pad = 200, 30
-    t0, t1 = min(t for t, _ in points), max(t for t, _ in points)
-    top = max(max(v for _, v in points), 0.05)
+    t0, t1 = min(times), max(times)
+    top = max([v for _, v in points] + [0.05])
     span = (t1 - t0) or 1.0
 
+    def x_of(t: float) -> float:
+        return pad + (t - t0) / span * (width - 2 * pad)
+
     def xy(t: float, v: float) -> str:
-        x = pad + (t - t0) / span * (width - 2 * pad)
         y = height - pad - v / top * (height - 2 * pad)
-        return f"{x:.1f},{y:.1f}"
+        return f"{x_of(t):.1f},{y:.1f}"
 
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height + 20 * len(series)}" '
-        f'width="{width}" role="img" aria-label="error per variant over time">',
+        f'width="{width}" role="img" aria-label="error per variant and drift alerts over time">',
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
         'stroke="#999"/>',
         f'<text x="2" y="{pad}" font-size="10">{top:.2f}</text>',
@@ -214,6 +225,25 @@ def error_chart(series: dict[str, list[tuple[float, float]]], width: int = 640) 
         f'<text x="{pad}" y="{height - 8}" font-size="10">{_clock(t0)}</text>',
         f'<text x="{width - pad - 40}" y="{height - 8}" font-size="10">{_clock(t1)}</text>',
     ]
+    for alert, at in marks:
+        x = x_of(at)
+        title = escape(
+            f"{alert.kind} drift: {alert.key} ({alert.detector}, value {alert.position})"
+        )
+        mark = [
+            f'<g class="alert-mark" data-alert="{escape(alert.alert_id)}"><title>{title}</title>'
+        ]
+        if alert.window is not None:
+            start = x_of(alert.window.start_time.timestamp())
+            mark.append(
+                f'<rect class="window" x="{start:.1f}" y="{pad}" width="{max(x - start, 1.0):.1f}" '
+                f'height="{height - 2 * pad}" fill="#ff7f0e" fill-opacity="0.15"/>'
+            )
+        mark.append(
+            f'<line x1="{x:.1f}" y1="{pad}" x2="{x:.1f}" y2="{height - pad}" stroke="#d62728" '
+            'stroke-dasharray="4 3"/></g>'
+        )
+        parts.append("".join(mark))
     for i, (name, values) in enumerate(series.items()):
         colour = _COLOURS[i % len(_COLOURS)]
         line = " ".join(xy(t, v) for t, v in values)

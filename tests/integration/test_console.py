@@ -390,6 +390,8 @@ async def test_the_console_shows_the_pipeline_and_changes_it_in_a_browser(
     await _reload_until(page, "/deployments/fraud", "#trial", "fewer than 500 labeled outcomes")
     await expect(page.locator("#variants")).to_contain_text(f"models:/{live.model}/2")
     await expect(page.locator("svg.chart")).to_be_visible()
+    mark = page.locator(f"svg.chart g.alert-mark[data-alert='{alert.alert_id}']")
+    await expect(mark).to_have_count(1)  # the alert on the errors' time axis, with its window
     await _shot(page, "deployment")
     await page.click("#promote")
     await expect(page.locator("#notice")).to_contain_text(

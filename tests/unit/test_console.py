@@ -25,6 +25,7 @@ from services.console.logic import (
 )
 from shared.errors import DriftlineError
 from shared.events import (
+    DataWindow,
     DriftAlert,
     LabeledPrediction,
     OnlineModelSpec,
@@ -112,6 +113,50 @@ def test_the_chart_draws_each_series_and_escapes_names() -> None:
     assert chart.startswith("<svg") and chart.count("<polyline") == 2
     assert "&lt;b&gt;" in chart and "<b>" not in chart
     assert error_chart({}) == ""
+
+
+def _alert(alert_id: str, level: str, at: float, window_from: float | None) -> DriftAlert:
+    return DriftAlert(
+        alert_id=alert_id,
+        kind="concept",
+        level=level,
+        key="concept:<m>:1",
+        model_name="m",
+        model_version="1",
+        deployment="d",
+        detector="HDDMA",
+        position=40,
+        event_time=datetime.fromtimestamp(at, UTC),
+        window=None
+        if window_from is None
+        else DataWindow(
+            start_time=datetime.fromtimestamp(window_from, UTC),
+            start_position=30,
+            estimated_by="warning_start",
+            offsets={},
+        ),
+    )
+
+
+def test_the_chart_puts_drift_alerts_and_their_windows_on_the_time_axis() -> None:
+    series = {"champion v1": [(1000.0, 0.2), (1060.0, 0.5)]}
+    alerts = [
+        _alert("a1", "drift", at=1045.0, window_from=1030.0),
+        _alert("w1", "warning", at=1040.0, window_from=None),  # warnings are not drawn
+        _alert("early", "drift", at=990.0, window_from=None),  # widens the axis to show it
+    ]
+    chart = error_chart(series, alerts, width=700)
+
+    assert chart.count('class="alert-mark"') == 2
+    assert 'data-alert="a1"' in chart and 'data-alert="w1"' not in chart
+    # 700 px wide, 30 px padding: the axis runs from t=990 (x=30) to t=1060 (x=670).
+    assert '<line x1="532.9" y1="30" x2="532.9"' in chart  # a1 at t=1045
+    assert '<rect class="window" x="395.7" y="30" width="137.1"' in chart  # from t=1030
+    assert '<line x1="30.0" y1="30" x2="30.0"' in chart  # early, at the axis' start
+    assert "concept:&lt;m&gt;:1" in chart
+    assert (
+        error_chart({}, [_alert("only", "drift", at=5.0, window_from=1.0)]).count("alert-mark") == 1
+    )
 
 
 def test_the_form_is_read_by_the_cli_code_and_keeps_the_live_policies() -> None:
