@@ -154,6 +154,8 @@ def plan(quick: bool) -> list[Scenario]:
                  kill_each(learning, 7.0, 7.0)),
         Scenario("T1b kill each of the five services twice", everything, 6_000, 140.0,
                  kill_each(everything, 5.0, 4.0, rounds=2)),
+        Scenario("T1c kill each of the five services three times in a long run", everything,
+                 100_000, 140.0, kill_each(everything, 60.0, 40.0, rounds=3)),
         Scenario("T2 stop router, feedback, learner past their session timeout", learning,
                  3_000, 140.0, stop_each(learning, 5.0, 4.0, for_s=SESSION_TIMEOUT_S + 15)),
         Scenario("T3 broker stopped for 10 s and restarted", everything, 6_000, 140.0,
