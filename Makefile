@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := .driftline/tools/.installed
 
-.PHONY: lock schemas demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift bench-gateway
+.PHONY: lock schemas demo test unit integration fuzz rules lint tools kafka-start kafka-stop clean bench chaos bench-drift bench-gateway bench-startup
 
 # Every package from requirements.lock (all extras, hashed), then the project itself, editable,
 # built by the locked setuptools: two installs from the same lock get the same versions. uv (the
@@ -75,6 +75,12 @@ bench: $(STAMP)
 # docs/benchmarks.md and docs/benchmarks-gateway.json. BENCH_GATEWAY_ARGS="--seconds 5" is quicker.
 bench-gateway: $(STAMP)
 	$(BIN)/python -m loadtest.bench_gateway $(BENCH_GATEWAY_ARGS)
+
+# Start-up cost (no broker): CPU, wall time and peak memory of `driftline --help` and of importing
+# each service's app, the median of 5 fresh interpreters each; writes its block of
+# docs/benchmarks.md.
+bench-startup: $(STAMP)
+	$(BIN)/python -m loadtest.bench_startup --doc docs/benchmarks.md
 
 # Detection quality of the drift detectors (no broker): synthetic streams with known change
 # points, the concept-drift switch, and TCPD's annotated series if a copy of its repository is in

@@ -14,7 +14,6 @@ from rich.table import Table
 
 from services.tools.terminal import JsonOption, print_json, quiet_logging, stdout
 from shared import settings as cfg
-from shared.health import consumer_lag, health_urls, service_health
 
 if TYPE_CHECKING:
     from shared.events import Deployment, PromotionDecision
@@ -52,6 +51,8 @@ async def from_kafka(
     common: cfg.DriftlineSettings,
 ) -> tuple[dict[tuple[str, str], int], list[Deployment], list[PromotionDecision]]:
     """Lag, deployments and decisions, read in one event loop."""
+    from shared.health import consumer_lag
+
     return await consumer_lag(common), await deployments(common), await latest_decisions(common)
 
 
@@ -97,6 +98,8 @@ def status_command(
     Health comes first, over HTTP; the rest is read from Kafka: if Kafka is out of reach, the
     command exits 3 after showing the health. --json: {"services", "lag", "deployments",
     "decisions"} (see the README)."""
+    from shared.health import health_urls, service_health  # httpx: not for every command's start
+
     common = cfg.load(cfg.DriftlineSettings)
     quiet_logging(common)  # skipped records, on stderr
     console = stdout()
