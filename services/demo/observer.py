@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from shared.events import DriftAlert, LabeledPrediction, PromotionDecision
+from shared.events import DriftAlert, LabeledPrediction, Prediction, PromotionDecision
 from shared.retraining import RetrainResult
 
 ROLLING_WINDOW = 300
@@ -65,6 +65,8 @@ class DemoObserver:
     started: float = field(default_factory=time.monotonic)
     sent: int = 0
     predictions: int = 0
+    answered: int = 0
+    """Events the champion answered (predictions of the champion's role)."""
     labeled: int = 0
     malformed: int = 0
     """Malformed records the replay sent beside the events (`Scenario.malformed_every`)."""
@@ -81,6 +83,17 @@ class DemoObserver:
     webhook_calls: int = 0
     retrain_status: str = "waiting for a concept-drift alert"
     _rates: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=20))
+
+    def on_prediction(self, prediction: Prediction) -> None:
+        """Count a prediction, and the event as answered when it is the champion's."""
+        self.predictions += 1
+        if prediction.outcome.role == "champion":
+            self.answered += 1
+
+    @property
+    def backlog(self) -> int:
+        """Events sent that the champion has not answered yet."""
+        return self.sent - self.answered
 
     def on_labeled(self, record: LabeledPrediction) -> None:
         """Score every variant's output against the label."""

@@ -49,6 +49,7 @@ from shared.events import (
     FeatureSpec,
     LabeledPrediction,
     OnlineModelSpec,
+    Prediction,
     PromotionDecision,
     PromotionPolicy,
     RetrainSpec,
@@ -101,6 +102,10 @@ class DemoConfig:
     """Where the run's operator console listens (`driftline demo` asks for 6068)."""
     console_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     """The console's editor token for this run: the password of any user name."""
+    max_backlog: int = 900
+    """Events sent but not yet answered by the champion beyond which the replay waits for the
+    pipeline: a machine too busy for the rate closes the loop later, instead of under a
+    backlog that outlives the replay (its events keep their times: the scenario's clock)."""
     switch_timeout: float = 900.0
     """How long the replay goes on after `n_events` while the loop (alert, retrain, promotion,
     the new champion's tail) has not closed: a busy machine closes it later, not never."""
@@ -274,7 +279,8 @@ class Demo:
             process.wait_ready(timeout=180)
 
     async def _replay(self) -> None:
-        """Send events at the scenario's rate and each label `label_delay` seconds later."""
+        """Send events at the scenario's rate and each label `label_delay` seconds later;
+        wait while more than `max_backlog` events have no champion answer yet."""
         scenario = self.config.scenario
         producer = durable_producer(self.settings, linger_ms=5)
         await producer.start()
@@ -282,12 +288,29 @@ class Demo:
         waiting: deque[tuple[float, Labeled]] = deque()
         loop = asyncio.get_running_loop()
         began = loop.time()
+        # Seconds the replay waited for the pipeline: the schedule moves back by as much, so it
+        # resumes at the rate instead of in a burst.
+        held = 0.0
+        give_up_holding = began + scenario.n_events / scenario.rate + self.config.switch_timeout
         self.replay_start = datetime.now(UTC)
+
+        async def send_due_labels() -> None:
+            while waiting and waiting[0][0] <= loop.time():
+                _, labeled = waiting.popleft()
+                await self._send_feedback(producer, feedback_topic, labeled)
+
         try:
             for item in replay(scenario, self.replay_start):
                 if not self._keep_replaying(item.index, loop.time() - began):
                     break
-                due = began + item.index / scenario.rate
+                holding_from = loop.time()
+                backlogged = self.observer.backlog > self.config.max_backlog
+                while backlogged and loop.time() < give_up_holding:
+                    await send_due_labels()
+                    await asyncio.sleep(0.1)
+                    backlogged = self.observer.backlog > self.config.max_backlog
+                held += loop.time() - holding_from
+                due = began + held + item.index / scenario.rate
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 await producer.send(
                     raw_topic, key=item.event.entity_id.encode(), value=encode(item.event)
@@ -298,9 +321,7 @@ class Demo:
                     await producer.send(raw_topic, key=b"applicant-malformed", value=bad)
                     self.observer.malformed += 1
                 waiting.append((loop.time() + scenario.label_delay, item))
-                while waiting and waiting[0][0] <= loop.time():
-                    _, labeled = waiting.popleft()
-                    await self._send_feedback(producer, feedback_topic, labeled)
+                await send_due_labels()
             for due, labeled in waiting:
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 await self._send_feedback(producer, feedback_topic, labeled)
@@ -347,7 +368,7 @@ class Demo:
             async for message in consumer:
                 kind = names[message.topic]
                 if kind == "predictions":
-                    self.observer.predictions += 1
+                    self.observer.on_prediction(decode(Prediction, message.value, message.topic))
                 elif kind == "deadletter":
                     self.observer.dead_letters += 1
                 elif kind == "labeled":
