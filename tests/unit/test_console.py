@@ -25,7 +25,6 @@ from services.console.logic import (
 )
 from shared.errors import DriftlineError
 from shared.events import (
-    DataWindow,
     DriftAlert,
     LabeledPrediction,
     OnlineModelSpec,
@@ -35,6 +34,7 @@ from shared.events import (
     encode,
 )
 from shared.settings import ConsoleSettings
+from tests.support.samples import SAMPLES
 
 SETTINGS = ConsoleSettings(
     viewer_token=SecretStr("see"),
@@ -116,26 +116,18 @@ def test_the_chart_draws_each_series_and_escapes_names() -> None:
 
 
 def _alert(alert_id: str, level: str, at: float, window_from: float | None) -> DriftAlert:
-    return DriftAlert(
-        alert_id=alert_id,
-        kind="concept",
-        level=level,
-        key="concept:<m>:1",
-        model_name="m",
-        model_version="1",
-        deployment="d",
-        detector="HDDMA",
-        position=40,
-        event_time=datetime.fromtimestamp(at, UTC),
-        window=None
+    """The sample alert at `at` (epoch seconds), its window from `window_from` if any."""
+    sample = SAMPLES[DriftAlert]
+    assert isinstance(sample, DriftAlert) and sample.window is not None
+    window = (
+        None
         if window_from is None
-        else DataWindow(
-            start_time=datetime.fromtimestamp(window_from, UTC),
-            start_position=30,
-            estimated_by="warning_start",
-            offsets={},
-        ),
+        else sample.window.model_copy(
+            update={"start_time": datetime.fromtimestamp(window_from, UTC)}
+        )
     )
+    update = {"alert_id": alert_id, "level": level, "key": "concept:<m>:1", "window": window}
+    return sample.model_copy(update={**update, "event_time": datetime.fromtimestamp(at, UTC)})
 
 
 def test_the_chart_puts_drift_alerts_and_their_windows_on_the_time_axis() -> None:
