@@ -110,6 +110,12 @@ class DemoConfig:
     """How long the replay goes on after `n_events` while the loop (alert, retrain, promotion,
     the new champion's tail) has not closed: a busy machine closes it later, not never."""
 
+    @property
+    def longest_replay_s(self) -> float:
+        """The time `n_events` take at the scenario's rate, plus `switch_timeout`: after it the
+        replay neither goes on past `n_events` nor waits for the pipeline."""
+        return self.scenario.n_events / self.scenario.rate + self.switch_timeout
+
 
 @dataclass
 class DemoRun:
@@ -291,7 +297,6 @@ class Demo:
         # Seconds the replay waited for the pipeline: the schedule moves back by as much, so it
         # resumes at the rate instead of in a burst.
         held = 0.0
-        give_up_holding = began + scenario.n_events / scenario.rate + self.config.switch_timeout
         self.replay_start = datetime.now(UTC)
 
         async def send_due_labels() -> None:
@@ -304,11 +309,12 @@ class Demo:
                 if not self._keep_replaying(item.index, loop.time() - began):
                     break
                 holding_from = loop.time()
-                backlogged = self.observer.backlog > self.config.max_backlog
-                while backlogged and loop.time() < give_up_holding:
+                while (
+                    self.observer.backlog > self.config.max_backlog
+                    and loop.time() - began < self.config.longest_replay_s
+                ):
                     await send_due_labels()
                     await asyncio.sleep(0.1)
-                    backlogged = self.observer.backlog > self.config.max_backlog
                 held += loop.time() - holding_from
                 due = began + held + item.index / scenario.rate
                 await asyncio.sleep(max(0.0, due - loop.time()))
@@ -335,7 +341,7 @@ class Demo:
         scenario = self.config.scenario
         if index < scenario.n_events:
             return True
-        if seconds > scenario.n_events / scenario.rate + self.config.switch_timeout:
+        if seconds > self.config.longest_replay_s:
             return False
         served_from = self.observer.switches[-1].served_from if self.observer.switches else None
         return served_from is None or index - served_from < scenario.tail_after_switch
