@@ -95,6 +95,12 @@ class WebhookRefusedError(DriftlineError):
         super().__init__(f"webhook refused: {reason}")
 
 
+class WebhookFailedError(DriftlineError):
+    """A webhook URL did not take an alert in any attempt: the alert is dead-lettered for it."""
+
+    code = "webhook_failed"
+
+
 class SealError(DriftlineError):
     """A table value has no valid MAC for its identity (table and key): it is never decoded."""
 

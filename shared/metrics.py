@@ -135,7 +135,7 @@ MODEL_MAE = Gauge(
 )
 WEBHOOK_DELIVERIES = Counter(
     "driftline_webhook_deliveries_total",
-    "Webhook delivery attempts, by outcome (delivered, retried, failed, dropped).",
+    "Webhook delivery attempts, by outcome (delivered, retried, failed).",
     ["outcome"],
 )
 EXPIRED_PREDICTIONS = Counter(

@@ -318,8 +318,6 @@ class DriftSettings(ServiceSettings):
     """Wait before the first retry; it doubles after every failed attempt (capped at 60 s)."""
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     """Timeout of one webhook request."""
-    webhook_queue_size: int = Field(default=1000, ge=1)
-    """Alerts waiting per URL; when full, new ones are dead-lettered instead of waiting."""
     batch_max_events: int = Field(default=500, ge=1)
     """Most values a detector agent takes as one micro-batch: each touched detector is pickled
     into its table once per batch instead of once per value."""

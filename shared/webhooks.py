@@ -1,8 +1,10 @@
-"""Signed JSON webhooks, delivered beside the stream so a webhook that is down never blocks it.
+"""Signed JSON webhooks, delivered at least once from the topic that holds what they announce.
 
-`WebhookSender.submit` only puts the body on a bounded queue per URL and returns; one asyncio
-task per URL posts it, retries with exponential backoff, and hands it to `on_give_up` after the
-last attempt (the caller dead-letters it).
+`WebhookSender.deliver` posts one body to every URL at once, retries each with exponential
+backoff and returns the deliveries that failed every attempt (the caller dead-letters them). The
+drift service calls it from a consumer of ``alerts``, so that topic is the outbox: an alert's
+offset commits only after every URL took it or it was dead-lettered, and a worker that dies
+before then delivers it again after its restart (same ``webhook-id``).
 
 Every post is signed as the Standard Webhooks spec says (`signed_headers`): ``webhook-id`` names
 what it delivers, the same on every retry and on a re-send after a crash (a drift alert's id
@@ -12,17 +14,13 @@ over id, timestamp and body under `DriftlineSettings.webhook_hmac_key`. A receiv
 `verify_request`, which accepts the current or the previous key and refuses a timestamp further
 than `DriftlineSettings.webhook_tolerance_s` from its clock, so a captured request cannot be
 replayed later (within the tolerance, the id tells a replay apart).
-
-Deliveries waiting in memory are lost if the process dies: alerts stay on their topic, the
-webhook is a notification on top of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -90,29 +88,21 @@ class Delivery:
     id: str
 
 
-GiveUp = Callable[[Delivery, str], Awaitable[None]]
-"""Called with a delivery that failed for good (or found its queue full) and why."""
-
-
 class WebhookSender:
-    """Posts signed bodies to webhook URLs from background tasks, with retries.
+    """Posts signed bodies to webhook URLs, with retries.
 
     Parameters
     ----------
     urls
-        Where every submitted body goes.
+        Where every body goes.
     key
         HMAC key that signs each body.
-    on_give_up
-        Awaited with a delivery after its last failed attempt, or when its queue is full.
     attempts
         Posts tried per delivery.
     backoff_s
         Wait before the first retry; doubled after each failure, capped at a minute.
     timeout_s
         Timeout of one post.
-    queue_size
-        Deliveries waiting per URL.
 
     """
 
@@ -120,58 +110,34 @@ class WebhookSender:
         self,
         urls: list[str],
         key: SecretStr,
-        on_give_up: GiveUp,
         attempts: int = 5,
         backoff_s: float = 0.5,
         timeout_s: float = 5.0,
-        queue_size: int = 1000,
     ) -> None:
         self.urls = list(urls)
         self.key = key
-        self.on_give_up = on_give_up
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
-        self._queues = {url: asyncio.Queue[Delivery](maxsize=queue_size) for url in self.urls}
-        self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
-        self._give_ups: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start one delivery task per URL."""
+        """Open the HTTP client."""
         self._client = httpx.AsyncClient(timeout=self.timeout_s)
-        self._tasks = [asyncio.create_task(self._deliver_from(q)) for q in self._queues.values()]
 
     async def stop(self) -> None:
-        """Cancel the delivery tasks (waiting deliveries are dropped) and close the client."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        """Close the HTTP client."""
         if self._client is not None:
             await self._client.aclose()
+            self._client = None
 
-    def submit(self, key: str, body: bytes, delivery_id: str) -> None:
-        """Queue `body` (identified by `delivery_id`, e.g. an alert id) for every URL and return
-        at once; a full queue gives that delivery up."""
-        for url, queue in self._queues.items():
-            delivery = Delivery(url, key, body, delivery_id)
-            try:
-                queue.put_nowait(delivery)
-            except asyncio.QueueFull:
-                metrics.WEBHOOK_DELIVERIES.labels("dropped").inc()
-                task = asyncio.create_task(self.on_give_up(delivery, "webhook queue full"))
-                self._give_ups.add(task)
-                task.add_done_callback(self._give_ups.discard)
-
-    async def _deliver_from(self, queue: asyncio.Queue[Delivery]) -> None:
-        while True:
-            delivery = await queue.get()
-            problem = await self.post(delivery)
-            if problem is not None:
-                await self.on_give_up(delivery, problem)
+    async def deliver(self, key: str, body: bytes, delivery_id: str) -> list[str]:
+        """Post `body` (identified by `delivery_id`, e.g. an alert id) to every URL at once;
+        for each URL that failed every attempt, its last problem (naming the URL)."""
+        problems = await asyncio.gather(
+            *(self.post(Delivery(url, key, body, delivery_id)) for url in self.urls)
+        )
+        return [problem for problem in problems if problem is not None]
 
     async def post(self, delivery: Delivery) -> str | None:
         """Post with retries; None once delivered, else the last problem."""

@@ -28,6 +28,12 @@ ingestion or feedback re-sent it under a new offset.
 A drift alert's window knows the exact source partition and offset of its first value; before
 it is sent, the offsets of the other partitions and topics a retrain reads (``features``, and
 ``predictions.labeled`` for data drift) are looked up by the window's start time.
+
+Webhooks. With ``DRIFTLINE_DRIFT_WEBHOOK_URLS`` set, `deliver_webhooks` reads ``alerts`` back
+and posts each alert of the configured levels to every URL: the topic is the outbox, so an alert
+is announced at least once whatever crashes (its offset commits after every URL took it or it
+was dead-lettered for the URL that never did), and receivers drop repeats by ``webhook-id``. A
+receiver that is down holds back only the announcements, never detection.
 """
 
 from __future__ import annotations
@@ -76,13 +82,13 @@ from shared.app import (
     outputs_delivered,
     send_event,
 )
-from shared.errors import DriftlineError
-from shared.events import DeadLetter, DriftAlert, FeatureEvent, LabeledPrediction, decode, encode
+from shared.errors import DriftlineError, WebhookFailedError
+from shared.events import DriftAlert, FeatureEvent, LabeledPrediction, decode
 from shared.logging import get_logger
 from shared.replays import lineage_of
 from shared.sealing import PICKLE, SealedState, sealed_table
 from shared.topics import ALERTS, FEATURES, PREDICTIONS_LABELED
-from shared.webhooks import Delivery, WebhookSender
+from shared.webhooks import WebhookSender
 
 SERVICE = "drift"
 log = get_logger(__name__)
@@ -188,7 +194,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             default=lambda: [0.0, 0.0],
         ).hopping(own.error_hop_window_s, own.error_window_s, expires=expires),
     }
-    alerts_name = alerts_topic.get_topic_name()
     shown = ShownVersions(stale_after_s=expires.total_seconds())
 
     def show_error_rates(monitors: MonitorBatch) -> None:
@@ -205,29 +210,13 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
                 metrics.MODEL_ERROR_RATE.remove_by_labels(labels)
                 metrics.MODEL_MAE.remove_by_labels(labels)
 
-    async def give_up(delivery: Delivery, reason: str) -> None:
-        # The alert was produced here, not consumed: there is no source partition or offset.
-        letter = DeadLetter(
-            reason=reason,
-            code="webhook_failed",
-            service=SERVICE,
-            source_topic=alerts_name,
-            partition=-1,
-            offset=-1,
-            key=delivery.key.encode(),
-            value=delivery.body,
-        )
-        await dead_letters.send_letter(letter)
-
     webhooks = (
         WebhookSender(
             own.webhook_urls,
             common.webhook_hmac_key,
-            give_up,
             attempts=own.webhook_attempts,
             backoff_s=own.webhook_backoff_s,
             timeout_s=own.webhook_timeout_s,
-            queue_size=own.webhook_queue_size,
         )
         if own.webhook_urls
         else None
@@ -274,8 +263,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             window_estimated_by=None if window is None else window.estimated_by,
         )
         metrics.ALERTS.labels(alert.kind, alert.level).inc()
-        if webhooks is not None and notifies(alert, own.webhook_levels):
-            webhooks.submit(alert.key, encode(alert), alert.alert_id)
 
     def in_batches(
         table: Any, detect: Detect, windows: dict[str, Any] | None = None
@@ -403,9 +390,24 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
 
     if webhooks is not None:
 
+        async def announce(event: EventT) -> None:
+            """Post one alert of ``alerts`` to every webhook URL; an URL that failed every
+            attempt gets the alert dead-lettered for it (its offset then commits: retrying for
+            ever would hold back every later alert)."""
+            message = event.message
+            alert = decode(DriftAlert, message.value, message.topic)
+            if not notifies(alert, own.webhook_levels):
+                return
+            for problem in await webhooks.deliver(alert.key, message.value, alert.alert_id):
+                await dead_letters.send(event, WebhookFailedError(problem))
+
+        @app.agent(alerts_topic, name="deliver_webhooks")
+        async def deliver_webhooks(stream: faust.Stream) -> None:
+            await consume(stream, SERVICE, dead_letters, announce)
+
         @app.service
-        class DeliverWebhooks(mode.Service):
-            """Runs the webhook sender's delivery tasks for as long as the worker runs."""
+        class WebhookClient(mode.Service):
+            """The webhook sender's HTTP client, open for as long as the worker runs."""
 
             async def on_start(self) -> None:
                 await webhooks.start()

@@ -1,6 +1,7 @@
 """The monitoring path on the real broker: concept and data drift alerts at River's indices,
-warning before drift, cooldown, signed webhooks with retries and dead letters, the CLI reading
-alerts back, and a restarted detector that continues where it stopped."""
+warning before drift, cooldown, signed webhooks with retries and dead letters, a webhook in
+flight when its worker is killed announced by the successor, the CLI reading alerts back, and a
+restarted detector that continues where it stopped."""
 
 from __future__ import annotations
 
@@ -247,3 +248,37 @@ async def test_a_restarted_detector_keeps_its_state_and_cooldown_drops_repeats(
     assert [(a["key"], a["position"]) for a in alerts] == [("data:pay:amount", amount_drifts[0])]
     suppressed = 'driftline_alerts_suppressed_total{kind="data",level="drift",reason="cooldown"}'
     assert f"{suppressed} {float(len(amount_drifts) - 1)}" in second.metrics()
+
+
+async def test_an_alert_announced_while_its_worker_is_killed_is_announced_by_the_successor(
+    pipeline: Pipeline,
+) -> None:
+    """The alert is on ``alerts`` and its detector saved when the receiver hangs and the worker
+    is SIGKILLed: the webhook must come from the alerts topic, not from the dead worker's
+    memory, so the successor posts it (same ``webhook-id``)."""
+    features = _feature_events(700, shifts=(300,), seed=8)
+    assert _fired(ADWIN(delta=0.002), [e.features["amount"] for e in features])
+    env = {
+        "DRIFTLINE_DRIFT_COOLDOWN_S": "100000",
+        "DRIFTLINE_DRIFT_DETECTORS": '{"categorical": {"kind": "psi", "window": 100000}}',
+        "DRIFTLINE_DRIFT_WEBHOOK_TIMEOUT_S": "600",
+    }
+    changelog = f"{pipeline.prefix}driftline-drift-feature_to_monitor-changelog"
+    alerts_topic = pipeline.topic(ALERTS)
+    async with WebhookReceiver(hold={"/hook"}) as hooks:
+        env["DRIFTLINE_DRIFT_WEBHOOK_URLS"] = orjson.dumps([hooks.url("/hook")]).decode()
+        first = pipeline.start("drift", **env)
+        await produce(pipeline.bootstrap, pipeline.topic(FEATURES), [("u1", e) for e in features])
+        [in_flight] = await hooks.wait_held(1)
+        records = await consume_until(
+            pipeline.bootstrap, [alerts_topic, changelog], stored_detectors_saw(changelog, 700)
+        )
+        first.kill()
+        hooks.release()
+        pipeline.start("drift", **env)
+        [announced] = await hooks.wait_for("/hook", 1, timeout=120)
+
+    [alert] = _alerts(records, alerts_topic)
+    assert in_flight.headers[ID_HEADER] == alert["alert_id"]
+    assert announced.headers[ID_HEADER] == alert["alert_id"]
+    assert orjson.loads(announced.body) == alert
