@@ -15,7 +15,11 @@ checks every event's effects by id, as a run without faults would have them:
   with the provenance of the first are counted apart: downstream applies each provenance once);
 - the online model learned every labeled event exactly once (the ``n_learned`` of its state,
   the last record of the learner table's changelog, equals the events, where a loss shows as
-  less and a twice-learned record as more).
+  less and a twice-learned record as more);
+- with the drift service in the pipeline (the workload then drifts at its middle event), its
+  detectors hold what a worker without faults holds after the same input, the alerts on
+  ``alerts`` are the ones that worker sends, by id (`loadtest.drift_oracle`), and a webhook
+  receiver got a post of each.
 
 The broker is a `LocalKafka` on port 39093 (not the tests' 19092 nor the bench's 39092), started
 if none answers and stopped afterwards if this run started it. A full run writes
@@ -33,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -44,19 +49,23 @@ from typing import Annotated, Any, Literal
 import orjson
 import typer
 
+from loadtest.drift_oracle import differing, expected_detectors
 from loadtest.generator import FeedbackPlan, generate
 from loadtest.harness import Run, load_average
-from loadtest.measure import partition_lag, partitions_of, read_records
+from loadtest.measure import OutputRecord, partition_lag, partitions_of, read_records
 from loadtest.report import write_block
-from loadtest.workload import MODEL_ID, Workload
+from loadtest.workload import MODEL_ID, Record, Workload
+from services.drift.logic import notifies
 from services.processes import ServiceProcess
 from shared import failpoints, kafka_clients
 from shared.kafka_clients import KafkaAccess
 from shared.localkafka import KAFKA_VERSION, LocalKafka, default_home
 from shared.sealing import PICKLE, SealedState
-from shared.settings import DriftlineSettings
-from shared.topics import EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS
+from shared.settings import DriftlineSettings, DriftSettings
+from shared.topics import ALERTS, EVENTS_RAW, FEATURES, FEEDBACK, PREDICTIONS
 from shared.topics import PREDICTIONS_LABELED as LABELED
+from shared.webhooks import ID_HEADER
+from tests.support.webhook_server import Received, WebhookReceiver
 
 DEPLOYMENT = "deployment-0"
 
@@ -116,6 +125,12 @@ class Scenario:
     wait before its successor gets them."""
 
     @property
+    def shift_at(self) -> int | None:
+        """With the drift service in the pipeline, the workload drifts at its middle event
+        (`Workload.shift_at`), so there are alerts and webhooks to check."""
+        return self.events // 2 if "drift" in self.services else None
+
+    @property
     def input_topic(self) -> Any:
         """Where the workload's events go: raw events with ingestion in the pipeline, else
         feature events straight to the router."""
@@ -148,6 +163,8 @@ def plan(quick: bool) -> list[Scenario]:
         return [
             Scenario("T1a kill router, feedback, learner", learning, 1_500, 100.0,
                      kill_each(learning, 4.0, 3.0), session_timeout_s=10.0),
+            Scenario("T1b kill each of the five services once", everything, 2_000, 100.0,
+                     kill_each(everything, 4.0, 3.0), session_timeout_s=10.0),
         ]  # fmt: skip
     return [
         Scenario("T1a kill router, feedback, learner", learning, 3_000, 140.0,
@@ -201,6 +218,21 @@ class Effects:
     """Values each drift detector counted (its ``n_seen``), by what it watches: every data
     detector watches one feature of every event; the concept detectors' sum is one per
     labeled event (with drift in the pipeline)."""
+    detectors_differing: list[str] = field(default_factory=list)
+    """Drift detectors whose stored state is not what a worker without faults would hold
+    after the same input (`loadtest.drift_oracle`), each with how it differs."""
+    alerts: int | None = None
+    """Alerts a drift worker without faults sends on the same input (with drift in the
+    pipeline)."""
+    alerts_missing: list[str] = field(default_factory=list)
+    """Ids of those alerts not on ``alerts``."""
+    alerts_unexpected: list[str] = field(default_factory=list)
+    """Ids on ``alerts`` a worker without faults does not send (a value counted twice or out
+    of order moves a detector's positions)."""
+    webhooks_missing: list[str] = field(default_factory=list)
+    """Ids of sent alerts of the webhook levels that no post announced."""
+    webhook_repeats: int = 0
+    """Posts beyond one per alert id (receivers act once per ``webhook-id``)."""
     caught_up_s: float | None = None
     """Seconds from the last event sent until every group had committed all its input."""
     behind: dict[str, int] = field(default_factory=dict)
@@ -221,24 +253,29 @@ class Effects:
             + (self.events - self.labeled)
             + max(0, self.events - learned)
             + sum(max(0, self.events - n) for n in (self.detector_values or {}).values())
+            + len(self.alerts_missing)
+            + len(self.webhooks_missing)
         )
 
     @property
     def duplicated(self) -> int:
-        """Effects applied more than once."""
+        """Effects applied more than once (an unexpected alert counts as one)."""
         learned = self.events if self.learned is None else self.learned
         return (
             self.duplicate_labeled
             + max(0, learned - self.events)
             + sum(max(0, n - self.events) for n in (self.detector_values or {}).values())
+            + len(self.alerts_unexpected)
         )
 
     @property
     def passed(self) -> bool:
-        """Nothing lost, nothing done twice, everything caught up, every stop in time."""
+        """Nothing lost, nothing done twice, the detectors as without faults, everything caught
+        up, every stop in time."""
         return (
             self.lost == 0
             and self.duplicated == 0
+            and not self.detectors_differing
             and self.caught_up_s is not None
             and not self.slow_exits
         )
@@ -402,6 +439,7 @@ def input_topics(run: Run, services: Iterable[str]) -> dict[str, list[str]]:
             run.topic(FEATURES),
             run.topic(LABELED),
             f"{run.group('drift')}-feature-values",
+            run.topic(ALERTS),  # its webhooks are posted from alerts read back
         ],
     }
     return {run.group(s): topics[s] for s in services}
@@ -442,8 +480,11 @@ async def wait_caught_up(
         await admin.close()
 
 
-async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effects) -> None:
-    """Fill `effects` from the output topics."""
+async def check(
+    run: Run, workload: Workload, scenario: Scenario, effects: Effects, received: list[Received]
+) -> None:
+    """Fill `effects` from the output topics, the tables' changelogs and the webhook posts
+    `received`."""
     wanted = {workload.event_id(i) for i in range(scenario.events)}
     if "ingestion" in scenario.services:
         features = Counter(
@@ -458,7 +499,8 @@ async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effec
     by_id = Counter(p["prediction_id"] for p in predictions)
     effects.duplicate_prediction_records = sum(n - 1 for n in by_id.values())
     effects.predicted = len(wanted & {p["event_id"] for p in predictions})
-    labeled = [orjson.loads(r.value) for r in await read_records(run.bootstrap, run.topic(LABELED))]
+    labeled_records = await read_records(run.bootstrap, run.topic(LABELED))
+    labeled = [orjson.loads(r.value) for r in labeled_records]
     sent = Counter(
         (record["event_id"], outcome["variant"], orjson.dumps(record.get("provenance")))
         for record in labeled
@@ -481,6 +523,36 @@ async def check(run: Run, workload: Workload, scenario: Scenario, effects: Effec
         effects.detector_values = {key.decode(): m.n_seen for key, m in data.items()} | {
             "concept (all model versions)": sum(m.n_seen for m in concept.values())
         }
+        await check_alerts(run, effects, data, concept, labeled_records, received)
+
+
+async def check_alerts(
+    run: Run,
+    effects: Effects,
+    data: dict[bytes, Any],
+    concept: dict[bytes, Any],
+    labeled: list[OutputRecord],
+    received: list[Received],
+) -> None:
+    """Compare the drift service's detectors and alerts with a worker's without faults on the
+    same input (`loadtest.drift_oracle`), and the webhooks `received` with the alerts."""
+    own = DriftSettings()
+    values = await read_records(run.bootstrap, f"{run.group('drift')}-feature-values")
+    expected = expected_detectors(own, values, labeled, run.topic(FEATURES), run.topic(LABELED))
+    effects.detectors_differing = differing(expected.data, data) + differing(
+        expected.concept, concept
+    )
+    sent = {
+        orjson.loads(r.value)["alert_id"]
+        for r in await read_records(run.bootstrap, run.topic(ALERTS))
+    }
+    effects.alerts = len(expected.sent)
+    effects.alerts_missing = sorted(expected.sent.keys() - sent)
+    effects.alerts_unexpected = sorted(sent - expected.sent.keys())
+    posts = Counter(r.headers[ID_HEADER] for r in received)
+    announced = [i for i, alert in expected.sent.items() if notifies(alert, own.webhook_levels)]
+    effects.webhooks_missing = sorted(set(announced) - posts.keys())
+    effects.webhook_repeats = sum(n - 1 for n in posts.values())
 
 
 async def table_state(run: Run, service: str, table: str) -> dict[bytes, Any]:
@@ -505,34 +577,66 @@ def run_scenario(bootstrap: str, workdir: Path, scenario: Scenario, timeout_s: f
         scenario.partitions,
         session_timeout_s=scenario.session_timeout_s,
     )
-    workload = Workload(run=run.prefix)
+    workload = Workload(run=run.prefix, shift_at=scenario.shift_at)
     effects = Effects(events=scenario.events)
-    try:
-        with busy_cpus(scenario.busy_cpus):
-            snapshots = run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
-            run.start_services({s: 1 for s in scenario.services}, 1, 1, snapshots)
-            make = (
-                workload.raw_event if scenario.input_topic is EVENTS_RAW else workload.feature_event
-            )
-            asyncio.run(_send_with_faults(run, workload, scenario, make, effects))
-            sent_at = time.monotonic()
-            groups = input_topics(run, scenario.services)
-            effects.behind = asyncio.run(wait_caught_up(bootstrap, groups, timeout_s))
-            if not effects.behind:
-                effects.caught_up_s = round(time.monotonic() - sent_at, 1)
-        asyncio.run(check(run, workload, scenario, effects))
-    finally:
-        kept = not effects.passed
-        run.close(keep_topics=kept)
-        if kept:
-            print(f"{scenario.name}: topics of the failed run kept under {run.prefix}.*",
-                  file=sys.stderr, flush=True)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        received: list[Received] = []
+        if "drift" in scenario.services:
+            receiver = stack.enter_context(webhook_receiver())
+            run.extra_env["DRIFTLINE_DRIFT_WEBHOOK_URLS"] = orjson.dumps([receiver.url()]).decode()
+            received = receiver.received
+        try:
+            with busy_cpus(scenario.busy_cpus):
+                snapshots = run.publish_setup(workload, {DEPLOYMENT: MODEL_ID}, per_entity=False)
+                run.start_services({s: 1 for s in scenario.services}, 1, 1, snapshots)
+                asyncio.run(_send_with_faults(run, workload, scenario, effects))
+                sent_at = time.monotonic()
+                groups = input_topics(run, scenario.services)
+                effects.behind = asyncio.run(wait_caught_up(bootstrap, groups, timeout_s))
+                if not effects.behind:
+                    effects.caught_up_s = round(time.monotonic() - sent_at, 1)
+            asyncio.run(check(run, workload, scenario, effects, received))
+        finally:
+            kept = not effects.passed
+            run.close(keep_topics=kept)
+            if kept:
+                print(f"{scenario.name}: topics of the failed run kept under {run.prefix}.*",
+                      file=sys.stderr, flush=True)  # fmt: skip
     return effects
 
 
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver (every post verified and recorded) served from a thread of its own,
+    so it answers across the run's separate event loops; stopped on the way out."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="webhook-receiver", daemon=True)
+    thread.start()
+    receiver = WebhookReceiver()
+    try:
+        asyncio.run_coroutine_threadsafe(receiver.__aenter__(), loop).result(30)
+        try:
+            yield receiver
+        finally:
+            asyncio.run_coroutine_threadsafe(receiver.__aexit__(), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
 async def _send_with_faults(
-    run: Run, workload: Workload, scenario: Scenario, make: Any, effects: Effects
+    run: Run, workload: Workload, scenario: Scenario, effects: Effects
 ) -> None:
+    """Send the workload at its rate, with event times as scheduled (event i at ``i / rate``
+    after the start, whatever the sending's delays: the detectors' gates and windows then see
+    the same times in every run), while `inject` carries out the faults."""
+    base = workload.raw_event if scenario.input_topic is EVENTS_RAW else workload.feature_event
+    start = time.time()
+
+    def make(i: int, _: float | None) -> Record:
+        return base(i, start + i / scenario.rate)
+
     began = time.monotonic()
     faults = asyncio.create_task(inject(run, scenario.faults, began, effects))
     try:
@@ -566,7 +670,24 @@ def state_equal(row: dict[str, Any]) -> str:
         return "–"
     wrong = [] if learned in (None, events) else [f"{learned:,} learned"]
     wrong += [f"{name}: {n:,}" for name, n in (detectors or {}).items() if n != events]
+    wrong += row.get("detectors_differing", [])
     return "yes" if not wrong else f"no ({'; '.join(wrong)})"
+
+
+def alerts_equal(row: dict[str, Any]) -> str:
+    """Whether the alerts sent, and the webhooks posted, are those of a run without faults."""
+    if row.get("alerts") is None:
+        return "–"
+    wrong = [
+        f"{len(row[name])} {what}"
+        for name, what in (
+            ("alerts_missing", "missing"),
+            ("alerts_unexpected", "unexpected"),
+            ("webhooks_missing", "never posted"),
+        )
+        if row[name]
+    ]
+    return f"yes ({row['alerts']})" if not wrong else f"no ({', '.join(wrong)})"
 
 
 def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -577,12 +698,12 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f" {meta['kafka']}, load average at start {meta['load_average_start']}.",
         "",
         "| scenario | run | events | lost | duplicated effects | duplicate records"
-        " (absorbed) | state equal | caught up (s) | result |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " (absorbed) | state equal | alerts equal | caught up (s) | result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['scenario']} | {row['run']} | – | – | – | – | – | – |"
+            lines.append(f"| {row['scenario']} | {row['run']} | – | – | – | – | – | – | – |"
                          f" error: {row['error']} |")  # fmt: skip
             continue
         equal = state_equal(row)
@@ -592,12 +713,13 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 "duplicate_feature_records",
                 "duplicate_prediction_records",
                 "duplicate_labeled_records",
+                "webhook_repeats",
             )
         )
         lines.append(
             f"| {row['scenario']} | {row['run']} | {row['events']:,} | {row['lost']} |"
             f" {row['duplicated']} |"
-            f" {resent} | {equal} |"
+            f" {resent} | {equal} | {alerts_equal(row)} |"
             f" {row['caught_up_s'] if row['caught_up_s'] is not None else 'never'} |"
             f" {'pass' if row['passed'] else 'FAIL'} |"
         )

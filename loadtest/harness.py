@@ -61,6 +61,8 @@ class Run:
     partitions: int = 4
     session_timeout_s: float | None = None
     """The workers' DRIFTLINE_KAFKA_SESSION_TIMEOUT_S (Driftline's default when None)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Settings every worker of the run gets on top of the run's own (successors too)."""
     prefix: str = field(init=False)
     settings: DriftlineSettings = field(init=False)
     workers: list[ServiceProcess] = field(default_factory=list)
@@ -95,6 +97,7 @@ class Run:
             "DRIFTLINE_SNAPSHOT_HMAC_KEY": self.settings.snapshot_hmac_key.get_secret_value(),
             "DRIFTLINE_ALLOW_DEFAULT_KEYS": "true",  # a private, throw-away Driftline
             "DRIFTLINE_LEARNER_MLFLOW_ENABLED": "false",
+            **self.extra_env,
         }
 
     def topic(self, topic: Topic) -> str:

@@ -38,6 +38,8 @@ class OutputRecord:
     timestamp_ms: int
     value: bytes
     key: bytes | None = None
+    partition: int = 0
+    offset: int = 0
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -185,7 +187,7 @@ async def read_records(
         while time.monotonic() < deadline and await _behind(consumer, ends):
             for messages in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
                 records.extend(
-                    OutputRecord(m.timestamp, m.value, m.key)
+                    OutputRecord(m.timestamp, m.value, m.key, m.partition, m.offset)
                     for m in messages
                     if m.timestamp >= since_ms
                 )

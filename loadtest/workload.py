@@ -50,6 +50,9 @@ class Workload:
     """Pad each raw event with an undeclared field to at least this many bytes."""
     aggregate_minutes: int = 5
     """Window of the declared per-entity mean of the first feature (0: no aggregate)."""
+    shift_at: int | None = None
+    """From this event on, ``f2``'s mean moves from 0.5 to 0.75 (data drift) and the label rule
+    flips (concept drift); None: one behaviour throughout."""
 
     def stream_of(self, i: int) -> str:
         """The stream event `i` belongs to."""
@@ -67,17 +70,25 @@ class Workload:
         """The id of event `i`."""
         return f"{self.run}-{i}"
 
+    def shifted(self, i: int) -> bool:
+        """Whether event `i` comes after the workload's drift."""
+        return self.shift_at is not None and i >= self.shift_at
+
     def values(self, i: int) -> dict[str, float]:
         """The feature values of event `i`, each in [0, 1)."""
-        return {
+        values = {
             f"f{j}": ((i + 1) * (2 * j + 3) * 2654435761 % 1000) / 1000
             for j in range(self.features)
         }
+        if self.shifted(i) and "f2" in values:
+            values["f2"] = 0.5 + values["f2"] / 2
+        return values
 
     def label(self, i: int) -> bool:
-        """Ground truth of event `i`: a linear rule the online model can learn."""
+        """Ground truth of event `i`: a linear rule the online model can learn (the opposite
+        one after the drift)."""
         values = self.values(i)
-        return values["f0"] + values.get("f1", 0.5) > 1.0
+        return (values["f0"] + values.get("f1", 0.5) > 1.0) != self.shifted(i)
 
     def raw_event(self, i: int, event_time: float | None = None) -> Record:
         """Event `i` for ``events.raw``, keyed by entity; `event_time` defaults to now."""

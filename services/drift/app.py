@@ -49,18 +49,15 @@ from aiokafka.errors import KafkaError
 from faust.types import EventT
 
 from services.drift.logic import (
-    AlertGate,
     Finding,
     Monitor,
     ShownVersions,
     Task,
     check_settings,
-    concept_detector,
-    data_detector,
+    concept_monitor,
+    data_monitor,
     error_of,
-    feature_subject,
     feature_values,
-    model_subject,
     notifies,
     task_of,
     watched_version,
@@ -222,9 +219,6 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         else None
     )
 
-    def gate() -> AlertGate:
-        return AlertGate(own.cooldown_s, own.escalate_after, own.escalate_within_s)
-
     async def completed(alert: DriftAlert) -> DriftAlert:
         """`alert` with the offsets its window lacks, looked up by its start time; without them
         (broker unreachable, or any failure of the look-up, logged) the alert still goes out:
@@ -317,11 +311,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         item = orjson.loads(event.message.value)
         key = event.message.key
         stream, feature, value = item["stream"], item["feature"], item["value"]
-        monitor = monitors.get(key) or Monitor(
-            data_detector(own.detectors, stream, feature, categorical=isinstance(value, str)),
-            gate(),
-            feature_subject(stream, feature),
-            features_topic.get_topic_name(),
+        monitor = monitors.get(key) or data_monitor(
+            own, stream, feature, isinstance(value, str), features_topic.get_topic_name()
         )
         if monitor.already_seen(item["lineage"], item["lineage_offset"]):
             return []
@@ -347,11 +338,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             error = error_of(outcome, labeled.label, task)
             name, version = outcome.model_name, watched_version(outcome)
             key = orjson.dumps([labeled.deployment, name, version])
-            monitor = monitors.get(key) or Monitor(
-                concept_detector(own.concept_detectors, name, version, task),
-                gate(),
-                model_subject(labeled.deployment, labeled.stream, outcome),
-                labeled_topic.get_topic_name(),
+            source = labeled_topic.get_topic_name()
+            monitor = monitors.get(key) or concept_monitor(
+                own, labeled.deployment, labeled.stream, outcome, task, source
             )
             if monitor.already_seen(lineage, lineage_offset):
                 continue

@@ -35,6 +35,7 @@ from shared.events import (
     alert_id_for,
 )
 from shared.replays import Applied
+from shared.settings import DriftSettings
 
 Level = Literal["warning", "drift"]
 Estimate = Literal["detector_window", "warning_start", "alert_position"]
@@ -454,6 +455,41 @@ def model_subject(deployment: str, stream: str, outcome: VariantOutput) -> dict[
         "model_version": version,
         "deployment": deployment,
     }
+
+
+def alert_gate(own: DriftSettings) -> AlertGate:
+    """A fresh gate with the cooldown and escalation of `own`."""
+    return AlertGate(own.cooldown_s, own.escalate_after, own.escalate_within_s)
+
+
+def data_monitor(
+    own: DriftSettings, stream: str, feature: str, categorical: bool, source_topic: str
+) -> Monitor:
+    """The monitor a (stream, feature) starts with, its values read from `source_topic`."""
+    return Monitor(
+        data_detector(own.detectors, stream, feature, categorical),
+        alert_gate(own),
+        feature_subject(stream, feature),
+        source_topic,
+    )
+
+
+def concept_monitor(
+    own: DriftSettings,
+    deployment: str,
+    stream: str,
+    outcome: VariantOutput,
+    task: Task,
+    source_topic: str,
+) -> Monitor:
+    """The monitor a model version behind `outcome` starts with, its errors read from
+    `source_topic`."""
+    return Monitor(
+        concept_detector(own.concept_detectors, outcome.model_name, watched_version(outcome), task),
+        alert_gate(own),
+        model_subject(deployment, stream, outcome),
+        source_topic,
+    )
 
 
 def with_offsets(alert: DriftAlert, looked_up: dict[str, dict[int, int]]) -> DriftAlert:

@@ -1,8 +1,10 @@
-"""Kill -9 while events flow, on the real broker: the quick fault scenario of `loadtest.chaos`
+"""Kill -9 while events flow, on the real broker: the quick fault scenarios of `loadtest.chaos`
 (router, feedback and learner each SIGKILLed once and restarted at once while 1,500 events and
-their labels arrive), checked by event id: one prediction and one labeled record per event,
-every labeled event learned exactly once, every group caught up. `make chaos` runs the full set
-three times and writes docs/reliability.md."""
+their labels arrive; then all five services, each killed once, over 2,000 events that drift at
+their middle), checked by event id: one prediction and one labeled record per event, every
+labeled event learned exactly once, every group caught up; with drift, the detectors and the
+alerts those of a drift worker without faults on the same input, and every alert's webhook
+posted. `make chaos` runs the full set three times and writes docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -27,3 +29,9 @@ def test_nothing_is_lost_or_done_twice_when_workers_are_killed(
     assert effects.labeled == effects.events
     assert effects.duplicate_labeled == 0
     assert effects.learned == effects.events
+    if "drift" in scenario.services:
+        assert effects.alerts, "the workload's drift makes alerts"
+        assert effects.alerts_missing == effects.alerts_unexpected == []
+        assert effects.detectors_differing == []
+        assert effects.webhooks_missing == []
+    assert effects.passed
