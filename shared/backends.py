@@ -48,6 +48,7 @@ from shared.model_uris import (
 from shared.signing import KeyRing, verify_snapshot
 
 if TYPE_CHECKING:
+    from shared.settings import ModelServingSettings
     from shared.v2 import V2Options
 
 log = get_logger(__name__)
@@ -371,6 +372,24 @@ def backend_for(
     if uri.startswith(V2_PREFIXES):
         return V2Backend(uri, v2 or V2Options())
     return MlflowBackend(uri, tracking_uri)
+
+
+def model_cache(
+    own: ModelServingSettings, tracking_uri: str, snapshots: SnapshotStore
+) -> ModelCache:
+    """The model cache of a process that serves models (router, gateway), configured by `own`."""
+    from shared.v2 import V2Options  # it builds on this module's interface
+
+    options = V2Options(
+        timeout_s=own.v2_timeout_s,
+        max_concurrency=own.v2_max_concurrency,
+        breaker_failures=own.v2_breaker_failures,
+        breaker_reset_s=own.v2_breaker_reset_s,
+    )
+    return ModelCache(
+        lambda uri: backend_for(uri, tracking_uri, snapshots, options),
+        retry_seconds=own.model_refresh_seconds,
+    )
 
 
 class ModelCache:

@@ -226,30 +226,35 @@ class IngestionSettings(ServiceSettings):
     """Longest an event waits for its micro-batch to fill: the latency paid at low rates."""
 
 
-class RouterSettings(ServiceSettings):
+class ModelServingSettings(ServiceSettings):
+    """What a process that answers with models (router, gateway) loads them with."""
+
+    model_refresh_seconds: float = Field(default=30.0, gt=0)
+    """How often MLflow aliases are re-resolved (a moved alias reloads its model)."""
+    online_model_cache_size: int = Field(default=10_000, ge=1)
+    """Unpickled online models kept in memory; others are unpickled again when used."""
+    v2_timeout_s: float = Field(default=5.0, gt=0)
+    """Longest one request to a V2 (Open Inference Protocol) endpoint may take."""
+    v2_max_concurrency: int = Field(default=4, ge=1)
+    """Requests in flight per V2 endpoint at most."""
+    v2_breaker_failures: int = Field(default=3, ge=1)
+    """Outages in a row (no answer, timeout, 5xx) that open a V2 endpoint's circuit: what it
+    serves then fails at once instead of waiting for a timeout each."""
+    v2_breaker_reset_s: float = Field(default=2.0, gt=0)
+    """Seconds an open circuit refuses before one probe request may try the endpoint again."""
+
+
+class RouterSettings(ModelServingSettings):
     """Inference router (prefix ``DRIFTLINE_ROUTER_``)."""
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLINE_ROUTER_")
 
     web_port: int = Field(default=6062, ge=1, le=65535)
     """Port of the worker's HTTP endpoint (``/metrics``, ``/health``)."""
-    model_refresh_seconds: float = Field(default=30.0, gt=0)
-    """How often MLflow aliases are re-resolved (a moved alias reloads its model)."""
-    online_model_cache_size: int = Field(default=10_000, ge=1)
-    """Unpickled online models kept in memory; others are unpickled again when used."""
     batch_max_events: int = Field(default=500, ge=1)
     """Most feature events routed as one micro-batch (decode, models, produce per batch)."""
     batch_within_s: float = Field(default=0.01, gt=0)
     """Longest an event waits for its micro-batch to fill: the latency paid at low rates."""
-    v2_timeout_s: float = Field(default=5.0, gt=0)
-    """Longest one request to a V2 (Open Inference Protocol) endpoint may take."""
-    v2_max_concurrency: int = Field(default=4, ge=1)
-    """Requests in flight per V2 endpoint at most."""
-    v2_breaker_failures: int = Field(default=3, ge=1)
-    """Outages in a row (no answer, timeout, 5xx) that open a V2 endpoint's circuit: its
-    events then fail at once instead of waiting for a timeout each."""
-    v2_breaker_reset_s: float = Field(default=2.0, gt=0)
-    """Seconds an open circuit refuses before one probe request may try the endpoint again."""
 
 
 class FeedbackSettings(ServiceSettings):
@@ -410,17 +415,13 @@ class ConsoleSettings(ServiceSettings):
         return bool(self.viewer_token or self.editor_token or self.trusted_user_header)
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ModelServingSettings):
     """V2 inference gateway, ``driftline gateway`` (prefix ``DRIFTLINE_GATEWAY_``)."""
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLINE_GATEWAY_")
 
     web_port: int = Field(default=6069, ge=1, le=65535)
     """Port of the gateway's HTTP endpoint (the V2 REST API, ``/metrics``, ``/health``)."""
-    model_refresh_seconds: float = Field(default=30.0, gt=0)
-    """How often MLflow aliases are re-resolved (a moved alias reloads its model)."""
-    online_model_cache_size: int = Field(default=10_000, ge=1)
-    """Unpickled online models kept in memory; others are unpickled again when used."""
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
     """Inference requests with a larger body are refused (413) unread."""
     max_rows: int = Field(default=1000, ge=1)
@@ -428,16 +429,9 @@ class GatewaySettings(ServiceSettings):
     write_timeout_s: float = Field(default=10.0, gt=0)
     """Longest a request waits for Kafka to store its records; then it is answered 503 (nothing
     is answered that is not recorded)."""
-    v2_timeout_s: float = Field(default=5.0, gt=0)
-    """Longest one request to a V2 (Open Inference Protocol) model endpoint may take."""
     v2_max_concurrency: int = Field(default=32, ge=1)
     """Requests in flight per V2 model endpoint at most: the gateway asks once per request,
     not once per micro-batch as the router does, so it allows more than the router."""
-    v2_breaker_failures: int = Field(default=3, ge=1)
-    """Outages in a row (no answer, timeout, 5xx) that open a V2 endpoint's circuit: its
-    requests then fail at once (503) instead of waiting for a timeout each."""
-    v2_breaker_reset_s: float = Field(default=2.0, gt=0)
-    """Seconds an open circuit refuses before one probe request may try the endpoint again."""
 
 
 class MlflowCredentials(BaseSettings):

@@ -35,7 +35,7 @@ from services.gateway.logic import (
 )
 from shared import metrics
 from shared.admin import caught_up, durable_producer, partition_counts
-from shared.backends import ModelBackend, ModelCache, SnapshotStore, backend_for
+from shared.backends import ModelBackend, SnapshotStore, model_cache
 from shared.errors import DriftlineError, ModelError
 from shared.events import Deployment, FeatureEvent, Prediction, StreamSchema, encode
 from shared.kafka_clients import consumer
@@ -45,7 +45,6 @@ from shared.routing import DeploymentIndex, answer_calls, count_answers
 from shared.settings import DriftlineSettings, GatewaySettings
 from shared.sidecar import run_until_stopped
 from shared.topics import DEPLOYMENTS, FEATURES, MODEL_SNAPSHOTS, PREDICTIONS, STREAMS
-from shared.v2 import V2Options
 
 SERVICE = "gateway"
 log = get_logger(__name__)
@@ -62,16 +61,7 @@ class Gateway:
         self.index = DeploymentIndex.empty()
         self.streams: dict[str, StreamSchema] = {}
         self.snapshots = SnapshotStore(common.snapshot_keys, own.online_model_cache_size)
-        v2_options = V2Options(
-            timeout_s=own.v2_timeout_s,
-            max_concurrency=own.v2_max_concurrency,
-            breaker_failures=own.v2_breaker_failures,
-            breaker_reset_s=own.v2_breaker_reset_s,
-        )
-        self.models = ModelCache(
-            lambda uri: backend_for(uri, common.mlflow_tracking_uri, self.snapshots, v2_options),
-            retry_seconds=own.model_refresh_seconds,
-        )
+        self.models = model_cache(own, common.mlflow_tracking_uri, self.snapshots)
         self.ready = asyncio.Event()
         self.features_topic = FEATURES.full_name(common)
         self.predictions_topic = PREDICTIONS.full_name(common)

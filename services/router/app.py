@@ -27,7 +27,7 @@ from shared.app import (
     declare_topic,
     send_records,
 )
-from shared.backends import ModelBackend, ModelCache, SnapshotStore, backend_for
+from shared.backends import ModelBackend, SnapshotStore, model_cache
 from shared.errors import DriftlineError, ModelError
 from shared.events import FeatureEvent, decode, encode
 from shared.global_tables import deployment_table, watched_global_table
@@ -40,7 +40,6 @@ from shared.routing import (
     plan_calls,
 )
 from shared.topics import FEATURES, MODEL_SNAPSHOTS, PREDICTIONS
-from shared.v2 import V2Options
 
 SERVICE = "router"
 log = get_logger(__name__)
@@ -59,16 +58,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.RouterSettings) -> DriftlineAp
     snapshot_records = watched_global_table(
         app, snapshots.table, MODEL_SNAPSHOTS.partitions(common), snapshots.apply
     )
-    v2_options = V2Options(
-        timeout_s=own.v2_timeout_s,
-        max_concurrency=own.v2_max_concurrency,
-        breaker_failures=own.v2_breaker_failures,
-        breaker_reset_s=own.v2_breaker_reset_s,
-    )
-    models = ModelCache(
-        lambda uri: backend_for(uri, common.mlflow_tracking_uri, snapshots, v2_options),
-        retry_seconds=own.model_refresh_seconds,
-    )
+    models = model_cache(own, common.mlflow_tracking_uri, snapshots)
 
     async def store_snapshot(event: EventT) -> None:
         message = event.message
