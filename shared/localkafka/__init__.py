@@ -200,7 +200,7 @@ class LocalKafka:
             )
             if process.poll() is not None:
                 raise KafkaStartError(self._failure_reason(), str(self.log_path))
-            if self.is_up(timeout=2.0):
+            if asyncio.run(_broker_answers(self.access(), 2.0, groups=True)):
                 return time.monotonic() - began
             time.sleep(0.3)
         self.stop()
@@ -305,12 +305,24 @@ class LocalKafka:
         return (errors or lines or ["the broker's log is empty"])[-1].strip()
 
 
-async def _broker_answers(access: KafkaAccess, timeout: float) -> bool:
+PROBE_GROUP = "driftline-start-probe"
+"""A group no one joins: describing it tells whether the broker coordinates groups yet."""
+
+
+async def _broker_answers(access: KafkaAccess, timeout: float, groups: bool = False) -> bool:
+    """Whether the broker answers metadata requests and, with `groups`, group requests too: a
+    broker just started answers metadata before its group coordinator has loaded the offsets
+    topic, and a consumer that starts then fails with ``GroupCoordinatorNotAvailableError``."""
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a refused probe is an answer
     client = admin_client(access, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(client.start(), timeout)
         await asyncio.wait_for(client.describe_cluster(), timeout)
+        if groups:
+            described = await asyncio.wait_for(
+                client.describe_consumer_groups([PROBE_GROUP]), timeout
+            )
+            return all(group[0] == 0 for response in described for group in response.groups)
         return True
     except (KafkaError, OSError, TimeoutError):
         return False

@@ -14,6 +14,7 @@ import pytest
 from aiokafka.admin import NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 
+from services.processes import free_port
 from shared import kafka_clients
 from shared.admin import create_topics, partition_counts, publish
 from shared.errors import KafkaStartError
@@ -180,6 +181,30 @@ def test_events_flow_through_all_five_services_with_a_foreign_client(pipeline: P
     # Entities spread over partitions, so the detector sees `amount` values interleaved in
     # arrival order: its position need not match the event index, but the mean went up.
     assert alert["stats_after"]["mean"] > alert["stats_before"]["mean"]
+
+
+def test_a_fresh_local_kafka_coordinates_groups_as_soon_as_start_returns(tmp_path: Path) -> None:
+    """A broker answers metadata before its group coordinator has loaded the offsets topic; a
+    consumer group started then failed with GroupCoordinatorNotAvailableError (the first bench
+    scenario after a fresh start did). `start` returns only once groups are coordinated: a
+    fresh client's first group request, without retries, succeeds."""
+    broker = LocalKafka(port=free_port(), controller_port=free_port(), home=tmp_path)
+    broker.libs.symlink_to(LocalKafka().ensure_jars(), target_is_directory=True)
+
+    async def first_group_request() -> dict:
+        admin = kafka_clients.admin_client(KafkaAccess(broker.bootstrap))
+        await admin.start()
+        try:
+            return await admin.list_consumer_group_offsets("a-group-of-a-fresh-broker")
+        finally:
+            await admin.close()
+
+    try:
+        broker.start()
+        offsets = asyncio.run(first_group_request())
+    finally:
+        broker.stop()
+    assert offsets == {}
 
 
 def test_local_kafka_that_cannot_start_says_why(tmp_path: Path, kafka_bootstrap: str) -> None:
