@@ -17,9 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 
-from services.feedback.logic import Joiner, JoinPolicy, JoinState, Origin, Outcome
+from services.feedback.logic import (
+    DeadlineIndex,
+    Joiner,
+    JoinPolicy,
+    JoinState,
+    Origin,
+    Outcome,
+)
 from shared import metrics
 from shared import settings as cfg
 from shared.admin import partition_counts
@@ -73,6 +80,33 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
     every = own.sweep_every_s
     watermarks: dict[int, float] = {}
     last_sweep: dict[int, float] = {}
+    deadlines: dict[int, DeadlineIndex] = {}
+    """Per partition, when its states fall due; built from the table at the first look after
+    start or a rebalance (`index_of`), kept up to date by every write after it."""
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
+        """A partition may come back changed by another worker: read it from the table then."""
+        deadlines.clear()
+        for tp in revoked:
+            watermarks.pop(tp.partition, None)
+            last_sweep.pop(tp.partition, None)
+
+    def index_of(partition: int, table: BufferedTable) -> DeadlineIndex:
+        """The deadline index of `partition`, every partition's built in one pass over the
+        table if there is none."""
+        if not deadlines:
+            for key, value in table.items():
+                if not key.startswith(WATERMARK_PREFIX):
+                    state = JoinState.model_validate_json(value)
+                    deadlines.setdefault(state.partition, DeadlineIndex()).add(key, state.deadline)
+        return deadlines.setdefault(partition, DeadlineIndex())
+
+    def store(table: BufferedTable, key: bytes, state: JoinState | None, event: EventT) -> None:
+        """Write `state` (None: delete) and index its deadline."""
+        if state is not None:
+            index_of(state.partition, table).add(key, state.deadline)
+        table.put(key, _stored(state), event)
 
     def watermark(partition: int) -> float | None:
         if partition not in watermarks:
@@ -101,20 +135,28 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
         """Move every entry of `partition` whose deadline passed. Runs inside the agent, on an
         event of `partition`, whose changelog partition the entries' writes belong to."""
         outcome = Outcome()
-        size = 0
-        for key, value in list(table.items()):
-            if key.startswith(WATERMARK_PREFIX):
-                continue
-            size += 1
-            state = JoinState.model_validate_json(value)
-            if state.partition == partition and state.deadline <= now:
+        index = index_of(partition, table)
+        due = list(index.due(now))
+        try:
+            for key in due:
+                state = _state(table.get(key))
+                if state is None or state.partition != partition or state.deadline > now:
+                    continue  # a stale entry: the state was written again (and indexed again)
                 new, expired = joiner.expire(state, now)
-                table.put(key, _stored(new), event)
-                size -= new is None
+                store(table, key, new, event)
                 outcome.merge(expired)
+        except BaseException:
+            for key in due:  # taken out, perhaps not handled: looked at again next time
+                index.add(key, now)
+            raise
         table.put(WATERMARK_PREFIX + str(partition).encode(), str(now).encode(), event)
         last_sweep[partition] = now
-        metrics.TABLE_ENTRIES.labels(SERVICE, "event_to_join").set(size)
+        stored_watermarks = sum(
+            WATERMARK_PREFIX + str(p).encode() in event_to_join for p in last_sweep
+        )
+        metrics.TABLE_ENTRIES.labels(SERVICE, "event_to_join").set(
+            len(event_to_join) - stored_watermarks
+        )
         return outcome
 
     def join(event: EventT, table: BufferedTable) -> Outcome:
@@ -144,7 +186,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
                 value=message.value or b"",
             )
             new, outcome = joiner.on_feedback(_state(table.get(key)), feedback, origin, now)
-        table.put(key, _stored(new), event)
+        store(table, key, new, event)
         known = watermarks.get(partition)
         if known is not None and known >= last_sweep.get(partition, float("-inf")) + every:
             outcome.merge(sweep(table, partition, known, event))
@@ -163,8 +205,12 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
                 outcome.merge(join(event, table))
             except Exception as exc:
                 rejected.append((event, rejection(event, exc)))
-        await apply(outcome)
-        await outputs_delivered(app)
+        try:
+            await apply(outcome)
+            await outputs_delivered(app)
+        except BaseException:
+            deadlines.clear()  # its sweeps took due states out of the index, and none is written
+            raise
         table.write()
         return rejected
 

@@ -24,6 +24,8 @@ duplicate and dropped, so a labeled record's identity is (event id, deployment v
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -315,3 +317,36 @@ class Joiner:
             key=origin.key,
             value=origin.value,
         )
+
+
+class DeadlineIndex:
+    """When the join states of one partition fall due, so that a sweep reads only the states
+    whose deadline the watermark passed instead of decoding the whole table (which holds every
+    event of the last hours: a sweep cost grew with the table, and the worker fell behind).
+
+    A state written again is added again; the entries it leaves behind are stale, so `due`
+    yields candidates that the caller checks against the table before acting on one.
+
+    Examples
+    --------
+    >>> index = DeadlineIndex()
+    >>> index.add(b"e1", 30.0); index.add(b"e2", 10.0); index.add(b"e1", 50.0)
+    >>> list(index.due(40.0)), len(index)
+    ([b'e2', b'e1'], 1)
+
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, key: bytes, deadline: float) -> None:
+        """Remember that the state of `key` falls due at `deadline` (watermark seconds)."""
+        heapq.heappush(self._heap, (deadline, key))
+
+    def due(self, watermark: float) -> Iterator[bytes]:
+        """Take out, earliest first, every key whose deadline `watermark` has reached."""
+        while self._heap and self._heap[0][0] <= watermark:
+            yield heapq.heappop(self._heap)[1]

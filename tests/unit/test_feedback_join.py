@@ -3,11 +3,14 @@ variants whose predictions come after the label, with no broker."""
 
 from __future__ import annotations
 
+import doctest
 from datetime import UTC, datetime
 
 import pytest
 
+from services.feedback import logic
 from services.feedback.logic import (
+    DeadlineIndex,
     FeedbackPastExpiryError,
     Joiner,
     JoinPolicy,
@@ -177,3 +180,19 @@ def test_each_labeled_record_names_the_message_that_completed_its_join() -> None
     assert [r.provenance for r in by_feedback.labeled] == [ORIGIN.provenance]
     assert [r.provenance for r in by_late_variant.labeled] == [late_at]
     assert [r.late_variant for r in by_feedback.labeled + by_late_variant.labeled] == [False, True]
+
+
+def test_the_deadline_index_yields_due_keys_earliest_first_and_once() -> None:
+    index = DeadlineIndex()
+    for key, deadline in ((b"a", 30.0), (b"b", 10.0), (b"c", 20.0), (b"a", 5.0)):
+        index.add(key, deadline)
+
+    assert list(index.due(4.0)) == []
+    assert list(index.due(20.0)) == [b"a", b"b", b"c"], "a stale entry is a candidate too"
+    assert list(index.due(20.0)) == []
+    assert list(index.due(30.0)) == [b"a"]
+    assert len(index) == 0
+
+
+def test_the_deadline_index_agrees_with_its_doctest() -> None:
+    assert doctest.testmod(logic).failed == 0
