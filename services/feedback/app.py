@@ -80,6 +80,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
     every = own.sweep_every_s
     watermarks: dict[int, float] = {}
     last_sweep: dict[int, float] = {}
+    sweeps = 0
+    """Sweeps made so far (the table's size is shown after a batch that swept)."""
     deadlines: dict[int, DeadlineIndex] = {}
     """Per partition, when its states fall due; built from the table at the first look after
     start or a rebalance (`index_of`), kept up to date by every write after it."""
@@ -134,6 +136,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
     def sweep(table: BufferedTable, partition: int, now: float, event: EventT) -> Outcome:
         """Move every entry of `partition` whose deadline passed. Runs inside the agent, on an
         event of `partition`, whose changelog partition the entries' writes belong to."""
+        nonlocal sweeps
         outcome = Outcome()
         index = index_of(partition, table)
         due = list(index.due(now))
@@ -151,13 +154,17 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
             raise
         table.put(WATERMARK_PREFIX + str(partition).encode(), str(now).encode(), event)
         last_sweep[partition] = now
+        sweeps += 1
+        return outcome
+
+    def count_entries() -> None:
+        """Show how many join states the table holds (its watermarks aside)."""
         stored_watermarks = sum(
             WATERMARK_PREFIX + str(p).encode() in event_to_join for p in last_sweep
         )
         metrics.TABLE_ENTRIES.labels(SERVICE, "event_to_join").set(
             len(event_to_join) - stored_watermarks
         )
-        return outcome
 
     def join(event: EventT, table: BufferedTable) -> Outcome:
         message = event.message
@@ -198,6 +205,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
         and sends them again (with the same ids and provenance) instead of finding the events
         labeled and sending nothing."""
         table = BufferedTable(event_to_join)
+        sweeps_before = sweeps
         outcome = Outcome()
         rejected: list[tuple[EventT, DriftlineError]] = []
         for event in events:
@@ -212,6 +220,8 @@ def build(common: cfg.DriftlineSettings, own: cfg.FeedbackSettings) -> Driftline
             deadlines.clear()  # its sweeps took due states out of the index, and none is written
             raise
         table.write()
+        if sweeps != sweeps_before:
+            count_entries()  # the table's size changes much only when states expire
         return rejected
 
     @app.agent(joined_topics, name="join_feedback_to_predictions")
