@@ -27,11 +27,11 @@ import orjson
 from loadtest.measure import OutputRecord
 from services.drift.logic import (
     Monitor,
+    concept_key,
     concept_monitor,
     data_monitor,
     error_of,
     task_of,
-    watched_version,
 )
 from shared.events import DriftAlert, LabeledPrediction, decode
 from shared.replays import lineage_of
@@ -94,8 +94,7 @@ def expected_detectors(
         for outcome in prediction.outcomes:
             if outcome.output is None:
                 continue
-            version = watched_version(outcome)
-            key = orjson.dumps([prediction.deployment, outcome.model_name, version])
+            key = concept_key(prediction.deployment, outcome)
             if key not in expected.concept:
                 expected.concept[key] = concept_monitor(
                     own, prediction.deployment, prediction.stream, outcome, task, labeled_topic

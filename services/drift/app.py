@@ -54,13 +54,13 @@ from services.drift.logic import (
     ShownVersions,
     Task,
     check_settings,
+    concept_key,
     concept_monitor,
     data_monitor,
     error_of,
     feature_values,
     notifies,
     task_of,
-    watched_version,
     with_offsets,
 )
 from services.drift.promotion import add_promotion
@@ -165,6 +165,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
     features_topic = declare_topic(app, FEATURES, common)
     labeled_topic = declare_topic(app, PREDICTIONS_LABELED, common)
     alerts_topic = declare_topic(app, ALERTS, common)
+    features_name, labeled_name = features_topic.get_topic_name(), labeled_topic.get_topic_name()
     feature_values_topic = app.topic(
         f"{app.conf.id}-feature-values",
         partitions=common.topic_partitions,
@@ -312,7 +313,7 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
         key = event.message.key
         stream, feature, value = item["stream"], item["feature"], item["value"]
         monitor = monitors.get(key) or data_monitor(
-            own, stream, feature, isinstance(value, str), features_topic.get_topic_name()
+            own, stream, feature, isinstance(value, str), features_name
         )
         if monitor.already_seen(item["lineage"], item["lineage_offset"]):
             return []
@@ -336,11 +337,9 @@ def build(common: cfg.DriftlineSettings, own: cfg.DriftSettings) -> DriftlineApp
             if outcome.output is None:
                 continue
             error = error_of(outcome, labeled.label, task)
-            name, version = outcome.model_name, watched_version(outcome)
-            key = orjson.dumps([labeled.deployment, name, version])
-            source = labeled_topic.get_topic_name()
+            key = concept_key(labeled.deployment, outcome)
             monitor = monitors.get(key) or concept_monitor(
-                own, labeled.deployment, labeled.stream, outcome, task, source
+                own, labeled.deployment, labeled.stream, outcome, task, labeled_name
             )
             if monitor.already_seen(lineage, lineage_offset):
                 continue

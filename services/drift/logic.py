@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
+import orjson
 from river import stats
 
 from services.drift.detectors import Detector
@@ -442,6 +443,11 @@ def watched_version(outcome: VariantOutput) -> str:
     starts a fresh detector), or ``online`` for an online model, whose snapshots are one model
     learning on (a detector per snapshot would restart every few hundred events)."""
     return ONLINE_VERSION if outcome.online else outcome.model_version
+
+
+def concept_key(deployment: str, outcome: VariantOutput) -> bytes:
+    """The table key of the concept monitor that watches `outcome`'s model version."""
+    return orjson.dumps([deployment, outcome.model_name, watched_version(outcome)])
 
 
 def model_subject(deployment: str, stream: str, outcome: VariantOutput) -> dict[str, Any]:
