@@ -428,6 +428,11 @@ async def restart_broker(bootstrap: str, down_s: float) -> None:
     await asyncio.to_thread(broker.start)
 
 
+def feature_values_topic(run: Run) -> str:
+    """The drift worker's internal topic of single feature values (its data detectors' input)."""
+    return f"{run.group('drift')}-feature-values"
+
+
 def input_topics(run: Run, services: Iterable[str]) -> dict[str, list[str]]:
     """Each service's consumer group with the topics it reads (internal ones included)."""
     topics = {
@@ -438,7 +443,7 @@ def input_topics(run: Run, services: Iterable[str]) -> dict[str, list[str]]:
         "drift": [
             run.topic(FEATURES),
             run.topic(LABELED),
-            f"{run.group('drift')}-feature-values",
+            feature_values_topic(run),
             run.topic(ALERTS),  # its webhooks are posted from alerts read back
         ],
     }
@@ -537,7 +542,7 @@ async def check_alerts(
     """Compare the drift service's detectors and alerts with a worker's without faults on the
     same input (`loadtest.drift_oracle`), and the webhooks `received` with the alerts."""
     own = DriftSettings()
-    values = await read_records(run.bootstrap, f"{run.group('drift')}-feature-values")
+    values = await read_records(run.bootstrap, feature_values_topic(run))
     expected = expected_detectors(own, values, labeled, run.topic(FEATURES), run.topic(LABELED))
     effects.detectors_differing = differing(expected.data, data) + differing(
         expected.concept, concept
